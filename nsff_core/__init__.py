@@ -1,0 +1,1 @@
+"""NSFF workflow core library."""

@@ -1,0 +1,170 @@
+"""Typed settings for every stage: the one home of the defaults.
+
+``config.yaml`` repeats these defaults for users to read and edit (a test checks that the two
+agree). The workflow validates the config against ``rules/schemas/config.schema.yaml`` when it
+starts; the scripts then build one of these dataclasses per stage with :func:`stage_config`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """Procedural dynamic scene (``source: synthetic:<name>`` in the sheet)."""
+
+    num_frames: int = 24
+    width: int = 320
+    height: int = 180
+    seed: int = 0
+    fps: float = 10.0
+    #: held-out cameras per time step, as offsets (x, y, z) in metres in the camera frame of
+    #: the training camera at that time
+    novel_offsets: tuple[tuple[float, float, float], ...] = ((0.0, -0.15, 0.0),)
+
+
+@dataclass(frozen=True)
+class FramesConfig:
+    """Frame extraction: range and stride in source frames, then the cap, then resizing."""
+
+    start: int = 0
+    #: exclusive end index in source frames; None = to the end of the source
+    end: int | None = None
+    stride: int = 1
+    #: keep at most this many frames (evenly spread over the selected range); None = all
+    max_frames: int | None = None
+    #: training resolution; give one side (the other follows the aspect ratio, rounded to even)
+    #: or both; neither = keep the source size
+    width: int | None = 512
+    height: int | None = None
+
+
+@dataclass(frozen=True)
+class FlowConfig:
+    backend: str = "dis"
+    #: OpenCV DIS preset: ultrafast, fast or medium
+    dis_preset: str = "medium"
+    #: forward-backward consistency test |f + b(x+f)|^2 < alpha1 (|f|^2 + |b|^2) + alpha2
+    consistency_alpha1: float = 0.01
+    consistency_alpha2: float = 0.5
+
+
+@dataclass(frozen=True)
+class MasksConfig:
+    backend: str = "epipolar"
+    #: Sampson distance (pixels) above which a pixel disagrees with the camera motion
+    sampson_threshold: float = 1.0
+    #: RANSAC reprojection threshold (pixels) of the fundamental-matrix fit
+    ransac_threshold: float = 0.5
+    #: flow correspondences sampled per frame pair for the fundamental-matrix fit
+    num_correspondences: int = 4000
+    #: morphological opening (removes speckle) and closing (fills holes), kernel sizes in px
+    open_size: int = 3
+    close_size: int = 7
+    #: connected components smaller than this fraction of the image are dropped
+    min_area_fraction: float = 0.001
+    #: final dilation in pixels (a margin around movers, as nsff_pl's 15x15 erosion)
+    dilate: int = 3
+
+
+@dataclass(frozen=True)
+class SfmConfig:
+    #: COLMAP camera model of the single shared camera (SIMPLE_PINHOLE or PINHOLE; NSFF uses a
+    #: pinhole camera, so a distortion model would be fitted and then dropped)
+    camera_model: str = "SIMPLE_PINHOLE"
+    #: auto = exhaustive up to exhaustive_max_frames frames, else sequential
+    matching: str = "auto"
+    exhaustive_max_frames: int = 100
+    sequential_overlap: int = 15
+    max_num_features: int = 8192
+    #: fail when fewer than this fraction of frames register; unregistered frames of a run
+    #: that passes get poses interpolated in time (cameras.npz ``registered`` says which)
+    min_registered_fraction: float = 1.0
+    #: percentiles of the depths of the points a frame sees, for its near and far bounds
+    near_percentile: float = 1.0
+    far_percentile: float = 99.0
+    num_threads: int = -1
+    #: seed of COLMAP's RANSAC and mapper (-1 = random); fixed for reproducible models
+    random_seed: int = 0
+
+
+@dataclass(frozen=True)
+class DepthConfig:
+    backend: str = "sparse"
+    #: minimum number of SfM points a frame must see for the sparse backend
+    min_points: int = 20
+    #: sparse backend: use only SfM points seen by at least this many frames
+    min_track_length: int = 3
+    #: sparse backend: drop a point whose disparity differs by more than this factor from the
+    #: median of its 8 nearest points in the image (0 = keep all)
+    outlier_ratio: float = 2.0
+    #: sparse backend: how the points' disparities become a dense map. edge_aware = weighted
+    #: least squares guided by the frame's colour edges; linear = Delaunay interpolation
+    densify: str = "edge_aware"
+    #: edge_aware: weight of the smoothness term against the point constraints
+    smoothness: float = 0.1
+    #: edge_aware: colour difference (RGB in [0, 1]) at which neighbours decouple
+    edge_sigma: float = 0.03
+    #: linear: Gaussian blur (pixels) after interpolation
+    smooth_sigma: float = 2.0
+
+
+STAGES: dict[str, type] = {
+    "frames": FramesConfig,
+    "flow": FlowConfig,
+    "masks": MasksConfig,
+    "sfm": SfmConfig,
+    "depth": DepthConfig,
+    "synthetic": SyntheticConfig,
+}
+
+T = TypeVar("T")
+
+
+def from_dict(cls: type[T], values: dict[str, Any] | None, where: str = "") -> T:
+    """Build dataclass ``cls`` from a dict; unknown keys raise :class:`ConfigError`."""
+    values = dict(values or {})
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {unknown} in {where or cls.__name__}; valid keys: {sorted(names)}"
+        )
+    for f in dataclasses.fields(cls):
+        if f.name in values and isinstance(values[f.name], list):
+            values[f.name] = _tuplify(values[f.name])
+    return cls(**values)
+
+
+def _tuplify(v: Any) -> Any:
+    return tuple(_tuplify(x) for x in v) if isinstance(v, list) else v
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """Plain-dict (JSON-able) form of a config dataclass."""
+    return dataclasses.asdict(obj)
+
+
+def stage_config(stage: str, values: dict[str, Any] | None) -> Any:
+    """The typed config of ``stage`` (a key of :data:`STAGES`) from its dict."""
+    return from_dict(STAGES[stage], values, where=f"config section '{stage}'")
+
+
+__all__ = [
+    "DepthConfig",
+    "FlowConfig",
+    "FramesConfig",
+    "MasksConfig",
+    "SfmConfig",
+    "STAGES",
+    "SyntheticConfig",
+    "field",
+    "from_dict",
+    "stage_config",
+    "to_dict",
+]

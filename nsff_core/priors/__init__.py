@@ -1,0 +1,1 @@
+"""Prior stages: frames, optical flow, motion masks, structure from motion, depth."""

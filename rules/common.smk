@@ -1,0 +1,74 @@
+# Start-up checks and input functions shared by all rules.
+
+import re
+import sys
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+
+sys.path.insert(0, workflow.basedir)
+
+from nsff_core import sheet as _sheet
+from nsff_core.errors import ConfigError
+
+
+def _load_scenes():
+    schemas = Path(workflow.basedir) / "rules" / "schemas"
+    try:
+        _sheet.validate_config(config, schemas / "config.schema.yaml")
+        scenes = _sheet.load_scene_sheet(config["scenes"], schemas / "scenes.schema.yaml")
+        _sheet.check_synthetic_presets(config, scenes)
+    except ConfigError as exc:
+        raise WorkflowError(str(exc)) from None
+    return scenes
+
+
+SCENES = _load_scenes()
+
+
+wildcard_constraints:
+    scene="|".join(map(re.escape, SCENES)) if SCENES else "[^/]+",
+
+
+def scene_dir(scene):
+    return f"results/{scene}"
+
+
+def stage_cfg(stage):
+    """Params function: the stage's settings for a scene (global config + sheet overrides)."""
+    return lambda wc: _sheet.scene_stage_config(config, SCENES[wc.scene], stage)
+
+
+def synthetic_cfg(wc):
+    return config["synthetic"][_sheet.synthetic_preset(SCENES[wc.scene])]
+
+
+def source_path(wc):
+    """The scene's source as given in the sheet, or the video of its synthetic scene."""
+    row = SCENES[wc.scene]
+    if _sheet.synthetic_preset(row) is not None:
+        return f"results/{wc.scene}/source/video.mp4"
+    return row["source"]
+
+
+def source_input(wc):
+    """The source as a rule input when it exists; a missing one is reported by the rule."""
+    path = source_path(wc)
+    if _sheet.synthetic_preset(SCENES[wc.scene]) is not None or Path(path).exists():
+        return path
+    return []
+
+
+def preprocess_targets(scene):
+    d = scene_dir(scene)
+    return [
+        f"{d}/frames.json",
+        f"{d}/flow_fw",
+        f"{d}/masks",
+        f"{d}/cameras.npz",
+        f"{d}/disp",
+    ]
+
+
+def all_targets():
+    return [t for scene in SCENES for t in preprocess_targets(scene)]

@@ -1,0 +1,25 @@
+# Per-frame relative disparity at training resolution.
+
+
+rule depth:
+    input:
+        frames="results/{scene}/frames",
+        masks="results/{scene}/masks",
+        sfm="results/{scene}/sfm",
+        cameras="results/{scene}/cameras.npz",
+    output:
+        disp=directory("results/{scene}/disp"),
+    log:
+        "results/{scene}/logs/depth.log",
+    benchmark:
+        "results/{scene}/benchmarks/depth.tsv"
+    conda:
+        "../envs/depth.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    params:
+        cfg=stage_cfg("depth"),
+    script:
+        "../workflow_scripts/depth.py"

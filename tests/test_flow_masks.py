@@ -1,0 +1,111 @@
+"""Optical flow (DIS) and epipolar motion masks: unit cases and quality floors on the
+synthetic scene."""
+
+import numpy as np
+import pytest
+
+from nsff_core.config import MasksConfig
+from nsff_core.io import frame_name, list_frames, read_flo, read_mask
+from nsff_core.priors.flow import consistency_mask, sample_flow
+from nsff_core.priors.masks import clean_mask, compute_masks, sampson_distance
+
+from .conftest import iou
+
+
+def test_sample_flow_shifts_by_the_flow():
+    field = np.arange(4 * 6, dtype=np.float32).reshape(4, 6, 1)
+    flow = np.zeros((4, 6, 2), np.float32)
+    flow[..., 0] = 1.0  # sample one pixel to the right
+    out = sample_flow(field, flow)[..., 0]
+    np.testing.assert_allclose(out[:, :-1], field[:, 1:, 0])
+    np.testing.assert_allclose(out[:, -1], field[:, -1, 0])  # border replicated
+
+
+def test_consistency_mask_hand_cases():
+    fw = np.zeros((5, 8, 2), np.float32)
+    fw[..., 0] = 2.0
+    bw = -fw
+    ok = consistency_mask(fw, bw)
+    # consistent everywhere the target x + 2 stays inside the image (x <= 5)
+    assert ok[:, :6].all() and not ok[:, 6:].any()
+    bad_bw = bw.copy()
+    bad_bw[2, 4] = (3.0, 0.0)  # pixel (2, 2) lands on (2, 4), whose backward flow disagrees
+    ok2 = consistency_mask(fw, bad_bw)
+    assert not ok2[2, 2] and ok2[2, 1]
+
+
+def test_sampson_distance_of_a_sideways_camera():
+    # camera translates along x (same K both frames): epipolar lines are the image rows
+    K = np.array([[200.0, 0, 40], [0, 200, 30], [0, 0, 1]])
+    tx = np.array([[0, 0, 0], [0, 0, -1], [0, 1, 0]], dtype=float)  # [t]_x for t = (1, 0, 0)
+    Kinv = np.linalg.inv(K)
+    F = Kinv.T @ tx @ Kinv
+    flow = np.zeros((60, 80, 2))
+    flow[..., 0] = np.linspace(-5, 5, 80)  # any horizontal motion fits
+    np.testing.assert_allclose(sampson_distance(F, flow), 0, atol=1e-9)
+    flow[..., 1] = 2.0  # a vertical offset of d px has Sampson distance d / sqrt(2)
+    np.testing.assert_allclose(sampson_distance(F, flow), 2 / np.sqrt(2), rtol=1e-9)
+
+
+def test_clean_mask_removes_speckle_and_dilates():
+    raw = np.zeros((60, 80), bool)
+    raw[20:40, 30:50] = True  # the mover
+    raw[5, 5] = raw[50, 70] = True  # speckle
+    cfg = MasksConfig(dilate=2)
+    m = clean_mask(raw, cfg)
+    assert not m[5, 5] and not m[50, 70]
+    assert m[20:40, 30:50].all() and m[18, 40] and not m[16, 40]
+
+
+@pytest.mark.stage
+def test_dis_flow_end_point_error(synthetic_scene, synthetic_flow):
+    fw_dir, bw_dir, ok_dir, _ = synthetic_flow
+    n = len(synthetic_scene.images)
+    assert len(list(fw_dir.glob("*.flo"))) == n - 1 and len(list(bw_dir.glob("*.flo"))) == n - 1
+    assert not (fw_dir / frame_name(n - 1, ".flo")).exists()
+    assert not (bw_dir / frame_name(0, ".flo")).exists()
+    epe_fw = [
+        np.linalg.norm(
+            read_flo(fw_dir / frame_name(i, ".flo")) - synthetic_scene.flow_fw[i], axis=-1
+        )
+        for i in range(n - 1)
+    ]
+    epe_bw = [
+        np.linalg.norm(
+            read_flo(bw_dir / frame_name(i + 1, ".flo")) - synthetic_scene.flow_bw[i], axis=-1
+        )
+        for i in range(n - 1)
+    ]
+    mean_fw = float(np.mean(epe_fw))
+    print(f"DIS EPE forward {mean_fw:.3f} px, backward {np.mean(epe_bw):.3f} px")
+    assert mean_fw <= 1.5
+    assert float(np.mean(epe_bw)) <= 1.5
+    # the consistency mask keeps the accurate pixels: its EPE is lower than the overall EPE
+    ok = [read_mask(ok_dir / f"{i:05d}_fw.png") for i in range(n - 1)]
+    ok_epe = np.mean([e[m].mean() for e, m in zip(epe_fw, ok, strict=True)])
+    bad_epe = np.mean([e[~m].mean() for e, m in zip(epe_fw, ok, strict=True) if (~m).any()])
+    assert ok_epe < bad_epe
+    assert np.mean([m.mean() for m in ok]) > 0.8
+
+
+@pytest.mark.stage
+def test_epipolar_masks_iou(synthetic_scene, synthetic_flow, tmp_path):
+    fw_dir, bw_dir, ok_dir, _ = synthetic_flow
+    frames_dir = fw_dir.parent / "frames"
+    summary = compute_masks(
+        frames_dir, fw_dir, bw_dir, ok_dir, tmp_path / "masks", MasksConfig(), scene="synthetic"
+    )
+    masks = [read_mask(p) for p in list_frames(tmp_path / "masks")]
+    assert len(masks) == len(synthetic_scene.images)
+    ious = [iou(m, gt) for m, gt in zip(masks, synthetic_scene.dynamic_mask, strict=True)]
+    print(f"epipolar mask IoU mean {np.mean(ious):.3f} min {np.min(ious):.3f}; {summary}")
+    assert np.mean(ious) >= 0.6
+    assert np.min(ious) >= 0.3
+
+
+def test_none_masks_are_empty(synthetic_frames_dir, tmp_path):
+    compute_masks(
+        synthetic_frames_dir, None, None, None, tmp_path / "m", MasksConfig(backend="none")
+    )
+    masks = [read_mask(p) for p in list_frames(tmp_path / "m")]
+    assert len(masks) == len(list_frames(synthetic_frames_dir)) and not np.any(masks)

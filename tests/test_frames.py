@@ -1,0 +1,365 @@
+"""Tests of the ``frames`` stage (nsff_core.priors.frames) on tiny generated videos and folders."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import cv2
+import imageio.v3 as iio
+import numpy as np
+import pytest
+
+from nsff_core.config import FramesConfig
+from nsff_core.errors import StageError
+from nsff_core.io import read_image, write_image
+from nsff_core.priors.frames import extract_frames, output_size, select_indices
+
+W, H, N = 64, 48, 12
+SCENE = "tiny_scene"
+
+
+def source_frame(i: int, w: int = W, h: int = H) -> np.ndarray:
+    """Frame ``i`` of the test sequence, (h, w, 3) uint8: smooth, with green level 15 + 20 i so
+    that the frame index can be read back from a lossy decode."""
+    x = np.linspace(0, 1, w)[None, :]
+    y = np.linspace(0, 1, h)[:, None]
+    r = 40 + 160 * x + 0 * y
+    g = np.full((h, w), 15 + 20 * i, float)
+    b = 60 + 120 * y + 0 * x
+    return np.clip(np.stack([r, g, b], -1), 0, 255).round().astype(np.uint8)
+
+
+def frame_index(rgb: np.ndarray) -> int:
+    """Inverse of the green level of :func:`source_frame` (any size)."""
+    return int(round((rgb[..., 1].mean() - 15) / 20))
+
+
+def write_video(path: Path, n: int = N, **kwargs) -> Path:
+    frames = np.stack([source_frame(i) for i in range(n)])
+    iio.imwrite(
+        path, frames, plugin="FFMPEG", fps=10, codec="libx264", macro_block_size=1,
+        quality=9, **kwargs,
+    )  # fmt: skip
+    return path
+
+
+def write_folder(folder: Path, n: int = N, name: str = "img_{:03d}.png") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        write_image(folder / name.format(i), source_frame(i))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory) -> Path:
+    return write_video(tmp_path_factory.mktemp("video") / "clip.mp4")
+
+
+@pytest.fixture()
+def out(tmp_path) -> tuple[Path, Path]:
+    """(frames_dir, frames_json) under a results-like folder."""
+    return tmp_path / "results" / SCENE / "frames", tmp_path / "results" / SCENE / "frames.json"
+
+
+def run(source, out, **cfg) -> dict:
+    cfg.setdefault("width", None)
+    return extract_frames(source, out[0], out[1], FramesConfig(**cfg), scene=SCENE)
+
+
+def written_frames(frames_dir: Path) -> list[np.ndarray]:
+    return [read_image(p) for p in sorted(frames_dir.iterdir())]
+
+
+def expect_failure(source, out, *causes: str, **cfg) -> StageError:
+    """Run, expect a StageError naming the scene, the rule and ``causes``; nothing left behind."""
+    with pytest.raises(StageError) as info:
+        run(source, out, **cfg)
+    msg = str(info.value)
+    assert SCENE in msg and "frames" in msg, msg
+    assert info.value.stage == "frames" and info.value.scene == SCENE
+    for cause in causes:
+        assert cause in msg, (cause, msg)
+    assert info.value.hint
+    assert not out[0].exists(), "frames_dir left behind"
+    assert not out[1].exists(), "frames_json left behind"
+    leftovers = [p.name for p in out[0].parent.iterdir()] if out[0].parent.exists() else []
+    assert not leftovers, leftovers
+    return info.value
+
+
+# --------------------------------------------------------------------------- extraction
+
+
+def test_video_extraction(video, out):
+    info = run(video, out)
+    names = sorted(p.name for p in out[0].iterdir())
+    assert names == [f"{i:05d}.png" for i in range(N)]
+    assert json.loads(out[1].read_text()) == info
+    assert info["source"] == str(video.resolve()) and Path(info["source"]).is_absolute()
+    assert info["kind"] == "video"
+    assert info["fps"] == pytest.approx(10.0)
+    assert info["source_size"] == [W, H] and info["size"] == [W, H]
+    assert info["scale"] == [1.0, 1.0]
+    assert info["count"] == N
+    assert info["source_indices"] == list(range(N))
+    assert info["source_names"] is None
+    assert info["config"] == {
+        "start": 0, "end": None, "stride": 1, "max_frames": None, "width": None, "height": None,
+    }  # fmt: skip
+    for i, rgb in enumerate(written_frames(out[0])):
+        assert rgb.shape == (H, W, 3) and rgb.dtype == np.uint8
+        err = np.abs(rgb.astype(float) - source_frame(i)).mean()
+        assert err < 4.0, (i, err)  # lossy h264 + yuv420, smooth content
+
+
+def test_image_folder_extraction(tmp_path, out):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    # lexical order = time order, any case of suffix, other files / folders / hidden files ignored
+    for i in range(5):
+        suffix = [".png", ".PNG", ".png", ".Png", ".png"][i]
+        write_image(folder / f"f{i:02d}{suffix}", source_frame(i))
+    write_image(folder / "f05.jpg", source_frame(5))
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "sub.png").mkdir()
+    write_image(folder / ".hidden.png", source_frame(9))
+
+    info = run(folder, out)
+    assert info["kind"] == "images" and info["fps"] is None
+    assert info["source"] == str(folder.resolve())
+    assert info["count"] == 6 and info["source_indices"] == list(range(6))
+    assert info["source_names"] == [
+        "f00.png",
+        "f01.PNG",
+        "f02.png",
+        "f03.Png",
+        "f04.png",
+        "f05.jpg",
+    ]
+    assert info["source_size"] == [W, H] and info["size"] == [W, H] and info["scale"] == [1, 1]
+    assert json.loads(out[1].read_text()) == info
+    frames = written_frames(out[0])
+    assert [p.name for p in sorted(out[0].iterdir())] == [f"{i:05d}.png" for i in range(6)]
+    for i in range(5):
+        np.testing.assert_array_equal(frames[i], source_frame(i))  # PNG is lossless
+    assert np.abs(frames[5].astype(float) - source_frame(5)).mean() < 3.0  # JPEG
+
+
+def test_progress_is_logged(tmp_path, out, caplog):
+    with caplog.at_level(logging.INFO, logger="nsff_core.priors.frames"):
+        run(write_folder(tmp_path / "imgs", n=20), out)
+    progress = [r.getMessage() for r in caplog.records if "written" in r.getMessage()]
+    assert progress[-1] == "frames: 20/20 written"
+    assert "frames: 2/20 written" in progress and len(progress) == 10
+
+
+def test_rerun_replaces_outputs(video, out):
+    run(video, out)
+    info = run(video, out, stride=4)
+    assert info["source_indices"] == [0, 4, 8]
+    assert len(list(out[0].iterdir())) == 3
+
+
+# --------------------------------------------------------------------------- selection
+
+SELECTIONS = [
+    ({}, list(range(12))),
+    ({"start": 2, "end": 9, "stride": 3}, [2, 5, 8]),
+    ({"stride": 5}, [0, 5, 10]),
+    ({"end": 100}, list(range(12))),  # end beyond the source: to its end
+    ({"max_frames": 4}, [0, 4, 7, 11]),  # positions round(0, 3.67, 7.33, 11)
+    ({"start": 1, "stride": 2, "max_frames": 4}, [1, 5, 7, 11]),  # 1,3,..,11 at 0,2,3,5
+    ({"start": 3, "end": 40, "max_frames": 4}, [3, 6, 8, 11]),  # 3..11 at 0,3,5,8
+    ({"max_frames": 20}, list(range(12))),
+    ({"start": 10}, [10, 11]),
+]
+
+
+@pytest.mark.parametrize(("cfg", "expected"), SELECTIONS)
+def test_select_indices(cfg, expected):
+    assert select_indices(12, FramesConfig(**cfg)) == expected
+
+
+@pytest.mark.parametrize(("cfg", "expected"), SELECTIONS[1:7])
+def test_image_folder_selection(tmp_path, out, cfg, expected):
+    info = run(write_folder(tmp_path / "imgs"), out, **cfg)
+    assert info["source_indices"] == expected and info["count"] == len(expected)
+    assert info["source_names"] == [f"img_{i:03d}.png" for i in expected]
+    for rgb, i in zip(written_frames(out[0]), expected, strict=True):
+        np.testing.assert_array_equal(rgb, source_frame(i))
+
+
+@pytest.mark.parametrize(
+    ("cfg", "expected"),
+    [
+        ({"start": 2, "end": 9, "stride": 3}, [2, 5, 8]),  # stops decoding at frame 8
+        ({"start": 1, "stride": 2, "max_frames": 4}, [1, 5, 7, 11]),  # counts frames first
+        ({"start": 3, "end": 40, "max_frames": 4}, [3, 6, 8, 11]),  # video shorter: 2nd pass
+        ({"start": 10, "end": 40}, [10, 11]),
+    ],
+)
+def test_video_selection(video, out, cfg, expected):
+    info = run(video, out, **cfg)
+    assert info["source_indices"] == expected and info["count"] == len(expected)
+    assert [frame_index(rgb) for rgb in written_frames(out[0])] == expected
+
+
+# --------------------------------------------------------------------------- resizing
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "size"),
+    [
+        (32, None, (32, 24)),
+        (None, 30, (40, 30)),
+        (50, None, (50, 38)),  # 48 * 50 / 64 = 37.5 -> nearest even 38
+        (33, None, (33, 24)),  # odd given side is kept; 24.75 -> 24
+        (100, 30, (100, 30)),  # both given: aspect not kept
+        (128, None, (128, 96)),  # enlarging
+        (None, None, (64, 48)),
+    ],
+)
+def test_output_size(width, height, size):
+    assert output_size((W, H), FramesConfig(width=width, height=height)) == size
+
+
+def test_resize_one_side_keeps_aspect(tmp_path, out):
+    info = run(write_folder(tmp_path / "imgs", n=3), out, width=40)
+    assert info["size"] == [40, 30] and info["source_size"] == [W, H]
+    assert info["scale"] == [0.625, 0.625]
+    for i, rgb in enumerate(written_frames(out[0])):
+        assert rgb.shape == (30, 40, 3)
+        # area averaging when shrinking (a non-integer factor, where it differs from bilinear)
+        ref = cv2.resize(source_frame(i), (40, 30), interpolation=cv2.INTER_AREA)
+        np.testing.assert_array_equal(rgb, ref)
+
+
+def test_resize_both_sides_and_enlarge(video, out):
+    info = run(video, out, width=100, height=30, end=3)
+    assert info["size"] == [100, 30] and info["scale"] == pytest.approx([100 / 64, 30 / 48])
+    rgb = written_frames(out[0])[1]
+    assert rgb.shape == (30, 100, 3)
+    ref = cv2.resize(source_frame(1), (100, 30), interpolation=cv2.INTER_CUBIC)
+    assert np.abs(rgb.astype(float) - ref).mean() < 4.0
+
+
+def test_resize_height_only_on_video(video, out):
+    info = run(video, out, height=24, stride=6)
+    assert info["size"] == [32, 24] and info["source_indices"] == [0, 6]
+    assert all(rgb.shape == (24, 32, 3) for rgb in written_frames(out[0]))
+
+
+# --------------------------------------------------------------------------- bad inputs
+
+
+def test_missing_source(tmp_path, out):
+    expect_failure(tmp_path / "nope.mp4", out, "source not found", "nope.mp4")
+
+
+def test_empty_folder(tmp_path, out):
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    (folder / "readme.txt").write_text("no frames here")
+    expect_failure(folder, out, "no images in folder", str(folder.resolve()))
+
+
+def test_single_image_folder(tmp_path, out):
+    err = expect_failure(write_folder(tmp_path / "one", n=1), out, "only 1 frame(s) selected")
+    assert "of the 1 images" in str(err) and "start=0 end=end stride=1" in str(err)
+
+
+def test_single_frame_selected_from_video(video, out):
+    err = expect_failure(video, out, "only 1 frame(s) selected", "start=11", start=11)
+    assert "12 frames" in str(err)
+
+
+def test_single_frame_selected_by_stride(tmp_path, out):
+    expect_failure(
+        write_folder(tmp_path / "imgs", n=4), out, "only 1 frame(s)", "stride=9", stride=9
+    )
+
+
+def test_single_image_file(tmp_path, out):
+    path = tmp_path / "still.png"
+    write_image(path, source_frame(0))
+    expect_failure(path, out, "single image", "still.png")
+
+
+def test_corrupt_image(tmp_path, out):
+    folder = write_folder(tmp_path / "imgs", n=6)
+    (folder / "img_003.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    expect_failure(folder, out, "cannot read image", "img_003.png")
+
+
+def test_images_of_different_sizes(tmp_path, out):
+    folder = write_folder(tmp_path / "imgs", n=6)
+    write_image(folder / "img_004.png", source_frame(4, w=32, h=32))
+    expect_failure(folder, out, "different sizes", "img_004.png", "32x32", "64x48", "img_000.png")
+
+
+def test_video_that_is_text(tmp_path, out):
+    path = tmp_path / "fake.mp4"
+    path.write_text("this is not a video\n" * 20)
+    expect_failure(path, out, "video does not decode", "fake.mp4")
+
+
+def test_truncated_video(video, tmp_path, out):
+    path = tmp_path / "cut.mp4"
+    data = video.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # index (moov) at the end is lost
+    expect_failure(path, out, "video does not decode", "cut.mp4")
+
+
+def test_truncated_streamable_video_warns(tmp_path, out, caplog):
+    # With the index up front a cut file still plays up to the cut: keep those frames, but warn.
+    full = write_video(tmp_path / "fast.mp4", output_params=["-movflags", "+faststart"])
+    data = full.read_bytes()
+    cut = tmp_path / "fast_cut.mp4"
+    cut.write_bytes(data[: int(len(data) * 0.6)])
+    with caplog.at_level(logging.WARNING, logger="nsff_core.priors.frames"):
+        info = run(cut, out)
+    assert 2 <= info["count"] < N
+    assert any("truncated" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+    "cfg", [{"start": 12}, {"start": 20, "end": 30}, {"start": 15, "max_frames": 4}]
+)
+def test_range_outside_video(video, out, cfg):
+    expect_failure(video, out, "frame range outside", f"start={cfg['start']}", "12 frames", **cfg)
+
+
+def test_range_outside_image_folder(tmp_path, out):
+    expect_failure(write_folder(tmp_path / "imgs", n=5), out, "outside", "5 images", start=7)
+
+
+@pytest.mark.parametrize(
+    ("cfg", "cause"),
+    [
+        ({"stride": 0}, "frames.stride must be >= 1, got 0"),
+        ({"start": 5, "end": 5}, "frames.end must be greater than frames.start"),
+        ({"start": 5, "end": 2}, "start=5 end=2"),
+        ({"start": -1}, "frames.start must be >= 0"),
+        ({"width": 0}, "frames.width must be a positive"),
+        ({"height": -2}, "frames.height must be a positive"),
+        ({"max_frames": 1}, "frames.max_frames must be >= 2"),
+        ({"width": 32.5}, "frames.width must be an integer, got 32.5"),
+    ],
+)
+def test_bad_config(video, out, cfg, cause):
+    expect_failure(video, out, cause, **cfg)
+
+
+def test_failure_removes_outputs_of_an_earlier_run(video, tmp_path, out):
+    run(video, out)
+    assert out[0].is_dir() and out[1].is_file()
+    expect_failure(video, out, "frame range outside", start=50)
+
+
+def test_source_inside_output_folder_is_refused(tmp_path, out):
+    write_folder(out[0], n=3)
+    with pytest.raises(StageError, match="output folder"):
+        run(out[0], out)
+    assert len(list(out[0].iterdir())) == 3  # the source is not deleted

@@ -1,0 +1,129 @@
+"""The Snakemake workflow itself: lint, dry run, start-up validation, and a tiny end-to-end run
+of the preprocessing DAG on CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from nsff_core import io
+
+from .conftest import REPO, iou
+
+pytestmark = pytest.mark.workflow
+
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+
+def snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    """Run the repository's Snakefile with ``workdir`` as working directory."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run(
+        [*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+def make_workdir(tmp_path: Path, sheet: str, **overrides) -> Path:
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg["scenes"] = "scenes.tsv"
+    for key, value in overrides.items():
+        cfg[key].update(value) if isinstance(value, dict) else cfg.__setitem__(key, value)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (tmp_path / "scenes.tsv").write_text(sheet)
+    return tmp_path
+
+
+def test_lint():
+    r = subprocess.run(
+        [*SNAKEMAKE, "--lint", "-s", str(REPO / "Snakefile"), "-d", str(REPO)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Congratulations" in r.stdout + r.stderr or "no issues" in (r.stdout + r.stderr).lower()
+
+
+def test_dry_run_of_the_demo():
+    r = snakemake(REPO, "-n", "--cores", "2")
+    assert r.returncode == 0, r.stdout + r.stderr
+    for rule in ("synthetic", "frames", "flow", "masks", "sfm", "depth"):
+        assert rule in r.stdout
+
+
+@pytest.mark.parametrize(
+    "sheet, needle",
+    [
+        ("scene\tsource\na\tx.mp4\na\ty.mp4\n", "'a' appears more than once"),
+        ("scene\tsource\tfps\na\tx.mp4\t30\n", "unknown column(s) ['fps']"),
+        ("scene\tsource\na\tsynthetic:nope\n", "synthetic:nope"),
+    ],
+)
+def test_bad_sheet_stops_before_any_job(tmp_path, sheet, needle):
+    wd = make_workdir(tmp_path, sheet)
+    r = snakemake(wd, "--cores", "1")
+    assert r.returncode != 0
+    assert needle in r.stdout + r.stderr
+    assert not (wd / "results").exists()
+
+
+def test_bad_config_key_stops_before_any_job(tmp_path):
+    wd = make_workdir(tmp_path, "scene\tsource\na\tsynthetic:tiny\n", flow={"dis_preset": "slow"})
+    r = snakemake(wd, "--cores", "1")
+    assert r.returncode != 0
+    assert "flow.dis_preset" in r.stdout + r.stderr
+    assert not (wd / "results").exists()
+
+
+def test_missing_source_names_scene_and_rule(tmp_path):
+    wd = make_workdir(tmp_path, "scene\tsource\nghost\tvideos/nowhere.mp4\n")
+    r = snakemake(wd, "--cores", "1", "results/ghost/frames.json")
+    out = r.stdout + r.stderr
+    assert r.returncode != 0
+    assert "scene 'ghost', rule 'frames'" in out and "nowhere.mp4" in out
+    assert not (wd / "results" / "ghost" / "frames.json").exists()
+    assert not (wd / "results" / "ghost" / "frames").exists()
+
+
+@pytest.mark.stage
+def test_tiny_preprocessing_end_to_end(tmp_path):
+    """The demo command on a tiny synthetic scene: every preprocessing output, in its format."""
+    wd = make_workdir(
+        tmp_path, "scene\tsource\ttiny\tsynthetic:tiny\n".replace("\ttiny\t", "\ntiny\t")
+    )
+    r = snakemake(wd, "--cores", "2")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    res = wd / "results" / "tiny"
+    gt = np.load(res / "gt" / "scene.npz")
+    n, h, w = gt["depth"].shape
+    meta = json.loads((res / "frames.json").read_text())
+    assert meta["count"] == n and meta["size"] == [w, h]
+    assert len(io.list_frames(res / "frames")) == n
+    assert len(list((res / "flow_fw").glob("*.flo"))) == n - 1
+    assert io.read_flo(res / "flow_fw" / "00000.flo").shape == (h, w, 2)
+    assert len(list((res / "flow_ok").glob("*.png"))) == 2 * (n - 1)
+    masks = np.stack([io.read_mask(p) for p in io.list_frames(res / "masks")])
+    assert masks.shape == (n, h, w)
+    assert np.mean([iou(m, g) for m, g in zip(masks, gt["dynamic_mask"], strict=True)]) > 0.3
+    cams = io.read_cameras(res / "cameras.npz")
+    assert cams["c2w"].shape == (n, 4, 4) and cams["registered"].all()
+    assert np.load(res / "poses_bounds.npy").shape == (n, 17)
+    assert (res / "sfm" / "sparse" / "0" / "points3D.bin").exists()
+    disp = [io.read_disparity(p) for p in sorted((res / "disp").glob("*.npy"))]
+    assert len(disp) == n and disp[0].shape == (h, w) and disp[0].dtype == np.float32
+    for rule in ("synthetic", "frames", "flow", "masks", "sfm", "depth"):
+        assert (res / "logs" / f"{rule}.log").stat().st_size > 0
+    # a finished workflow has nothing left to do
+    again = snakemake(wd, "-n", "--cores", "2")
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr

@@ -1,0 +1,20 @@
+"""Rule depth: per-frame relative disparity at training resolution."""
+
+import sys
+
+sys.path.insert(0, f"{snakemake.scriptdir}/..")
+
+from nsff_core.config import stage_config
+from nsff_core.priors.depth import compute_depth
+from nsff_core.workflow import run_stage
+
+with run_stage(snakemake):
+    compute_depth(
+        snakemake.input.frames,
+        snakemake.input.masks,
+        snakemake.input.sfm,
+        snakemake.input.cameras,
+        snakemake.output.disp,
+        stage_config("depth", snakemake.params.cfg),
+        scene=snakemake.wildcards.scene,
+    )

@@ -1,0 +1,19 @@
+"""Rule flow: forward and backward optical flow with consistency masks."""
+
+import sys
+
+sys.path.insert(0, f"{snakemake.scriptdir}/..")
+
+from nsff_core.config import stage_config
+from nsff_core.priors.flow import compute_flow
+from nsff_core.workflow import run_stage
+
+with run_stage(snakemake):
+    compute_flow(
+        snakemake.input.frames,
+        snakemake.output.fw,
+        snakemake.output.bw,
+        snakemake.output.ok,
+        stage_config("flow", snakemake.params.cfg),
+        scene=snakemake.wildcards.scene,
+    )

@@ -1,0 +1,18 @@
+"""Rule frames: decode the scene's source (video or image folder) into training frames."""
+
+import sys
+
+sys.path.insert(0, f"{snakemake.scriptdir}/..")
+
+from nsff_core.config import stage_config
+from nsff_core.priors.frames import extract_frames
+from nsff_core.workflow import run_stage
+
+with run_stage(snakemake):
+    extract_frames(
+        snakemake.params.source,
+        snakemake.output.frames,
+        snakemake.output.json,
+        stage_config("frames", snakemake.params.cfg),
+        scene=snakemake.wildcards.scene,
+    )

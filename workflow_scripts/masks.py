@@ -1,0 +1,20 @@
+"""Rule masks: motion masks (255 = dynamic)."""
+
+import sys
+
+sys.path.insert(0, f"{snakemake.scriptdir}/..")
+
+from nsff_core.config import stage_config
+from nsff_core.priors.masks import compute_masks
+from nsff_core.workflow import run_stage
+
+with run_stage(snakemake):
+    compute_masks(
+        snakemake.input.frames,
+        snakemake.input.fw,
+        snakemake.input.bw,
+        snakemake.input.ok,
+        snakemake.output.masks,
+        stage_config("masks", snakemake.params.cfg),
+        scene=snakemake.wildcards.scene,
+    )

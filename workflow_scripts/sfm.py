@@ -1,0 +1,20 @@
+"""Rule sfm: COLMAP structure from motion on the static pixels; writes cameras.npz."""
+
+import sys
+
+sys.path.insert(0, f"{snakemake.scriptdir}/..")
+
+from nsff_core.config import stage_config
+from nsff_core.priors.sfm import run_sfm
+from nsff_core.workflow import run_stage
+
+with run_stage(snakemake):
+    run_sfm(
+        snakemake.input.frames,
+        snakemake.input.masks,
+        snakemake.output.sfm,
+        snakemake.output.cameras,
+        snakemake.output.poses_bounds,
+        stage_config("sfm", snakemake.params.cfg),
+        scene=snakemake.wildcards.scene,
+    )
