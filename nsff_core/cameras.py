@@ -49,7 +49,7 @@ def camera_centres(c2w: np.ndarray) -> np.ndarray:
 
 
 def world_to_camera(c2w: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Transform world points (M, 3) into the camera frame of one ``c2w`` (4, 4); (M, 3).
+    """Transform world points (..., 3) into the camera frame of one ``c2w`` (4, 4); (..., 3).
 
     In OpenCV axes the third output column is the camera-z depth (positive in front).
     """
@@ -58,16 +58,16 @@ def world_to_camera(c2w: np.ndarray, points: np.ndarray) -> np.ndarray:
 
 
 def project(K: np.ndarray, c2w: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Project world points (M, 3) into one camera.
+    """Project world points (..., 3) into one camera ``c2w`` (4, 4).
 
     Returns:
-        xy: (M, 2) pixel coordinates, OpenCV convention (see module docstring).
-        z: (M,) camera-z depth in world units (points behind the camera have z <= 0).
+        xy: (..., 2) pixel coordinates, OpenCV convention (see module docstring).
+        z: (...,) camera-z depth in world units (points behind the camera have z <= 0).
     """
     pc = world_to_camera(c2w, points)
-    z = pc[:, 2]
+    z = pc[..., 2]
     with np.errstate(divide="ignore", invalid="ignore"):
-        uv = pc[:, :2] / z[:, None]
+        uv = pc[..., :2] / z[..., None]
     xy = uv * np.array([K[0, 0], K[1, 1]]) + np.array([K[0, 2], K[1, 2]])
     return xy, z
 

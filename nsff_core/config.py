@@ -63,9 +63,14 @@ class MasksConfig:
     ransac_threshold: float = 0.5
     #: flow correspondences sampled per frame pair for the fundamental-matrix fit
     num_correspondences: int = 4000
+    #: pixels whose 7x7 structure tensor has a smaller eigenvalue than this (grey in [0, 1])
+    #: are too flat for their flow to be trusted and never vote dynamic; 0 = no texture test
+    min_texture: float = 1e-4
     #: morphological opening (removes speckle) and closing (fills holes), kernel sizes in px
     open_size: int = 3
     close_size: int = 7
+    #: mark background pixels that a moving region encloses completely as dynamic
+    fill_holes: bool = True
     #: connected components smaller than this fraction of the image are dropped
     min_area_fraction: float = 0.001
     #: final dilation in pixels (a margin around movers, as nsff_pl's 15x15 erosion)

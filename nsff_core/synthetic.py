@@ -41,6 +41,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .cameras import project
 from .config import SyntheticConfig
 from .io import atomic_file
 
@@ -147,15 +148,6 @@ def offset_pose(c2w: np.ndarray, offset: np.ndarray) -> np.ndarray:
     return out
 
 
-def project(points: np.ndarray, K: np.ndarray, c2w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Project world points (..., 3) with camera ``c2w`` (4, 4): pixel coordinates (..., 2)
-    (integer = pixel centre) and camera-frame depth z (...,)."""
-    cam = (points - c2w[:3, 3]) @ c2w[:3, :3]
-    z = cam[..., 2]
-    xy = cam[..., :2] / z[..., None]
-    return xy * np.diag(K)[:2] + K[:2, 2], z
-
-
 def pixel_grid(height: int, width: int) -> np.ndarray:
     """Pixel-centre coordinates (H, W, 2) float64, (x, y) order."""
     y, x = np.mgrid[0:height, 0:width].astype(np.float64)
@@ -173,7 +165,7 @@ def backproject(depth: np.ndarray, K: np.ndarray, c2w: np.ndarray) -> np.ndarray
 def static_flow(depth: np.ndarray, K: np.ndarray, c2w_src: np.ndarray, c2w_dst: np.ndarray):
     """Flow (H, W, 2) float64 in pixels that a static scene with z-depth ``depth`` (H, W) of the
     source camera would have from camera ``c2w_src`` to ``c2w_dst`` (both (4, 4))."""
-    xy, _ = project(backproject(depth, K, c2w_src), K, c2w_dst)
+    xy, _ = project(K, c2w_dst, backproject(depth, K, c2w_src))
     return xy - pixel_grid(*depth.shape)
 
 
@@ -589,7 +581,7 @@ def _flow(local: np.ndarray, box: np.ndarray, poses_dst: np.ndarray, K, c2w_dst)
     (B, 4, 4)), project with ``c2w_dst``, subtract the source pixel centre."""
     pose = poses_dst[box]
     world = np.einsum("hwij,hwj->hwi", pose[..., :3, :3], local) + pose[..., :3, 3]
-    xy, _ = project(world, K, c2w_dst)
+    xy, _ = project(K, c2w_dst, world)
     return xy - pixel_grid(*box.shape)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from nsff_core.config import SyntheticConfig
@@ -41,9 +40,3 @@ def synthetic_flow(synthetic_frames_dir):
     dirs = root / "flow_fw", root / "flow_bw", root / "flow_ok"
     summary = compute_flow(synthetic_frames_dir, *dirs, FlowConfig(), scene="synthetic")
     return (*dirs, summary)
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    """Intersection over union of two bool masks."""
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 1.0

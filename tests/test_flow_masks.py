@@ -6,10 +6,15 @@ import pytest
 
 from nsff_core.config import MasksConfig
 from nsff_core.io import frame_name, list_frames, read_flo, read_mask
+from nsff_core.metrics import iou
 from nsff_core.priors.flow import consistency_mask, sample_flow
-from nsff_core.priors.masks import clean_mask, compute_masks, sampson_distance
-
-from .conftest import iou
+from nsff_core.priors.masks import (
+    clean_mask,
+    compute_masks,
+    fill_holes,
+    sampson_distance,
+    textured,
+)
 
 
 def test_sample_flow_shifts_by_the_flow():
@@ -55,6 +60,27 @@ def test_clean_mask_removes_speckle_and_dilates():
     m = clean_mask(raw, cfg)
     assert not m[5, 5] and not m[50, 70]
     assert m[20:40, 30:50].all() and m[18, 40] and not m[16, 40]
+
+
+def test_fill_holes_fills_only_enclosed_background():
+    m = np.zeros((20, 30), np.uint8)
+    m[5:15, 5:15] = 1
+    m[8:12, 8:12] = 0  # a hole inside the ring
+    m[0:6, 20:30] = 1
+    m[0:3, 24:27] = 0  # a notch open to the image border: not enclosed
+    out = fill_holes(m)
+    assert out[8:12, 8:12].all() and not out[0:3, 24:27].any()
+    assert out.sum() == m.sum() + 16
+
+
+def test_texture_test_rejects_flat_and_single_edge_regions():
+    img = np.zeros((40, 60, 3), np.uint8)
+    img[:, 30:] = 200  # one vertical edge: flow along it is undetermined
+    rng = np.random.default_rng(0)
+    img[:20, :20] = rng.integers(0, 255, (20, 20, 1), dtype=np.uint8)  # texture
+    tex = textured(img, 1e-4)
+    assert tex[5:15, 5:15].all()
+    assert not tex[30:, 40:].any() and not tex[30:, 28:32].any()
 
 
 @pytest.mark.stage

@@ -14,8 +14,9 @@ import pytest
 import yaml
 
 from nsff_core import io
+from nsff_core.metrics import iou
 
-from .conftest import REPO, iou
+from .conftest import REPO
 
 pytestmark = pytest.mark.workflow
 

@@ -74,6 +74,19 @@ def fit_fundamental(
     return F
 
 
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """Set the pixels (H, W) that the mask encloses completely, i.e. that the outside of the
+    image cannot reach without crossing it (a flat patch in the middle of a mover)."""
+    import cv2
+
+    h, w = mask.shape
+    outside = np.ones((h + 2, w + 2), np.uint8)
+    outside[1:-1, 1:-1] = mask == 0
+    flood = np.zeros((h + 4, w + 4), np.uint8)
+    cv2.floodFill(outside, flood, (0, 0), 2)
+    return (outside[1:-1, 1:-1] != 2).astype(mask.dtype)
+
+
 def clean_mask(raw: np.ndarray, cfg: MasksConfig) -> np.ndarray:
     """Morphological clean-up of a raw bool (H, W) motion mask, then dilation."""
     import cv2
@@ -85,6 +98,8 @@ def clean_mask(raw: np.ndarray, cfg: MasksConfig) -> np.ndarray:
     if cfg.close_size > 1:
         k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (cfg.close_size, cfg.close_size))
         m = cv2.morphologyEx(m, cv2.MORPH_CLOSE, k)
+    if cfg.fill_holes:
+        m = fill_holes(m)
     if cfg.min_area_fraction > 0:
         n, labels, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
         min_area = cfg.min_area_fraction * m.size
@@ -98,6 +113,19 @@ def clean_mask(raw: np.ndarray, cfg: MasksConfig) -> np.ndarray:
     return m.astype(bool)
 
 
+def textured(rgb: np.ndarray, min_texture: float) -> np.ndarray:
+    """Pixels (H, W) bool where optical flow is determined in both directions.
+
+    The test is the smaller eigenvalue of the 7x7 structure tensor of the grey image (intensity
+    in [0, 1]) against ``min_texture``: flat regions (sky, walls) and single edges (stripes, the
+    aperture problem) have a small one, and their flow says nothing about motion.
+    """
+    import cv2
+
+    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
+    return cv2.cornerMinEigenVal(grey, 7, 3) >= min_texture
+
+
 def epipolar_motion_mask(
     flows: list[np.ndarray],
     oks: list[np.ndarray],
@@ -108,7 +136,7 @@ def epipolar_motion_mask(
 
     Args:
         flows: flows (H, W, 2) from this frame to each neighbour (pixels).
-        oks: their forward-backward consistency masks (H, W) bool.
+        oks: where each flow is trusted (H, W) bool: forward-backward consistent and textured.
 
     Returns:
         the bool (H, W) mask (True where any neighbour's consistent flow has a Sampson distance
@@ -168,6 +196,9 @@ def compute_masks(
                 if i > 0:
                     flows.append(read_flo(Path(flow_bw_dir) / frame_name(i, ".flo")))
                     oks.append(read_mask(Path(flow_ok_dir) / f"{i:05d}_bw.png"))
+                if cfg.min_texture > 0:
+                    tex = textured(read_image(frames[i]), cfg.min_texture)
+                    oks = [ok & tex for ok in oks]
                 raw, res = epipolar_motion_mask(flows, oks, cfg, rng)
                 residuals += res
                 mask = clean_mask(raw, cfg)
