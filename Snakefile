@@ -15,6 +15,7 @@ include: "rules/flow.smk"
 include: "rules/masks.smk"
 include: "rules/sfm.smk"
 include: "rules/depth.smk"
+include: "rules/train.smk"
 
 
 rule all:

@@ -8,7 +8,7 @@ starts; the scripts then build one of these dataclasses per stage with :func:`st
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from .errors import ConfigError
@@ -119,12 +119,55 @@ class DepthConfig:
     smooth_sigma: float = 2.0
 
 
+@dataclass(frozen=True)
+class TrainConfig:
+    """NSFF training (defaults = nsff_pl's README configuration, NSFF_SPEC section 6)."""
+
+    #: MLP width and number of hidden layers of each field (nsff_pl: 256 x 8)
+    width: int = 256
+    depth: int = 8
+    #: size of the learned per-frame time code
+    time_dim: int = 48
+    #: positional-encoding frequencies of position and view direction
+    xyz_freqs: int = 10
+    dir_freqs: int = 4
+    use_viewdir: bool = True
+    #: bound of the scene flow per frame (NDC units)
+    flow_scale: float = 0.2
+    #: samples per ray (linear in NDC depth)
+    num_samples: int = 128
+    #: rays per step, all from one frame
+    batch_size: int = 512
+    lr: float = 5e-4
+    #: epochs of ``steps_per_epoch`` steps; the loss schedule counts in epochs
+    epochs: int = 50
+    #: steps per epoch; None = H * W * N / 1000 (nsff_pl)
+    steps_per_epoch: int | None = None
+    #: stop after this many steps whatever ``epochs`` says; None = epochs x steps_per_epoch
+    max_steps: int | None = None
+    #: geometric prior weight lambda_geo: init, and x decay every decay_every epochs
+    lambda_geo_init: float = 0.04
+    lambda_geo_decay_every: float = 10.0
+    #: width of the box along the ray of the cross-entropy ("thickness") loss
+    thickness: int = 1
+    #: Gaussian noise std on raw densities during training
+    noise_std: float = 1.0
+    #: write train/last.ckpt every this many steps (and at the end)
+    checkpoint_every: int = 500
+    #: log a progress line every this many steps
+    log_every: int = 50
+    seed: int = 42
+    #: rays per forward pass at inference
+    chunk: int = 4096
+
+
 STAGES: dict[str, type] = {
     "frames": FramesConfig,
     "flow": FlowConfig,
     "masks": MasksConfig,
     "sfm": SfmConfig,
     "depth": DepthConfig,
+    "train": TrainConfig,
     "synthetic": SyntheticConfig,
 }
 
@@ -168,7 +211,7 @@ __all__ = [
     "SfmConfig",
     "STAGES",
     "SyntheticConfig",
-    "field",
+    "TrainConfig",
     "from_dict",
     "stage_config",
     "to_dict",

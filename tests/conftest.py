@@ -40,3 +40,37 @@ def synthetic_flow(synthetic_frames_dir):
     dirs = root / "flow_fw", root / "flow_bw", root / "flow_ok"
     summary = compute_flow(synthetic_frames_dir, *dirs, FlowConfig(), scene="synthetic")
     return (*dirs, summary)
+
+
+@pytest.fixture(scope="session")
+def tiny_scene_dir(tmp_path_factory) -> Path:
+    """A tiny synthetic scene (12 frames, 160x90) preprocessed by every prior stage, laid out
+    as results/<scene>/ (frames, flow, masks, sfm, cameras.npz, disp)."""
+    from nsff_core.config import DepthConfig, FlowConfig, MasksConfig, SfmConfig
+    from nsff_core.priors.depth import compute_depth
+    from nsff_core.priors.flow import compute_flow
+    from nsff_core.priors.masks import compute_masks
+    from nsff_core.priors.sfm import run_sfm
+    from nsff_core.synthetic import render_scene
+
+    d = tmp_path_factory.mktemp("tiny")
+    scene = render_scene(SyntheticConfig(num_frames=12, width=160, height=90, novel_offsets=()))
+    (d / "frames").mkdir()
+    for i, img in enumerate(scene.images):
+        write_image(d / "frames" / frame_name(i), img)
+    flow_dirs = d / "flow_fw", d / "flow_bw", d / "flow_ok"
+    compute_flow(d / "frames", *flow_dirs, FlowConfig(), scene="tiny")
+    compute_masks(d / "frames", *flow_dirs, d / "masks", MasksConfig(), scene="tiny")
+    run_sfm(
+        d / "frames",
+        d / "masks",
+        d / "sfm",
+        d / "cameras.npz",
+        d / "poses_bounds.npy",
+        SfmConfig(),
+        scene="tiny",
+    )
+    compute_depth(
+        d / "frames", d / "masks", d / "sfm", d / "cameras.npz", d / "disp", DepthConfig(), "tiny"
+    )
+    return d

@@ -1,0 +1,85 @@
+"""Training throughput (rays/s) of NSFF steps on the synthetic scene, per model size.
+
+    python benchmarks/train_throughput.py [--steps 5] [--device cpu|cuda]
+
+The scene's priors are its ground truth (the figure measures the model, renderer and losses,
+not the priors). Sizes: the CPU demo model and nsff_pl's default (8x256 MLPs, 128 samples,
+batch 512) at 160x90. Each row times ``--steps`` optimizer steps after one warm-up step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from nsff_core import losses as L
+from nsff_core.config import SyntheticConfig, TrainConfig, to_dict
+from nsff_core.data import FrameSampler, make_batch, scene_data_from_arrays
+from nsff_core.synthetic import render_scene
+from nsff_core.system import NSFFSystem, loss_terms
+
+SIZES = {
+    "demo (4x64, 32 samples)": dict(width=64, depth=4, num_samples=32, batch_size=512),
+    "nsff_pl default (8x256, 128 samples)": dict(
+        width=256, depth=8, num_samples=128, batch_size=512
+    ),
+}
+
+
+def step(system, opt, sampler, data, weights, device) -> None:
+    """One optimizer step on a batch of one frame."""
+    t = sampler.next_frame()
+    batch = make_batch(data, t, sampler.next_pixels(t)).to(device)
+    out = system.render(batch.origins, batch.dirs, batch.t, training=True)
+    loss = L.total_loss(loss_terms(out, batch, system.P, system.K, 1), weights)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = ap.parse_args()
+    scene = render_scene(SyntheticConfig(num_frames=24, width=160, height=90, novel_offsets=()))
+    ok = np.ones(scene.flow_fw.shape[:3], bool)
+    data = scene_data_from_arrays(
+        scene.images,
+        1 / scene.depth,
+        scene.flow_fw,
+        scene.flow_bw,
+        ok,
+        ok,
+        scene.dynamic_mask,
+        scene.K,
+        scene.c2w,
+        float(scene.depth.min()),
+    )
+    print(f"device: {args.device} ({torch.get_num_threads()} threads), 160x90, 24 frames")
+    print(f"{'model':40s} {'s/step':>8s} {'rays/s':>8s}")
+    for name, size in SIZES.items():
+        cfg = TrainConfig(**size)
+        system = NSFFSystem(to_dict(cfg), data.num_frames, data.K.tolist(), data.c2w.tolist(), 100)
+        system = system.to(args.device)
+        opt = torch.optim.Adam(system.parameters(), lr=cfg.lr)
+        sampler = FrameSampler(data.num_frames, data.hw, cfg.batch_size)
+        weights = L.weights_at(epoch=0.0)
+
+        step(system, opt, sampler, data, weights, args.device)
+        if args.device == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(args.steps):
+            step(system, opt, sampler, data, weights, args.device)
+        if args.device == "cuda":
+            torch.cuda.synchronize()
+        dt = (time.perf_counter() - t0) / args.steps
+        print(f"{name:40s} {dt:8.3f} {cfg.batch_size / dt:8.0f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,283 @@
+"""Training data of one scene: frames and priors from ``results/<scene>/``, rays, batches.
+
+A training batch is a set of rays of ONE frame t (as nsff_pl): the flow and depth losses
+compare with priors of that frame, and the disparity loss is scale/shift invariant per batch.
+Frames are drawn away from the previous draw (spec 2.6: outside +-5 frames) so that the static
+field does not absorb dynamic content early in training; the window shrinks for short clips so
+that scenes with fewer than 12 frames train (nsff_pl crashed there, spec 8.1 #5).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import io
+from .errors import StageError
+from .rays import SceneNormalization, get_rays_at, normalize_poses, rays_to_ndc
+
+log = logging.getLogger(__name__)
+Tensor = torch.Tensor
+
+
+@dataclass
+class SceneData:
+    """Frames, priors and normalised cameras of one scene, at training resolution (H, W).
+
+    Attributes:
+        rgb: (N, H, W, 3) float32 in [0, 1].
+        disp: (N, H, W) float32 relative disparity prior.
+        flow_fw, flow_bw: (N, H, W, 2) float32 flow in pixels to frame t+1 / t-1 (zeros where
+            the neighbour does not exist).
+        flow_fw_valid, flow_bw_valid: (N, H, W) bool: the neighbour exists and the flow passed
+            the forward-backward test.
+        dynamic: (N, H, W) bool motion masks (True = dynamic).
+        K: (3, 3) training intrinsics (OpenCV pixels, integer pixel centres).
+        c2w: (N, 4, 4) float64 NSFF world, NSFF (OpenGL) camera axes.
+        normalization: SfM world -> NSFF world similarity.
+        near_depth: SfM units, the scale of the normalisation (see :mod:`nsff_core.rays`).
+    """
+
+    rgb: Tensor
+    disp: Tensor
+    flow_fw: Tensor
+    flow_bw: Tensor
+    flow_fw_valid: Tensor
+    flow_bw_valid: Tensor
+    dynamic: Tensor
+    K: np.ndarray
+    c2w: np.ndarray
+    normalization: SceneNormalization
+    near_depth: float
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.rgb.shape[0])
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        return int(self.rgb.shape[1]), int(self.rgb.shape[2])
+
+
+def nearest_content_depth(
+    point_depths: list[np.ndarray],
+    prior_at_points: list[np.ndarray] | None = None,
+    prior_maps: list[np.ndarray] | None = None,
+    min_r2: float = 0.9,
+) -> float:
+    """Depth (SfM units) of the nearest scene content over all frames (spec 2.3, fixed).
+
+    Per frame, the disparity prior sampled at the SfM points is fitted as ``a / z + b``. When
+    the fit explains it (r^2 > ``min_r2``) the frame's nearest content is the depth of the
+    95th-percentile disparity of the whole prior map, ``a / (P95 - b)``, which includes
+    dynamic regions that SfM never sees; otherwise the 5th percentile of the point depths.
+
+    Args:
+        point_depths: per frame, camera-z depths (M,) of the SfM points it sees.
+        prior_at_points: per frame, the disparity prior at those points (M,).
+        prior_maps: per frame, the whole disparity prior (H, W).
+
+    Returns:
+        min over frames of the candidates.
+    """
+    candidates = []
+    for i, z in enumerate(point_depths):
+        z = np.asarray(z, np.float64)
+        z = z[np.isfinite(z) & (z > 0)]
+        if z.size == 0:
+            continue
+        cand = float(np.percentile(z, 5))
+        if prior_at_points is not None and prior_maps is not None and z.size >= 10:
+            d = np.asarray(prior_at_points[i], np.float64)
+            inv = 1.0 / z
+            if d.size == inv.size:
+                a, b = np.polyfit(inv, d, 1)
+                pred = a * inv + b
+                ss_res = float(np.sum((d - pred) ** 2))
+                ss_tot = float(np.sum((d - d.mean()) ** 2))
+                r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else 0.0
+                p95 = float(np.percentile(prior_maps[i], 95))
+                if r2 > min_r2 and a > 0 and p95 > b:
+                    cand = min(cand, a / (p95 - b))
+        candidates.append(cand)
+    if not candidates:
+        raise ValueError("no frame has SfM points with positive depth")
+    return float(min(candidates))
+
+
+def scene_data_from_arrays(
+    rgb: np.ndarray,
+    disp: np.ndarray,
+    flow_fw: np.ndarray,
+    flow_bw: np.ndarray,
+    flow_fw_ok: np.ndarray,
+    flow_bw_ok: np.ndarray,
+    dynamic: np.ndarray,
+    K: np.ndarray,
+    c2w_opencv: np.ndarray,
+    content_depth: float,
+) -> SceneData:
+    """Build :class:`SceneData` from arrays (frames uint8 or float, priors as written by the
+    preprocessing rules); ``content_depth`` is :func:`nearest_content_depth`'s result.
+
+    ``flow_fw`` is (N-1, H, W, 2) (frame i to i+1), ``flow_bw`` (N-1, H, W, 2) (frame i+1 to
+    i), with their consistency masks of the same leading shape.
+    """
+    n = rgb.shape[0]
+    h, w = rgb.shape[1:3]
+    rgb_f = rgb.astype(np.float32) / 255.0 if rgb.dtype == np.uint8 else rgb.astype(np.float32)
+    fw = np.zeros((n, h, w, 2), np.float32)
+    bw = np.zeros((n, h, w, 2), np.float32)
+    fw_ok = np.zeros((n, h, w), bool)
+    bw_ok = np.zeros((n, h, w), bool)
+    fw[:-1], fw_ok[:-1] = flow_fw, flow_fw_ok
+    bw[1:], bw_ok[1:] = flow_bw, flow_bw_ok
+    near_depth = 0.75 * content_depth
+    c2w, norm = normalize_poses(c2w_opencv, near_depth)
+    return SceneData(
+        rgb=torch.from_numpy(rgb_f),
+        disp=torch.from_numpy(np.asarray(disp, np.float32)),
+        flow_fw=torch.from_numpy(fw),
+        flow_bw=torch.from_numpy(bw),
+        flow_fw_valid=torch.from_numpy(fw_ok),
+        flow_bw_valid=torch.from_numpy(bw_ok),
+        dynamic=torch.from_numpy(np.asarray(dynamic, bool)),
+        K=np.asarray(K, np.float64),
+        c2w=c2w,
+        normalization=norm,
+        near_depth=near_depth,
+    )
+
+
+def load_scene(scene_dir: str | Path, scene: str | None = None) -> SceneData:
+    """Read frames, flows, masks, disparities and cameras of ``results/<scene>/``."""
+    from .priors.depth import sparse_points
+
+    d = Path(scene_dir)
+    frames = io.list_frames(d / "frames")
+    n = len(frames)
+    cams = io.read_cameras(d / "cameras.npz")
+    if len(cams["c2w"]) != n:
+        raise StageError(
+            scene,
+            "train",
+            f"{d / 'cameras.npz'} has {len(cams['c2w'])} cameras for {n} frames",
+            "rerun the sfm rule (delete its outputs) so that cameras and frames match",
+        )
+    rgb = np.stack([io.read_image(p) for p in frames])
+    disp = np.stack([io.read_disparity(d / "disp" / io.frame_name(i, ".npy")) for i in range(n)])
+    fw = np.stack([io.read_flo(d / "flow_fw" / io.frame_name(i, ".flo")) for i in range(n - 1)])
+    bw = np.stack([io.read_flo(d / "flow_bw" / io.frame_name(i, ".flo")) for i in range(1, n)])
+    fw_ok = np.stack([io.read_mask(d / "flow_ok" / f"{i:05d}_fw.png") for i in range(n - 1)])
+    bw_ok = np.stack([io.read_mask(d / "flow_ok" / f"{i:05d}_bw.png") for i in range(1, n)])
+    dynamic = np.stack([io.read_mask(d / "masks" / io.frame_name(i)) for i in range(n)])
+
+    per_frame = sparse_points(d / "sfm", cams, min_track_length=2, scene=scene)
+    depths, at_points = [], []
+    for (xy, pdisp), dmap in zip(per_frame, disp, strict=True):
+        depths.append(1.0 / np.maximum(pdisp, 1e-12))
+        ij = np.round(xy).astype(int)
+        ij[:, 0] = ij[:, 0].clip(0, dmap.shape[1] - 1)
+        ij[:, 1] = ij[:, 1].clip(0, dmap.shape[0] - 1)
+        at_points.append(dmap[ij[:, 1], ij[:, 0]])
+    content = nearest_content_depth(depths, at_points, list(disp))
+    log.info("scene %s: %d frames, nearest content at %.3f SfM units", scene, n, content)
+    return scene_data_from_arrays(
+        rgb, disp, fw, bw, fw_ok, bw_ok, dynamic, cams["K"], cams["c2w"], content
+    )
+
+
+@dataclass
+class RayBatch:
+    """Rays of one frame t with their targets (R rays).
+
+    origins, dirs: (R, 3) NDC rays; rgb (R, 3); t (R,) long; disp (R,); xy (R, 2) pixel
+    coordinates; flow_fw, flow_bw (R, 2) pixels; flow_fw_valid, flow_bw_valid (R,) bool;
+    dynamic (R,) bool; pixel (R,) long flat index y * W + x.
+    """
+
+    origins: Tensor
+    dirs: Tensor
+    rgb: Tensor
+    t: Tensor
+    disp: Tensor
+    xy: Tensor
+    flow_fw: Tensor
+    flow_bw: Tensor
+    flow_fw_valid: Tensor
+    flow_bw_valid: Tensor
+    dynamic: Tensor
+    pixel: Tensor
+
+    def to(self, device: torch.device | str) -> RayBatch:
+        return RayBatch(**{k: v.to(device) for k, v in self.__dict__.items()})
+
+
+def make_batch(data: SceneData, t: int, pixel: Tensor) -> RayBatch:
+    """The rays of frame ``t`` through flat pixel indices ``pixel`` (R,), in NDC."""
+    h, w = data.hw
+    y, x = pixel // w, pixel % w
+    xy = torch.stack([x, y], dim=-1).to(torch.float32)
+    c2w = torch.as_tensor(data.c2w[t], dtype=torch.float32)
+    o, d = get_rays_at(data.K, c2w, xy)
+    o_ndc, d_ndc = rays_to_ndc(o, d, data.K)
+    return RayBatch(
+        origins=o_ndc,
+        dirs=d_ndc,
+        rgb=data.rgb[t, y, x],
+        t=torch.full_like(pixel, t),
+        disp=data.disp[t, y, x],
+        xy=xy,
+        flow_fw=data.flow_fw[t, y, x],
+        flow_bw=data.flow_bw[t, y, x],
+        flow_fw_valid=data.flow_fw_valid[t, y, x],
+        flow_bw_valid=data.flow_bw_valid[t, y, x],
+        dynamic=data.dynamic[t, y, x],
+        pixel=pixel,
+    )
+
+
+def exclusion_window(num_frames: int, window: int = 5) -> int:
+    """Half-width of the frames excluded around the previous draw: ``window`` (nsff_pl's 5),
+    shrunk so that at least half of the frames remain drawable from any previous frame."""
+    return max(0, min(window, (num_frames - 1) // 4))
+
+
+class FrameSampler:
+    """Draws (frame, pixels) for training batches.
+
+    The first frame is uniform; each next frame is uniform among the frames farther than
+    :func:`exclusion_window` from the previous one (never the previous frame itself). Pixels are uniform, or proportional to
+    per-pixel weights (hard sampling, spec 2.7) when ``weights`` is set.
+    """
+
+    def __init__(
+        self, num_frames: int, hw: tuple[int, int], batch_size: int, seed: int = 0
+    ) -> None:
+        self.num_frames = num_frames
+        self.num_pixels = hw[0] * hw[1]
+        self.batch_size = batch_size
+        self.window = exclusion_window(num_frames)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.previous: int | None = None
+        #: (N, H*W) sampling weights, or None for uniform pixels
+        self.weights: Tensor | None = None
+
+    def next_frame(self) -> int:
+        frames = torch.arange(self.num_frames)
+        if self.previous is not None and self.num_frames > 1:
+            frames = frames[(frames - self.previous).abs() > self.window]
+        t = int(frames[torch.randint(len(frames), (1,), generator=self.generator)])
+        self.previous = t
+        return t
+
+    def next_pixels(self, t: int) -> Tensor:
+        if self.weights is None:
+            return torch.randint(self.num_pixels, (self.batch_size,), generator=self.generator)
+        return torch.multinomial(
+            self.weights[t], self.batch_size, replacement=True, generator=self.generator
+        )

@@ -1,0 +1,34 @@
+# NSFF training of one scene (Lightning). Checkpoints of a run in progress live in
+# train/running/, so a rerun after a crash resumes there.
+
+
+rule train:
+    input:
+        frames="results/{scene}/frames",
+        fw="results/{scene}/flow_fw",
+        bw="results/{scene}/flow_bw",
+        ok="results/{scene}/flow_ok",
+        masks="results/{scene}/masks",
+        sfm="results/{scene}/sfm",
+        cameras="results/{scene}/cameras.npz",
+        disp="results/{scene}/disp",
+    output:
+        ckpt="results/{scene}/train/last.ckpt",
+        config="results/{scene}/train/config.json",
+        metrics="results/{scene}/train/metrics.csv",
+    log:
+        "results/{scene}/logs/train.log",
+    benchmark:
+        "results/{scene}/benchmarks/train.tsv"
+    conda:
+        "../envs/nsff.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=1440,
+    params:
+        cfg=stage_cfg("train"),
+        scene_dir=lambda wc: f"results/{wc.scene}",
+    script:
+        "../workflow_scripts/train.py"
