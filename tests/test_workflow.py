@@ -56,8 +56,9 @@ def test_lint():
     assert "Congratulations" in r.stdout + r.stderr or "no issues" in (r.stdout + r.stderr).lower()
 
 
-def test_dry_run_of_the_demo():
-    r = snakemake(REPO, "-n", "--cores", "2")
+def test_dry_run_of_the_demo(tmp_path):
+    wd = make_workdir(tmp_path, (REPO / "scenes.tsv").read_text())
+    r = snakemake(wd, "-n", "--cores", "2")
     assert r.returncode == 0, r.stdout + r.stderr
     for rule in ("synthetic", "frames", "flow", "masks", "sfm", "depth"):
         assert rule in r.stdout
