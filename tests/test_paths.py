@@ -1,0 +1,232 @@
+"""Render-split camera paths (nsff_core.paths, spec 7.1)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nsff_core.cameras import camera_centres, interpolate_poses, path_length
+from nsff_core.paths import (
+    WANDER_POSES,
+    CameraPath,
+    SplitSpec,
+    make_path,
+    parse_split,
+    spiral_radius,
+    split_name,
+)
+from nsff_core.synthetic import camera_pose, intrinsics
+
+N = 10
+HW = (36, 64)
+
+
+@pytest.fixture(scope="module")
+def traj():
+    c2w = np.stack([camera_pose(s) for s in np.linspace(0.0, 1.0, N)])
+    K = intrinsics(HW[1], HW[0])
+    return c2w, K
+
+
+def _assert_rotations(c2w: np.ndarray) -> None:
+    R = c2w[:, :3, :3]
+    np.testing.assert_allclose(
+        np.swapaxes(R, 1, 2) @ R, np.broadcast_to(np.eye(3), R.shape), atol=1e-9
+    )
+    np.testing.assert_allclose(np.linalg.det(R), 1.0, atol=1e-9)
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+@pytest.mark.parametrize(
+    "name, spec",
+    [
+        ("test", SplitSpec("test")),
+        ("test_spiral", SplitSpec("spiral")),
+        ("test_spiral3", SplitSpec("spiral_at", view=3)),
+        ("test_fixview2_interp4", SplitSpec("fixview_interp", view=2, interp=4)),
+        ("test_fixview0_interp0", SplitSpec("fixview_interp", view=0, interp=0)),
+        ("path_orbit_2-b", SplitSpec("path", path_name="orbit_2-b")),
+    ],
+)
+def test_parse_round_trip(name, spec):
+    assert parse_split(name) == spec
+    assert split_name(spec) == name
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "test_fixview3",
+        "spiral",
+        "",
+        "test_spiral-1",
+        "test_fixview1_interp",
+        "path_",
+        "test_",
+        "Test",
+        "path_a/b",
+        "test_spiralx",
+        "test_spiral07",
+        "test_fixview1_interp01",
+    ],
+)
+def test_parse_errors(bad):
+    with pytest.raises(ValueError, match="valid forms"):
+        parse_split(bad)
+
+
+def test_spec_validation():
+    with pytest.raises(ValueError):
+        SplitSpec("spiral_at")
+    with pytest.raises(ValueError):
+        SplitSpec("orbit")
+    with pytest.raises(ValueError):
+        SplitSpec("test", view=1)
+
+
+def test_view_out_of_range(traj):
+    c2w, K = traj
+    for name in ("test_fixview99_interp2", "test_spiral10"):
+        with pytest.raises(ValueError, match="out of range"):
+            make_path(parse_split(name), c2w, K, HW)
+
+
+# --------------------------------------------------------------------------- splits
+
+
+def test_test_split(traj):
+    c2w, K = traj
+    p = make_path(parse_split("test"), c2w, K, HW)
+    np.testing.assert_array_equal(p.c2w, c2w)
+    np.testing.assert_array_equal(p.times, np.arange(N))
+    assert p.name == "test" and p.hw == HW
+    np.testing.assert_array_equal(p.K, K)
+
+
+@pytest.mark.parametrize("interp", [0, 1, 4])
+def test_fixview_interp(traj, interp):
+    c2w, K = traj
+    p = make_path(parse_split(f"test_fixview3_interp{interp}"), c2w, K, HW)
+    expect = N if interp == 0 else (N - 1) * interp + 1
+    assert len(p) == expect
+    assert p.times[0] == 0 and p.times[-1] == N - 1
+    step = 1.0 if interp == 0 else 1.0 / interp
+    np.testing.assert_allclose(np.diff(p.times), step)
+    np.testing.assert_array_equal(p.c2w, np.broadcast_to(c2w[3], p.c2w.shape))
+
+
+def test_spiral_at(traj):
+    c2w, K = traj
+    x = 4
+    p = make_path(parse_split(f"test_spiral{x}"), c2w, K, HW)
+    assert len(p) == WANDER_POSES
+    np.testing.assert_array_equal(p.times, x)
+    np.testing.assert_allclose(
+        p.c2w[:, :3, :3], np.broadcast_to(c2w[x, :3, :3], (WANDER_POSES, 3, 3))
+    )
+    m = np.linalg.norm(c2w[0, :3, 3] - c2w[-1, :3, 3]) / 5
+    d = np.linalg.norm(p.c2w[:, :3, 3] - c2w[x, :3, 3], axis=1)
+    assert d.max() <= m * np.sqrt(1 + 1.25) + 1e-9 and d.max() > 0.5 * m
+    # OpenCV-local offsets: phi = 0 -> (0, m/2, m): down and forward (= OpenGL (0, -m/2, -m)
+    # negated by inverse(translate)); phi = pi/2 -> -m along the camera's x.
+    local = (p.c2w[:, :3, 3] - c2w[x, :3, 3]) @ c2w[x, :3, :3]
+    np.testing.assert_allclose(local[0], [0.0, m / 2, m], atol=1e-9)
+    np.testing.assert_allclose(local[WANDER_POSES // 4], [-m, 0.0, 0.0], atol=1e-9)
+
+
+def test_spiral(traj):
+    c2w, K = traj
+    p = make_path(parse_split("test_spiral"), c2w, K, HW)
+    assert len(p) == 6 * N
+    assert p.times[0] == 0 and p.times[-1] == N - 1
+    assert np.all(np.diff(p.times) >= 0) and np.all(p.times == np.round(p.times))
+    _assert_rotations(p.c2w)
+    r = spiral_radius(c2w)
+    assert r > 0
+    # centres = trajectory + circle of radius r: distance to the lerped trajectory is exactly r
+    base = interpolate_poses(np.arange(N, dtype=float), c2w, np.linspace(0, N - 1, 6 * N))
+    off = p.c2w[:, :3, 3] - base[:, :3, 3]
+    np.testing.assert_allclose(np.linalg.norm(off, axis=1), r, rtol=1e-9)
+    # and the circle lies in the average camera's x/y plane (no motion along the view axis)
+    z_avg = c2w[:, :3, 2].sum(0)
+    z_avg /= np.linalg.norm(z_avg)
+    np.testing.assert_allclose(off @ z_avg, 0.0, atol=1e-9)
+    # centres stay near the training trajectory
+    cen = camera_centres(c2w)
+    d = np.linalg.norm(p.c2w[:, None, :3, 3] - cen[None], axis=-1).min(1)
+    assert d.max() <= r + path_length(cen) / (N - 1) + 1e-9
+
+
+def test_spiral_static_camera(traj):
+    c2w, K = traj
+    still = np.repeat(c2w[:1], N, axis=0)
+    p = make_path(parse_split("test_spiral"), still, K, HW)
+    np.testing.assert_allclose(p.c2w[:, :3, 3], np.broadcast_to(still[0, :3, 3], (6 * N, 3)))
+
+
+# --------------------------------------------------------------------------- camera-path files
+
+
+def test_camera_path_round_trip(tmp_path, traj):
+    c2w, K = traj
+    times = np.linspace(0, N - 1, 7)
+    path = CameraPath(c2w=c2w[:7], K=K, hw=HW, times=times, name="orbit")
+    f = tmp_path / "paths" / "orbit.npz"
+    path.save(f)
+    loaded = CameraPath.load(f, n_frames=N)
+    np.testing.assert_array_equal(loaded.c2w, path.c2w)
+    np.testing.assert_array_equal(loaded.K, K)
+    np.testing.assert_array_equal(loaded.times, times)
+    assert loaded.hw == HW and loaded.name == "orbit"
+    via_split = make_path(parse_split("path_orbit"), c2w, K, HW, paths_dir=tmp_path / "paths")
+    assert via_split.name == "path_orbit"
+    np.testing.assert_array_equal(via_split.c2w, path.c2w)
+    with pytest.raises(ValueError, match="paths_dir"):
+        make_path(parse_split("path_orbit"), c2w, K, HW)
+    with pytest.raises(FileNotFoundError):
+        make_path(parse_split("path_nope"), c2w, K, HW, paths_dir=tmp_path / "paths")
+
+
+def _write(f, **arrays):
+    with open(f, "wb") as fh:
+        np.savez(fh, **arrays)
+
+
+def test_camera_path_validation(tmp_path, traj):
+    c2w, K = traj
+    good = dict(c2w=c2w, K=K, hw=np.array(HW), times=np.arange(N, dtype=float))
+    f = tmp_path / "p.npz"
+
+    _write(f, **{**good, "c2w": c2w[:, :3]})
+    with pytest.raises(ValueError, match=r"p\.npz.*'c2w'.*shape"):
+        CameraPath.load(f)
+
+    skew = c2w.copy()
+    skew[2, :3, :3] *= 1.1
+    _write(f, **{**good, "c2w": skew})
+    with pytest.raises(ValueError, match=r"'c2w'.*pose 2 is not orthonormal"):
+        CameraPath.load(f)
+
+    _write(f, **{**good, "times": np.arange(N - 1, dtype=float)})
+    with pytest.raises(ValueError, match="'times'.*shape"):
+        CameraPath.load(f)
+
+    _write(f, **{**good, "times": np.arange(N, dtype=float) + 0.5})
+    CameraPath.load(f)  # no frame count given: any finite times
+    with pytest.raises(ValueError, match=r"'times'.*\[0, 9\]"):
+        CameraPath.load(f, n_frames=N)
+
+    _write(f, **{k: v for k, v in good.items() if k != "K"})
+    with pytest.raises(ValueError, match="'K'.*missing"):
+        CameraPath.load(f)
+
+    bad_k = {**good, "K": K.copy()}
+    bad_k["K"][0, 0] = np.nan
+    _write(f, **bad_k)
+    with pytest.raises(ValueError, match="'K'.*non-finite"):
+        CameraPath.load(f)
+
+    with pytest.raises(ValueError, match="'hw'"):
+        CameraPath(c2w=c2w, K=K, hw=(0, 5), times=np.arange(N), name="x")
