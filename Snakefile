@@ -16,6 +16,7 @@ include: "rules/masks.smk"
 include: "rules/sfm.smk"
 include: "rules/depth.smk"
 include: "rules/train.smk"
+include: "rules/render.smk"
 
 
 rule all:

@@ -161,6 +161,15 @@ class TrainConfig:
     chunk: int = 4096
 
 
+@dataclass(frozen=True)
+class RenderSplitConfig:
+    """Videos of the render splits (rule ``render``)."""
+
+    #: mp4 or gif
+    video_format: str = "mp4"
+    fps: float = 10.0
+
+
 STAGES: dict[str, type] = {
     "frames": FramesConfig,
     "flow": FlowConfig,
@@ -168,6 +177,7 @@ STAGES: dict[str, type] = {
     "sfm": SfmConfig,
     "depth": DepthConfig,
     "train": TrainConfig,
+    "render": RenderSplitConfig,
     "synthetic": SyntheticConfig,
 }
 
@@ -210,6 +220,7 @@ __all__ = [
     "MasksConfig",
     "SfmConfig",
     "STAGES",
+    "RenderSplitConfig",
     "SyntheticConfig",
     "TrainConfig",
     "from_dict",

@@ -208,3 +208,39 @@ def write_poses_bounds(
     mats = np.concatenate([R_llff, t[..., None], hwf], axis=-1)  # (N, 3, 5)
     out = np.concatenate([mats.reshape(len(c2w), 15), np.stack([near, far], -1)], axis=-1)
     np.save(path, out.astype(np.float64))
+
+
+# --------------------------------------------------------------------------- videos
+
+
+def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float) -> None:
+    """Write RGB frames (N, H, W, 3) uint8 as a video; the suffix picks the format.
+
+    ``.mp4``: H.264 (yuv420p, crf 5, no resizing; H and W must be even). ``.gif``: an animated
+    GIF (looping).
+    """
+    frames = np.asarray(frames)
+    if Path(path).suffix.lower() == ".gif":
+        import imageio.v3 as iio
+
+        iio.imwrite(path, frames, extension=".gif", duration=1000.0 / fps, loop=0)
+        return
+    import imageio_ffmpeg
+
+    h, w = frames.shape[1:3]
+    if h % 2 or w % 2:
+        raise ValueError(f"H.264 yuv420p needs an even frame size, got {w}x{h}")
+    writer = imageio_ffmpeg.write_frames(
+        str(path),
+        (w, h),
+        fps=fps,
+        codec="libx264",
+        pix_fmt_out="yuv420p",
+        quality=9,  # crf 5: visually lossless
+        macro_block_size=1,
+        ffmpeg_log_level="error",
+    )
+    writer.send(None)
+    for frame in frames:
+        writer.send(np.ascontiguousarray(frame))
+    writer.close()

@@ -36,14 +36,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from dataclasses import dataclass
 
 import numpy as np
 
 from .cameras import project
 from .config import SyntheticConfig
-from .io import atomic_file
+from .io import atomic_file, write_video
 
 #: horizontal field of view of the camera, degrees
 HFOV_DEG = 60.0
@@ -634,29 +633,6 @@ def render_scene(cfg: SyntheticConfig) -> SyntheticScene:
         object_poses=poses[:, layout.dynamic],
         fps=float(cfg.fps),
     )
-
-
-def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float) -> None:
-    """Encode RGB frames (N, H, W, 3) uint8 as H.264 mp4 (yuv420p, crf 5, no resizing)."""
-    import imageio_ffmpeg
-
-    h, w = frames.shape[1:3]
-    if h % 2 or w % 2:
-        raise ValueError(f"H.264 yuv420p needs an even frame size, got {w}x{h}")
-    writer = imageio_ffmpeg.write_frames(
-        str(path),
-        (w, h),
-        fps=fps,
-        codec="libx264",
-        pix_fmt_out="yuv420p",
-        quality=9,  # crf 5: visually lossless
-        macro_block_size=1,
-        ffmpeg_log_level="error",
-    )
-    writer.send(None)
-    for frame in frames:
-        writer.send(np.ascontiguousarray(frame))
-    writer.close()
 
 
 def write_scene(scene: SyntheticScene, video_path, gt_path) -> None:

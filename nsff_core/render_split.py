@@ -1,0 +1,151 @@
+"""Rendering a trained scene along the camera path of a render split (rule ``render``).
+
+Writes, for split ``{split}`` into ``out_dir``: ``{split}.mp4`` (or ``.gif``), the depth video
+``{split}_depth.*`` (NDC depth, one colour scale for the whole video), the static-only
+(background) video ``{split}_static.*``, the dynamic-only video ``{split}_dynamic.*`` (dynamic
+content over grey), and the frames ``{split}/{i:05d}.png`` used by the evaluation.
+
+Cameras of a path are in the SfM world with OpenCV axes (:class:`~nsff_core.paths.CameraPath`);
+the checkpoint's :class:`~nsff_core.rays.SceneNormalization` takes them to the NSFF world, and
+NDC always uses the training intrinsics (see :mod:`nsff_core.rays`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import io
+from .errors import StageError
+from .paths import CameraPath, make_path, parse_split
+from .rays import SceneNormalization, get_rays, rays_to_ndc
+from .render import render_in_chunks
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RenderedPath:
+    """Renders of M cameras (numpy, float32): rgb, static_rgb, dynamic_rgb (M, H, W, 3) in
+    [0, 1]; depth (M, H, W) NDC ray parameter; dynamicness (M, H, W) in [0, 1]."""
+
+    rgb: np.ndarray
+    depth: np.ndarray
+    static_rgb: np.ndarray
+    dynamic_rgb: np.ndarray
+    dynamicness: np.ndarray
+
+
+def load_system(ckpt: str | Path, device: str | torch.device):
+    """The trained :class:`~nsff_core.system.NSFFSystem` of a checkpoint, in eval mode."""
+    from .system import NSFFSystem
+
+    system = NSFFSystem.load_from_checkpoint(str(ckpt), map_location=device)
+    return system.eval().to(device)
+
+
+def render_camera_path(system, path: CameraPath, chunk: int) -> RenderedPath:
+    """Render every camera of ``path`` with the trained ``system`` (integer times only)."""
+    frac = path.times - np.round(path.times)
+    if np.any(np.abs(frac) > 1e-6):
+        raise NotImplementedError(
+            "rendering fractional times (time interpolation by splatting) is not implemented yet"
+        )
+    hp = system.hparams
+    norm = SceneNormalization.from_dict(hp["normalization"])
+    K_train = np.asarray(hp["K"], np.float64)
+    device = system.device
+    h, w = (int(v) for v in path.hw)
+    c2w_nsff = norm.apply_c2w(path.c2w)
+    out = {k: [] for k in ("rgb", "depth", "static_rgb", "dynamic_rgb", "dynamicness")}
+    t0 = time.perf_counter()
+    for m in range(len(path)):
+        c2w = torch.as_tensor(c2w_nsff[m], dtype=torch.float32, device=device)
+        o, d = get_rays(path.K, c2w, (h, w))
+        o, d = rays_to_ndc(o, d, K_train)
+        t = torch.full((h * w,), int(round(path.times[m])), dtype=torch.long, device=device)
+        with torch.inference_mode():
+            img = render_in_chunks(
+                lambda o_, d_, t_: system.render(o_, d_, t_, training=False).image(),
+                o,
+                d,
+                t,
+                chunk,
+                out_device="cpu",
+            )
+        out["rgb"].append(img.rgb.reshape(h, w, 3))
+        out["depth"].append(img.depth.reshape(h, w))
+        out["static_rgb"].append(img.static_rgb.reshape(h, w, 3))
+        out["dynamic_rgb"].append(img.dynamic_rgb.reshape(h, w, 3))
+        out["dynamicness"].append(img.dynamicness.reshape(h, w))
+        if (m + 1) % max(1, len(path) // 10) == 0 or m == len(path) - 1:
+            log.info("render: frame %d/%d (%.1f s)", m + 1, len(path), time.perf_counter() - t0)
+    return RenderedPath(**{k: torch.stack(v).float().numpy() for k, v in out.items()})
+
+
+def to_uint8(img: np.ndarray) -> np.ndarray:
+    return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def colorize_depth(depth: np.ndarray) -> np.ndarray:
+    """NDC depth (M, H, W) -> RGB uint8 (M, H, W, 3), one turbo colour scale for all frames
+    (near = warm); the scale is the 1st-99th percentile range of the whole video."""
+    import cv2
+
+    lo, hi = np.percentile(depth, [1, 99])
+    norm = np.clip((depth - lo) / max(hi - lo, 1e-8), 0, 1)
+    grey = ((1.0 - norm) * 255).astype(np.uint8)
+    return np.stack([cv2.applyColorMap(g, cv2.COLORMAP_TURBO)[..., ::-1] for g in grey])
+
+
+def render_split(
+    ckpt: str | Path,
+    cameras_path: str | Path,
+    split: str,
+    out_dir: str | Path,
+    paths_dir: str | Path | None = None,
+    video_format: str = "mp4",
+    fps: float = 10.0,
+    chunk: int = 4096,
+    scene: str | None = None,
+) -> dict:
+    """Render ``split`` of a trained scene; returns a summary (frames, seconds)."""
+    try:
+        spec = parse_split(split)
+    except ValueError as exc:
+        raise StageError(scene, "render", str(exc), "fix the scene's render splits") from None
+    cams = io.read_cameras(cameras_path)
+    try:
+        path = make_path(spec, cams["c2w"], cams["K"], tuple(cams["hw"]), paths_dir)
+    except (ValueError, FileNotFoundError) as exc:
+        raise StageError(scene, "render", str(exc), "check the split name or path file") from None
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    system = load_system(ckpt, device)
+    t0 = time.perf_counter()
+    try:
+        r = render_camera_path(system, path, chunk)
+    except NotImplementedError as exc:
+        raise StageError(scene, "render", f"split {split}: {exc}", "use interp 0") from None
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ext = "." + video_format
+    with io.atomic_dir(out_dir / split) as frames_dir:
+        for i, img in enumerate(r.rgb):
+            io.write_image(frames_dir / io.frame_name(i), to_uint8(img))
+    videos = {
+        f"{split}{ext}": to_uint8(r.rgb),
+        f"{split}_depth{ext}": colorize_depth(r.depth),
+        f"{split}_static{ext}": to_uint8(r.static_rgb),
+        f"{split}_dynamic{ext}": to_uint8(r.dynamic_rgb),
+    }
+    for name, frames in videos.items():
+        with io.atomic_file(out_dir / name) as tmp:
+            io.write_video(tmp, frames, fps)
+    summary = {"split": split, "frames": len(path), "seconds": time.perf_counter() - t0}
+    log.info("render: done %s", summary)
+    return summary

@@ -1,0 +1,31 @@
+# Videos of a trained scene along the camera path of a render split.
+
+VIDEO_FORMAT = config.get("render", {}).get("video_format", "mp4")
+
+
+rule render:
+    input:
+        ckpt="results/{scene}/train/last.ckpt",
+        cameras="results/{scene}/cameras.npz",
+    output:
+        video=f"results/{{scene}}/render/{{split}}.{VIDEO_FORMAT}",
+        frames=directory("results/{scene}/render/{split}"),
+    log:
+        "results/{scene}/logs/render_{split}.log",
+    benchmark:
+        "results/{scene}/benchmarks/render_{split}.tsv"
+    wildcard_constraints:
+        split=r"test|test_spiral\d*|test_fixview\d+_interp\d+|path_[A-Za-z0-9_-]+",
+    conda:
+        "../envs/nsff.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=240,
+    params:
+        paths_dir=lambda wc: f"results/{wc.scene}/paths",
+        fps=lambda wc: config.get("render", {}).get("fps", 10.0),
+        chunk=lambda wc: config.get("train", {}).get("chunk", 4096),
+    script:
+        "../workflow_scripts/render.py"

@@ -1,0 +1,59 @@
+"""Rendering a split of a trained (tiny) scene: files, sizes and error messages."""
+
+import numpy as np
+import pytest
+
+from nsff_core import io
+from nsff_core.config import TrainConfig
+from nsff_core.errors import StageError
+
+pytestmark = pytest.mark.stage
+
+TINY = dict(width=16, depth=2, time_dim=4, num_samples=8, batch_size=32, steps_per_epoch=5)
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tiny_scene_dir, tmp_path_factory):
+    from nsff_core.train import train_scene
+
+    out = tmp_path_factory.mktemp("train")
+    return train_scene(tiny_scene_dir, out, TrainConfig(**TINY, max_steps=2), scene="tiny")
+
+
+def test_render_test_split(tiny_scene_dir, tiny_ckpt, tmp_path):
+    from nsff_core.render_split import render_split
+
+    summary = render_split(
+        tiny_ckpt, tiny_scene_dir / "cameras.npz", "test", tmp_path, chunk=4096, scene="tiny"
+    )
+    assert summary["frames"] == 12
+    frames = io.list_frames(tmp_path / "test")
+    assert len(frames) == 12 and io.read_image(frames[0]).shape == (90, 160, 3)
+    for name in ("test.mp4", "test_depth.mp4", "test_static.mp4", "test_dynamic.mp4"):
+        assert (tmp_path / name).stat().st_size > 0
+
+
+def test_render_fixed_view_and_gif(tiny_scene_dir, tiny_ckpt, tmp_path):
+    from nsff_core.render_split import render_split
+
+    split = "test_fixview3_interp0"
+    render_split(tiny_ckpt, tiny_scene_dir / "cameras.npz", split, tmp_path, video_format="gif")
+    imgs = np.stack([io.read_image(p) for p in io.list_frames(tmp_path / split)])
+    assert imgs.shape == (12, 90, 160, 3) and (tmp_path / f"{split}.gif").exists()
+
+
+@pytest.mark.parametrize(
+    "split, needle",
+    [
+        ("test_sprial", "test_sprial"),
+        ("test_fixview40_interp0", "40"),
+        ("test_fixview2_interp4", "not implemented yet"),
+    ],
+)
+def test_render_errors_name_scene_and_rule(tiny_scene_dir, tiny_ckpt, tmp_path, split, needle):
+    from nsff_core.render_split import render_split
+
+    with pytest.raises(StageError, match="scene 'tiny', rule 'render'") as err:
+        render_split(tiny_ckpt, tiny_scene_dir / "cameras.npz", split, tmp_path, scene="tiny")
+    assert needle in str(err.value)
+    assert not (tmp_path / f"{split}.mp4").exists() and not (tmp_path / split).exists()
