@@ -20,28 +20,32 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .config import TrainConfig
 from .errors import ConfigError
 
 
 @dataclass(frozen=True)
 class FieldConfig:
-    """Sizes of the static and dynamic MLPs (defaults = nsff_pl; about 1.2 M parameters)."""
+    """Sizes of the static and dynamic MLPs (defaults = nsff_pl; about 1.2 M parameters).
 
-    width: int = 256
+    Defaults come from :class:`~nsff_core.config.TrainConfig`, their one home.
+    """
+
+    width: int = TrainConfig.width
     #: number of hidden Linear+ReLU layers in each trunk
-    depth: int = 8
+    depth: int = TrainConfig.depth
     #: indices of trunk layers whose input is [encoded input, h] instead of h (nsff_pl: 4)
     skips: tuple[int, ...] = (4,)
     #: positional-encoding frequencies of the NDC position (L = 10 -> 63 channels)
-    xyz_freqs: int = 10
+    xyz_freqs: int = TrainConfig.xyz_freqs
     #: positional-encoding frequencies of the NDC view direction (L = 4 -> 27 channels)
-    dir_freqs: int = 4
+    dir_freqs: int = TrainConfig.dir_freqs
     #: size of the learned per-frame time code of the dynamic field
-    time_dim: int = 48
+    time_dim: int = TrainConfig.time_dim
     #: feed the NDC ray direction to the static colour head
-    use_viewdir: bool = True
+    use_viewdir: bool = TrainConfig.use_viewdir
     #: bound of each scene-flow component, in NDC units per frame
-    flow_scale: float = 0.2
+    flow_scale: float = TrainConfig.flow_scale
 
     def __post_init__(self) -> None:
         if self.width < 1 or self.depth < 1:

@@ -30,20 +30,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .config import TrainConfig
 from .errors import ConfigError
 from .fields import DynamicField, DynamicFieldOutput, StaticField
 
 
 @dataclass(frozen=True)
 class RenderConfig:
-    """Ray sampling and compositing settings (defaults = nsff_pl)."""
+    """Ray sampling and compositing settings (defaults = nsff_pl; the sample count and density
+    noise come from :class:`~nsff_core.config.TrainConfig`)."""
 
     #: samples per ray, linear in the NDC ray parameter z in [0, 1]
-    num_samples: int = 128
+    num_samples: int = TrainConfig.num_samples
     #: stratified jitter of the samples within their bins (training only)
     perturb: bool = True
     #: std of the Gaussian noise added to raw densities before the softplus (training only)
-    noise_std: float = 1.0
+    noise_std: float = TrainConfig.noise_std
     #: scene flow is set to 0 at samples with z > z_far
     z_far: float = 0.95
     #: length of the last sample interval of the static field (nearly opaque background)
