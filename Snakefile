@@ -17,6 +17,8 @@ include: "rules/sfm.smk"
 include: "rules/depth.smk"
 include: "rules/train.smk"
 include: "rules/render.smk"
+include: "rules/evaluate.smk"
+include: "rules/report.smk"
 
 
 rule all:

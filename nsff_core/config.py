@@ -123,7 +123,10 @@ class DepthConfig:
 class TrainConfig:
     """NSFF training (defaults = nsff_pl's README configuration, NSFF_SPEC section 6)."""
 
-    #: MLP width and number of hidden layers of each field (nsff_pl: 256 x 8)
+    #: field representation: "mlp" (nsff_pl's MLPs) or "planes" (plane-factorised features
+    #: and small decoders, much faster; see nsff_core/fields_planes.py)
+    field: str = "mlp"
+    #: MLP width and number of hidden layers of each field (nsff_pl: 256 x 8; field mlp)
     width: int = 256
     depth: int = 8
     #: size of the learned per-frame time code
@@ -132,6 +135,17 @@ class TrainConfig:
     xyz_freqs: int = 10
     dir_freqs: int = 4
     use_viewdir: bool = True
+    #: field planes: coarsest plane resolution, number of levels (x2 each; static and
+    #: dynamic field), channels per
+    #: plane, decoder width, learning rate of the plane features, and weight of their
+    #: total-variation regulariser
+    grid_base_resolution: int = 32
+    grid_levels: int = 4
+    grid_dynamic_levels: int = 2
+    grid_channels: int = 16
+    grid_hidden: int = 64
+    grid_lr: float = 0.02
+    grid_tv: float = 1e-4
     #: bound of the scene flow per frame (NDC units)
     flow_scale: float = 0.2
     #: samples per ray (linear in NDC depth)
@@ -152,6 +166,16 @@ class TrainConfig:
     thickness: int = 1
     #: Gaussian noise std on raw densities during training
     noise_std: float = 1.0
+    #: weight of a penalty on dynamic opacity at pixels outside the motion masks
+    #: (0 = nsff_pl, which does not use the masks in training)
+    lambda_mask: float = 0.0
+    #: sample training pixels with probability ~ (1 - SSIM) of the last render of their frame
+    #: (nsff_pl --hard_sampling); the weights are refreshed every hard_sampling_every steps
+    hard_sampling: bool = False
+    hard_sampling_every: int = 1000
+    #: numeric precision: auto (bf16 autocast where the device has fast bf16: CUDA with bf16,
+    #: CPUs with AMX; fp32 otherwise), fp32, or bf16
+    precision: str = "auto"
     #: write train/last.ckpt every this many steps (and at the end)
     checkpoint_every: int = 500
     #: log a progress line every this many steps
@@ -168,6 +192,8 @@ class RenderSplitConfig:
     #: mp4 or gif
     video_format: str = "mp4"
     fps: float = 10.0
+    #: splits rendered for every scene by default (sheet column ``splits`` overrides)
+    splits: tuple[str, ...] = ("test", "test_spiral")
 
 
 STAGES: dict[str, type] = {

@@ -211,7 +211,11 @@ class DynamicField(nn.Module):
             raw_sigma (...), rgb (..., 3), scene_flow_fw (..., 3), scene_flow_bw (..., 3).
         """
         lead = x.shape[:-1]
-        if torch.broadcast_shapes(t.shape, lead) != lead:
+        try:
+            ok = torch.broadcast_shapes(t.shape, lead) == lead
+        except RuntimeError:
+            ok = False
+        if not ok:
             raise ValueError(f"times of shape {tuple(t.shape)} do not broadcast to {tuple(lead)}")
         code = self.time_embedding(t)
         code = code.expand(*lead, code.shape[-1]).reshape(-1, code.shape[-1])

@@ -282,6 +282,17 @@ def cross_entropy_thickness_loss(w_dynamic: Tensor, w_static: Tensor, thickness:
 
 
 #: names of the terms, the keys of :func:`weights_at` and of ``terms`` in :func:`total_loss`
+def static_region_dynamicness(dynamicness: Tensor, dynamic_mask: Tensor) -> Tensor:
+    """Mean dynamic opacity ``sum_i w_d,i`` of the rays outside the motion masks (R,) -> ().
+
+    Not an nsff_pl term (its masks only gate preprocessing): with it the dynamic field stops
+    explaining static background, which otherwise it can memorise frame by frame and which
+    then does not move with the camera in novel views. Zero when every ray is dynamic.
+    """
+    outside = (~dynamic_mask).to(dynamicness.dtype)
+    return (dynamicness * outside).sum() / outside.sum().clamp_min(1.0)
+
+
 TERMS = (
     "color",
     "color_coarse",
@@ -298,6 +309,8 @@ TERMS = (
     "spatial_smoothness",
     "entropy",
     "cross_entropy",
+    "mask",
+    "field_regularization",
 )
 
 
@@ -323,6 +336,10 @@ class LossWeights:
     entropy: float = 1e-3
     cross_entropy: float = 1e-3 / 5
     cross_entropy_ramp_epochs: float = 10.0
+    #: dynamic opacity outside the motion masks (not in nsff_pl: 0)
+    mask: float = 0.0
+    #: the field's own regulariser (total variation of plane features; 0 for MLP fields)
+    field_regularization: float = 0.0
     lambda_geo_init: float = 0.04
     lambda_geo_decay: float = 0.1
     lambda_geo_decay_every: float = 10.0
@@ -385,6 +402,8 @@ def weights_at(
         "spatial_smoothness": w.spatial_smoothness,
         "entropy": w.entropy,
         "cross_entropy": w.cross_entropy * min(epoch / w.cross_entropy_ramp_epochs, 1.0),
+        "mask": w.mask,
+        "field_regularization": w.field_regularization,
     }
 
 

@@ -362,27 +362,32 @@ class RenderOutput:
 
 
 def _warped_render(
-    dynamic_field: DynamicField,
+    warped: DynamicFieldOutput,
     current: RenderOutput,
-    t: Tensor,
+    time: Tensor,
+    valid: Tensor,
     step: int,
     dynamic_deltas: Tensor,
     noise_std: float,
     z_far: float,
     generator: torch.Generator | None,
 ) -> WarpedRender:
-    """Move frame t's samples by their scene flow to t + step (step = +-1) and render (4.3)."""
-    time, valid = neighbour_frames(t, step, dynamic_field.num_frames)
+    """Render frame t's samples moved by their scene flow to t + step (step = +-1) (4.3).
+
+    ``warped`` is the dynamic field at the moved points and time ``time`` (the caller queries
+    both directions in one pass).
+    """
     scene_flow = current.scene_flow_fw if step > 0 else current.scene_flow_bw
     warped_points = current.points + scene_flow
-    out: DynamicFieldOutput = dynamic_field.at_times(warped_points, time)
     alpha = alphas_from_sigma(
-        out.raw_sigma.float(), dynamic_deltas, noise_std, training=True, generator=generator
+        warped.raw_sigma.float(), dynamic_deltas, noise_std, training=True, generator=generator
     )
     weights = composite_weights(current.static_alpha, alpha)
-    rgb = composite_rgb(weights.static, current.static_sample_rgb, weights.dynamic, out.rgb.float())
+    rgb = composite_rgb(
+        weights.static, current.static_sample_rgb, weights.dynamic, warped.rgb.float()
+    )
     # the flow that leads back to frame t: backward flow at t + 1, forward flow at t - 1
-    flow_back = out.scene_flow_bw if step > 0 else out.scene_flow_fw
+    flow_back = warped.scene_flow_bw if step > 0 else warped.scene_flow_fw
     flow_back = zero_far_flow(flow_back.float(), current.z, z_far)
     per_ray, per_sample = disocclusion(weights.dynamic, current.dynamic_weights)
     return WarpedRender(
@@ -395,6 +400,36 @@ def _warped_render(
         disocclusion=per_ray,
         disocclusion_samples=per_sample,
     )
+
+
+def _warped_renders(
+    dynamic_field: DynamicField,
+    current: RenderOutput,
+    t: Tensor,
+    dynamic_deltas: Tensor,
+    noise_std: float,
+    z_far: float,
+    generator: torch.Generator | None,
+) -> tuple[WarpedRender, WarpedRender]:
+    """The renders warped to t + 1 and t - 1, with one dynamic-field pass for both."""
+    time_fw, valid_fw = neighbour_frames(t, +1, dynamic_field.num_frames)
+    time_bw, valid_bw = neighbour_frames(t, -1, dynamic_field.num_frames)
+    points = torch.cat(
+        [current.points + current.scene_flow_fw, current.points + current.scene_flow_bw]
+    )
+    both = dynamic_field.at_times(points, torch.cat([time_fw, time_bw]))
+    r = len(t)
+    fw_out, bw_out = (
+        DynamicFieldOutput(**{k: getattr(both, k)[sl] for k in both.__dataclass_fields__})
+        for sl in (slice(0, r), slice(r, 2 * r))
+    )
+    fw = _warped_render(
+        fw_out, current, time_fw, valid_fw, +1, dynamic_deltas, noise_std, z_far, generator
+    )
+    bw = _warped_render(
+        bw_out, current, time_bw, valid_bw, -1, dynamic_deltas, noise_std, z_far, generator
+    )
+    return fw, bw
 
 
 def render_rays(
@@ -410,8 +445,8 @@ def render_rays(
 ) -> RenderOutput:
     """Render R NDC rays at integer frames ``t`` with the static/dynamic composite.
 
-    Dynamic-MLP passes over the R x S samples: one at time t, and in training one at t + 1 (at
-    the forward-warped points) and one at t - 1. Static MLP: one pass (the static field does not
+    Dynamic-field passes over the R x S samples: one at time t, and in training one over 2 R x S
+    samples at t + 1 (at the forward-warped points) and at t - 1 (backward-warped). Static MLP: one pass (the static field does not
     move, its density and colour are reused by the warped renders).
 
     Args:
@@ -483,11 +518,8 @@ def render_rays(
         scene_flow_bw=scene_flow_bw,
     )
     if training:
-        out.fw = _warped_render(
-            dynamic_field, out, t, +1, dynamic_deltas, noise_std, cfg.z_far, generator
-        )
-        out.bw = _warped_render(
-            dynamic_field, out, t, -1, dynamic_deltas, noise_std, cfg.z_far, generator
+        out.fw, out.bw = _warped_renders(
+            dynamic_field, out, t, dynamic_deltas, noise_std, cfg.z_far, generator
         )
     return out
 

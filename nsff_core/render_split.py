@@ -7,7 +7,9 @@ content over grey), and the frames ``{split}/{i:05d}.png`` used by the evaluatio
 
 Cameras of a path are in the SfM world with OpenCV axes (:class:`~nsff_core.paths.CameraPath`);
 the checkpoint's :class:`~nsff_core.rays.SceneNormalization` takes them to the NSFF world, and
-NDC always uses the training intrinsics (see :mod:`nsff_core.rays`).
+NDC always uses the training intrinsics (see :mod:`nsff_core.rays`). Fractional times (splits
+``test_fixview{X}_interp{Y}`` with Y > 0, camera-path files) are rendered by time interpolation
+(:mod:`nsff_core.interp`).
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ import torch
 
 from . import io
 from .errors import StageError
+from .interp import render_view, split_time
 from .paths import CameraPath, make_path, parse_split
-from .rays import SceneNormalization, get_rays, rays_to_ndc
-from .render import render_in_chunks
+from .rays import SceneNormalization
 
 log = logging.getLogger(__name__)
 
@@ -50,34 +52,28 @@ def load_system(ckpt: str | Path, device: str | torch.device):
 
 
 def render_camera_path(system, path: CameraPath, chunk: int) -> RenderedPath:
-    """Render every camera of ``path`` with the trained ``system`` (integer times only)."""
-    frac = path.times - np.round(path.times)
-    if np.any(np.abs(frac) > 1e-6):
-        raise NotImplementedError(
-            "rendering fractional times (time interpolation by splatting) is not implemented yet"
-        )
-    hp = system.hparams
-    norm = SceneNormalization.from_dict(hp["normalization"])
-    K_train = np.asarray(hp["K"], np.float64)
-    device = system.device
+    """Render every camera of ``path`` with the trained ``system``.
+
+    Integer times use the ordinary render; fractional times t + dt are interpolated between
+    frames t and t + 1 by splatting (spec 7.3, :mod:`nsff_core.interp`). Every image has the
+    four streams (rgb, depth, static-only, dynamic-only with dynamicness).
+
+    Raises:
+        ValueError: a time outside [0, N - 1] of the system's N frames.
+    """
+    path.check_times(int(system.hparams["num_frames"]))
+    norm = SceneNormalization.from_dict(system.hparams["normalization"])
     h, w = (int(v) for v in path.hw)
     c2w_nsff = norm.apply_c2w(path.c2w)
+    num_interp = sum(split_time(t, int(system.hparams["num_frames"]))[1] > 0 for t in path.times)
+    if num_interp:
+        log.info(
+            "render: %d of %d frames at fractional times (interpolated)", num_interp, len(path)
+        )
     out = {k: [] for k in ("rgb", "depth", "static_rgb", "dynamic_rgb", "dynamicness")}
     t0 = time.perf_counter()
     for m in range(len(path)):
-        c2w = torch.as_tensor(c2w_nsff[m], dtype=torch.float32, device=device)
-        o, d = get_rays(path.K, c2w, (h, w))
-        o, d = rays_to_ndc(o, d, K_train)
-        t = torch.full((h * w,), int(round(path.times[m])), dtype=torch.long, device=device)
-        with torch.inference_mode():
-            img = render_in_chunks(
-                lambda o_, d_, t_: system.render(o_, d_, t_, training=False).image(),
-                o,
-                d,
-                t,
-                chunk,
-                out_device="cpu",
-            )
+        img = render_view(system, c2w_nsff[m], path.K, (h, w), float(path.times[m]), chunk)
         out["rgb"].append(img.rgb.reshape(h, w, 3))
         out["depth"].append(img.depth.reshape(h, w))
         out["static_rgb"].append(img.static_rgb.reshape(h, w, 3))
@@ -126,11 +122,14 @@ def render_split(
         raise StageError(scene, "render", str(exc), "check the split name or path file") from None
     device = "cuda" if torch.cuda.is_available() else "cpu"
     system = load_system(ckpt, device)
-    t0 = time.perf_counter()
     try:
-        r = render_camera_path(system, path, chunk)
-    except NotImplementedError as exc:
-        raise StageError(scene, "render", f"split {split}: {exc}", "use interp 0") from None
+        path.check_times(int(system.hparams["num_frames"]))
+    except ValueError as exc:
+        raise StageError(
+            scene, "render", f"split {split}: {exc}", "the checkpoint does not match the scene"
+        ) from None
+    t0 = time.perf_counter()
+    r = render_camera_path(system, path, chunk)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ext = "." + video_format

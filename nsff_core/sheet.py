@@ -151,9 +151,49 @@ def check_synthetic_presets(config: dict, scenes: dict[str, dict[str, Any]]) -> 
             )
 
 
+def check_train_presets(config: dict, scenes: dict[str, dict[str, Any]]) -> None:
+    """Every ``train_preset`` cell must name a preset under config key ``train_presets``."""
+    presets = config.get("train_presets", {}) or {}
+    for name, row in scenes.items():
+        preset = row.get("train_preset")
+        if preset is not None and preset not in presets:
+            raise ConfigError(
+                f"scene '{name}': train_preset '{preset}' is not defined; presets under config "
+                f"key 'train_presets': {sorted(presets)}"
+            )
+
+
+def check_splits(config: dict, scenes: dict[str, dict[str, Any]]) -> None:
+    """Every split of ``render.splits`` and of a ``splits`` cell must be a render split name."""
+    from .paths import parse_split
+
+    checks = [("config key render.splits", s) for s in scene_splits(config, {})]
+    for name, row in scenes.items():
+        if row.get("splits"):
+            checks += [(f"scene '{name}', column 'splits'", s) for s in scene_splits(config, row)]
+    for where, split in checks:
+        try:
+            parse_split(split)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+
+
+def scene_splits(config: dict, row: dict[str, Any]) -> list[str]:
+    """The render splits of one scene: the sheet's ``splits`` cell, else ``render.splits``."""
+    from .config import RenderSplitConfig
+
+    if row.get("splits"):
+        return [s.strip() for s in str(row["splits"]).split(",") if s.strip()]
+    default = list(RenderSplitConfig.splits)
+    return list((config.get("render", {}) or {}).get("splits", default))
+
+
 def scene_stage_config(config: dict, row: dict[str, Any], stage: str) -> dict[str, Any]:
-    """Settings of ``stage`` for one scene: ``config[stage]`` with the row's overrides."""
+    """Settings of ``stage`` for one scene: ``config[stage]`` with the row's overrides (for
+    ``train``: first the row's ``train_preset``, then nothing else)."""
     values = copy.deepcopy(config.get(stage, {}) or {})
+    if stage == "train" and row.get("train_preset"):
+        values.update(copy.deepcopy(config["train_presets"][row["train_preset"]]))
     if stage == "frames" and ("width" in row or "height" in row or synthetic_preset(row)):
         # a row that gives one side wants the other to follow its aspect ratio; a synthetic
         # scene is rendered at its preset's size, which is its training size unless overridden

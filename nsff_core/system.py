@@ -18,7 +18,9 @@ import torch
 from . import losses as L
 from .config import TrainConfig, from_dict
 from .data import RayBatch
+from .errors import ConfigError
 from .fields import DynamicField, FieldConfig, StaticField
+from .fields_planes import PlaneDynamicField, PlaneFieldConfig, PlaneStaticField
 from .rays import ndc_to_world, projection_matrices
 from .render import RenderConfig, RenderOutput, render_rays
 
@@ -36,6 +38,30 @@ def field_config(cfg: TrainConfig) -> FieldConfig:
         use_viewdir=cfg.use_viewdir,
         flow_scale=cfg.flow_scale,
     )
+
+
+def plane_field_config(cfg: TrainConfig) -> PlaneFieldConfig:
+    return PlaneFieldConfig(
+        base_resolution=cfg.grid_base_resolution,
+        levels=cfg.grid_levels,
+        dynamic_levels=cfg.grid_dynamic_levels,
+        channels=cfg.grid_channels,
+        hidden=cfg.grid_hidden,
+        dir_freqs=cfg.dir_freqs,
+        use_viewdir=cfg.use_viewdir,
+        flow_scale=cfg.flow_scale,
+    )
+
+
+def make_fields(cfg: TrainConfig, num_frames: int) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The static and dynamic field of ``cfg.field`` ("mlp" or "planes")."""
+    if cfg.field == "mlp":
+        fcfg = field_config(cfg)
+        return StaticField(fcfg), DynamicField(fcfg, num_frames)
+    if cfg.field == "planes":
+        pcfg = plane_field_config(cfg)
+        return PlaneStaticField(pcfg), PlaneDynamicField(pcfg, num_frames)
+    raise ConfigError(f"train.field must be mlp or planes, got {cfg.field!r}")
 
 
 def render_config(cfg: TrainConfig) -> RenderConfig:
@@ -96,6 +122,7 @@ def loss_terms(
         "cross_entropy": L.cross_entropy_thickness_loss(
             out.dynamic_weights, out.static_weights, thickness
         ),
+        "mask": L.static_region_dynamicness(out.dynamicness, batch.dynamic),
     }
 
 
@@ -114,6 +141,7 @@ class NSFFSystem(pl.LightningModule):
         c2w: (N, 4, 4) training poses, NSFF world and axes (nested list or array).
         steps_per_epoch: for the loss schedule.
         normalization: ``SceneNormalization.to_dict()`` (kept in the checkpoint for rendering).
+        hw: (H, W) of the training frames (needed by hard sampling).
     """
 
     def __init__(
@@ -124,20 +152,36 @@ class NSFFSystem(pl.LightningModule):
         c2w: list,
         steps_per_epoch: int,
         normalization: dict[str, Any] | None = None,
+        hw: list[int] | None = None,
     ) -> None:
         super().__init__()
         self.cfg = from_dict(TrainConfig, cfg)
         # every argument is plain data (lists, dicts), so checkpoints reload without our types
         self.save_hyperparameters()
-        fcfg = field_config(self.cfg)
-        self.static_field = StaticField(fcfg)
-        self.dynamic_field = DynamicField(fcfg, num_frames)
+        self.static_field, self.dynamic_field = make_fields(self.cfg, num_frames)
         self.render_cfg = render_config(self.cfg)
         self.loss_weights = L.LossWeights(
             lambda_geo_init=self.cfg.lambda_geo_init,
             lambda_geo_decay_every=self.cfg.lambda_geo_decay_every,
+            mask=self.cfg.lambda_mask,
+            field_regularization=self.cfg.grid_tv if self.cfg.field == "planes" else 0.0,
         )
         self.steps_per_epoch = steps_per_epoch
+        if self.cfg.hard_sampling:
+            if hw is None:
+                raise ConfigError("train.hard_sampling needs the image size (hw)")
+            n_pix = int(hw[0]) * int(hw[1])
+            # sampling weight of every pixel (spec 2.7), kept in checkpoints so that a resumed
+            # run samples as the interrupted one did; the last prediction of every pixel
+            # (not kept: it is refilled within an epoch)
+            self.register_buffer("hard_weights", torch.ones(num_frames, n_pix))
+            self.register_buffer("last_rgb", torch.zeros(num_frames, n_pix, 3), persistent=False)
+        #: the :class:`~nsff_core.data.FrameSampler` that draws the training pixels (set by
+        #: the trainer; hard sampling hands it new weights)
+        self.pixel_sampler = None
+        #: (N, H, W, 3) training frames in [0, 1], for the hard-sampling weights (set by the
+        #: trainer)
+        self.training_frames: Tensor | None = None
         K_t = torch.as_tensor(np.asarray(K), dtype=torch.float32)
         self.register_buffer("K", K_t, persistent=False)
         self.register_buffer("P", projection_matrices(K_t, torch.as_tensor(c2w).float()), False)
@@ -156,21 +200,65 @@ class NSFFSystem(pl.LightningModule):
     def training_step(self, batch: RayBatch, batch_idx: int) -> Tensor:
         out = self.render(batch.origins, batch.dirs, batch.t, training=True)
         terms = loss_terms(out, batch, self.P, self.K, self.cfg.thickness)
+        if self.cfg.field == "planes":
+            terms["field_regularization"] = (
+                self.static_field.regularization() + self.dynamic_field.regularization()
+            )
         weights = L.weights_at(
             step=self.global_step, steps_per_epoch=self.steps_per_epoch, base=self.loss_weights
         )
         loss = L.total_loss(terms, weights)
+        if self.cfg.hard_sampling:
+            self.last_rgb[batch.t, batch.pixel] = out.rgb.detach().float()
         logs = {f"loss/{k}": v.detach() for k, v in terms.items()}
         logs["loss/total"] = loss.detach()
         logs["train/psnr"] = psnr(terms["color"].detach())
         self.log_dict(logs, on_step=True, prog_bar=False, batch_size=len(batch.t))
         return loss
 
+    def on_train_start(self) -> None:
+        if self.cfg.hard_sampling and self.pixel_sampler is not None:
+            self.pixel_sampler.weights = self.hard_weights.detach().cpu().clone()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        step = self.global_step
+        every = self.cfg.hard_sampling_every
+        if self.cfg.hard_sampling and step > 0 and step % every == 0:
+            if self.training_frames is None:
+                raise RuntimeError("hard sampling needs system.training_frames (N, H, W, 3)")
+            self.update_hard_weights(self.training_frames)
+
+    @torch.no_grad()
+    def update_hard_weights(self, frames: Tensor) -> None:
+        """Hard-sampling weights := 1 - SSIM map (real SSIM, in [0, 2]) between each training
+        frame and the last prediction of its pixels, plus 0.01 so that no pixel is never drawn.
+        Pixels not drawn yet hold a black prediction and so get a high weight."""
+        from .metrics import ssim_map
+
+        h, w = frames.shape[1:3]
+        for t in range(frames.shape[0]):
+            pred = self.last_rgb[t].reshape(h, w, 3).cpu()
+            smap = ssim_map(pred, frames[t].cpu())
+            self.hard_weights[t] = (1.0 - smap).clamp_min(0).reshape(-1).to(
+                self.hard_weights
+            ) + 0.01
+        if self.pixel_sampler is not None:
+            self.pixel_sampler.weights = self.hard_weights.detach().cpu().clone()
+
     def transfer_batch_to_device(self, batch: Any, device: torch.device, idx: int) -> Any:
         return batch.to(device) if isinstance(batch, RayBatch) else batch
 
     def configure_optimizers(self) -> Any:
-        opt = torch.optim.Adam(self.parameters(), lr=self.cfg.lr, eps=1e-8)
+        grids = [
+            p
+            for f in (self.static_field, self.dynamic_field)
+            for p in getattr(f, "grid_parameters", list)()
+        ]
+        grid_ids = {id(p) for p in grids}
+        groups = [{"params": [p for p in self.parameters() if id(p) not in grid_ids]}]
+        if grids:
+            groups.append({"params": grids, "lr": self.cfg.grid_lr})
+        opt = torch.optim.Adam(groups, lr=self.cfg.lr, eps=1e-8)
         total = max(1, self.trainer.max_steps if self.trainer.max_steps > 0 else 1)
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))

@@ -51,16 +51,32 @@ def steps_per_epoch(cfg: TrainConfig, data: SceneData) -> int:
     return max(1, h * w * data.num_frames // 1000)
 
 
-def device_settings() -> dict[str, Any]:
-    """Accelerator and precision: bf16 autocast and TF32 matmuls on GPUs that have them; fp32
-    on the CPU (with a warning, since CPU training is slow)."""
+def cpu_has_fast_bf16() -> bool:
+    """True on CPUs with AMX bf16 tiles (Linux /proc/cpuinfo), where bf16 matmuls are ~3x fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags
+
+
+def device_settings(precision: str = "auto") -> dict[str, Any]:
+    """Accelerator and precision for Lightning.
+
+    ``precision`` auto: bf16 autocast on GPUs that support it (and TF32 matmuls) and on CPUs
+    with AMX; fp32 elsewhere. fp32 / bf16 force one. No GPU: a warning, since CPU training is
+    slow.
+    """
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"train.precision must be auto, fp32 or bf16, got {precision!r}")
     if torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-        bf16 = torch.cuda.is_bf16_supported()
+        bf16 = precision == "bf16" or (precision == "auto" and torch.cuda.is_bf16_supported())
         return {"accelerator": "gpu", "devices": 1, "precision": "bf16-mixed" if bf16 else "32"}
     warnings.warn("no GPU found: training runs on the CPU (slow)", stacklevel=2)
-    return {"accelerator": "cpu", "devices": 1, "precision": "32"}
+    bf16 = precision == "bf16" or (precision == "auto" and cpu_has_fast_bf16())
+    return {"accelerator": "cpu", "devices": 1, "precision": "bf16-mixed" if bf16 else "32"}
 
 
 class ProgressLog(pl.Callback):
@@ -154,7 +170,11 @@ def train_scene(
         data.c2w.tolist(),
         spe,
         normalization=data.normalization.to_dict(),
+        hw=list(data.hw),
     )
+    stream = RayBatchStream(data, cfg.batch_size, cfg.seed)
+    system.pixel_sampler = stream.sampler
+    system.training_frames = data.rgb
     ckpt_cb = ModelCheckpoint(
         dirpath=run_dir,
         filename="step{step}",
@@ -173,11 +193,9 @@ def train_scene(
         enable_model_summary=False,
         log_every_n_steps=1,
         num_sanity_val_steps=0,
-        **device_settings(),
+        **device_settings(cfg.precision),
     )
-    loader = torch.utils.data.DataLoader(
-        RayBatchStream(data, cfg.batch_size, cfg.seed), batch_size=None, num_workers=0
-    )
+    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=0)
     if resume is not None:
         log.info("train: resuming from %s", resume)
     log.info(

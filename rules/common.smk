@@ -18,6 +18,8 @@ def _load_scenes():
         _sheet.validate_config(config, schemas / "config.schema.yaml")
         scenes = _sheet.load_scene_sheet(config["scenes"], schemas / "scenes.schema.yaml")
         _sheet.check_synthetic_presets(config, scenes)
+        _sheet.check_train_presets(config, scenes)
+        _sheet.check_splits(config, scenes)
     except ConfigError as exc:
         raise WorkflowError(str(exc)) from None
     return scenes
@@ -70,5 +72,35 @@ def preprocess_targets(scene):
     ]
 
 
+def video_format():
+    return (config.get("render", {}) or {}).get("video_format", "mp4")
+
+
+def render_targets(scene):
+    """The videos of the scene's render splits (sheet column splits, else render.splits)."""
+    splits = _sheet.scene_splits(config, SCENES[scene])
+    return [f"{scene_dir(scene)}/render/{split}.{video_format()}" for split in splits]
+
+
+def camera_path_file(wc):
+    """The camera-path file of a split ``path_<name>``; other splits have none."""
+    if wc.split.startswith("path_"):
+        return f"results/{wc.scene}/paths/{wc.split[len('path_'):]}.npz"
+    return []
+
+
+def evaluate_gt(wc):
+    """The ground truth of a synthetic scene (held-out views); other scenes have none."""
+    if _sheet.synthetic_preset(SCENES[wc.scene]) is not None:
+        return f"results/{wc.scene}/gt/scene.npz"
+    return []
+
+
 def all_targets():
-    return [t for scene in SCENES for t in preprocess_targets(scene)]
+    """Everything for every scene: priors, trained model, render splits, evaluation, and the
+    summary table."""
+    targets = []
+    for scene in SCENES:
+        targets += preprocess_targets(scene) + render_targets(scene)
+        targets.append(f"{scene_dir(scene)}/eval/metrics.json")
+    return targets + ["results/summary.csv"]

@@ -1,14 +1,13 @@
 # Videos of a trained scene along the camera path of a render split.
 
-VIDEO_FORMAT = config.get("render", {}).get("video_format", "mp4")
-
 
 rule render:
     input:
         ckpt="results/{scene}/train/last.ckpt",
         cameras="results/{scene}/cameras.npz",
+        path=camera_path_file,
     output:
-        video=f"results/{{scene}}/render/{{split}}.{VIDEO_FORMAT}",
+        video=f"results/{{scene}}/render/{{split}}.{video_format()}",
         frames=directory("results/{scene}/render/{split}"),
     log:
         "results/{scene}/logs/render_{split}.log",

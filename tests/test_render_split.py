@@ -42,12 +42,31 @@ def test_render_fixed_view_and_gif(tiny_scene_dir, tiny_ckpt, tmp_path):
     assert imgs.shape == (12, 90, 160, 3) and (tmp_path / f"{split}.gif").exists()
 
 
+def test_render_fractional_times(tiny_scene_dir, tiny_ckpt, tmp_path):
+    """Interpolated frames (spec 7.3) of the trained scene: a camera path between frames."""
+    from nsff_core.paths import CameraPath
+    from nsff_core.render_split import render_split
+
+    cams = io.read_cameras(tiny_scene_dir / "cameras.npz")
+    times = np.array([2.0, 2.5, 10.75])
+    path = CameraPath(c2w=cams["c2w"][[2, 2, 10]], K=cams["K"], hw=(90, 160), times=times, name="p")
+    path.save(tmp_path / "paths" / "slow.npz")
+    summary = render_split(
+        tiny_ckpt, tiny_scene_dir / "cameras.npz", "path_slow", tmp_path / "out", tmp_path / "paths"
+    )
+    assert summary["frames"] == 3
+    imgs = np.stack([io.read_image(p) for p in io.list_frames(tmp_path / "out" / "path_slow")])
+    assert imgs.shape == (3, 90, 160, 3) and imgs.std() > 0
+    for suffix in ("", "_depth", "_static", "_dynamic"):
+        assert (tmp_path / "out" / f"path_slow{suffix}.mp4").stat().st_size > 0
+
+
 @pytest.mark.parametrize(
     "split, needle",
     [
         ("test_sprial", "test_sprial"),
         ("test_fixview40_interp0", "40"),
-        ("test_fixview2_interp4", "not implemented yet"),
+        ("path_orbit", "paths_dir"),
     ],
 )
 def test_render_errors_name_scene_and_rule(tiny_scene_dir, tiny_ckpt, tmp_path, split, needle):

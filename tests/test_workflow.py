@@ -1,5 +1,5 @@
 """The Snakemake workflow itself: lint, dry run, start-up validation, and a tiny end-to-end run
-of the preprocessing DAG on CPU."""
+of the whole DAG (priors, training, render splits, evaluation, summary) on CPU."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -98,11 +99,37 @@ def test_missing_source_names_scene_and_rule(tmp_path):
     assert not (wd / "results" / "ghost" / "frames").exists()
 
 
+#: a train preset small enough for a test (seconds on a CPU)
+TINY_TRAIN = {
+    "field": "planes",
+    "grid_levels": 2,
+    "grid_channels": 4,
+    "grid_hidden": 16,
+    "num_samples": 8,
+    "batch_size": 256,
+    "max_steps": 30,
+    "checkpoint_every": 10,
+    "log_every": 10,
+}
+
+
+def test_unknown_train_preset_or_split_stops_before_any_job(tmp_path):
+    wd = make_workdir(tmp_path, "scene\tsource\ttrain_preset\na\tsynthetic:tiny\tnope\n")
+    r = snakemake(wd, "--cores", "1")
+    assert r.returncode != 0 and "train_preset 'nope'" in r.stdout + r.stderr
+    wd = make_workdir(tmp_path, "scene\tsource\tsplits\na\tsynthetic:tiny\ttest,spiral\n")
+    r = snakemake(wd, "--cores", "1")
+    assert r.returncode != 0 and "'spiral'" in r.stdout + r.stderr
+    assert not (wd / "results").exists()
+
+
 @pytest.mark.stage
-def test_tiny_preprocessing_end_to_end(tmp_path):
-    """The demo command on a tiny synthetic scene: every preprocessing output, in its format."""
+def test_tiny_end_to_end(tmp_path):
+    """The demo command on a tiny synthetic scene: every output of every rule, in its format."""
     wd = make_workdir(
-        tmp_path, "scene\tsource\ttiny\tsynthetic:tiny\n".replace("\ttiny\t", "\ntiny\t")
+        tmp_path,
+        "scene\tsource\ttrain_preset\tsplits\ntiny\tsynthetic:tiny\ttiny\ttest,test_fixview2_interp2\n",
+        train_presets={"tiny": TINY_TRAIN},
     )
     r = snakemake(wd, "--cores", "2")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -124,7 +151,20 @@ def test_tiny_preprocessing_end_to_end(tmp_path):
     assert (res / "sfm" / "sparse" / "0" / "points3D.bin").exists()
     disp = [io.read_disparity(p) for p in sorted((res / "disp").glob("*.npy"))]
     assert len(disp) == n and disp[0].shape == (h, w) and disp[0].dtype == np.float32
-    for rule in ("synthetic", "frames", "flow", "masks", "sfm", "depth"):
+    # training, the render splits, the evaluation and the summary
+    steps = pd.read_csv(res / "train" / "metrics.csv")["step"].dropna()
+    assert steps.max() == TINY_TRAIN["max_steps"] - 1
+    assert json.loads((res / "train" / "config.json").read_text())["train"]["field"] == "planes"
+    assert len(io.list_frames(res / "render" / "test")) == n
+    assert len(io.list_frames(res / "render" / "test_fixview2_interp2")) == (n - 1) * 2 + 1
+    for video in ("test", "test_depth", "test_static", "test_dynamic", "test_fixview2_interp2"):
+        assert (res / "render" / f"{video}.mp4").stat().st_size > 0
+    metrics = json.loads((res / "eval" / "metrics.json").read_text())
+    summary = pd.read_csv(wd / "results" / "summary.csv")
+    assert list(summary["scene"]) == ["tiny"]
+    assert summary.loc[0, "psnr"] == pytest.approx(metrics["test"]["mean"]["psnr"], abs=1e-3)
+    assert np.isfinite(summary.loc[0, "novel_psnr"]) and summary.loc[0, "status"] == "ok"
+    for rule in ("synthetic", "frames", "flow", "masks", "sfm", "depth", "train", "evaluate"):
         assert (res / "logs" / f"{rule}.log").stat().st_size > 0
     # a finished workflow has nothing left to do
     again = snakemake(wd, "-n", "--cores", "2")

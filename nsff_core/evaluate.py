@@ -1,0 +1,472 @@
+"""Evaluation of a trained scene (rule ``evaluate``; spec 7.4, DESIGN.md section 3).
+
+Two parts, both written to ``eval/metrics.json``:
+
+1. **Test split.** Each frame rendered by the ``render`` rule for split ``test`` (training
+   cameras and times, ``render/test/{i:05d}.png``) is scored against training frame ``i``:
+   PSNR, SSIM (the real SSIM in [-1, 1], not nsff_pl's ``(1 + SSIM) / 2``) and LPIPS, on the
+   full image and on the dynamic region (``masks/{i:05d}.png``, 255 = dynamic). A frame with an
+   empty mask has no dynamic score; means over frames ignore such frames (nanmean).
+2. **Held-out views** (scenes with ground truth, i.e. synthetic ones). The true training
+   cameras are aligned to the SfM cameras by the similarity between their centres (Umeyama),
+   every held-out true camera is mapped through it into the SfM frame (rotation ``R R_true``,
+   centre ``s R c + t``), rendered at its time, and scored against the held-out image. Reported
+   beside it: the alignment residual (camera-centre RMS as % of the SfM path length, and the
+   mean angle between the mapped true rotations and the SfM rotations), and the **trivial
+   baseline**: each held-out image scored against the training frame of the same time, which
+   is what a method that ignores the viewpoint change would get.
+
+LPIPS needs local weights (never downloaded, see :func:`nsff_core.metrics.lpips_weight_files`);
+without them its values are null and ``lpips_state`` says ``"unavailable: <reason>"``.
+
+In the JSON, non-finite numbers are written as ``null``: no dynamic pixels in a frame, LPIPS
+unavailable, or (PSNR) identical images.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import io
+from .cameras import (
+    camera_centres,
+    path_length,
+    project_to_rotation,
+    rotation_angle_deg,
+    transform_c2w,
+    umeyama,
+)
+from .errors import StageError
+
+log = logging.getLogger(__name__)
+
+STAGE = "evaluate"
+#: Metric names of one image pair, in output order.
+METRICS = ("psnr", "ssim", "lpips")
+#: Centres whose second singular value is below this fraction of the first are treated as
+#: collinear: the rotation about their line is then taken from the camera orientations.
+COLLINEAR_RATIO = 1e-3
+
+
+# --------------------------------------------------------------------------- alignment
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """Similarity ``x -> s R x + t`` from the ground-truth world to the SfM world.
+
+    Attributes:
+        s, R, t: scale, (3, 3) rotation, (3,) translation.
+        centre_rms: RMS distance (SfM units) between the mapped true centres and the SfM centres.
+        path_length: length of the SfM camera path (SfM units).
+        rot_mean_deg: mean angle between mapped true rotations and SfM rotations.
+        rotation_from: ``"centres"`` (Umeyama) or ``"orientations"`` (collinear centres).
+        cameras: number of cameras used.
+    """
+
+    s: float
+    R: np.ndarray
+    t: np.ndarray
+    centre_rms: float
+    path_length: float
+    rot_mean_deg: float
+    rotation_from: str
+    cameras: int
+
+    @property
+    def centre_rms_pct(self) -> float:
+        """Centre RMS as a percentage of the path length (inf for a static camera)."""
+        return 100.0 * self.centre_rms / self.path_length if self.path_length > 0 else math.inf
+
+    def map_c2w(self, c2w_true: np.ndarray) -> np.ndarray:
+        """True-world poses (..., 4, 4), OpenCV axes -> SfM-world poses (same axes)."""
+        c2w = np.asarray(c2w_true, np.float64)
+        flat = c2w.reshape(-1, 4, 4)
+        return transform_c2w(self.s, self.R, self.t, flat).reshape(c2w.shape[:-2] + (4, 4))
+
+    def to_dict(self) -> dict:
+        return {
+            "scale": self.s,
+            "rotation": self.R.tolist(),
+            "translation": self.t.tolist(),
+            "centre_rms": self.centre_rms,
+            "path_length": self.path_length,
+            "centre_rms_pct_path": self.centre_rms_pct,
+            "rotation_residual_deg": self.rot_mean_deg,
+            "rotation_from": self.rotation_from,
+            "cameras": self.cameras,
+        }
+
+
+def align_to_sfm(
+    c2w_sfm: np.ndarray, c2w_true: np.ndarray, use: np.ndarray | None = None
+) -> Alignment:
+    """Similarity taking the true training cameras onto the SfM cameras (both OpenCV axes).
+
+    Umeyama on the camera centres. When the true centres are (nearly) collinear the rotation
+    about their line is undetermined, so the rotation is then the chordal mean of
+    ``R_sfm R_true^T`` and scale/translation are fitted with it.
+
+    Args:
+        c2w_sfm, c2w_true: (N, 4, 4) poses of the same frames.
+        use: optional (N,) bool, the cameras to fit (e.g. SfM-registered ones); at least 3.
+    Raises:
+        ValueError: fewer than 3 cameras or coincident centres.
+    """
+    sfm = np.asarray(c2w_sfm, np.float64)
+    true = np.asarray(c2w_true, np.float64)
+    if sfm.shape != true.shape or sfm.ndim != 3 or sfm.shape[1:] != (4, 4):
+        raise ValueError(f"pose arrays differ in shape: SfM {sfm.shape}, truth {true.shape}")
+    if use is not None:
+        sfm, true = sfm[np.asarray(use, bool)], true[np.asarray(use, bool)]
+    if len(sfm) < 3:
+        raise ValueError(f"need at least 3 cameras to align, got {len(sfm)}")
+    src, dst = camera_centres(true), camera_centres(sfm)
+    sv = np.linalg.svd(src - src.mean(0), compute_uv=False)
+    if sv[0] <= 0:
+        raise ValueError("the true camera centres all coincide; the alignment is undetermined")
+    if sv[1] / sv[0] >= COLLINEAR_RATIO:
+        s, R, t = umeyama(src, dst)
+        rotation_from = "centres"
+    else:
+        R = project_to_rotation(np.einsum("nij,nkj->ik", sfm[:, :3, :3], true[:, :3, :3]))
+        xs, xd = src - src.mean(0), dst - dst.mean(0)
+        s = float(np.sum(xd * (xs @ R.T)) / np.sum(xs * xs))
+        t = dst.mean(0) - s * R @ src.mean(0)
+        rotation_from = "orientations"
+    mapped = transform_c2w(s, R, t, true)
+    err = np.linalg.norm(mapped[:, :3, 3] - dst, axis=1)
+    rot = rotation_angle_deg(mapped[:, :3, :3], sfm[:, :3, :3])
+    return Alignment(
+        s=float(s),
+        R=np.asarray(R),
+        t=np.asarray(t),
+        centre_rms=float(np.sqrt(np.mean(err**2))),
+        path_length=path_length(dst),
+        rot_mean_deg=float(rot.mean()),
+        rotation_from=rotation_from,
+        cameras=len(sfm),
+    )
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+class Scorer:
+    """PSNR, SSIM and LPIPS of image pairs, with LPIPS loaded once (or reported unavailable).
+
+    Args:
+        lpips_weights: directory or file with the LPIPS weights (default: ``$NSFF_WEIGHTS_DIR``
+            and torch hub's cache; see :func:`nsff_core.metrics.lpips_weight_files`).
+    Attributes:
+        lpips_state: ``"available: ..."`` or ``"unavailable: <reason>"``.
+    """
+
+    def __init__(self, lpips_weights: str | Path | None = None) -> None:
+        from .metrics import LpipsUnavailable, load_lpips, lpips_weight_files
+
+        self.model = None
+        try:
+            backbone, linear = lpips_weight_files("alex", lpips_weights)
+            self.model = load_lpips("alex", lpips_weights)
+            self.lpips_state = f"available: AlexNet v0.1 ({backbone}, {linear})"
+        except LpipsUnavailable as exc:
+            self.lpips_state = "unavailable: " + str(exc).removeprefix("LPIPS unavailable: ")
+
+    def score(self, pred: np.ndarray, target: np.ndarray, mask: np.ndarray | None = None) -> dict:
+        """Scores of one pair of uint8 (H, W, 3) images, optionally inside a bool (H, W) mask.
+
+        Returns ``{"psnr", "ssim", "lpips"}`` floats (nan: empty mask or LPIPS unavailable).
+        """
+        from .metrics import lpips, psnr, ssim
+
+        p = np.asarray(pred, np.float64) / 255.0
+        t = np.asarray(target, np.float64) / 255.0
+        if mask is not None and not np.any(mask):
+            return dict.fromkeys(METRICS, math.nan)
+        return {
+            "psnr": psnr(p, t, mask),
+            "ssim": ssim(p, t, mask),
+            "lpips": math.nan if self.model is None else lpips(p, t, mask, model=self.model),
+        }
+
+
+def _nanmean(values) -> float:
+    a = np.asarray(values, np.float64)
+    a = a[~np.isnan(a)]
+    return float(a.mean()) if a.size else math.nan
+
+
+def _summarise(rows: list[dict], keys) -> dict:
+    """Per-frame lists and nanmeans of ``keys`` over ``rows``."""
+    per = {k: [r[k] for r in rows] for k in keys}
+    return {"per_frame": per, "mean": {k: _nanmean(v) for k, v in per.items()}}
+
+
+def _jsonable(obj):
+    """Replace non-finite floats by None (strict JSON) recursively; numpy scalars to Python."""
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def _read_frames(folder: Path, what: str, scene, hint: str) -> list[Path]:
+    if not folder.is_dir():
+        raise StageError(scene, STAGE, f"{what} folder {folder} does not exist", hint)
+    files = io.list_frames(folder)
+    if not files:
+        raise StageError(scene, STAGE, f"{what} folder {folder} has no PNG frames", hint)
+    return files
+
+
+def score_test_split(
+    frames_dir: Path,
+    masks_dir: Path,
+    test_dir: Path,
+    scorer: Scorer,
+    scene: str | None = None,
+) -> dict:
+    """Scores of the ``test`` split renders against the training frames (full and dynamic)."""
+    frames = _read_frames(frames_dir, "training frames", scene, "rerun the frames rule")
+    renders = _read_frames(
+        test_dir,
+        "test-split render",
+        scene,
+        "run the render rule for split 'test' first "
+        f"(e.g. snakemake results/{scene or '<scene>'}/render/test)",
+    )
+    if len(renders) != len(frames):
+        raise StageError(
+            scene,
+            STAGE,
+            f"{test_dir} has {len(renders)} frames but {frames_dir} has {len(frames)}",
+            "rerun the render rule for split 'test' (delete its outputs) after training",
+        )
+    rows = []
+    t0 = time.perf_counter()
+    for i, (fp, rp) in enumerate(zip(frames, renders, strict=True)):
+        target, pred = io.read_image(fp), io.read_image(rp)
+        if pred.shape != target.shape:
+            raise StageError(
+                scene,
+                STAGE,
+                f"render {rp} is {pred.shape[1]}x{pred.shape[0]} but frame {fp} is "
+                f"{target.shape[1]}x{target.shape[0]}",
+                "rerun the render rule for split 'test'",
+            )
+        mask_path = masks_dir / fp.name
+        if not mask_path.is_file():
+            raise StageError(scene, STAGE, f"mask {mask_path} is missing", "rerun the masks rule")
+        mask = io.read_mask(mask_path)
+        full = scorer.score(pred, target)
+        dyn = scorer.score(pred, target, mask)
+        rows.append(
+            {
+                **full,
+                **{f"{k}_dynamic": v for k, v in dyn.items()},
+                "dynamic_fraction": float(mask.mean()),
+            }
+        )
+        if (i + 1) % max(1, len(frames) // 5) == 0 or i == len(frames) - 1:
+            log.info(
+                "evaluate: test split %d/%d frames scored (%.1f s)",
+                i + 1,
+                len(frames),
+                time.perf_counter() - t0,
+            )
+    keys = [*METRICS, *(f"{k}_dynamic" for k in METRICS), "dynamic_fraction"]
+    out = _summarise(rows, keys)
+    out["frames"] = len(frames)
+    out["names"] = [p.name for p in frames]
+    return out
+
+
+def evaluate_novel_views(
+    ckpt: Path,
+    cams: dict,
+    frames: list[Path],
+    gt_path: Path,
+    novel_dir: Path,
+    scorer: Scorer,
+    chunk: int,
+    scene: str | None = None,
+) -> dict:
+    """Render the held-out ground-truth cameras in the SfM frame and score them (module doc)."""
+    import torch
+
+    from .paths import CameraPath
+    from .render_split import load_system, render_camera_path, to_uint8
+    from .synthetic import load_ground_truth
+
+    gt = load_ground_truth(gt_path)
+    n, hw = len(cams["c2w"]), tuple(int(v) for v in cams["hw"])
+    hint = "novel-view scores need the synthetic scene's frames unsubsampled, at its own size"
+    if gt.num_frames != n or gt.num_frames != len(frames):
+        raise StageError(
+            scene,
+            STAGE,
+            f"ground truth {gt_path} has {gt.num_frames} frames, cameras.npz {n}, "
+            f"frames/ {len(frames)}",
+            hint,
+        )
+    if gt.hw != hw:
+        raise StageError(scene, STAGE, f"ground truth is {gt.hw} (H, W), cameras.npz {hw}", hint)
+    views = int(gt.novel_c2w.shape[1])
+    if views == 0:
+        log.info("evaluate: the ground truth has no held-out views")
+        return {"views": 0}
+    registered = cams.get("registered")
+    try:
+        align = align_to_sfm(cams["c2w"], gt.c2w, registered)
+    except ValueError as exc:
+        raise StageError(
+            scene,
+            STAGE,
+            f"cannot align SfM to true cameras: {exc}",
+            "check the sfm rule's result (registered frames, camera path)",
+        ) from None
+    log.info(
+        "evaluate: aligned true cameras to SfM (%d cameras, rotation from %s): centre RMS "
+        "%.3g%% of the path, rotation residual %.3g deg",
+        align.cameras,
+        align.rotation_from,
+        align.centre_rms_pct,
+        align.rot_mean_deg,
+    )
+    c2w = align.map_c2w(gt.novel_c2w).reshape(-1, 4, 4)  # time-major: (t, v)
+    times = np.repeat(np.arange(n, dtype=np.float64), views)
+    path = CameraPath(c2w=c2w, K=cams["K"], hw=hw, times=times, name="novel")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    log.info("evaluate: rendering %d held-out views on %s", len(path), device)
+    t0 = time.perf_counter()
+    rendered = to_uint8(render_camera_path(load_system(ckpt, device), path, chunk).rgb)
+    seconds = time.perf_counter() - t0
+    with io.atomic_dir(novel_dir) as tmp:
+        for k, img in enumerate(rendered):
+            io.write_image(tmp / f"{k // views:05d}_v{k % views}.png", img)
+    rows, base = [], []
+    train_imgs = [io.read_image(p) for p in frames]
+    for k, img in enumerate(rendered):
+        t, v = divmod(k, views)
+        truth = gt.novel_images[t, v]
+        rows.append({"time": t, "view": v, **scorer.score(img, truth)})
+        base.append(scorer.score(train_imgs[t], truth))
+    out = {
+        "views": views,
+        "count": len(rows),
+        "alignment": align.to_dict(),
+        "time": [r["time"] for r in rows],
+        "view": [r["view"] for r in rows],
+        **_summarise(rows, METRICS),
+        "baseline": _summarise(base, METRICS),
+        "render_seconds": seconds,
+    }
+    m, b = out["mean"], out["baseline"]["mean"]
+    log.info(
+        "evaluate: held-out views PSNR %.2f SSIM %.4f; trivial baseline PSNR %.2f SSIM %.4f",
+        m["psnr"],
+        m["ssim"],
+        b["psnr"],
+        b["ssim"],
+    )
+    return out
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def evaluate_scene(
+    ckpt: str | Path,
+    cameras: str | Path,
+    frames_dir: str | Path,
+    masks_dir: str | Path,
+    test_dir: str | Path,
+    out_json: str | Path,
+    gt: str | Path | None = None,
+    novel_dir: str | Path | None = None,
+    chunk: int = 4096,
+    scene: str | None = None,
+    lpips_weights: str | Path | None = None,
+) -> dict:
+    """Evaluate one trained scene and write ``out_json`` (see the module docstring).
+
+    Args:
+        ckpt: ``train/last.ckpt`` (used only to render held-out views).
+        cameras: ``cameras.npz``.
+        frames_dir, masks_dir: ``frames/`` and ``masks/`` of the scene.
+        test_dir: ``render/test/``, the frames of the render rule's ``test`` split.
+        out_json: ``eval/metrics.json`` (written atomically, last).
+        gt: ground-truth ``gt/scene.npz`` of a synthetic scene, or None.
+        novel_dir: where the held-out renders go as PNGs (default ``out_json``'s folder /
+            ``novel``); always created, with a README.txt saying what it holds.
+        chunk: rays per forward pass when rendering.
+        scene: scene name for error messages.
+        lpips_weights: local LPIPS weights (see :class:`Scorer`).
+    Returns:
+        the dict written to ``out_json`` (with NaN where the file has null).
+    Raises:
+        StageError: missing or inconsistent inputs (the message names scene and rule).
+    """
+    t0 = time.perf_counter()
+    out_json = Path(out_json)
+    novel_dir = Path(novel_dir) if novel_dir is not None else out_json.parent / "novel"
+    frames_dir, masks_dir, test_dir = Path(frames_dir), Path(masks_dir), Path(test_dir)
+    scorer = Scorer(lpips_weights)
+    log.info("evaluate: LPIPS %s", scorer.lpips_state)
+    test = score_test_split(frames_dir, masks_dir, test_dir, scorer, scene)
+    mean = test["mean"]
+    log.info(
+        "evaluate: test split PSNR %.2f SSIM %.4f; dynamic region PSNR %.2f SSIM %.4f",
+        mean["psnr"],
+        mean["ssim"],
+        mean["psnr_dynamic"],
+        mean["ssim_dynamic"],
+    )
+    novel = None
+    if gt is not None:
+        if not Path(gt).is_file():
+            raise StageError(scene, STAGE, f"ground truth {gt} does not exist", "rerun synthetic")
+        cams = io.read_cameras(cameras)
+        frames = io.list_frames(frames_dir)
+        novel = evaluate_novel_views(
+            Path(ckpt), cams, frames, Path(gt), novel_dir, scorer, chunk, scene
+        )
+    has_views = bool(novel and novel["views"])
+    readme = (
+        "Renders of the held-out ground-truth cameras, {time:05d}_v{view}.png, in the SfM frame.\n"
+        if has_views
+        else "This scene has no ground-truth held-out views; nothing is rendered here.\n"
+    )
+    novel_dir.mkdir(parents=True, exist_ok=True)
+    (novel_dir / "README.txt").write_text(readme)
+    result = {
+        "scene": scene,
+        "split": "test",
+        "ssim_convention": "real SSIM in [-1, 1] (not (1 + SSIM) / 2)",
+        "lpips_state": scorer.lpips_state,
+        "frames": test["frames"],
+        "test": test,
+        "novel": novel,
+        "novel_dir": str(novel_dir) if has_views else None,
+        "seconds": time.perf_counter() - t0,
+    }
+    with io.atomic_file(out_json) as tmp:
+        tmp.write_text(json.dumps(_jsonable(result), indent=1) + "\n")
+    log.info("evaluate: wrote %s (%.1f s)", out_json, result["seconds"])
+    return result

@@ -1,0 +1,238 @@
+"""Plane-factorised static and dynamic fields: the fast alternative to nsff_pl's MLPs.
+
+Selected with ``train.field: planes``; same interface and outputs as
+:class:`~nsff_core.fields.StaticField` and :class:`~nsff_core.fields.DynamicField`, so the
+renderer, the losses and time interpolation do not know which one they use.
+
+The representation is the factorisation of K-Planes (Fridovich-Keil et al., CVPR 2023): a
+feature at a point is the element-wise product of bilinear lookups in axis-aligned 2D feature
+planes, at several resolutions, concatenated over resolutions and decoded by small MLPs.
+
+- static: planes (x, y), (x, z), (y, z) of the NDC position;
+- dynamic: the same three spatial planes and (x, t), (y, t), (z, t), where the time axis has one
+  row per training frame (``align_corners``), so frame t reads exactly its own row: the per-frame
+  time code of NSFF, shared across space through the planes.
+
+Why: on a CPU the MLP fields of nsff_pl spend ~1 MFLOP per sample and need 10^5 steps on a
+textured scene; a plane lookup is a few hundred FLOPs, the decoders are 64 wide, and the
+features are learned directly (at a higher learning rate, ``train.grid_lr``), so a scene
+converges in a few thousand steps. Lookups use ``torch.nn.functional.grid_sample`` (plain torch;
+CPU and GPU). NDC positions live in [-1, 1]^3; outside that cube the border row is used.
+
+Spatial planes are initialised uniformly in [0.1, 0.5] and time planes to 1, so that at the start
+every product is non-zero and the dynamic field starts time-invariant.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import TrainConfig
+from .errors import ConfigError
+from .fields import DynamicFieldOutput, PositionalEncoding, StaticFieldOutput
+
+#: planes as slices of the coordinate vector [x, y, z, t]: (x, y), (x, z), (y, z) and, for the
+#: dynamic field, (x, t), (y, t), (z, t) (time along the plane's height)
+SPATIAL_PLANES = (slice(0, 2), slice(0, 3, 2), slice(1, 3))
+TIME_PLANES = (slice(0, 4, 3), slice(1, 4, 2), slice(2, 4))
+
+
+@dataclass(frozen=True)
+class PlaneFieldConfig:
+    """Sizes of the plane fields (defaults from :class:`~nsff_core.config.TrainConfig`)."""
+
+    #: resolution of the coarsest spatial planes (cells per NDC axis)
+    base_resolution: int = TrainConfig.grid_base_resolution
+    #: resolutions double per level: base * 2^l, l < levels (static field)
+    levels: int = TrainConfig.grid_levels
+    #: levels of the dynamic field (moving content is usually smaller and smoother)
+    dynamic_levels: int = TrainConfig.grid_dynamic_levels
+    #: feature channels per plane and level
+    channels: int = TrainConfig.grid_channels
+    #: width of the decoder MLPs
+    hidden: int = TrainConfig.grid_hidden
+    #: view-direction encoding of the static colour decoder
+    dir_freqs: int = TrainConfig.dir_freqs
+    use_viewdir: bool = TrainConfig.use_viewdir
+    #: bound of each scene-flow component, in NDC units per frame
+    flow_scale: float = TrainConfig.flow_scale
+
+    def __post_init__(self) -> None:
+        if min(self.levels, self.dynamic_levels, self.channels, self.hidden) < 1 or (
+            self.base_resolution < 2
+        ):
+            raise ConfigError(
+                "plane field needs grid_base_resolution >= 2 and grid_levels, grid_channels, "
+                f"grid_hidden >= 1; got {self.base_resolution}, {self.levels}, "
+                f"{self.channels}, {self.hidden}"
+            )
+
+    @property
+    def resolutions(self) -> list[int]:
+        return [self.base_resolution * 2**level for level in range(self.levels)]
+
+    @property
+    def dynamic_resolutions(self) -> list[int]:
+        return [self.base_resolution * 2**level for level in range(self.dynamic_levels)]
+
+
+class PlaneStack(nn.Module):
+    """Feature planes of one resolution level, all of one size, stored as one (n, C, h, w)
+    tensor so that one ``grid_sample`` call (parallel over the planes) reads them all;
+    ``forward`` returns the element-wise product of the n lookups.
+
+    Args:
+        pairs: the two input axes of each plane, as a slice of the coordinate vector; the
+            plane of axes (a, b) is indexed by b along its height and a along its width.
+        size: (height, width) of every plane.
+        channels: features per plane.
+        init: "uniform" (spatial planes, U[0.1, 0.5]) or "ones" (time planes).
+    """
+
+    def __init__(
+        self, pairs: tuple[slice, ...], size: tuple[int, int], channels: int, init: str
+    ) -> None:
+        super().__init__()
+        self.pairs = pairs
+        p = torch.empty(len(pairs), channels, *size)
+        if init == "ones":
+            nn.init.ones_(p)
+        else:
+            nn.init.uniform_(p, 0.1, 0.5)
+        self.planes = nn.Parameter(p)
+
+    def forward(self, coords: Tensor) -> Tensor:
+        """(M, D) float32 coordinates in [-1, 1] -> (M, channels) product of the features."""
+        grid = torch.stack([coords[:, pair] for pair in self.pairs]).unsqueeze(1)  # (n,1,M,2)
+        f = F.grid_sample(
+            self.planes, grid, mode="bilinear", padding_mode="border", align_corners=True
+        )  # (n, C, 1, M)
+        out = f[0, :, 0]
+        for i in range(1, f.shape[0]):
+            out = out * f[i, :, 0]
+        return out.t()
+
+
+def total_variation(plane: Tensor) -> Tensor:
+    """Mean squared difference of neighbouring cells along both plane axes."""
+    dh = (plane[..., 1:, :] - plane[..., :-1, :]).square().mean()
+    dw = (plane[..., :, 1:] - plane[..., :, :-1]).square().mean()
+    return dh + dw
+
+
+def _mlp(in_dim: int, hidden: int, out_dim: int, layers: int) -> nn.Sequential:
+    mods: list[nn.Module] = []
+    d = in_dim
+    for _ in range(layers):
+        mods += [nn.Linear(d, hidden), nn.ReLU()]
+        d = hidden
+    mods.append(nn.Linear(d, out_dim))
+    return nn.Sequential(*mods)
+
+
+class PlaneStaticField(nn.Module):
+    """Time-invariant plane field: NDC position (and NDC ray direction) -> raw sigma, rgb."""
+
+    #: geometry features passed from the density decoder to the colour decoder
+    GEO_FEATURES = 15
+
+    def __init__(self, cfg: PlaneFieldConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.levels = nn.ModuleList(
+            PlaneStack(SPATIAL_PLANES, (r, r), cfg.channels, "uniform") for r in cfg.resolutions
+        )
+        feat = cfg.channels * cfg.levels
+        self.density = _mlp(feat, cfg.hidden, 1 + self.GEO_FEATURES, 1)
+        dir_dim = 0
+        if cfg.use_viewdir:
+            self.dir_encoding = PositionalEncoding(cfg.dir_freqs)
+            dir_dim = self.dir_encoding.out_dim
+        self.color = _mlp(self.GEO_FEATURES + dir_dim, cfg.hidden, 3, 1)
+
+    def grid_parameters(self) -> list[nn.Parameter]:
+        return [level.planes for level in self.levels]
+
+    def regularization(self) -> Tensor:
+        """Total variation of the spatial planes, summed over levels."""
+        return sum(total_variation(p) for p in self.grid_parameters())
+
+    def forward(self, x: Tensor, d: Tensor | None = None) -> StaticFieldOutput:
+        """Same contract as :meth:`nsff_core.fields.StaticField.forward`."""
+        lead = x.shape[:-1]
+        coords = x.reshape(-1, 3).float()
+        feat = torch.cat([level(coords) for level in self.levels], dim=-1)
+        raw_sigma, geo = self.density(feat).split([1, self.GEO_FEATURES], dim=-1)
+        if self.cfg.use_viewdir:
+            if d is None:
+                raise ValueError("PlaneStaticField with use_viewdir=True needs the ray directions")
+            d_enc = self.dir_encoding(d)
+            d_enc = d_enc.expand(*lead, d_enc.shape[-1]).reshape(-1, d_enc.shape[-1])
+            geo = torch.cat([geo, d_enc.to(geo.dtype)], dim=-1)
+        rgb = torch.sigmoid(self.color(geo))
+        return StaticFieldOutput(raw_sigma=raw_sigma.reshape(lead), rgb=rgb.reshape(*lead, 3))
+
+
+class PlaneDynamicField(nn.Module):
+    """Time-varying plane field: NDC position and frame t -> raw sigma, rgb, scene flow fw/bw."""
+
+    def __init__(self, cfg: PlaneFieldConfig, num_frames: int) -> None:
+        super().__init__()
+        if num_frames < 1:
+            raise ConfigError(f"PlaneDynamicField needs num_frames >= 1, got {num_frames}")
+        self.cfg = cfg
+        self.num_frames = num_frames
+        rows = max(num_frames, 2)  # a single frame still needs two rows for align_corners
+        self.levels = nn.ModuleList(
+            PlaneStack(SPATIAL_PLANES, (r, r), cfg.channels, "uniform")
+            for r in cfg.dynamic_resolutions
+        )
+        self.time_levels = nn.ModuleList(
+            PlaneStack(TIME_PLANES, (rows, r), cfg.channels, "ones")
+            for r in cfg.dynamic_resolutions
+        )
+        self.decoder = _mlp(cfg.channels * cfg.dynamic_levels, cfg.hidden, 1 + 3 + 3 + 3, 2)
+
+    def grid_parameters(self) -> list[nn.Parameter]:
+        return [level.planes for level in [*self.levels, *self.time_levels]]
+
+    def regularization(self) -> Tensor:
+        """Total variation of the spatial planes and smoothness in time of the time planes."""
+        tv = sum(total_variation(level.planes) for level in self.levels)
+        return tv + sum(torch.diff(lv.planes, dim=-2).square().mean() for lv in self.time_levels)
+
+    def _time_coord(self, t: Tensor) -> Tensor:
+        rows = max(self.num_frames, 2)
+        return t.float() * (2.0 / (rows - 1)) - 1.0
+
+    def forward(self, x: Tensor, t: Tensor) -> DynamicFieldOutput:
+        """Same contract as :meth:`nsff_core.fields.DynamicField.forward` (integer ``t``)."""
+        lead = x.shape[:-1]
+        try:
+            ok = torch.broadcast_shapes(t.shape, lead) == lead
+        except RuntimeError:
+            ok = False
+        if not ok:
+            raise ValueError(f"times of shape {tuple(t.shape)} do not broadcast to {tuple(lead)}")
+        tc = self._time_coord(t).expand(lead).reshape(-1, 1)
+        coords = torch.cat([x.reshape(-1, 3).float(), tc], dim=-1)  # [x, y, z, t]
+        feat = torch.cat(
+            [s(coords) * tl(coords) for s, tl in zip(self.levels, self.time_levels, strict=True)],
+            dim=-1,
+        )
+        raw_sigma, rgb, flow_fw, flow_bw = self.decoder(feat).split([1, 3, 3, 3], dim=-1)
+        scale = self.cfg.flow_scale
+        return DynamicFieldOutput(
+            raw_sigma=raw_sigma.reshape(lead),
+            rgb=torch.sigmoid(rgb).reshape(*lead, 3),
+            scene_flow_fw=(scale * torch.tanh(flow_fw)).reshape(*lead, 3),
+            scene_flow_bw=(scale * torch.tanh(flow_bw)).reshape(*lead, 3),
+        )
+
+    def at_times(self, x: Tensor, t: Tensor) -> DynamicFieldOutput:
+        """Query per-ray samples ``x`` (B, S, 3) at one integer frame per ray ``t`` (B,)."""
+        return self(x, t[:, None])

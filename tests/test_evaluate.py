@@ -1,0 +1,276 @@
+"""Rule evaluate (nsff_core.evaluate) and the per-scene summary (nsff_core.report)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from nsff_core import io
+from nsff_core.cameras import invert_rigid, transform_c2w
+from nsff_core.config import SyntheticConfig
+from nsff_core.errors import StageError
+from nsff_core.evaluate import Scorer, align_to_sfm, evaluate_scene
+from nsff_core.report import COLUMNS, write_summary
+from nsff_core.synthetic import rotation
+
+# a known similarity true world -> "SfM" world
+SIM_S, SIM_T = 2.5, np.array([0.3, -1.0, 4.0])
+SIM_R = rotation([0.3, -1.0, 0.5], 0.7)
+
+
+@pytest.fixture(scope="module")
+def gt_scene():
+    from nsff_core.synthetic import render_scene
+
+    cfg = SyntheticConfig(num_frames=4, width=48, height=32, novel_offsets=((0.0, -0.15, 0.0),))
+    return render_scene(cfg)
+
+
+@pytest.fixture()
+def offline_lpips(tmp_path, monkeypatch):
+    """No LPIPS weights anywhere (as on an offline machine)."""
+    monkeypatch.setenv("NSFF_WEIGHTS_DIR", str(tmp_path / "no-weights"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no-torch-home"))
+
+
+@pytest.fixture(scope="module")
+def scene_dir(gt_scene, tmp_path_factory):
+    """results/<scene>/ of the tiny synthetic scene: frames, masks, cameras.npz (the true
+    cameras through a known similarity), gt/scene.npz, an untrained checkpoint and the
+    test-split render."""
+    import pytorch_lightning as pl
+    import torch
+
+    from nsff_core.config import TrainConfig, to_dict
+    from nsff_core.rays import normalize_poses
+    from nsff_core.render_split import render_split
+    from nsff_core.synthetic import write_scene
+    from nsff_core.system import NSFFSystem
+
+    d = tmp_path_factory.mktemp("evalscene")
+    n, hw = gt_scene.num_frames, gt_scene.hw
+    (d / "frames").mkdir()
+    (d / "masks").mkdir()
+    for i in range(n):
+        io.write_image(d / "frames" / io.frame_name(i), gt_scene.images[i])
+        mask = gt_scene.dynamic_mask[i] if i != 1 else np.zeros(hw, bool)  # frame 1: empty
+        io.write_mask(d / "masks" / io.frame_name(i), mask)
+    c2w = transform_c2w(SIM_S, SIM_R, SIM_T, gt_scene.c2w)
+    io.write_cameras(
+        d / "cameras.npz",
+        c2w,
+        gt_scene.K,
+        hw,
+        np.full(n, 1.0),
+        np.full(n, 30.0),
+        [io.frame_name(i) for i in range(n)],
+    )
+    write_scene(gt_scene, d / "source" / "video.mp4", d / "gt" / "scene.npz")
+    near = 0.75 * SIM_S * float(gt_scene.depth.min())
+    c2w_nsff, norm = normalize_poses(c2w, near)
+    cfg = TrainConfig(width=16, depth=2, time_dim=4, num_samples=8, batch_size=32)
+    torch.manual_seed(0)
+    system = NSFFSystem(to_dict(cfg), n, gt_scene.K.tolist(), c2w_nsff.tolist(), 5, norm.to_dict())
+    (d / "train").mkdir()
+    torch.save(
+        {
+            "state_dict": system.state_dict(),
+            "hyper_parameters": dict(system.hparams),
+            "pytorch-lightning_version": pl.__version__,
+        },
+        d / "train" / "last.ckpt",
+    )
+    render_split(d / "train" / "last.ckpt", d / "cameras.npz", "test", d / "render", scene="s")
+    return d
+
+
+# --------------------------------------------------------------------------- alignment
+
+
+def test_alignment_recovers_similarity_and_maps_held_out_poses(gt_scene):
+    sfm = transform_c2w(SIM_S, SIM_R, SIM_T, gt_scene.c2w)
+    a = align_to_sfm(sfm, gt_scene.c2w)
+    assert a.rotation_from == "centres"
+    assert a.s == pytest.approx(SIM_S, rel=1e-9)
+    np.testing.assert_allclose(a.R, SIM_R, atol=1e-9)
+    np.testing.assert_allclose(a.t, SIM_T, atol=1e-9)
+    assert a.centre_rms_pct < 1e-9 and a.rot_mean_deg < 1e-5
+    novel = a.map_c2w(gt_scene.novel_c2w)  # (N, V, 4, 4)
+    assert novel.shape == gt_scene.novel_c2w.shape
+    for t in range(gt_scene.num_frames):
+        true = gt_scene.novel_c2w[t, 0]
+        # rotation R R_true, centre s R c + t
+        np.testing.assert_allclose(novel[t, 0, :3, :3], SIM_R @ true[:3, :3], atol=1e-9)
+        np.testing.assert_allclose(novel[t, 0, :3, 3], SIM_S * SIM_R @ true[:3, 3] + SIM_T)
+        # seen from the SfM training camera of the same time: the true offset, scaled by s
+        rel = invert_rigid(sfm[t]) @ novel[t, 0]
+        np.testing.assert_allclose(rel[:3, :3], np.eye(3), atol=1e-9)
+        np.testing.assert_allclose(rel[:3, 3], SIM_S * gt_scene.novel_offsets[0], atol=1e-9)
+
+
+def test_alignment_ignores_unregistered_and_reports_residual(gt_scene):
+    sfm = transform_c2w(SIM_S, SIM_R, SIM_T, gt_scene.c2w)
+    bad = sfm.copy()
+    bad[2, :3, 3] += 5.0  # an interpolated (unregistered) camera far off
+    use = np.ones(len(sfm), bool)
+    use[2] = False
+    a = align_to_sfm(bad, gt_scene.c2w, use)
+    assert a.cameras == 3 and a.s == pytest.approx(SIM_S)
+    assert align_to_sfm(bad, gt_scene.c2w).centre_rms_pct > 1.0
+
+
+def test_alignment_of_collinear_centres_uses_orientations():
+    from nsff_core.synthetic import look_at
+
+    true = np.stack([look_at([x, 0.0, 0.0], [0.2 * x, 0.3, 5.0]) for x in np.linspace(-1, 1, 6)])
+    sfm = transform_c2w(SIM_S, SIM_R, SIM_T, true)
+    a = align_to_sfm(sfm, true)
+    assert a.rotation_from == "orientations"
+    np.testing.assert_allclose(a.R, SIM_R, atol=1e-9)
+    assert a.s == pytest.approx(SIM_S) and a.centre_rms < 1e-9
+    with pytest.raises(ValueError, match="at least 3"):
+        align_to_sfm(sfm[:2], true[:2])
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def test_dynamic_region_ignores_differences_outside_the_mask(offline_lpips):
+    rng = np.random.default_rng(0)
+    target = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    mask = np.zeros((40, 48), bool)
+    mask[10:30, 12:36] = True
+    # differ only farther than the SSIM window radius (5 px) from the mask
+    far = np.ones_like(mask)
+    far[4:36, 6:42] = False
+    pred = target.copy()
+    pred[far] = 255 - pred[far]
+    scorer = Scorer()
+    assert scorer.lpips_state.startswith("unavailable:")
+    inside = scorer.score(pred, target, mask)
+    assert inside["psnr"] == math.inf and inside["ssim"] == pytest.approx(1.0)
+    assert math.isnan(inside["lpips"])
+    full = scorer.score(pred, target)
+    assert math.isfinite(full["psnr"]) and full["psnr"] < 20 and full["ssim"] < 0.9
+    empty = scorer.score(pred, target, np.zeros_like(mask))
+    assert all(math.isnan(v) for v in empty.values())
+    # with an LPIPS module (random weights: checks the wiring, not the metric's value)
+    from nsff_core.metrics import build_lpips
+
+    # (LPIPS's deep layers see past the mask, so inside is small but not exactly 0)
+    scorer.model = build_lpips(random_init=True)
+    inside, full = scorer.score(pred, target, mask)["lpips"], scorer.score(pred, target)["lpips"]
+    assert 0 <= inside < 0.2 * full
+
+
+# --------------------------------------------------------------------------- evaluate_scene
+
+
+def test_evaluate_scene_end_to_end(scene_dir, gt_scene, tmp_path, offline_lpips):
+    out = tmp_path / "eval" / "metrics.json"
+    evaluate_scene(
+        scene_dir / "train" / "last.ckpt",
+        scene_dir / "cameras.npz",
+        scene_dir / "frames",
+        scene_dir / "masks",
+        scene_dir / "render" / "test",
+        out,
+        gt=scene_dir / "gt" / "scene.npz",
+        chunk=2048,
+        scene="s",
+    )
+    m = json.loads(out.read_text())  # strict JSON: non-finite values are null
+    n = gt_scene.num_frames
+    assert m["scene"] == "s" and m["frames"] == n and m["split"] == "test"
+    assert m["lpips_state"].startswith("unavailable:")
+    test = m["test"]
+    for key in ("psnr", "ssim", "lpips", "psnr_dynamic", "ssim_dynamic", "lpips_dynamic"):
+        assert len(test["per_frame"][key]) == n and key in test["mean"]
+    assert all(math.isfinite(v) for v in test["per_frame"]["psnr"])
+    assert math.isfinite(test["mean"]["psnr"]) and -1 <= test["mean"]["ssim"] <= 1
+    assert test["mean"]["lpips"] is None and test["per_frame"]["lpips"] == [None] * n
+    assert test["per_frame"]["psnr_dynamic"][1] is None  # empty mask
+    assert math.isfinite(test["mean"]["psnr_dynamic"])  # nanmean over the other frames
+    novel = m["novel"]
+    assert novel["views"] == 1 and novel["count"] == n and novel["time"] == list(range(n))
+    assert novel["alignment"]["centre_rms_pct_path"] < 1e-6
+    assert novel["alignment"]["scale"] == pytest.approx(SIM_S)
+    assert all(math.isfinite(v) for v in novel["per_frame"]["psnr"])
+    base = novel["baseline"]["mean"]
+    assert math.isfinite(base["psnr"]) and math.isfinite(base["ssim"])
+    pngs = sorted((tmp_path / "eval" / "novel").glob("*.png"))
+    assert [p.name for p in pngs] == [f"{t:05d}_v0.png" for t in range(n)]
+    assert io.read_image(pngs[0]).shape == (*gt_scene.hw, 3)
+
+
+def test_trivial_baseline_compares_different_viewpoints(gt_scene):
+    """The baseline compares the held-out view with the training frame of its time."""
+    scorer = Scorer()
+    s = scorer.score(gt_scene.images[0], gt_scene.novel_images[0, 0])
+    assert 5 < s["psnr"] < 40  # different viewpoints: neither identical nor unrelated
+
+
+def test_missing_test_render_names_scene_and_rule(scene_dir, tmp_path, offline_lpips):
+    args = (scene_dir / "train" / "last.ckpt", scene_dir / "cameras.npz")
+    dirs = (scene_dir / "frames", scene_dir / "masks")
+    with pytest.raises(StageError, match="scene 's', rule 'evaluate'") as err:
+        evaluate_scene(*args, *dirs, tmp_path / "nope", tmp_path / "m.json", scene="s")
+    assert "render" in str(err.value) and "test" in str(err.value)
+    assert not (tmp_path / "m.json").exists()
+    # no ground truth: test-split scores only, novel/ explains itself
+    m = evaluate_scene(
+        *args, *dirs, scene_dir / "render" / "test", tmp_path / "e" / "m.json", scene="s"
+    )
+    assert m["novel"] is None and (tmp_path / "e" / "novel" / "README.txt").exists()
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def _fake_eval(path, psnr, novel):
+    path.parent.mkdir(parents=True)
+    mean = {"psnr": psnr, "ssim": 0.8, "lpips": None, "psnr_dynamic": psnr - 3}
+    mean.update(ssim_dynamic=0.6, lpips_dynamic=None)
+    m = {"frames": 4, "lpips_state": "unavailable: no weights", "test": {"mean": mean}}
+    if novel:
+        m["novel"] = {
+            "views": 1,
+            "mean": {"psnr": psnr - 5, "ssim": 0.7, "lpips": None},
+            "baseline": {"mean": {"psnr": 15.0, "ssim": 0.4, "lpips": None}},
+            "alignment": {"centre_rms_pct_path": 0.5},
+        }
+    path.write_text(json.dumps(m))
+
+
+def test_summary_one_row_per_scene(tmp_path):
+    res = tmp_path / "results"
+    _fake_eval(res / "a" / "eval" / "metrics.json", 30.0, novel=True)
+    _fake_eval(res / "b" / "eval" / "metrics.json", 25.0, novel=False)
+    (res / "a" / "train").mkdir()
+    pd.DataFrame({"step": [0, 1, 2, 2], "train/psnr": [10.0, 12.0, np.nan, 14.0]}).to_csv(
+        res / "a" / "train" / "metrics.csv", index=False
+    )
+    (res / "a" / "benchmarks").mkdir()
+    (res / "a" / "benchmarks" / "train.tsv").write_text("s\th:m:s\n390.5\t0:06:30\n")
+    (res / "c" / "logs").mkdir(parents=True)
+    (res / "c" / "logs" / "evaluate.log").write_text("ERROR render/test missing\n")
+    (res / "d" / "logs").mkdir(parents=True)
+    (res / "d" / "logs" / "train.log").write_text("ERROR diverged\n")
+
+    out = res / "summary.csv"
+    write_summary(["a", "b", "c", "d"], out, res)
+    df = pd.read_csv(out)
+    assert list(df.columns) == list(COLUMNS)
+    assert df["scene"].tolist() == ["a", "b", "c", "d"]
+    assert df["status"].tolist() == ["ok", "ok", "failed", "missing"]
+    a, b, c, d = (df.iloc[i] for i in range(4))
+    assert a["psnr"] == 30.0 and a["novel_psnr"] == 25.0 and a["baseline_psnr"] == 15.0
+    assert a["train_psnr"] == 14.0 and a["train_steps"] == 3 and a["train_seconds"] == 390.5
+    assert np.isnan(a["lpips"]) and a["lpips_state"] == "unavailable" and a["frames"] == 4
+    assert np.isnan(b["novel_psnr"]) and np.isnan(b["train_psnr"]) and b["psnr_dynamic"] == 22
+    assert c["log"] == str(res / "c" / "logs" / "evaluate.log") and np.isnan(c["psnr"])
+    assert d["log"] == str(res / "d" / "logs" / "train.log")

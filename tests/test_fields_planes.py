@@ -1,0 +1,112 @@
+"""Plane-factorised fields: lookups against hand-computed values, the time rows, gradients to
+positions (the scene flow learns through them), and the optimiser's parameter groups."""
+
+import pytest
+import torch
+
+from nsff_core.config import TrainConfig, to_dict
+from nsff_core.fields_planes import (
+    PlaneDynamicField,
+    PlaneFieldConfig,
+    PlaneStack,
+    PlaneStaticField,
+    total_variation,
+)
+
+SMALL = PlaneFieldConfig(base_resolution=4, levels=2, dynamic_levels=1, channels=3, hidden=8)
+
+
+def _stack_xy_xz_yz(values):
+    """A one-channel level of 3 planes (2 x 2 cells) with the given corner values."""
+    stack = PlaneStack((slice(0, 2), slice(0, 3, 2), slice(1, 3)), (2, 2), 1, "ones")
+    with torch.no_grad():
+        stack.planes.copy_(torch.as_tensor(values, dtype=torch.float32).view(3, 1, 2, 2))
+    return stack
+
+
+def test_plane_lookup_is_the_product_of_bilinear_values():
+    # plane (a, b) is indexed [b, a]: rows along the second axis, columns along the first
+    xy = [[1.0, 2.0], [3.0, 4.0]]  # value at (x=-1, y=-1) 1, (x=1, y=-1) 2, (x=-1, y=1) 3
+    xz = [[1.0, 1.0], [5.0, 5.0]]  # grows with z only
+    yz = [[2.0, 2.0], [2.0, 2.0]]  # constant
+    stack = _stack_xy_xz_yz([xy, xz, yz])
+    pts = torch.tensor([[-1.0, -1.0, -1.0], [1.0, -1.0, 1.0], [0.0, 0.0, 0.0]])
+    out = stack(pts)[:, 0]
+    # corner: 1 * 1 * 2; (x=1, y=-1, z=1): 2 * 5 * 2; centre: mean(1..4) * 3 * 2
+    assert torch.allclose(out, torch.tensor([2.0, 20.0, 2.5 * 3 * 2]))
+
+
+def test_points_outside_the_cube_read_the_border():
+    stack = _stack_xy_xz_yz(
+        [[[1.0, 2.0], [3.0, 4.0]], [[1.0, 1.0], [1.0, 1.0]]] + [[[1, 1], [1, 1]]]
+    )
+    assert torch.allclose(stack(torch.tensor([[5.0, -7.0, 0.0]]))[:, 0], torch.tensor([2.0]))
+
+
+def test_dynamic_field_reads_the_row_of_its_frame():
+    field = PlaneDynamicField(SMALL, num_frames=5)
+    x = torch.rand(7, 3) * 2 - 1
+    base = field(x, torch.full((7,), 2))
+    # change only row 2 of every time plane: frame 2 changes, frames 1 and 3 do not
+    before = {t: field(x, torch.full((7,), t)).raw_sigma for t in (1, 3)}
+    with torch.no_grad():  # time planes (x, t), (y, t), (z, t): time along the rows
+        field.time_levels[0].planes[:, :, 2, :] *= 3.0
+    assert not torch.allclose(field(x, torch.full((7,), 2)).raw_sigma, base.raw_sigma)
+    for t in (1, 3):
+        assert torch.allclose(field(x, torch.full((7,), t)).raw_sigma, before[t])
+
+
+def test_fields_keep_the_mlp_interface_and_bounds():
+    static, dynamic = PlaneStaticField(SMALL), PlaneDynamicField(SMALL, num_frames=4)
+    x = torch.rand(5, 6, 3) * 2 - 1
+    s = static(x, torch.randn(5, 1, 3))
+    assert s.raw_sigma.shape == (5, 6) and s.rgb.shape == (5, 6, 3)
+    d = dynamic.at_times(x, torch.tensor([0, 1, 2, 3, 3]))
+    assert d.raw_sigma.shape == (5, 6) and d.scene_flow_fw.shape == (5, 6, 3)
+    assert d.scene_flow_fw.abs().max() <= SMALL.flow_scale and (d.rgb >= 0).all()
+    with pytest.raises(ValueError, match="ray directions"):
+        static(x)
+    with pytest.raises(ValueError, match="broadcast"):
+        dynamic(x, torch.zeros(3, dtype=torch.long))
+
+
+def test_gradients_reach_the_query_positions_and_the_planes():
+    field = PlaneDynamicField(SMALL, num_frames=3)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in field.grid_parameters():
+            p.uniform_(0.1, 1.0)
+    x = (torch.rand(16, 3) * 1.8 - 0.9).requires_grad_()
+    out = field(x, torch.ones(16, dtype=torch.long))
+    (out.raw_sigma.sum() + out.rgb.sum()).backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert all(p.grad is not None for p in field.grid_parameters())
+
+
+def test_total_variation():
+    assert total_variation(torch.ones(1, 2, 4, 4)) == 0
+    ramp = torch.arange(4.0).view(1, 1, 1, 4).expand(1, 1, 4, 4)
+    assert torch.isclose(total_variation(ramp), torch.tensor(1.0))  # (1^2 along w) + 0
+    field = PlaneStaticField(SMALL)
+    assert field.regularization() > 0
+
+
+def test_system_gives_the_planes_their_own_learning_rate():
+    from nsff_core.system import NSFFSystem
+
+    cfg = TrainConfig(field="planes", grid_levels=2, grid_channels=2, grid_hidden=8, grid_lr=0.05)
+    K = [[50.0, 0, 31.5], [0, 50.0, 17.5], [0, 0, 1]]
+    c2w = [torch.eye(4).tolist()] * 3
+    system = NSFFSystem(to_dict(cfg), 3, K, c2w, 10)
+
+    class FakeTrainer:
+        max_steps = 10
+
+    system.trainer = FakeTrainer()  # configure_optimizers reads the step budget
+    opt = system.configure_optimizers()["optimizer"]
+    lrs = sorted(g["lr"] for g in opt.param_groups)
+    assert lrs == [cfg.lr, 0.05]
+    n_grid = sum(p.numel() for p in opt.param_groups[1]["params"])
+    assert n_grid == sum(
+        p.numel() for f in (system.static_field, system.dynamic_field) for p in f.grid_parameters()
+    )
