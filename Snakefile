@@ -25,3 +25,8 @@ rule all:
     default_target: True
     input:
         all_targets(),
+
+
+rule priors:
+    input:
+        [t for scene in SCENES for t in preprocess_targets(scene)],

@@ -3,8 +3,10 @@
     python benchmarks/train_throughput.py [--steps 5] [--device cpu|cuda]
 
 The scene's priors are its ground truth (the figure measures the model, renderer and losses,
-not the priors). Sizes: the CPU demo model and nsff_pl's default (8x256 MLPs, 128 samples,
-batch 512) at 160x90. Each row times ``--steps`` optimizer steps after one warm-up step.
+not the priors). Sizes: a small MLP, the demo's plane field (preset cpu_demo) and nsff_pl's
+default (8x256 MLPs, 128 samples, batch 512) at 160x90, each in fp32 and, where the device has
+fast bf16 (CUDA with bf16, CPUs with AMX), with bf16 autocast (what ``precision: auto`` picks).
+Each row times ``--steps`` optimizer steps after one warm-up step.
 """
 
 from __future__ import annotations
@@ -20,21 +22,26 @@ from nsff_core.config import SyntheticConfig, TrainConfig, to_dict
 from nsff_core.data import FrameSampler, make_batch, scene_data_from_arrays
 from nsff_core.synthetic import render_scene
 from nsff_core.system import NSFFSystem, loss_terms
+from nsff_core.train import cpu_has_fast_bf16
 
 SIZES = {
-    "demo (4x64, 32 samples)": dict(width=64, depth=4, num_samples=32, batch_size=512),
+    "small MLP (4x64, 32 samples)": dict(width=64, depth=4, num_samples=32, batch_size=512),
+    "cpu_demo planes (32 samples, batch 1024)": dict(
+        field="planes", num_samples=32, batch_size=1024, grid_tv=0.0, lambda_mask=0.1
+    ),
     "nsff_pl default (8x256, 128 samples)": dict(
         width=256, depth=8, num_samples=128, batch_size=512
     ),
 }
 
 
-def step(system, opt, sampler, data, weights, device) -> None:
+def step(system, opt, sampler, data, weights, device, bf16) -> None:
     """One optimizer step on a batch of one frame."""
     t = sampler.next_frame()
     batch = make_batch(data, t, sampler.next_pixels(t)).to(device)
-    out = system.render(batch.origins, batch.dirs, batch.t, training=True)
-    loss = L.total_loss(loss_terms(out, batch, system.P, system.K, 1), weights)
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+        out = system.render(batch.origins, batch.dirs, batch.t, training=True)
+        loss = L.total_loss(loss_terms(out, batch, system.P, system.K, 1), weights)
     opt.zero_grad()
     loss.backward()
     opt.step()
@@ -59,26 +66,36 @@ def main() -> None:
         scene.c2w,
         float(scene.depth.min()),
     )
-    print(f"device: {args.device} ({torch.get_num_threads()} threads), 160x90, 24 frames")
-    print(f"{'model':40s} {'s/step':>8s} {'rays/s':>8s}")
-    for name, size in SIZES.items():
-        cfg = TrainConfig(**size)
-        system = NSFFSystem(to_dict(cfg), data.num_frames, data.K.tolist(), data.c2w.tolist(), 100)
-        system = system.to(args.device)
-        opt = torch.optim.Adam(system.parameters(), lr=cfg.lr)
-        sampler = FrameSampler(data.num_frames, data.hw, cfg.batch_size)
-        weights = L.weights_at(epoch=0.0)
+    if args.device == "cuda":
+        name = torch.cuda.get_device_name()
+        has_bf16 = torch.cuda.is_bf16_supported()
+    else:
+        name = f"cpu, {torch.get_num_threads()} threads"
+        has_bf16 = cpu_has_fast_bf16()
+    print(f"device: {name}; 160x90, 24 frames; bf16 = autocast (precision auto: {has_bf16})")
+    print(f"{'model':42s} {'precision':>9s} {'s/step':>8s} {'rays/s':>8s}")
+    for label, size in SIZES.items():
+        for bf16 in (False, True) if has_bf16 else (False,):
+            cfg = TrainConfig(**size)
+            torch.manual_seed(0)
+            system = NSFFSystem(
+                to_dict(cfg), data.num_frames, data.K.tolist(), data.c2w.tolist(), 100
+            ).to(args.device)
+            opt = torch.optim.Adam(system.parameters(), lr=cfg.lr)
+            sampler = FrameSampler(data.num_frames, data.hw, cfg.batch_size)
+            weights = L.weights_at(epoch=0.0)
 
-        step(system, opt, sampler, data, weights, args.device)
-        if args.device == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(args.steps):
-            step(system, opt, sampler, data, weights, args.device)
-        if args.device == "cuda":
-            torch.cuda.synchronize()
-        dt = (time.perf_counter() - t0) / args.steps
-        print(f"{name:40s} {dt:8.3f} {cfg.batch_size / dt:8.0f}")
+            step(system, opt, sampler, data, weights, args.device, bf16)
+            if args.device == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(args.steps):
+                step(system, opt, sampler, data, weights, args.device, bf16)
+            if args.device == "cuda":
+                torch.cuda.synchronize()
+            dt = (time.perf_counter() - t0) / args.steps
+            prec = "bf16" if bf16 else "fp32"
+            print(f"{label:42s} {prec:>9s} {dt:8.3f} {cfg.batch_size / dt:8.0f}")
 
 
 if __name__ == "__main__":

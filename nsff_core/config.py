@@ -159,6 +159,9 @@ class TrainConfig:
     steps_per_epoch: int | None = None
     #: stop after this many steps whatever ``epochs`` says; None = epochs x steps_per_epoch
     max_steps: int | None = None
+    #: stop after this many minutes of training whatever the step budget says; None = no limit
+    #: (the learning-rate schedule still spans the step budget)
+    max_time_minutes: float | None = None
     #: geometric prior weight lambda_geo: init, and x decay every decay_every epochs
     lambda_geo_init: float = 0.04
     lambda_geo_decay_every: float = 10.0

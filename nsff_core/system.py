@@ -216,6 +216,22 @@ class NSFFSystem(pl.LightningModule):
         self.log_dict(logs, on_step=True, prog_bar=False, batch_size=len(batch.t))
         return loss
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the pixel sampler's state, so that a resumed run continues the ray stream
+        instead of drawing the first batches of the run again."""
+        sampler = self.pixel_sampler
+        if sampler is not None:
+            checkpoint["pixel_sampler"] = {
+                "rng": sampler.generator.get_state(),
+                "previous": sampler.previous,
+            }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("pixel_sampler")
+        if state is not None and self.pixel_sampler is not None:
+            self.pixel_sampler.generator.set_state(state["rng"])
+            self.pixel_sampler.previous = state["previous"]
+
     def on_train_start(self) -> None:
         if self.cfg.hard_sampling and self.pixel_sampler is not None:
             self.pixel_sampler.weights = self.hard_weights.detach().cpu().clone()

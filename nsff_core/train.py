@@ -13,6 +13,7 @@ import os
 import shutil
 import time
 import warnings
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +111,7 @@ class ProgressLog(pl.Callback):
 
 #: settings that change how long training runs, not what it trains: a checkpoint written under
 #: other values of these is still resumed
-BUDGET_KEYS = ("epochs", "max_steps", "checkpoint_every", "log_every")
+BUDGET_KEYS = ("epochs", "max_steps", "max_time_minutes", "checkpoint_every", "log_every")
 
 
 def _resumable(run_dir: Path, facts: dict[str, Any]) -> Path | None:
@@ -185,6 +186,7 @@ def train_scene(
     )
     trainer = pl.Trainer(
         max_steps=total,
+        max_time=timedelta(minutes=cfg.max_time_minutes) if cfg.max_time_minutes else None,
         limit_train_batches=spe,
         max_epochs=-1,
         logger=CSVLogger(save_dir=run_dir, name="", version=""),

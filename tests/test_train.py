@@ -51,6 +51,7 @@ def test_two_steps_then_resume(tiny_scene_dir, tmp_path):
     assert steps == [0, 1, 2, 3], "metrics.csv keeps the steps before the resume"
     changed = [k for k, v in ckpt["state_dict"].items() if not torch.equal(v, first[k])]
     assert changed, "training steps update the weights"
+    assert ckpt["pixel_sampler"]["previous"] is not None, "the ray stream's state is kept"
     assert not (out / "running").exists()
 
 

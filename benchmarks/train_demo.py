@@ -1,0 +1,169 @@
+"""NSFF on the demo scene for a fixed wall-clock budget: quality and speed in one table.
+
+    snakemake --cores all results/demo/disp       # the priors, once (about 30 s)
+    python benchmarks/train_demo.py [--minutes 10] [--preset cpu_demo] [--out /tmp/nsff_bench]
+
+Trains the scene's preset (config.yaml ``train`` overridden by ``train_presets.<preset>``) on the
+workflow's own priors under ``results/demo`` for ``--minutes`` of wall-clock time (a short
+calibration sets the step budget so that the learning-rate schedule ends on time; Lightning's
+``max_time`` is the hard stop), then renders the training cameras (split ``test``) and the
+held-out ground-truth cameras and prints:
+
+- training-view PSNR/SSIM (the ``test`` split against the training frames), full and dynamic
+  region;
+- novel-view PSNR/SSIM at the held-out cameras, and the trivial baseline (each held-out image
+  scored against the training frame of the same time);
+- training rays/s of the run.
+
+``--throughput`` adds rays/s at nsff_pl's default model size (8x256 MLPs, 128 samples, batch
+512, 160x90) in fp32 and in the precision ``auto`` picks, from ``train_throughput.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from nsff_core.config import TrainConfig, from_dict  # noqa: E402
+
+
+def preset_config(preset: str | None) -> dict:
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    train = dict(cfg.get("train") or {})
+    if preset:
+        train.update(cfg["train_presets"][preset])
+    return train
+
+
+def calibrate(scene_dir: Path, cfg: TrainConfig, steps: int = 12) -> float:
+    """Seconds per training step of ``cfg`` on this machine (after 2 warm-up steps)."""
+    import torch
+
+    from nsff_core import losses as L
+    from nsff_core.config import to_dict
+    from nsff_core.data import FrameSampler, load_scene, make_batch
+    from nsff_core.system import NSFFSystem, loss_terms
+    from nsff_core.train import device_settings
+
+    data = load_scene(scene_dir)
+    system = NSFFSystem(to_dict(cfg), data.num_frames, data.K.tolist(), data.c2w.tolist(), 100)
+    opt = torch.optim.Adam(system.parameters(), lr=1e-4)
+    sampler = FrameSampler(data.num_frames, data.hw, cfg.batch_size)
+    bf16 = device_settings(cfg.precision)["precision"] == "bf16-mixed"
+    t0 = 0.0
+    for i in range(steps + 2):
+        if i == 2:
+            t0 = time.perf_counter()
+        t = sampler.next_frame()
+        batch = make_batch(data, t, sampler.next_pixels(t))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = system.render(batch.origins, batch.dirs, batch.t, training=True)
+            loss = L.total_loss(
+                loss_terms(out, batch, system.P, system.K, 1), L.weights_at(epoch=0.0)
+            )
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return (time.perf_counter() - t0) / steps
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--scene-dir", default=str(REPO / "results" / "demo"))
+    ap.add_argument("--minutes", type=float, default=10.0)
+    ap.add_argument("--preset", default="cpu_demo")
+    ap.add_argument("--out", default="/tmp/nsff_bench")
+    ap.add_argument("--throughput", action="store_true")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    scene_dir = Path(args.scene_dir)
+    gt = scene_dir / "gt" / "scene.npz"
+    if not (scene_dir / "disp").is_dir() or not gt.is_file():
+        sys.exit(
+            f"{scene_dir} has no priors or ground truth: run `snakemake --cores all {scene_dir}/disp`"
+        )
+    out = Path(args.out)
+    train = preset_config(args.preset)
+    train.pop("max_steps", None)
+    cfg = from_dict(TrainConfig, train)
+    s_per_step = calibrate(scene_dir, cfg)
+    steps = max(10, int(args.minutes * 60 / s_per_step * 0.97))
+    train.update(max_steps=steps, max_time_minutes=args.minutes, log_every=max(1, steps // 10))
+    cfg = from_dict(TrainConfig, train)
+    print(f"calibration: {s_per_step:.3f} s/step -> budget {steps} steps in {args.minutes} min")
+
+    import pandas as pd
+
+    from nsff_core.evaluate import evaluate_scene
+    from nsff_core.render_split import render_split
+    from nsff_core.train import train_scene
+
+    t0 = time.perf_counter()
+    ckpt = train_scene(scene_dir, out / "train", cfg, scene="demo")
+    train_s = time.perf_counter() - t0
+    done = int(pd.read_csv(out / "train" / "metrics.csv")["step"].max()) + 1
+    t1 = time.perf_counter()
+    render_split(ckpt, scene_dir / "cameras.npz", "test", out / "render", scene="demo")
+    render_s = time.perf_counter() - t1
+    m = evaluate_scene(
+        ckpt,
+        scene_dir / "cameras.npz",
+        scene_dir / "frames",
+        scene_dir / "masks",
+        out / "render" / "test",
+        out / "eval" / "metrics.json",
+        gt=gt,
+        scene="demo",
+    )
+    test, novel = m["test"]["mean"], m["novel"]
+    rows = [
+        ("preset", args.preset),
+        ("field / samples / batch", f"{cfg.field} / {cfg.num_samples} / {cfg.batch_size}"),
+        ("training wall time", f"{train_s / 60:.1f} min ({done} steps)"),
+        ("training rays/s", f"{done * cfg.batch_size / train_s:.0f}"),
+        ("training-view PSNR / SSIM", f"{test['psnr']:.2f} dB / {test['ssim']:.3f}"),
+        (
+            "training-view PSNR / SSIM, dynamic region",
+            f"{test['psnr_dynamic']:.2f} dB / {test['ssim_dynamic']:.3f}",
+        ),
+        (
+            "novel-view PSNR / SSIM (held-out cameras)",
+            f"{novel['mean']['psnr']:.2f} dB / {novel['mean']['ssim']:.3f}",
+        ),
+        (
+            "trivial baseline PSNR / SSIM",
+            f"{novel['baseline']['mean']['psnr']:.2f} dB / {novel['baseline']['mean']['ssim']:.3f}",
+        ),
+        (
+            "novel-view gain over baseline",
+            f"{novel['mean']['psnr'] - novel['baseline']['mean']['psnr']:+.2f} dB",
+        ),
+        ("render of the test split", f"{render_s:.0f} s ({render_s / m['frames']:.1f} s/frame)"),
+    ]
+    print()
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:{width}s}  {v}")
+    (out / "summary.json").write_text(json.dumps(dict(rows), indent=1))
+    if args.throughput:
+        import subprocess
+
+        subprocess.run(
+            [sys.executable, str(REPO / "benchmarks" / "train_throughput.py")], check=True
+        )
+    assert all(math.isfinite(float(v)) for v in (test["psnr"], novel["mean"]["psnr"]))
+
+
+if __name__ == "__main__":
+    main()
