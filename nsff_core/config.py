@@ -169,7 +169,7 @@ class TrainConfig:
     thickness: int = 1
     #: Gaussian noise std on raw densities during training
     noise_std: float = 1.0
-    #: weight of a penalty on dynamic opacity at pixels outside the motion masks
+    #: weight of a squared penalty between each ray's dynamic opacity and the motion mask
     #: (0 = nsff_pl, which does not use the masks in training)
     lambda_mask: float = 0.0
     #: sample training pixels with probability ~ (1 - SSIM) of the last render of their frame

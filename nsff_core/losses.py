@@ -282,15 +282,19 @@ def cross_entropy_thickness_loss(w_dynamic: Tensor, w_static: Tensor, thickness:
 
 
 #: names of the terms, the keys of :func:`weights_at` and of ``terms`` in :func:`total_loss`
-def static_region_dynamicness(dynamicness: Tensor, dynamic_mask: Tensor) -> Tensor:
-    """Mean dynamic opacity ``sum_i w_d,i`` of the rays outside the motion masks (R,) -> ().
+def mask_dynamicness_loss(dynamicness: Tensor, dynamic_mask: Tensor) -> Tensor:
+    """Mean squared difference between the rays' dynamic opacity ``sum_i w_d,i`` and the motion
+    mask (1 inside, 0 outside) (R,) -> ().
 
-    Not an nsff_pl term (its masks only gate preprocessing): with it the dynamic field stops
-    explaining static background, which otherwise it can memorise frame by frame and which
-    then does not move with the camera in novel views. Zero when every ray is dynamic.
+    Not an nsff_pl term (its masks only gate preprocessing). Outside the masks it stops the
+    dynamic field from explaining static background, which it can memorise frame by frame and
+    which then does not move with the camera in novel views; inside, it hands the moving content
+    to the dynamic field, so that the static field does not settle on a time-averaged ghost of
+    it. Use a small weight: masks are dilated and imperfect.
+
+    Example: dynamicness [0.5, 1.0], mask [False, True] -> (0.25 + 0) / 2 = 0.125.
     """
-    outside = (~dynamic_mask).to(dynamicness.dtype)
-    return (dynamicness * outside).sum() / outside.sum().clamp_min(1.0)
+    return (dynamicness - dynamic_mask.to(dynamicness.dtype)).square().mean()
 
 
 TERMS = (
@@ -336,7 +340,7 @@ class LossWeights:
     entropy: float = 1e-3
     cross_entropy: float = 1e-3 / 5
     cross_entropy_ramp_epochs: float = 10.0
-    #: dynamic opacity outside the motion masks (not in nsff_pl: 0)
+    #: dynamic opacity against the motion masks (not in nsff_pl: 0)
     mask: float = 0.0
     #: the field's own regulariser (total variation of plane features; 0 for MLP fields)
     field_regularization: float = 0.0

@@ -122,7 +122,7 @@ def loss_terms(
         "cross_entropy": L.cross_entropy_thickness_loss(
             out.dynamic_weights, out.static_weights, thickness
         ),
-        "mask": L.static_region_dynamicness(out.dynamicness, batch.dynamic),
+        "mask": L.mask_dynamicness_loss(out.dynamicness, batch.dynamic),
     }
 
 

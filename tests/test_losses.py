@@ -196,9 +196,9 @@ def test_masked_rays_cannot_poison_value_or_gradient():
     assert torch.isfinite(rgb.grad).all() and torch.isfinite(x_cyc.grad).all()
 
 
-def test_static_region_dynamicness_counts_only_rays_outside_the_masks():
-    dynamicness = torch.tensor([0.5, 0.1, 0.9, 0.3])
-    dynamic = torch.tensor([False, False, True, False])
-    # rays 0, 1, 3 are static: (0.5 + 0.1 + 0.3) / 3
-    assert torch.isclose(L.static_region_dynamicness(dynamicness, dynamic), torch.tensor(0.3))
-    assert L.static_region_dynamicness(dynamicness, torch.ones(4, dtype=torch.bool)) == 0
+def test_mask_dynamicness_loss():
+    dynamicness = torch.tensor([0.5, 1.0, 0.2, 0.0])
+    dynamic = torch.tensor([False, True, True, False])
+    # (0.5^2 + 0 + 0.8^2 + 0) / 4
+    expected = torch.tensor((0.25 + 0.64) / 4)
+    assert torch.isclose(L.mask_dynamicness_loss(dynamicness, dynamic), expected)
