@@ -363,3 +363,22 @@ def test_source_inside_output_folder_is_refused(tmp_path, out):
     with pytest.raises(StageError, match="output folder"):
         run(out[0], out)
     assert len(list(out[0].iterdir())) == 3  # the source is not deleted
+
+
+def test_read_source_frames_returns_the_selected_frames_at_source_size(tmp_path):
+    from nsff_core.priors.frames import read_source_frames
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    originals = [rng.integers(0, 255, (60, 100, 3), dtype=np.uint8) for _ in range(6)]
+    for i, img in enumerate(originals):
+        write_image(folder / f"f{i:02d}.png", img)
+    cfg = FramesConfig(start=1, stride=2, width=50)
+    extract_frames(folder, tmp_path / "frames", tmp_path / "frames.json", cfg)
+    got = list(read_source_frames(tmp_path / "frames.json"))
+    assert [g.shape for g in got] == [(60, 100, 3)] * 3
+    for g, i in zip(got, (1, 3, 5), strict=True):
+        assert np.array_equal(g, originals[i])
+    small = list(read_source_frames(tmp_path / "frames.json", max_size=(50, 50)))
+    assert small[0].shape == (30, 50, 3)  # one factor, aspect kept

@@ -568,3 +568,74 @@ def _extract_video(src: Path, out_dir: Path, cfg: FramesConfig, scene: str | Non
         "source_indices": run.written,
         "source_names": None,
     }
+
+
+# --------------------------------------------------------------------------- source frames
+
+#: pretrained backends read the source frames no larger than this (nsff_pl's preprocessing cap)
+SOURCE_MAX_SIZE = (1280, 720)
+
+
+def read_source_frames(
+    frames_json: str | Path,
+    max_size: tuple[int, int] | None = SOURCE_MAX_SIZE,
+    scene: str | None = None,
+    stage: str = STAGE,
+) -> Iterator[np.ndarray]:
+    """The selected frames of a scene at source resolution, in order, one at a time.
+
+    For the pretrained prior backends (DPT, RAFT, Mask R-CNN), which run at source resolution
+    and resize their outputs to the training size. ``frames_json`` (written by
+    :func:`extract_frames`) says which source and which of its frames. Frames larger than
+    ``max_size`` (W, H) are scaled down by one factor keeping the aspect ratio (INTER_AREA), as
+    nsff_pl's preprocessing did; None keeps the full size.
+
+    Yields:
+        (H, W, 3) uint8 RGB frames.
+    Raises:
+        StageError (naming ``stage``): the source changed or disappeared since the frames rule.
+    """
+    import cv2
+    import imageio.v3 as iio
+
+    info = json.loads(Path(frames_json).read_text())
+    src = Path(info["source"])
+    hint = "rerun the frames rule (the source changed or moved since it ran)"
+    if not src.exists():
+        raise StageError(scene, stage, f"source not found: {src}", hint)
+    w0, h0 = info["source_size"]
+    factor = 1.0
+    if max_size is not None:
+        factor = max(w0 / max_size[0], h0 / max_size[1], 1.0)
+    size = (int(w0 / factor), int(h0 / factor))
+
+    def fit(rgb: np.ndarray) -> np.ndarray:
+        if rgb.shape[1::-1] != (w0, h0):
+            raise StageError(
+                scene,
+                stage,
+                f"a source frame is {rgb.shape[1]}x{rgb.shape[0]}, not {w0}x{h0}",
+                hint,
+            )
+        return rgb if factor == 1.0 else cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+
+    if info["kind"] == "images":
+        for name in info["source_names"]:
+            rgb = np.asarray(iio.imread(src / name))
+            if rgb.ndim == 2:
+                rgb = np.repeat(rgb[..., None], 3, axis=2)
+            yield fit(np.ascontiguousarray(rgb[..., :3], dtype=np.uint8))
+        return
+    wanted = list(info["source_indices"])
+    reader, _ = _open_video(src, scene)
+    try:
+        k = 0
+        for i, rgb in enumerate(_iter_video(src, reader, scene)):
+            if k < len(wanted) and i == wanted[k]:
+                yield fit(rgb)
+                k += 1
+                if k == len(wanted):
+                    return
+    finally:
+        reader.close()
+    raise StageError(scene, stage, f"{src} ended before source frame {wanted[k]}", hint)
