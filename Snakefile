@@ -10,6 +10,7 @@ configfile: "config.yaml"
 
 
 include: "rules/common.smk"
+include: "rules/weights.smk"
 include: "rules/frames.smk"
 include: "rules/flow.smk"
 include: "rules/masks.smk"

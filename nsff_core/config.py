@@ -46,7 +46,10 @@ class FramesConfig:
 
 @dataclass(frozen=True)
 class FlowConfig:
+    #: dis (OpenCV DIS, weights-free) or raft (torchvision RAFT-Large, C_T_V1 weights)
     backend: str = "dis"
+    #: raft: refinement iterations
+    raft_iters: int = 20
     #: OpenCV DIS preset: ultrafast, fast or medium
     dis_preset: str = "medium"
     #: forward-backward consistency test |f + b(x+f)|^2 < alpha1 (|f|^2 + |b|^2) + alpha2
@@ -56,7 +59,16 @@ class FlowConfig:
 
 @dataclass(frozen=True)
 class MasksConfig:
+    #: epipolar (flow against camera motion), none, maskrcnn (torchvision COCO Mask R-CNN v2)
+    #: or detectron2 (R50-FPN 3x, when detectron2 is installed)
     backend: str = "epipolar"
+    #: maskrcnn/detectron2: COCO classes that move (names, or the groups people, animals,
+    #: vehicles)
+    classes: tuple[str, ...] = ("people", "animals", "vehicles")
+    #: maskrcnn/detectron2: instance score threshold
+    score_threshold: float = 0.5
+    #: maskrcnn/detectron2: also mark the epipolar masks dynamic (movers outside COCO)
+    union_epipolar: bool = False
     #: Sampson distance (pixels) above which a pixel disagrees with the camera motion
     sampson_threshold: float = 1.0
     #: RANSAC reprojection threshold (pixels) of the fundamental-matrix fit
@@ -100,7 +112,10 @@ class SfmConfig:
 
 @dataclass(frozen=True)
 class DepthConfig:
+    #: sparse (densified SfM points, weights-free) or dpt (DPT monocular depth)
     backend: str = "sparse"
+    #: dpt: dpt_large (ViT-L/16-384) or dpt_hybrid (ViT-B + ResNet-50)
+    dpt_model: str = "dpt_large"
     #: minimum number of SfM points a frame must see for the sparse backend
     min_points: int = 20
     #: sparse backend: use only SfM points seen by at least this many frames
@@ -117,6 +132,15 @@ class DepthConfig:
     edge_sigma: float = 0.03
     #: linear: Gaussian blur (pixels) after interpolation
     smooth_sigma: float = 2.0
+
+
+@dataclass(frozen=True)
+class WeightsConfig:
+    """Pretrained checkpoints (nsff_core/priors/weights.py)."""
+
+    #: cache folder; None = $NSFF_WEIGHTS_DIR, else ~/.cache/nsff/weights. On a cluster: a
+    #: shared filesystem path.
+    cache_dir: str | None = None
 
 
 @dataclass(frozen=True)
@@ -207,6 +231,7 @@ STAGES: dict[str, type] = {
     "depth": DepthConfig,
     "train": TrainConfig,
     "render": RenderSplitConfig,
+    "weights": WeightsConfig,
     "synthetic": SyntheticConfig,
 }
 

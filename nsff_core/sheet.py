@@ -25,6 +25,7 @@ OVERRIDES: dict[str, tuple[str, str]] = {
     "flow": ("flow", "backend"),
     "masks": ("masks", "backend"),
     "depth": ("depth", "backend"),
+    "dynamic_classes": ("masks", "classes"),
 }
 
 SYNTHETIC_PREFIX = "synthetic:"
@@ -178,6 +179,20 @@ def check_splits(config: dict, scenes: dict[str, dict[str, Any]]) -> None:
             raise ConfigError(f"{where}: {exc}") from None
 
 
+def check_mask_classes(config: dict, scenes: dict[str, dict[str, Any]]) -> None:
+    """The COCO classes of every scene's semantic mask backend must be known names."""
+    from .priors.maskrcnn import resolve_classes
+
+    for name, row in scenes.items():
+        values = scene_stage_config(config, row, "masks")
+        if "classes" not in values:
+            continue
+        try:
+            resolve_classes(values["classes"])
+        except ConfigError as exc:
+            raise ConfigError(f"scene '{name}', masks.classes: {exc}") from None
+
+
 def scene_splits(config: dict, row: dict[str, Any]) -> list[str]:
     """The render splits of one scene: the sheet's ``splits`` cell, else ``render.splits``."""
     from .config import RenderSplitConfig
@@ -200,5 +215,8 @@ def scene_stage_config(config: dict, row: dict[str, Any], stage: str) -> dict[st
         values["width"] = values["height"] = None
     for column, (target_stage, key) in OVERRIDES.items():
         if target_stage == stage and column in row:
-            values[key] = row[column]
+            value = row[column]
+            if column == "dynamic_classes":
+                value = [c.strip() for c in str(value).split(",") if c.strip()]
+            values[key] = value
     return values

@@ -20,6 +20,7 @@ def _load_scenes():
         _sheet.check_synthetic_presets(config, scenes)
         _sheet.check_train_presets(config, scenes)
         _sheet.check_splits(config, scenes)
+        _sheet.check_mask_classes(config, scenes)
     except ConfigError as exc:
         raise WorkflowError(str(exc)) from None
     return scenes
@@ -39,6 +40,19 @@ def scene_dir(scene):
 def stage_cfg(stage):
     """Params function: the stage's settings for a scene (global config + sheet overrides)."""
     return lambda wc: _sheet.scene_stage_config(config, SCENES[wc.scene], stage)
+
+
+def pretrained(wc, stage):
+    """Whether the scene's backend of a prior stage needs a checkpoint (and wants a GPU)."""
+    from nsff_core.priors.pretrained import is_pretrained
+
+    backend = _sheet.scene_stage_config(config, SCENES[wc.scene], stage).get("backend")
+    return is_pretrained(stage, backend or "")
+
+
+def pretrained_gpu(stage):
+    """Resources function: one GPU for a pretrained backend, none otherwise."""
+    return lambda wc: 1 if pretrained(wc, stage) else 0
 
 
 def synthetic_cfg(wc):

@@ -4,6 +4,8 @@
 rule depth:
     input:
         frames="results/{scene}/frames",
+        frames_json="results/{scene}/frames.json",
+        weights="results/{scene}/weights.json",
         masks="results/{scene}/masks",
         sfm="results/{scene}/sfm",
         cameras="results/{scene}/cameras.npz",
@@ -17,7 +19,8 @@ rule depth:
         "../envs/depth.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
+        gpu=pretrained_gpu("depth"),
+        mem_mb=lambda wc: 8000 if pretrained(wc, "depth") else 4000,
         runtime=60,
     params:
         cfg=stage_cfg("depth"),

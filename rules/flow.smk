@@ -4,6 +4,8 @@
 rule flow:
     input:
         frames="results/{scene}/frames",
+        frames_json="results/{scene}/frames.json",
+        weights="results/{scene}/weights.json",
     output:
         fw=directory("results/{scene}/flow_fw"),
         bw=directory("results/{scene}/flow_bw"),
@@ -16,7 +18,8 @@ rule flow:
         "../envs/flow.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
+        gpu=pretrained_gpu("flow"),
+        mem_mb=lambda wc: 8000 if pretrained(wc, "flow") else 4000,
         runtime=120,
     params:
         cfg=stage_cfg("flow"),

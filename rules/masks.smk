@@ -4,6 +4,8 @@
 rule masks:
     input:
         frames="results/{scene}/frames",
+        frames_json="results/{scene}/frames.json",
+        weights="results/{scene}/weights.json",
         fw="results/{scene}/flow_fw",
         bw="results/{scene}/flow_bw",
         ok="results/{scene}/flow_ok",
@@ -17,7 +19,8 @@ rule masks:
         "../envs/masks.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
+        gpu=pretrained_gpu("masks"),
+        mem_mb=lambda wc: 8000 if pretrained(wc, "masks") else 4000,
         runtime=60,
     params:
         cfg=stage_cfg("masks"),

@@ -4,24 +4,6 @@
 # the resolved paths; weights-free backends (dis, epipolar, sparse, none) list nothing and
 # touch no network. See nsff_core/priors/weights.py.
 
-from nsff_core.config import STAGES as _WEIGHTS_STAGES
-
-WEIGHTS_STAGES = ("flow", "masks", "depth")
-
-
-def weights_backends(wc):
-    """Params function: the scene's backend per prior stage, e.g. {"flow": "raft", ...}."""
-    backends = {}
-    for stage in WEIGHTS_STAGES:
-        values = _sheet.scene_stage_config(config, SCENES[wc.scene], stage)
-        backends[stage] = values.get("backend", _WEIGHTS_STAGES[stage]().backend)
-    return backends
-
-
-def weights_cache_dir():
-    """The configured weights cache directory ("" = $NSFF_WEIGHTS_DIR or the user's cache)."""
-    return str((config.get("weights") or {}).get("cache_dir") or "")
-
 
 rule weights:
     output:
@@ -38,7 +20,16 @@ rule weights:
         mem_mb=1000,
         runtime=120,
     params:
-        backends=weights_backends,
-        cache_dir=weights_cache_dir(),
+        # the scene's backend per prior stage (None = the stage's default)
+        backends=lambda wc: {
+            stage: stage_cfg(stage)(wc).get("backend") for stage in ("flow", "masks", "depth")
+        }
+        | (
+            {"depth": stage_cfg("depth")(wc).get("dpt_model", "dpt_large")}
+            if stage_cfg("depth")(wc).get("backend") == "dpt"
+            else {}
+        ),
+        # "" = $NSFF_WEIGHTS_DIR, else the user's cache
+        cache_dir=(config.get("weights") or {}).get("cache_dir") or "",
     script:
         "../workflow_scripts/weights.py"

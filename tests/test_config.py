@@ -27,7 +27,7 @@ def _sheet(tmp_path, text):
 def test_config_yaml_is_valid_and_matches_dataclass_defaults():
     cfg = _config()
     sheet.validate_config(cfg, SCHEMAS / "config.schema.yaml")
-    for stage in ("frames", "flow", "masks", "sfm", "depth", "train", "render"):
+    for stage in ("frames", "flow", "masks", "sfm", "depth", "train", "render", "weights"):
         assert C.to_dict(C.stage_config(stage, cfg[stage])) == C.to_dict(C.STAGES[stage]()), stage
         names = {f.name for f in dataclasses.fields(C.STAGES[stage])}
         assert set(cfg[stage]) == names, f"config.yaml section {stage} lists every setting"
@@ -37,7 +37,7 @@ def test_config_yaml_is_valid_and_matches_dataclass_defaults():
 
 def test_schema_covers_every_dataclass_field():
     schema = yaml.safe_load((SCHEMAS / "config.schema.yaml").read_text())
-    for stage in ("frames", "flow", "masks", "sfm", "depth", "train", "render"):
+    for stage in ("frames", "flow", "masks", "sfm", "depth", "train", "render", "weights"):
         names = {f.name for f in dataclasses.fields(C.STAGES[stage])}
         section = schema["properties"][stage]
         if "$ref" in section:  # train: shared with train_presets

@@ -110,7 +110,9 @@ def expected_layout(kind: str) -> dict[str, list[int]]:
 def layout_diff(got: dict[str, list[int]], want: dict[str, list[int]]) -> str:
     missing = sorted(set(want) - set(got))
     extra = sorted(set(got) - set(want))
-    shapes = [f"{k}: {got[k]} != {want[k]}" for k in sorted(set(got) & set(want)) if got[k] != want[k]]
+    shapes = [
+        f"{k}: {got[k]} != {want[k]}" for k in sorted(set(got) & set(want)) if got[k] != want[k]
+    ]
     return f"missing {missing}\nextra {extra}\nshape {shapes}"
 
 
@@ -155,17 +157,19 @@ def test_state_dict_is_the_official_checkpoint_layout(models, kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_strict_load_of_a_checkpoint_shaped_state_dict(models, kind):
+def test_strict_load_of_a_checkpoint_shaped_state_dict(kind):
+    """Random tensors with the checkpoint's names and shapes load with strict=True (into a
+    fresh model built on the meta device, so the shared random models keep their weights)."""
     g = torch.Generator().manual_seed(1)
     state = {
         k: torch.randn(shape, generator=g) * 0.02 for k, shape in expected_layout(kind).items()
     }
-    model = models[kind]
-    dpt.load_weights(model, state)  # strict=True inside
-    name = "scratch.output_conv.4.weight"
-    torch.testing.assert_close(model.state_dict()[name], state[name])
-    # the same dict through torch directly, and DataParallel-style prefixes
-    assert not model.load_state_dict(state, strict=True).missing_keys
+    model = dpt.build_dpt(kind, device="meta")
+    dpt.load_weights(model, state, assign=True)  # load_state_dict(strict=True) inside
+    assert not any(p.is_meta for p in model.parameters())
+    for name in ("scratch.output_conv.4.weight", "pretrained.model.pos_embed"):
+        torch.testing.assert_close(model.state_dict()[name], state[name])
+    # a training-checkpoint wrapper with DataParallel key prefixes is unwrapped
     dpt.load_weights(model, {"model": {f"module.{k}": v for k, v in state.items()}})
 
     bad = dict(state)
@@ -181,16 +185,38 @@ def test_load_dpt_reports_a_missing_checkpoint(tmp_path):
         dpt.load_dpt("dpt_hybrid", tmp_path / "nope.pt", "cpu", scene="s")
 
 
+def test_load_dpt_round_trip_through_a_checkpoint_file(models, tmp_path):
+    """Save a random hybrid, load it with load_dpt (meta-device build + strict assign):
+    same weights, same predictions."""
+    model = models["dpt_hybrid"]
+    path = tmp_path / "dpt_hybrid.pt"
+    torch.save(model.state_dict(), path)
+    loaded = dpt.load_dpt("dpt_hybrid", path, "cpu")
+    assert loaded.kind == "dpt_hybrid" and not loaded.training
+    params = list(loaded.parameters())
+    assert all(p.device.type == "cpu" and p.dtype == torch.float32 for p in params)
+    frame = _frame(64, 32, 3)
+    np.testing.assert_array_equal(
+        dpt.predict_disparity(loaded, frame, (16, 24), net_size=TINY),
+        dpt.predict_disparity(model, frame, (16, 24), net_size=TINY),
+    )
+
+
 def test_load_dpt_rejects_a_foreign_checkpoint(tmp_path):
     path = tmp_path / "other.pt"
     torch.save({"conv.weight": torch.zeros(1)}, path)
     with pytest.raises(StageError, match="not a dpt_hybrid checkpoint"):
         dpt.load_dpt("dpt_hybrid", path, "cpu")
+    path.write_bytes(b"garbage")
+    with pytest.raises(StageError, match="does not load into dpt_hybrid"):
+        dpt.load_dpt("dpt_hybrid", path, "cpu")
 
 
-def test_unknown_kind():
+def test_unknown_kind(tmp_path):
     with pytest.raises(ValueError, match="dpt_large"):
         dpt.build_dpt("dpt_tiny")
+    with pytest.raises(StageError, match="dpt_tiny"):
+        dpt.compute_depth_dpt([_frame(64, 32)], tmp_path / "disp", (8, 8), kind="dpt_tiny")
 
 
 # --------------------------------------------------------------------------- resize rule
@@ -245,7 +271,8 @@ def test_encoder_maps_have_strides_4_to_32(models, kind):
     with torch.inference_mode():
         maps = model.pretrained(torch.zeros(1, 3, 64, 96))
     assert [tuple(m.shape) for m in maps] == [
-        (1, c, 64 // s, 96 // s) for c, s in zip(dpt.ARCHS[kind].channels, (4, 8, 16, 32))
+        (1, c, 64 // s, 96 // s)
+        for c, s in zip(dpt.ARCHS[kind].channels, (4, 8, 16, 32), strict=True)
     ]
     with pytest.raises(ValueError, match="multiple of 32"):
         model.pretrained(torch.zeros(1, 3, 48, 64))
@@ -285,7 +312,7 @@ def test_batched_prediction_equals_single_frames(models):
 
 
 def test_compute_depth_dpt_writes_one_map_per_frame(models, tmp_path):
-    model = models["dpt_large"]
+    model = models["dpt_hybrid"]
     src = tmp_path / "src"
     src.mkdir()
     frames: list = [_frame(64, 32, i) for i in range(3)]

@@ -8,9 +8,12 @@ since heavy imports are lazy. This over-approximates what a run needs, on purpos
 in a branch the test cannot see is still an import the env must be able to satisfy.
 
 Exempt: the standard library (``sys.stdlib_module_names``), imports under ``if TYPE_CHECKING:``,
-and optional imports, i.e. a module imported only inside a ``try`` whose handlers catch
-``ImportError`` (or ``ModuleNotFoundError``, ``Exception``, a bare ``except``) or probed with
-``importlib.util.find_spec("name")``, e.g. detectron2. Rules without a script, shell, notebook
+and optional modules. A module is optional in a file that probes it: imports it inside a ``try``
+whose handlers catch ``ImportError`` (or ``ModuleNotFoundError``, ``Exception``, a bare
+``except``), or calls ``importlib.util.find_spec("name")``; its other imports in that file are
+then taken to run only after the probe succeeded (as ``nsff_core.priors.maskrcnn`` does with
+detectron2: ``require_detectron2()`` first, then ``from detectron2 import ...``). A module that
+some reached file imports without probing it is required. Rules without a script, shell, notebook
 or wrapper (``rule all``, ``rule priors``) need no env.
 """
 
@@ -157,9 +160,12 @@ def _local_file(module: str, root: Path) -> Path | None:
 
 
 def file_imports(path: Path, module: str | None) -> tuple[list[tuple[str, bool]], set[str]]:
-    """Absolute names a file imports, each with ``guarded`` (optional), plus names probed by
-    ``find_spec``. ``module`` is the file's dotted name (None for a script) for relative
-    imports; ``from X import y`` also yields ``X.y`` (y may be a submodule)."""
+    """Absolute names a file imports, each with ``guarded`` (inside a ``try`` that catches
+    ImportError), and the top-level names the file probes (guarded or ``find_spec``).
+
+    ``module`` is the file's dotted name (None for a script), for relative imports;
+    ``from X import y`` also yields ``X.y`` (y may be a submodule).
+    """
     tree = ast.parse(path.read_text(), str(path))
     package = module if module and path.name == "__init__.py" else (module or "").rpartition(".")[0]
     found: list[tuple[str, bool]] = []
@@ -199,16 +205,19 @@ def file_imports(path: Path, module: str | None) -> tuple[list[tuple[str, bool]]
             walk(child, guarded)
 
     walk(tree, False)
+    probed |= {name.split(".")[0] for name, guarded in found if guarded}
     return found, probed
 
 
-def collect_imports(script: Path, root: Path = REPO, local: str = LOCAL_PACKAGE) -> Imports:
-    """Non-local modules ``script`` imports, directly or through the local package."""
+def collect_imports(
+    script: Path, root: Path = REPO, local: str = LOCAL_PACKAGE, module: str | None = None
+) -> Imports:
+    """Non-local modules ``script`` imports, directly or through the local package
+    (``module``: the dotted name of ``script`` when it is a module of the package)."""
     result = Imports()
     required: set[str] = set()
     optional: set[str] = set()
-    probed_all: set[str] = set()
-    queue: list[tuple[Path, str | None]] = [(script, None)]
+    queue: list[tuple[Path, str | None]] = [(script, module)]
     seen: set[Path] = set()
     while queue:
         path, module = queue.pop()
@@ -218,7 +227,6 @@ def collect_imports(script: Path, root: Path = REPO, local: str = LOCAL_PACKAGE)
         if module:
             result.local.add(module)
         found, probed = file_imports(path, module)
-        probed_all |= probed
         for name, guarded in found:
             top = name.split(".")[0]
             if top == local:
@@ -231,10 +239,9 @@ def collect_imports(script: Path, root: Path = REPO, local: str = LOCAL_PACKAGE)
             elif top in sys.stdlib_module_names or top in PROVIDED or not top:
                 continue
             else:
-                (optional if guarded else required).add(top)
-    # a module probed with find_spec is optional even where its import itself is unguarded
-    result.required = required - probed_all
-    result.optional = (optional | probed_all) - result.required
+                (optional if guarded or top in probed else required).add(top)
+    result.required = required
+    result.optional = optional - required
     return result
 
 
@@ -357,6 +364,26 @@ def test_envs_agree_with_each_other_and_pyproject():
             )
 
 
+#: backend modules a rule's script may not import yet (the wiring is separate): their imports
+#: must be in the rule's env all the same
+BACKEND_MODULES = {
+    "flow": ["nsff_core.priors.raft"],
+    "masks": ["nsff_core.priors.maskrcnn"],
+    "depth": ["nsff_core.priors.dpt"],
+}
+
+
+@pytest.mark.parametrize("rule, module", [(r, m) for r, ms in BACKEND_MODULES.items() for m in ms])
+def test_env_covers_the_pretrained_backend_modules(rule, module):
+    path = _local_file(module, REPO)
+    if path is None:
+        pytest.skip(f"{module} does not exist")
+    _, directives = RULES[rule]
+    imports = collect_imports(path, module=module)
+    missing = missing_modules(imports, load_env((REPO / "rules" / directives["conda"]).resolve()))
+    assert not missing, f"rule {rule}: env {directives['conda']} lacks {missing} for {module}"
+
+
 @pytest.mark.parametrize("rule", SCRIPT_RULES)
 def test_env_covers_the_imports_of_the_rule_script(rule):
     path, directives = RULES[rule]
@@ -394,6 +421,7 @@ def _toy_package(root: Path) -> Path:
         "    detectron2 = None\n"
         "def run():\n"
         "    import cv2\n"
+        "    from detectron2 import model_zoo\n"
         "    import importlib.util\n"
         "    if importlib.util.find_spec('lpips'):\n"
         "        import lpips\n"
@@ -401,9 +429,7 @@ def _toy_package(root: Path) -> Path:
     )
     (pkg / "helper.py").write_text("def f():\n    from PIL import Image\n    return Image\n")
     script = root / "script.py"
-    script.write_text(
-        "import os\nimport numpy as np\nfrom nsff_core.sub.heavy import run\n"
-    )
+    script.write_text("import os\nimport numpy as np\nfrom nsff_core.sub.heavy import run\n")
     return script
 
 
@@ -411,7 +437,12 @@ def test_import_walk_follows_the_package_and_classifies(tmp_path):
     imports = collect_imports(_toy_package(tmp_path), root=tmp_path)
     assert imports.required == {"numpy", "cv2", "PIL", "yaml"}
     assert imports.optional == {"detectron2", "lpips"}
-    assert imports.local == {"nsff_core", "nsff_core.sub", "nsff_core.sub.heavy", "nsff_core.helper"}
+    assert imports.local == {
+        "nsff_core",
+        "nsff_core.sub",
+        "nsff_core.sub.heavy",
+        "nsff_core.helper",
+    }
 
 
 def test_check_fails_for_an_env_missing_a_module(tmp_path):

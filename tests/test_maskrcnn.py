@@ -116,8 +116,12 @@ class FakeMaskRCNN(torch.nn.Module):
             m[0, 0, h // 4 : 3 * h // 4, : w // 4] = 1
             m[1, 0, h // 4 : 3 * h // 4, 3 * w // 4 :] = 1
             out.append(
-                {"labels": torch.tensor([PERSON, CHAIR]), "scores": torch.tensor([0.9, 0.9]),
-                 "masks": m, "boxes": torch.zeros(2, 4)}
+                {
+                    "labels": torch.tensor([PERSON, CHAIR]),
+                    "scores": torch.tensor([0.9, 0.9]),
+                    "masks": m,
+                    "boxes": torch.zeros(2, 4),
+                }
             )
         return out
 
@@ -128,8 +132,14 @@ def test_compute_masks_maskrcnn_format_dilation_and_union(tmp_path):
     epi = [np.zeros(out_hw, bool) for _ in range(3)]
     epi[1][0:3, 50:53] = True  # a mover outside COCO in frame 1
     summary = compute_masks_maskrcnn(
-        frames, tmp_path / "masks", out_hw, classes=["people"], dilate_px=2,
-        union_with=epi, model=FakeMaskRCNN(), batch_size=2,
+        frames,
+        tmp_path / "masks",
+        out_hw,
+        classes=["people"],
+        dilate_px=2,
+        union_with=epi,
+        model=FakeMaskRCNN(),
+        batch_size=2,
     )
     assert summary["frames"] == 3 and summary["instances"] == {"person": 3}
     files = sorted((tmp_path / "masks").iterdir())
@@ -161,8 +171,9 @@ def test_union_with_a_folder_of_epipolar_masks(tmp_path):
     assert read_mask(tmp_path / "masks" / "00001.png")[1, 1]
     with pytest.raises(StageError, match="3 epipolar masks"):
         write_mask(epi_dir / frame_name(2), np.zeros(out_hw, bool))
-        compute_masks_maskrcnn(frames, tmp_path / "m2", out_hw, union_with=epi_dir,
-                               model=FakeMaskRCNN())
+        compute_masks_maskrcnn(
+            frames, tmp_path / "m2", out_hw, union_with=epi_dir, model=FakeMaskRCNN()
+        )
     assert not (tmp_path / "m2").exists()
 
 

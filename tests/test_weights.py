@@ -92,12 +92,30 @@ def test_registry_has_the_known_checkpoints():
         assert set(names) <= set(W.REGISTRY)
 
 
-def test_the_raft_backend_uses_the_registered_file():
-    raft = pytest.importorskip("nsff_core.priors.raft")
-    name = getattr(raft, "RAFT_CHECKPOINT_NAME", None)
-    if name is None:
-        pytest.skip("nsff_core.priors.raft names no checkpoint file")
-    assert name == W.REGISTRY["raft_large"].file
+@pytest.mark.parametrize(
+    "module, attr, name",
+    [
+        ("raft", "RAFT_CHECKPOINT_NAME", "raft_large"),
+        ("raft", "RAFT_CHECKPOINT_URL", "raft_large"),
+        ("maskrcnn", "MASKRCNN_CHECKPOINT_NAME", "maskrcnn_v2_coco"),
+        ("maskrcnn", "MASKRCNN_CHECKPOINT_URL", "maskrcnn_v2_coco"),
+        ("dpt", "ARCHS.dpt_large", "dpt_large"),
+        ("dpt", "ARCHS.dpt_hybrid", "dpt_hybrid"),
+    ],
+)
+def test_backends_name_the_registered_files(module, attr, name):
+    """One place knows every checkpoint: what a backend module spells out must agree."""
+    mod = pytest.importorskip(f"nsff_core.priors.{module}")
+    value = mod
+    for part in attr.split("."):
+        value = value.get(part) if isinstance(value, dict) else getattr(value, part, None)
+        if value is None:
+            pytest.skip(f"nsff_core.priors.{module} has no {attr}")
+    e = W.REGISTRY[name]
+    if hasattr(value, "checkpoint"):  # a DPT architecture: file and URL
+        assert (value.checkpoint, value.url) == (e.file, e.url)
+    else:
+        assert value == (e.url if attr.endswith("URL") else e.file)
 
 
 @pytest.mark.parametrize(
@@ -110,13 +128,22 @@ def test_the_raft_backend_uses_the_registered_file():
         ({"masks": "epipolar", "depth": "sparse", "flow": "dis"}, []),
         ({"masks": "none", "depth": None, "flow": "dis"}, []),
         ({"masks": "maskrcnn+epipolar", "depth": "dpt"}, ["maskrcnn_v2_coco", "dpt_large"]),
-        ({"masks": ["detectron2", "epipolar"], "depth": "dpt_hybrid"}, ["detectron2_r50_fpn_3x", "dpt_hybrid"]),
+        (
+            {"masks": ["detectron2", "epipolar"], "depth": "dpt_hybrid"},
+            ["detectron2_r50_fpn_3x", "dpt_hybrid"],
+        ),
         ({"masks": "MaskRCNN", "evaluate": "lpips"}, ["maskrcnn_v2_coco", "alexnet", "lpips_alex"]),
         ({"flow": "raft", "masks": "raft"}, ["raft_large"]),  # per stage; no repeats
     ],
 )
 def test_needed_weights(backends, names):
     assert W.needed_weights(backends) == names
+
+
+def test_unset_backend_means_the_stage_default(monkeypatch):
+    assert W.needed_weights({"flow": None, "masks": None, "depth": None}) == []
+    monkeypatch.setitem(W.STAGES, "flow", lambda: SimpleNamespace(backend="raft"))
+    assert W.needed_weights({"flow": None}) == ["raft_large"]
 
 
 def test_cache_dir_precedence(monkeypatch, tmp_path):
@@ -130,7 +157,9 @@ def test_cache_dir_precedence(monkeypatch, tmp_path):
     assert W.cache_dir("~/w") == tmp_path / "home" / "w"
     monkeypatch.chdir(tmp_path)
     assert W.cache_dir("rel") == tmp_path / "rel"  # absolute, for the marker
-    assert W.weights_path("raft_large", "rel") == tmp_path / "rel" / "raft_large_C_T_V1-22a6c225.pth"
+    assert (
+        W.weights_path("raft_large", "rel") == tmp_path / "rel" / "raft_large_C_T_V1-22a6c225.pth"
+    )
     with pytest.raises(KeyError, match="unknown checkpoint 'nope'"):
         W.weights_path("nope", "rel")
 
@@ -272,7 +301,9 @@ def test_unknown_checkpoint_and_unwritable_cache(tmp_path, toy):
 def test_weights_free_backends_touch_nothing(tmp_path, offline):
     cache = tmp_path / "cache"
     marker = tmp_path / "results" / "demo" / "weights.json"
-    content = W.fetch_for_scene({"flow": "dis", "masks": "epipolar", "depth": "sparse"}, marker, cache)
+    content = W.fetch_for_scene(
+        {"flow": "dis", "masks": "epipolar", "depth": "sparse"}, marker, cache
+    )
     assert json.loads(marker.read_text()) == content
     assert content["weights"] == {} and content["cache_dir"] == str(cache)
     assert offline == [] and not cache.exists()

@@ -169,3 +169,23 @@ def test_tiny_end_to_end(tmp_path):
     # a finished workflow has nothing left to do
     again = snakemake(wd, "-n", "--cores", "2")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_pretrained_backends_plan_the_weights_rule_and_a_gpu(tmp_path):
+    sheet = "scene\tsource\tflow\tmasks\tdepth\na\tsynthetic:tiny\traft\tmaskrcnn\tdpt\n"
+    wd = make_workdir(tmp_path, sheet)
+    r = snakemake(wd, "-n", "--cores", "2", "results/a/disp", "-p")
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    assert "rule weights:" in out or "localrule weights:" in out
+    for rule in ("flow", "masks", "depth"):
+        block = out.split(f"rule {rule}:")[1].split("\n\n")[0]
+        assert "gpu=1" in block, (rule, block)
+
+
+def test_unknown_dynamic_class_stops_before_any_job(tmp_path):
+    sheet = "scene\tsource\tmasks\tdynamic_classes\na\tsynthetic:tiny\tmaskrcnn\tperson,unicorn\n"
+    wd = make_workdir(tmp_path, sheet)
+    r = snakemake(wd, "--cores", "1")
+    assert r.returncode != 0 and "unicorn" in r.stdout + r.stderr
+    assert not (wd / "results").exists()

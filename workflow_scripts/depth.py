@@ -17,4 +17,6 @@ with run_stage(snakemake):
         snakemake.output.disp,
         stage_config("depth", snakemake.params.cfg),
         scene=snakemake.wildcards.scene,
+        frames_json=snakemake.input.frames_json,
+        weights=snakemake.input.weights,
     )

@@ -16,4 +16,6 @@ with run_stage(snakemake):
         snakemake.output.ok,
         stage_config("flow", snakemake.params.cfg),
         scene=snakemake.wildcards.scene,
+        frames_json=snakemake.input.frames_json,
+        weights=snakemake.input.weights,
     )

@@ -17,4 +17,6 @@ with run_stage(snakemake):
         snakemake.output.masks,
         stage_config("masks", snakemake.params.cfg),
         scene=snakemake.wildcards.scene,
+        frames_json=snakemake.input.frames_json,
+        weights=snakemake.input.weights,
     )

@@ -29,6 +29,7 @@ from .. import cameras as cam
 from .. import io
 from ..config import DepthConfig
 from ..errors import StageError
+from . import pretrained as P
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,9 @@ def compute_depth(
     disp_dir: str | os.PathLike,
     cfg: DepthConfig = DepthConfig(),  # noqa: B008 (frozen dataclass)
     scene: str | None = None,
+    *,
+    frames_json: str | os.PathLike | None = None,
+    weights: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Compute one disparity map per frame and write ``disp_dir`` atomically.
 
@@ -55,10 +59,14 @@ def compute_depth(
         disp_dir: output folder; replaced only when every frame succeeded.
         cfg: depth settings; ``cfg.backend`` picks the backend.
         scene: scene name for error messages.
+        frames_json, weights: for the pretrained backend (dpt): ``frames.json`` (source frames)
+            and the ``weights.json`` marker (checkpoint); see :mod:`nsff_core.priors.pretrained`.
 
     Returns:
         A summary dict (backend, per-frame point counts, timings).
     """
+    if cfg.backend == "dpt":
+        return pretrained_depth(disp_dir, cfg, frames_json, weights, scene)
     backend = BACKENDS.get(cfg.backend)
     if backend is None:
         raise StageError(
@@ -342,3 +350,25 @@ def densify_edge_aware(
 Backend = Callable[..., dict[str, Any]]
 #: depth backends by ``cfg.backend``: (frames, masks_dir, sfm_dir, cams, out_dir, cfg, scene)
 BACKENDS: dict[str, Backend] = {"sparse": _sparse_backend}
+
+
+def pretrained_depth(
+    disp_dir: str | Path,
+    cfg: DepthConfig,
+    frames_json: str | Path | None,
+    weights: str | Path | None,
+    scene: str | None = None,
+) -> dict:
+    """DPT disparity at source resolution, resized to the training size."""
+    P.require(frames_json, "frames.json", "depth", scene)
+    P.require(weights, "the weights.json marker", "depth", scene)
+    from .dpt import compute_depth_dpt
+
+    return compute_depth_dpt(
+        P.source_frames(frames_json, "depth", scene),
+        disp_dir,
+        P.training_hw(frames_json),
+        cfg.dpt_model,
+        P.checkpoint(weights, cfg.dpt_model, "depth", scene),
+        scene=scene,
+    )

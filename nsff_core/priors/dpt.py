@@ -38,6 +38,7 @@ import contextlib
 import logging
 import math
 import os
+import pickle
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -312,10 +313,18 @@ class DPT(nn.Module):
         return self.scratch(self.pretrained(x))
 
 
-def build_dpt(kind: str = "dpt_large") -> DPT:
-    """A randomly initialised DPT (``"dpt_large"`` or ``"dpt_hybrid"``) in eval mode on the CPU;
-    nothing is downloaded."""
-    return DPT(kind).eval()
+def build_dpt(kind: str = "dpt_large", device: Any = None) -> DPT:
+    """A randomly initialised DPT (``"dpt_large"`` or ``"dpt_hybrid"``) in eval mode; nothing
+    is downloaded.
+
+    Args:
+        device: where the parameters are created (default: torch's default device, the CPU).
+            ``"meta"`` allocates nothing and skips the (seconds-long) random initialisation:
+            for a model whose weights are then loaded with :func:`load_weights` (``assign``).
+    """
+    ctx = contextlib.nullcontext() if device is None else torch.device(device)
+    with ctx:
+        return DPT(kind).eval()
 
 
 # --------------------------------------------------------------------------- weights
@@ -341,8 +350,12 @@ def checkpoint_state_dict(obj: Any) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_weights(model: DPT, state: Mapping[str, torch.Tensor]) -> None:
-    """Load ``state`` into ``model`` with ``strict=True``.
+def load_weights(model: DPT, state: Mapping[str, torch.Tensor], assign: bool = False) -> None:
+    """Load ``state`` into ``model`` with ``strict=True`` (see :func:`checkpoint_state_dict`
+    for the accepted wrappers).
+
+    ``assign=True`` makes the checkpoint's tensors the parameters (no copy; needed for a model
+    built on the ``meta`` device); they are then converted to float32.
 
     Raises:
         RuntimeError: naming the missing and unexpected keys and the shape mismatches.
@@ -363,7 +376,9 @@ def load_weights(model: DPT, state: Mapping[str, torch.Tensor]) -> None:
                 more = f" (+{len(keys) - 5} more)" if len(keys) > 5 else ""
                 parts.append(f"{len(keys)} {what}: {', '.join(keys[:5])}{more}")
         raise RuntimeError(f"not a {model.kind} checkpoint: " + "; ".join(parts))
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(state, strict=True, assign=assign)
+    if assign:
+        model.float()
 
 
 def resolve_device(device: Any = None) -> torch.device:
@@ -372,7 +387,7 @@ def resolve_device(device: Any = None) -> torch.device:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
     if device.type == "cpu":
-        log.warning("DPT runs on the CPU: expect several seconds per frame")
+        log.warning("DPT runs on the CPU: expect seconds per frame")
     return device
 
 
@@ -389,9 +404,12 @@ def load_dpt(
             with ``strict=True``; ``None`` keeps the random initialisation (tests only).
 
     Raises:
-        StageError: the checkpoint is missing or does not fit the network.
+        StageError: unknown ``kind``, or the checkpoint is missing or does not fit the network.
     """
-    arch = _arch(kind)
+    try:
+        arch = _arch(kind)
+    except ValueError as exc:
+        raise StageError(scene, STAGE, str(exc), f"use one of {sorted(ARCHS)}") from None
     path = None if checkpoint is None else Path(checkpoint)
     if path is not None and not path.is_file():
         raise StageError(
@@ -402,18 +420,19 @@ def load_dpt(
             "depth.backend to 'sparse' (weights-free)",
         )
     dev = resolve_device(device)
-    model = build_dpt(kind)
     if path is None:
         log.warning("DPT: no checkpoint given, using RANDOM weights (the depth is meaningless)")
+        model = build_dpt(kind)
     else:
+        model = build_dpt(kind, device="meta")  # no random init: every weight is loaded
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-            load_weights(model, state)
-        except (RuntimeError, TypeError, ValueError, OSError, EOFError) as exc:
+            load_weights(model, state, assign=True)
+        except (RuntimeError, TypeError, ValueError, OSError, EOFError, pickle.PickleError) as exc:
             raise StageError(
                 scene,
                 STAGE,
-                f"{path} is not a {kind} checkpoint: {str(exc).splitlines()[0]}",
+                f"{path} does not load into {kind}: {str(exc).splitlines()[0]}",
                 f"use the official {arch.checkpoint} ({arch.url})",
             ) from exc
         log.info("DPT: loaded %s (%s)", path, kind)
@@ -660,4 +679,3 @@ def compute_depth_dpt(
     }
     log.info("depth (dpt) for %d frames in %.1f s", summary["frames"], summary["time_s"])
     return summary
-

@@ -21,6 +21,7 @@ import numpy as np
 from ..config import FlowConfig
 from ..errors import StageError
 from ..io import atomic_dir, frame_name, list_frames, read_image, write_flo, write_mask
+from . import pretrained as P
 
 log = logging.getLogger(__name__)
 
@@ -104,12 +105,21 @@ def compute_flow(
     flow_ok_dir: str | Path,
     cfg: FlowConfig,
     scene: str | None = None,
+    *,
+    frames_json: str | Path | None = None,
+    weights: str | Path | None = None,
 ) -> dict:
     """Compute forward and backward flow for all neighbouring frames of ``frames_dir``.
 
     Writes the three output folders atomically (all or nothing) and returns a summary with the
-    fraction of consistent pixels and the mean flow magnitude.
+    fraction of consistent pixels and the mean flow magnitude. The pretrained backend (raft)
+    reads the source frames through ``frames_json`` and its checkpoint through the ``weights``
+    marker (:mod:`nsff_core.priors.pretrained`).
     """
+    if cfg.backend == "raft":
+        return pretrained_flow(
+            flow_fw_dir, flow_bw_dir, flow_ok_dir, cfg, frames_json, weights, scene
+        )
     frames = list_frames(frames_dir)
     if len(frames) < 2:
         raise StageError(
@@ -164,3 +174,31 @@ def compute_flow(
     }
     log.info("flow: done %s", summary)
     return summary
+
+
+def pretrained_flow(
+    flow_fw_dir: str | Path,
+    flow_bw_dir: str | Path,
+    flow_ok_dir: str | Path,
+    cfg: FlowConfig,
+    frames_json: str | Path | None,
+    weights: str | Path | None,
+    scene: str | None = None,
+) -> dict:
+    """RAFT-Large flow at source resolution, resized to the training size (vectors scaled)."""
+    P.require(frames_json, "frames.json", "flow", scene)
+    P.require(weights, "the weights.json marker", "flow", scene)
+    from .raft import compute_flow_raft
+
+    return compute_flow_raft(
+        P.source_frames(frames_json, "flow", scene),
+        flow_fw_dir,
+        flow_bw_dir,
+        flow_ok_dir,
+        out_hw=P.training_hw(frames_json),
+        iters=cfg.raft_iters,
+        checkpoint=P.checkpoint(weights, "raft_large", "flow", scene),
+        alpha1=cfg.consistency_alpha1,
+        alpha2=cfg.consistency_alpha2,
+        scene=scene,
+    )

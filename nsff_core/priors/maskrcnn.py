@@ -69,9 +69,27 @@ COCO_CLASSES: tuple[str, ...] = tuple(
 #: names that stand for several classes in ``masks.classes``
 CLASS_GROUPS: dict[str, tuple[str, ...]] = {
     "people": ("person",),
-    "animals": ("bird", "cat", "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe"),
+    "animals": (
+        "bird",
+        "cat",
+        "dog",
+        "horse",
+        "sheep",
+        "cow",
+        "elephant",
+        "bear",
+        "zebra",
+        "giraffe",
+    ),
     "vehicles": (
-        "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
+        "bicycle",
+        "car",
+        "motorcycle",
+        "airplane",
+        "bus",
+        "train",
+        "truck",
+        "boat",
     ),
 }
 
@@ -252,8 +270,7 @@ def load_maskrcnn(checkpoint: str | Path | None, device: Any = None, scene: str 
             raise StageError(
                 scene,
                 STAGE,
-                f"{path} is not a torchvision Mask R-CNN v2 state dict "
-                f"({_brief(exc)})",
+                f"{path} is not a torchvision Mask R-CNN v2 state dict ({_brief(exc)})",
                 f"use torchvision's {MASKRCNN_CHECKPOINT_NAME}",
             ) from exc
     return model.eval().to(_resolve_device(device) if device is None else device)
@@ -388,7 +405,9 @@ def _run_masks(
                 write_mask(out / frame_name(n), m)
                 final.append(float(m.mean()))
                 n += 1
-            log.info("masks (%s): %d frame(s) (%.1f s)", summary["backend"], n, time.perf_counter() - t0)
+            log.info(
+                "masks (%s): %d frame(s) (%.1f s)", summary["backend"], n, time.perf_counter() - t0
+            )
 
         batch: list[np.ndarray] = []
         for item in _frame_items(frames):
@@ -429,7 +448,9 @@ def _classes_or_error(classes, scene: str | None) -> tuple[str, ...]:
     try:
         return resolve_classes(classes)
     except ConfigError as exc:
-        raise StageError(scene, STAGE, str(exc), "fix masks.classes (config or scene sheet)") from exc
+        raise StageError(
+            scene, STAGE, str(exc), "fix masks.classes (config or scene sheet)"
+        ) from exc
 
 
 def compute_masks_maskrcnn(
@@ -533,7 +554,9 @@ def load_detectron2(
             f"put {model_zoo.get_checkpoint_url(DETECTRON2_CONFIG)} there",
         )
     cfg.MODEL.WEIGHTS = (
-        str(checkpoint) if checkpoint is not None else model_zoo.get_checkpoint_url(DETECTRON2_CONFIG)
+        str(checkpoint)
+        if checkpoint is not None
+        else model_zoo.get_checkpoint_url(DETECTRON2_CONFIG)
     )
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = float(score_threshold)
     cfg.MODEL.DEVICE = str(_resolve_device(device))

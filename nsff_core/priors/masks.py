@@ -16,7 +16,9 @@ sideways-moving camera) looks static to this test; such scenes need the semantic
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,6 +27,7 @@ import numpy as np
 from ..config import MasksConfig
 from ..errors import StageError
 from ..io import atomic_dir, frame_name, list_frames, read_flo, read_image, read_mask, write_mask
+from . import pretrained as P
 
 log = logging.getLogger(__name__)
 
@@ -165,8 +168,28 @@ def compute_masks(
     masks_dir: str | Path,
     cfg: MasksConfig,
     scene: str | None = None,
+    *,
+    frames_json: str | Path | None = None,
+    weights: str | Path | None = None,
 ) -> dict:
-    """Write ``masks_dir/{i:05d}.png`` (255 = dynamic) for every frame; returns a summary."""
+    """Write ``masks_dir/{i:05d}.png`` (255 = dynamic) for every frame; returns a summary.
+
+    The semantic backends (maskrcnn, detectron2) read the source frames through
+    ``frames_json`` and their checkpoint through the ``weights`` marker
+    (:mod:`nsff_core.priors.pretrained`).
+    """
+    if cfg.backend in ("maskrcnn", "detectron2"):
+        return pretrained_masks(
+            frames_dir,
+            flow_fw_dir,
+            flow_bw_dir,
+            flow_ok_dir,
+            masks_dir,
+            cfg,
+            frames_json,
+            weights,
+            scene,
+        )
     frames = list_frames(frames_dir)
     if not frames:
         raise StageError(
@@ -222,3 +245,44 @@ def compute_masks(
         )
     log.info("masks: done %s", summary)
     return summary
+
+
+def pretrained_masks(
+    frames_dir: str | Path,
+    flow_fw_dir: str | Path | None,
+    flow_bw_dir: str | Path | None,
+    flow_ok_dir: str | Path | None,
+    masks_dir: str | Path,
+    cfg: MasksConfig,
+    frames_json: str | Path | None,
+    weights: str | Path | None,
+    scene: str | None = None,
+) -> dict:
+    """COCO instance masks of the configured classes (union with the epipolar masks when
+    ``cfg.union_epipolar``), dilated, at training resolution."""
+    P.require(frames_json, "frames.json", "masks", scene)
+    P.require(weights, "the weights.json marker", "masks", scene)
+    from . import maskrcnn
+
+    with tempfile.TemporaryDirectory(dir=Path(masks_dir).parent) as tmp:
+        union = None
+        if cfg.union_epipolar:
+            union = Path(tmp) / "epipolar"
+            epipolar = dataclasses.replace(cfg, backend="epipolar")
+            compute_masks(frames_dir, flow_fw_dir, flow_bw_dir, flow_ok_dir, union, epipolar, scene)
+        if cfg.backend == "maskrcnn":
+            fn, name = maskrcnn.compute_masks_maskrcnn, "maskrcnn_v2_coco"
+        else:
+            maskrcnn.require_detectron2(scene)
+            fn, name = maskrcnn.compute_masks_detectron2, "detectron2_r50_fpn_3x"
+        return fn(
+            P.source_frames(frames_json, "masks", scene),
+            masks_dir,
+            P.training_hw(frames_json),
+            classes=cfg.classes,
+            score_threshold=cfg.score_threshold,
+            dilate_px=cfg.dilate,
+            checkpoint=P.checkpoint(weights, name, "masks", scene),
+            union_with=union,
+            scene=scene,
+        )

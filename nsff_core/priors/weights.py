@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..config import STAGES
 from ..errors import StageError
 from ..io import atomic_file
 
@@ -208,11 +209,14 @@ def needed_weights(backends: Mapping[str, Any]) -> list[str]:
 
     Args:
         backends: stage -> backend, e.g. ``{"masks": "maskrcnn", "depth": "dpt_large",
-            "flow": "raft"}``. A value may combine backends (``"maskrcnn+epipolar"``, a list)
-            or be ``None``. Weights-free and unknown backends add nothing.
+            "flow": "raft"}``. A value may combine backends (``"maskrcnn+epipolar"``, a list);
+            ``None`` means the stage's default (:mod:`nsff_core.config`). Weights-free and
+            unknown backends add nothing.
     """
     names: list[str] = []
     for stage, value in backends.items():
+        if value is None and stage in STAGES:
+            value = getattr(STAGES[stage](), "backend", None)
         for backend in _split_backends(value):
             for name in BACKEND_WEIGHTS.get((stage, backend), ()):
                 if name not in names:
@@ -266,7 +270,9 @@ def verify(path: str | os.PathLike, e: WeightsEntry | str) -> str:
     if not digest_matches(e, digest):
         raise HashMismatch(f"{path} has sha256 {digest}, expected {e.expected}")
     if e.check == "none":
-        log.warning("%s: no known hash for %s; accepted unchecked (sha256 %s)", e.name, path, digest)
+        log.warning(
+            "%s: no known hash for %s; accepted unchecked (sha256 %s)", e.name, path, digest
+        )
     return digest
 
 
@@ -299,7 +305,12 @@ def _fetch(
     try:
         e = entry(name)
     except KeyError as exc:
-        raise StageError(scene, STAGE, str(exc.args[0]), "name a checkpoint of REGISTRY in nsff_core/priors/weights.py") from None
+        raise StageError(
+            scene,
+            STAGE,
+            str(exc.args[0]),
+            "name a checkpoint of REGISTRY in nsff_core/priors/weights.py",
+        ) from None
     target = cache_dir(cache) / e.file
     stale = ""
     if target.is_file():
@@ -411,7 +422,9 @@ def _download(e: WeightsEntry, target: Path, scene: str | None, timeout: float, 
             )
     if e.check == "none":
         log.warning("%s: no known hash; accepted unchecked (sha256 %s)", e.name, digest)
-    log.info("%s: %s, done (%s checked)", e.name, _progress(done, total, time.monotonic() - t0), e.check)
+    log.info(
+        "%s: %s, done (%s checked)", e.name, _progress(done, total, time.monotonic() - t0), e.check
+    )
     return digest
 
 
