@@ -22,6 +22,10 @@ include: "rules/evaluate.smk"
 include: "rules/report.smk"
 
 
+onerror:
+    summary_after_error()
+
+
 rule all:
     default_target: True
     input:

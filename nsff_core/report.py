@@ -3,9 +3,10 @@
 One row per scene, from ``results/{scene}/eval/metrics.json`` (rule ``evaluate``), the last
 logged training PSNR and step of ``train/metrics.csv`` and the wall time in
 ``benchmarks/train.tsv``. A scene without ``eval/metrics.json`` still gets a row: status
-``failed`` when its evaluate log exists (the rule ran and failed), else ``missing``; its ``log``
-column points at the evaluate log, or at the scene's most recently written log (where the
-workflow stopped). Run outside Snakemake (e.g. after ``--keep-going``) with
+``failed`` when one of its logs records an error (its ``log`` column names that log) or its
+evaluate log exists, else ``missing`` (not run yet; ``log`` = its newest log). When a run
+stops on an error, the workflow's ``onerror`` handler writes the table anyway, so a batch run
+with ``--keep-going`` ends with a row per scene. By hand:
 ``python -m nsff_core.report results/summary.csv scene_a scene_b ...``.
 """
 
@@ -94,6 +95,19 @@ def _latest_log(scene_dir: Path) -> str:
     return str(logs[-1]) if logs else ""
 
 
+def _failed_log(scene_dir: Path) -> str:
+    """The newest log of the scene that records an error (our ERROR lines or a traceback)."""
+    logs = sorted((scene_dir / "logs").glob("*.log"), key=lambda p: p.stat().st_mtime)
+    for path in reversed(logs):
+        try:
+            text = path.read_text(errors="replace")
+        except OSError:
+            continue
+        if " ERROR " in text or "Traceback (most recent call last)" in text:
+            return str(path)
+    return ""
+
+
 def summary_row(scene: str, results_dir: str | Path = "results") -> dict:
     """The summary row of one scene (see the module docstring)."""
     scene_dir = Path(results_dir) / scene
@@ -109,6 +123,9 @@ def summary_row(scene: str, results_dir: str | Path = "results") -> dict:
             log.warning("summary: %s is unreadable (%s)", eval_json, exc)
             row["status"] = "unreadable"
             row["log"] = str(eval_log)
+    elif failed := _failed_log(scene_dir):
+        row["status"] = "failed"
+        row["log"] = failed
     elif eval_log.is_file():
         row["status"] = "failed"
         row["log"] = str(eval_log)

@@ -118,3 +118,16 @@ def all_targets():
         targets += preprocess_targets(scene) + render_targets(scene)
         targets.append(f"{scene_dir(scene)}/eval/metrics.json")
     return targets + ["results/summary.csv"]
+
+
+def summary_after_error():
+    """onerror: write results/summary.csv anyway, with a row per scene (failed or missing ones
+    marked, with their log), so that a batch run with --keep-going still has its table."""
+    if not Path("results").is_dir() or not SCENES:
+        return
+    from nsff_core.report import write_summary
+
+    try:
+        write_summary(list(SCENES), "results/summary.csv", "results")
+    except Exception as exc:  # never hide the error that stopped the workflow
+        print(f"could not write results/summary.csv after the error: {exc}", file=sys.stderr)

@@ -189,3 +189,17 @@ def test_unknown_dynamic_class_stops_before_any_job(tmp_path):
     r = snakemake(wd, "--cores", "1")
     assert r.returncode != 0 and "unicorn" in r.stdout + r.stderr
     assert not (wd / "results").exists()
+
+
+def test_a_failing_scene_is_marked_in_the_summary_and_the_others_go_on(tmp_path):
+    sheet = "scene\tsource\ngood\tsynthetic:tiny\nbad\tvideos/nowhere.mp4\n"
+    wd = make_workdir(tmp_path, sheet)
+    r = snakemake(
+        wd, "--cores", "2", "--keep-going", "results/good/frames.json", "results/bad/frames.json"
+    )
+    assert r.returncode != 0
+    assert (wd / "results" / "good" / "frames.json").exists(), "the good scene went on"
+    summary = pd.read_csv(wd / "results" / "summary.csv").set_index("scene")
+    assert summary.loc["bad", "status"] == "failed"
+    assert summary.loc["bad", "log"].endswith("results/bad/logs/frames.log")
+    assert summary.loc["good", "status"] == "missing"  # not evaluated: that target was not asked
