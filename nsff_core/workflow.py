@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -37,6 +38,8 @@ def run_stage(smk: Any) -> Iterator[logging.Logger]:
     setup_logging(smk.log[0] if len(smk.log) else None)
     log = logging.getLogger(f"nsff.{smk.rule}")
     log.info("rule %s, scene %s", smk.rule, getattr(smk.wildcards, "scene", "-"))
+    if os.environ.get("CUDA_VISIBLE_DEVICES") is not None:
+        log.info("CUDA_VISIBLE_DEVICES=%s", os.environ["CUDA_VISIBLE_DEVICES"])
     try:
         yield log
     except (StageError, ConfigError) as exc:

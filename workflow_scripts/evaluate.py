@@ -4,8 +4,13 @@ import sys
 
 sys.path.insert(0, f"{snakemake.scriptdir}/..")
 
-from nsff_core.evaluate import evaluate_scene
-from nsff_core.workflow import run_stage
+from nsff_core.gpu_slots import claim_for_job
+
+# a GPU job takes a free device (lock files) before anything imports torch
+claim_for_job(snakemake.resources.get("gpu", 0))
+
+from nsff_core.evaluate import evaluate_scene  # noqa: E402
+from nsff_core.workflow import run_stage  # noqa: E402
 
 gt = snakemake.input.get("gt")  # a path for synthetic scenes, else an empty list
 with run_stage(snakemake):

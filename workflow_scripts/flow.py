@@ -4,9 +4,14 @@ import sys
 
 sys.path.insert(0, f"{snakemake.scriptdir}/..")
 
-from nsff_core.config import stage_config
-from nsff_core.priors.flow import compute_flow
-from nsff_core.workflow import run_stage
+from nsff_core.gpu_slots import claim_for_job
+
+# a GPU job takes a free device (lock files) before anything imports torch
+claim_for_job(snakemake.resources.get("gpu", 0))
+
+from nsff_core.config import stage_config  # noqa: E402
+from nsff_core.priors.flow import compute_flow  # noqa: E402
+from nsff_core.workflow import run_stage  # noqa: E402
 
 with run_stage(snakemake):
     compute_flow(

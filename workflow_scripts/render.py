@@ -5,8 +5,13 @@ from pathlib import Path
 
 sys.path.insert(0, f"{snakemake.scriptdir}/..")
 
-from nsff_core.render_split import render_split
-from nsff_core.workflow import run_stage
+from nsff_core.gpu_slots import claim_for_job
+
+# a GPU job takes a free device (lock files) before anything imports torch
+claim_for_job(snakemake.resources.get("gpu", 0))
+
+from nsff_core.render_split import render_split  # noqa: E402
+from nsff_core.workflow import run_stage  # noqa: E402
 
 with run_stage(snakemake):
     render_split(
