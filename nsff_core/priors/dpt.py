@@ -52,6 +52,7 @@ from torch import nn
 
 from .. import io
 from ..errors import StageError
+from .frames import cap_size
 
 log = logging.getLogger(__name__)
 
@@ -467,20 +468,6 @@ def dpt_input_size(
         return max(multiple, int(np.round(x / multiple)) * multiple)
 
     return snap(scale * w), snap(scale * h)
-
-
-def cap_size(rgb: np.ndarray, max_size: tuple[int, int] | None) -> np.ndarray:
-    """Scale ``rgb`` down by max(w / max_w, h / max_h) when that exceeds 1 (nsff_pl's rule,
-    cv2.INTER_AREA, sizes truncated); otherwise return it unchanged."""
-    if max_size is None:
-        return rgb
-    import cv2
-
-    h, w = rgb.shape[:2]
-    s = max(w / max_size[0], h / max_size[1])
-    if s <= 1:
-        return rgb
-    return cv2.resize(rgb, (int(w / s), int(h / s)), interpolation=cv2.INTER_AREA)
 
 
 def prepare_input(rgb: np.ndarray, net_size: int = NET_SIZE) -> np.ndarray:

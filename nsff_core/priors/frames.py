@@ -576,6 +576,20 @@ def _extract_video(src: Path, out_dir: Path, cfg: FramesConfig, scene: str | Non
 SOURCE_MAX_SIZE = (1280, 720)
 
 
+def cap_size(rgb: np.ndarray, max_size: tuple[int, int] | None) -> np.ndarray:
+    """Scale ``rgb`` down by max(w / max_w, h / max_h) when that exceeds 1 (nsff_pl's rule,
+    cv2.INTER_AREA, sizes truncated); otherwise return it unchanged."""
+    if max_size is None:
+        return rgb
+    import cv2
+
+    h, w = rgb.shape[:2]
+    s = max(w / max_size[0], h / max_size[1])
+    if s <= 1:
+        return rgb
+    return cv2.resize(rgb, (int(w / s), int(h / s)), interpolation=cv2.INTER_AREA)
+
+
 def read_source_frames(
     frames_json: str | Path,
     max_size: tuple[int, int] | None = SOURCE_MAX_SIZE,
@@ -595,7 +609,6 @@ def read_source_frames(
     Raises:
         StageError (naming ``stage``): the source changed or disappeared since the frames rule.
     """
-    import cv2
     import imageio.v3 as iio
 
     info = json.loads(Path(frames_json).read_text())
@@ -604,10 +617,6 @@ def read_source_frames(
     if not src.exists():
         raise StageError(scene, stage, f"source not found: {src}", hint)
     w0, h0 = info["source_size"]
-    factor = 1.0
-    if max_size is not None:
-        factor = max(w0 / max_size[0], h0 / max_size[1], 1.0)
-    size = (int(w0 / factor), int(h0 / factor))
 
     def fit(rgb: np.ndarray) -> np.ndarray:
         if rgb.shape[1::-1] != (w0, h0):
@@ -617,7 +626,7 @@ def read_source_frames(
                 f"a source frame is {rgb.shape[1]}x{rgb.shape[0]}, not {w0}x{h0}",
                 hint,
             )
-        return rgb if factor == 1.0 else cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+        return cap_size(rgb, max_size)
 
     if info["kind"] == "images":
         for name in info["source_names"]:

@@ -37,6 +37,7 @@ import numpy as np
 from ..errors import StageError
 from ..io import atomic_dir, frame_name, list_frames, read_image, write_flo, write_mask
 from .flow import consistency_mask
+from .frames import cap_size
 
 log = logging.getLogger(__name__)
 
@@ -262,20 +263,6 @@ def resize_flow(flow: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
 
 def _load_frame(item: np.ndarray | str | Path) -> np.ndarray:
     return item if isinstance(item, np.ndarray) else read_image(item)
-
-
-def cap_size(rgb: np.ndarray, max_size: tuple[int, int] | None) -> np.ndarray:
-    """Scale ``rgb`` down by max(w / max_w, h / max_h) when that exceeds 1 (nsff_pl's rule,
-    cv2.INTER_AREA, sizes truncated); otherwise return it unchanged."""
-    if max_size is None:
-        return rgb
-    import cv2
-
-    h, w = rgb.shape[:2]
-    s = max(w / max_size[0], h / max_size[1])
-    if s <= 1:
-        return rgb
-    return cv2.resize(rgb, (int(w / s), int(h / s)), interpolation=cv2.INTER_AREA)
 
 
 def compute_flow_raft(
