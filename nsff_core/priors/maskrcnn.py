@@ -38,6 +38,7 @@ import numpy as np
 
 from ..errors import ConfigError, StageError
 from ..io import atomic_dir, frame_name, list_frames, read_image, read_mask, write_mask
+from .pretrained import load_state_dict_file
 
 log = logging.getLogger(__name__)
 
@@ -233,19 +234,12 @@ def _resolve_device(device: Any = None):
     return device
 
 
-def _brief(exc: BaseException, limit: int = 300) -> str:
-    """One line of at most ``limit`` characters from an exception's message."""
-    text = " ".join(str(exc).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def load_maskrcnn(checkpoint: str | Path | None, device: Any = None, scene: str | None = None):
     """torchvision Mask R-CNN ResNet-50-FPN v2 (91 COCO labels) in eval mode on ``device``.
 
     ``checkpoint`` is torchvision's COCO_V1 state dict, loaded strictly; ``None`` keeps the
     random initialisation (tests only). Nothing is downloaded.
     """
-    import torch
     from torchvision.models.detection import maskrcnn_resnet50_fpn_v2
 
     model = maskrcnn_resnet50_fpn_v2(
@@ -254,25 +248,16 @@ def load_maskrcnn(checkpoint: str | Path | None, device: Any = None, scene: str 
     if checkpoint is None:
         log.warning("Mask R-CNN: no checkpoint given, using RANDOM weights (masks meaningless)")
     else:
-        path = Path(checkpoint)
-        if not path.is_file():
-            raise StageError(
-                scene,
-                STAGE,
-                f"Mask R-CNN checkpoint not found: {path}",
-                f"put torchvision's {MASKRCNN_CHECKPOINT_NAME} ({MASKRCNN_CHECKPOINT_URL}) there, "
-                "or set masks.backend to 'epipolar' (weights-free)",
-            )
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            model.load_state_dict(state, strict=True)
-        except Exception as exc:  # unreadable file, foreign pickle, other keys or shapes
-            raise StageError(
-                scene,
-                STAGE,
-                f"{path} is not a torchvision Mask R-CNN v2 state dict ({_brief(exc)})",
-                f"use torchvision's {MASKRCNN_CHECKPOINT_NAME}",
-            ) from exc
+        load_state_dict_file(
+            model,
+            checkpoint,
+            "torchvision Mask R-CNN v2",
+            f"put torchvision's {MASKRCNN_CHECKPOINT_NAME} ({MASKRCNN_CHECKPOINT_URL}) there, "
+            "or set masks.backend to 'epipolar' (weights-free)",
+            f"use torchvision's {MASKRCNN_CHECKPOINT_NAME}",
+            STAGE,
+            scene,
+        )
     return model.eval().to(_resolve_device(device) if device is None else device)
 
 

@@ -51,3 +51,33 @@ def checkpoint(weights: str | Path, name: str, stage: str, scene: str | None) ->
     from .weights import resolve_from_marker
 
     return resolve_from_marker(weights, name, scene, stage)
+
+
+def _brief(exc: BaseException, limit: int = 300) -> str:
+    """One line of at most ``limit`` characters from an exception's message."""
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def load_state_dict_file(
+    model: Any,
+    checkpoint: str | Path,
+    what: str,
+    missing_hint: str,
+    wrong_hint: str,
+    stage: str,
+    scene: str | None = None,
+) -> None:
+    """Load a torch state-dict file into ``model`` strictly; a missing file, an unreadable one
+    or one with other keys or shapes is a :class:`StageError` naming ``what`` and the path."""
+    import torch
+
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise StageError(scene, stage, f"{what} checkpoint not found: {path}", missing_hint)
+    try:
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
+    except Exception as exc:  # unreadable file, foreign pickle, other keys or shapes
+        raise StageError(
+            scene, stage, f"{path} is not a {what} state dict ({_brief(exc)})", wrong_hint
+        ) from exc

@@ -38,6 +38,7 @@ from ..errors import StageError
 from ..io import atomic_dir, frame_name, list_frames, read_image, write_flo, write_mask
 from .flow import consistency_mask
 from .frames import cap_size
+from .pretrained import load_state_dict_file
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +65,6 @@ def resolve_device(device: Any = None):
     return device
 
 
-def _brief(exc: BaseException, limit: int = 300) -> str:
-    """One line of at most ``limit`` characters from an exception's message."""
-    text = " ".join(str(exc).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def load_raft(checkpoint: str | Path | None, device: Any = None, scene: str | None = None):
     """torchvision RAFT-Large in eval mode on ``device``.
 
@@ -77,33 +72,23 @@ def load_raft(checkpoint: str | Path | None, device: Any = None, scene: str | No
         checkpoint: a torchvision RAFT-Large state dict (``raft_large_C_T_V1-22a6c225.pth``),
             loaded strictly; ``None`` keeps the random initialisation (tests only).
     """
-    import torch
     from torchvision.models.optical_flow import raft_large
 
     model = raft_large(weights=None, progress=False)
     if checkpoint is None:
         log.warning("RAFT: no checkpoint given, using RANDOM weights (the flow is meaningless)")
     else:
-        path = Path(checkpoint)
-        if not path.is_file():
-            raise StageError(
-                scene,
-                STAGE,
-                f"RAFT checkpoint not found: {path}",
-                f"put torchvision's {RAFT_CHECKPOINT_NAME} ({RAFT_CHECKPOINT_URL}) there, or set "
-                "flow.backend to 'dis' (weights-free)",
-            )
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            model.load_state_dict(state, strict=True)
-        except Exception as exc:  # unreadable file, foreign pickle, other keys or shapes
-            raise StageError(
-                scene,
-                STAGE,
-                f"{path} is not a torchvision RAFT-Large state dict ({_brief(exc)})",
-                f"use torchvision's {RAFT_CHECKPOINT_NAME}, which holds the original raft-things "
-                "weights; the princeton-vl raft-things.pth uses other parameter names",
-            ) from exc
+        load_state_dict_file(
+            model,
+            checkpoint,
+            "torchvision RAFT-Large",
+            f"put torchvision's {RAFT_CHECKPOINT_NAME} ({RAFT_CHECKPOINT_URL}) there, or set "
+            "flow.backend to 'dis' (weights-free)",
+            f"use torchvision's {RAFT_CHECKPOINT_NAME}, which holds the original raft-things "
+            "weights; the princeton-vl raft-things.pth uses other parameter names",
+            STAGE,
+            scene,
+        )
     return model.eval().to(resolve_device(device) if device is None else device)
 
 
