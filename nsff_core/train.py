@@ -211,11 +211,14 @@ def train_scene(
     )
     trainer.fit(system, train_dataloaders=loader, ckpt_path=str(resume) if resume else None)
     trainer.save_checkpoint(run_dir / "last.ckpt")
-    if history is not None and metrics.exists():
-        # Lightning's CSV logger starts a new file on resume: keep the earlier steps in it
-        new = pd.read_csv(metrics)
-        old = history[history["step"] < new["step"].min()]
-        pd.concat([old, new], ignore_index=True).to_csv(metrics, index=False)
+    if history is not None:
+        # Lightning's CSV logger starts a new file on resume (and leaves none when the run was
+        # already complete): keep the earlier steps in it
+        if metrics.exists():
+            new = pd.read_csv(metrics)
+            old = history[history["step"] < new["step"].min()]
+            history = pd.concat([old, new], ignore_index=True)
+        history.to_csv(metrics, index=False)
     for name in ("config.json", "metrics.csv", "last.ckpt"):  # the checkpoint last: it marks done
         os.replace(run_dir / name, out_dir / name)
     shutil.rmtree(run_dir)

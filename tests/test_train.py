@@ -54,6 +54,11 @@ def test_two_steps_then_resume(tiny_scene_dir, tmp_path):
     assert ckpt["pixel_sampler"]["previous"] is not None, "the ray stream's state is kept"
     assert not (out / "running").exists()
 
+    # the same budget again: nothing left to train, the finished run and its metrics stay
+    train_scene(tiny_scene_dir, out, TrainConfig(**TINY, max_steps=4), scene="tiny")
+    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 4
+    assert [int(r["step"]) for r in _rows(out / "metrics.csv")] == [0, 1, 2, 3]
+
 
 def test_an_interrupted_run_resumes_and_other_settings_restart(tiny_scene_dir, tmp_path):
     from nsff_core.train import train_scene
