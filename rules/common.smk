@@ -28,6 +28,9 @@ def _load_scenes():
 
 SCENES = _load_scenes()
 
+#: config keep_intermediates (default true); false marks the large intermediates temp()
+KEEP_INTERMEDIATES = config.get("keep_intermediates", True)
+
 
 wildcard_constraints:
     scene="|".join(map(re.escape, SCENES)) if SCENES else "[^/]+",
@@ -75,15 +78,33 @@ def source_input(wc):
     return []
 
 
-def preprocess_targets(scene):
+def intermediate(path):
+    """An output that only the priors and train read, never render or evaluate (flow, disp,
+    the COLMAP workspace): temp() when config keep_intermediates is false, so Snakemake
+    deletes it once train has used it."""
+    return path if KEEP_INTERMEDIATES else temp(path)
+
+
+def intermediate_outputs(scene):
+    """The outputs that :func:`intermediate` marks, of one scene."""
     d = scene_dir(scene)
-    return [
+    return [f"{d}/{name}" for name in ("flow_fw", "flow_bw", "flow_ok", "sfm", "disp")]
+
+
+def preprocess_targets(scene):
+    """The priors of a scene (rule priors). Without keep_intermediates every intermediate is
+    listed: what a target rule asks for is never deleted, so `snakemake priors` keeps them."""
+    d = scene_dir(scene)
+    targets = [
         f"{d}/frames.json",
         f"{d}/flow_fw",
         f"{d}/masks",
         f"{d}/cameras.npz",
         f"{d}/disp",
     ]
+    if not KEEP_INTERMEDIATES:
+        targets += [t for t in intermediate_outputs(scene) if t not in targets]
+    return targets
 
 
 def video_format():
@@ -115,7 +136,10 @@ def all_targets():
     summary table."""
     targets = []
     for scene in SCENES:
-        targets += preprocess_targets(scene) + render_targets(scene)
+        priors = preprocess_targets(scene)
+        if not KEEP_INTERMEDIATES:  # not targets, or Snakemake would keep them
+            priors = [t for t in priors if t not in intermediate_outputs(scene)]
+        targets += priors + render_targets(scene)
         targets.append(f"{scene_dir(scene)}/eval/metrics.json")
     return targets + ["results/summary.csv"]
 

@@ -10,7 +10,7 @@ rule depth:
         sfm="results/{scene}/sfm",
         cameras="results/{scene}/cameras.npz",
     output:
-        disp=directory("results/{scene}/disp"),
+        disp=intermediate(directory("results/{scene}/disp")),
     log:
         "results/{scene}/logs/depth.log",
     benchmark:

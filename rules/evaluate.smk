@@ -25,6 +25,7 @@ rule evaluate:
         mem_mb=16000,
         runtime=120,
     params:
-        chunk=lambda wc: config.get("train", {}).get("chunk", 4096),
+        # the scene's train setting (its train_preset applied), nothing else of train
+        chunk=lambda wc: stage_cfg("train")(wc).get("chunk", 4096),
     script:
         "../workflow_scripts/evaluate.py"

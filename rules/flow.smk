@@ -7,9 +7,9 @@ rule flow:
         frames_json="results/{scene}/frames.json",
         weights="results/{scene}/weights.json",
     output:
-        fw=directory("results/{scene}/flow_fw"),
-        bw=directory("results/{scene}/flow_bw"),
-        ok=directory("results/{scene}/flow_ok"),
+        fw=intermediate(directory("results/{scene}/flow_fw")),
+        bw=intermediate(directory("results/{scene}/flow_bw")),
+        ok=intermediate(directory("results/{scene}/flow_ok")),
     log:
         "results/{scene}/logs/flow.log",
     benchmark:

@@ -25,6 +25,7 @@ rule render:
     params:
         paths_dir=lambda wc: f"results/{wc.scene}/paths",
         fps=lambda wc: config.get("render", {}).get("fps", 10.0),
-        chunk=lambda wc: config.get("train", {}).get("chunk", 4096),
+        # the scene's train setting (its train_preset applied), nothing else of train
+        chunk=lambda wc: stage_cfg("train")(wc).get("chunk", 4096),
     script:
         "../workflow_scripts/render.py"

@@ -6,7 +6,7 @@ rule sfm:
         frames="results/{scene}/frames",
         masks="results/{scene}/masks",
     output:
-        sfm=directory("results/{scene}/sfm"),
+        sfm=intermediate(directory("results/{scene}/sfm")),
         cameras="results/{scene}/cameras.npz",
         poses_bounds="results/{scene}/poses_bounds.npy",
     log:
