@@ -203,6 +203,10 @@ class TrainConfig:
     #: numeric precision: auto (bf16 autocast where the device has fast bf16: CUDA with bf16,
     #: CPUs with AMX; fp32 otherwise), fp32, or bf16
     precision: str = "auto"
+    #: GPUs that train the scene together, one DDP process each (each draws batch_size rays
+    #: per step; an epoch stays the same number of rays, so it takes ceil(1-GPU steps / gpus)
+    #: steps). Without CUDA, gpus > 1 runs that many CPU processes (gloo)
+    gpus: int = 1
     #: write train/last.ckpt every this many steps (and at the end)
     checkpoint_every: int = 500
     #: log a progress line every this many steps

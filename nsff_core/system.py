@@ -4,10 +4,17 @@ One training step renders a :class:`~nsff_core.data.RayBatch` of one frame t wit
 renders to t +- 1, computes every loss term of NSFF_SPEC section 5 as its own function
 (:mod:`nsff_core.losses`) and sums them with the epoch's weights (:func:`losses.weights_at`).
 Terms that need a neighbour frame are masked at the first and last frame (nsff_pl was not).
+
+Under DDP (``train.gpus`` > 1) every rank trains on its own rays: the logged terms are averaged
+over the ranks, a checkpoint keeps every rank's pixel-sampler state (and a digest of every
+rank's weights, which DDP keeps equal), and the hard-sampling weights are computed from the
+predictions of all ranks on rank 0 and broadcast.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import math
 from typing import Any
 
@@ -25,6 +32,15 @@ from .rays import ndc_to_world, projection_matrices
 from .render import RenderConfig, RenderOutput, render_rays
 
 Tensor = torch.Tensor
+log = logging.getLogger(__name__)
+
+
+def dist_world() -> tuple[int, int]:
+    """(rank, world size) of the initialised default process group; (0, 1) without one."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def field_config(cfg: TrainConfig) -> FieldConfig:
@@ -176,6 +192,10 @@ class NSFFSystem(pl.LightningModule):
             # (not kept: it is refilled within an epoch)
             self.register_buffer("hard_weights", torch.ones(num_frames, n_pix))
             self.register_buffer("last_rgb", torch.zeros(num_frames, n_pix, 3), persistent=False)
+            # the step of each last prediction (-1: none yet), to merge the ranks' predictions
+            self.register_buffer(
+                "last_step", torch.full((num_frames, n_pix), -1, dtype=torch.int32), False
+            )
         #: the :class:`~nsff_core.data.FrameSampler` that draws the training pixels (set by
         #: the trainer; hard sampling hands it new weights)
         self.pixel_sampler = None
@@ -210,27 +230,73 @@ class NSFFSystem(pl.LightningModule):
         loss = L.total_loss(terms, weights)
         if self.cfg.hard_sampling:
             self.last_rgb[batch.t, batch.pixel] = out.rgb.detach().float()
-        logs = {f"loss/{k}": v.detach() for k, v in terms.items()}
-        logs["loss/total"] = loss.detach()
-        logs["train/psnr"] = psnr(terms["color"].detach())
+            self.last_step[batch.t, batch.pixel] = self.global_step
+        logs = {f"loss/{k}": v.detach().float() for k, v in terms.items()}
+        logs["loss/total"] = loss.detach().float()
+        _, world = dist_world()
+        if world > 1:  # the mean over the ranks' batches, in one collective
+            values = torch.stack(list(logs.values()))
+            torch.distributed.all_reduce(values)
+            logs = dict(zip(logs, values / world, strict=True))
+        logs["train/psnr"] = psnr(logs["loss/color"])
         self.log_dict(logs, on_step=True, prog_bar=False, batch_size=len(batch.t))
         return loss
 
+    def state_digest(self) -> str:
+        """SHA-1 of the weights and persistent buffers (the checkpoint's state_dict)."""
+        h = hashlib.sha1()
+        for name, value in sorted(self.state_dict().items()):
+            h.update(name.encode())
+            h.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+        return h.hexdigest()
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep the pixel sampler's state, so that a resumed run continues the ray stream
-        instead of drawing the first batches of the run again."""
+        instead of drawing the first batches of the run again.
+
+        Under DDP (called on every rank) ``pixel_sampler`` is rank 0's, and ``ddp`` holds
+        ``world_size`` and, per rank, its sampler state and :meth:`state_digest`.
+        """
         sampler = self.pixel_sampler
-        if sampler is not None:
-            checkpoint["pixel_sampler"] = {
-                "rng": sampler.generator.get_state(),
-                "previous": sampler.previous,
-            }
+        if sampler is None:
+            return
+        state = {"rng": sampler.generator.get_state(), "previous": sampler.previous}
+        checkpoint["pixel_sampler"] = state
+        rank, world = dist_world()
+        if world == 1:
+            return
+        ranks: list[Any] = [None] * world
+        mine = {"pixel_sampler": state, "state_digest": self.state_digest()}
+        torch.distributed.all_gather_object(ranks, mine)
+        checkpoint["pixel_sampler"] = ranks[0]["pixel_sampler"]
+        checkpoint["ddp"] = {"world_size": world, "ranks": ranks}
+        if rank == 0 and len({r["state_digest"] for r in ranks}) > 1:
+            log.warning("train: the DDP ranks' weights differ at step %d", self.global_step)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint.get("pixel_sampler")
-        if state is not None and self.pixel_sampler is not None:
-            self.pixel_sampler.generator.set_state(state["rng"])
-            self.pixel_sampler.previous = state["previous"]
+        """Restore this rank's pixel-sampler state (rank r of a DDP run: the r-th saved)."""
+        if self.pixel_sampler is None:
+            return
+        rank, world = dist_world()
+        ddp = checkpoint.get("ddp")
+        if ddp is not None:
+            states = [r["pixel_sampler"] for r in ddp["ranks"]]
+        elif "pixel_sampler" in checkpoint:
+            states = [checkpoint["pixel_sampler"]]
+        else:
+            return
+        if len(states) != world:
+            log.warning(
+                "train: the checkpoint has the ray streams of %d process(es), this run has %d;"
+                " rank %d starts its stream afresh",
+                len(states),
+                world,
+                rank,
+            )
+            if rank >= len(states):
+                return
+        self.pixel_sampler.generator.set_state(states[rank]["rng"])
+        self.pixel_sampler.previous = states[rank]["previous"]
 
     def on_train_start(self) -> None:
         if self.cfg.hard_sampling and self.pixel_sampler is not None:
@@ -245,19 +311,46 @@ class NSFFSystem(pl.LightningModule):
             self.update_hard_weights(self.training_frames)
 
     @torch.no_grad()
+    def merge_last_predictions(self) -> None:
+        """DDP: every rank's ``last_rgb`` := the newest prediction of each pixel over all ranks
+        (the mean where ranks drew a pixel at the same step)."""
+        _, world = dist_world()
+        if world == 1:
+            return
+        dist = torch.distributed
+        newest = self.last_step.clone()
+        dist.all_reduce(newest, op=dist.ReduceOp.MAX)
+        mine = (self.last_step == newest) & (newest >= 0)
+        count = mine.float()
+        dist.all_reduce(count)
+        rgb = torch.where(mine[..., None], self.last_rgb, torch.zeros_like(self.last_rgb))
+        dist.all_reduce(rgb)
+        self.last_rgb.copy_(rgb / count.clamp_min(1)[..., None])
+        self.last_step.copy_(newest)
+
+    @torch.no_grad()
     def update_hard_weights(self, frames: Tensor) -> None:
         """Hard-sampling weights := 1 - SSIM map (real SSIM, in [0, 2]) between each training
         frame and the last prediction of its pixels, plus 0.01 so that no pixel is never drawn.
-        Pixels not drawn yet hold a black prediction and so get a high weight."""
+        Pixels not drawn yet hold a black prediction and so get a high weight.
+
+        Under DDP (called on every rank at the same step) the predictions of all ranks are
+        merged, rank 0 computes the weights and broadcasts them, so that all ranks sample
+        with the same weights."""
         from .metrics import ssim_map
 
+        self.merge_last_predictions()
+        rank, world = dist_world()
         h, w = frames.shape[1:3]
-        for t in range(frames.shape[0]):
-            pred = self.last_rgb[t].reshape(h, w, 3).cpu()
-            smap = ssim_map(pred, frames[t].cpu())
-            self.hard_weights[t] = (1.0 - smap).clamp_min(0).reshape(-1).to(
-                self.hard_weights
-            ) + 0.01
+        if rank == 0:
+            for t in range(frames.shape[0]):
+                pred = self.last_rgb[t].reshape(h, w, 3).cpu()
+                smap = ssim_map(pred, frames[t].cpu())
+                self.hard_weights[t] = (1.0 - smap).clamp_min(0).reshape(-1).to(
+                    self.hard_weights
+                ) + 0.01
+        if world > 1:
+            torch.distributed.broadcast(self.hard_weights, src=0)
         if self.pixel_sampler is not None:
             self.pixel_sampler.weights = self.hard_weights.detach().cpu().clone()
 

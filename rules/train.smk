@@ -2,6 +2,11 @@
 # train/running/, so a rerun after a crash resumes there.
 
 
+def train_gpus(wc):
+    """The scene's train.gpus (its train_preset applied): the job's GPUs, one DDP process each."""
+    return int(stage_cfg("train")(wc).get("gpus", 1))
+
+
 rule train:
     input:
         frames="results/{scene}/frames",
@@ -24,7 +29,7 @@ rule train:
         "../envs/nsff.yaml"
     threads: 2
     resources:
-        gpu=1,
+        gpu=train_gpus,
         mem_mb=16000,
         runtime=1440,
     params:
