@@ -32,7 +32,9 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary directory that replaces ``path`` only if the block succeeds.
 
     A failed stage therefore never leaves a directory that looks complete. An existing ``path``
-    is replaced (it is an output of ours, which Snakemake would delete before the job anyway).
+    is replaced (it is an output of ours, which Snakemake would delete before the job anyway),
+    and the scratch directories of earlier runs that were killed (SIGKILL skips the clean-up)
+    are removed once this one succeeds.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -45,11 +47,17 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     if path.exists():
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     os.replace(tmp, path)
+    for stale in path.parent.glob(f".{path.name}.tmp-*"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary file path (same folder, same suffix) renamed to ``path`` on success."""
+    """Yield a temporary file path (same folder, same suffix) renamed to ``path`` on success.
+
+    Scratch files of earlier runs that were killed are removed once this one succeeds.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{path.stem}.tmp-", suffix=path.suffix, dir=path.parent)
@@ -61,6 +69,9 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
         raise
     os.replace(tmp, path)
+    for stale in path.parent.glob(f".{path.stem}.tmp-*{path.suffix}"):
+        if stale.is_file():
+            stale.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- images

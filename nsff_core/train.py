@@ -261,8 +261,11 @@ def train_scene(
             old = history[history["step"] < new["step"].min()]
             history = pd.concat([old, new], ignore_index=True)
         history.to_csv(metrics, index=False)
-    for name in ("config.json", "metrics.csv", "last.ckpt"):  # the checkpoint last: it marks done
-        os.replace(run_dir / name, out_dir / name)
+    # copies first, the checkpoint moved last (it marks the run done): a kill in between leaves
+    # running/ complete, so the rerun resumes from it instead of starting again
+    for name in ("config.json", "metrics.csv"):
+        shutil.copy2(run_dir / name, out_dir / name)
+    os.replace(run_dir / "last.ckpt", out_dir / "last.ckpt")
     shutil.rmtree(run_dir)
     return out_dir / "last.ckpt"
 

@@ -53,6 +53,23 @@ def test_atomic_file(tmp_path):
     assert not target.exists() and list(tmp_path.iterdir()) == []
 
 
+def test_scratch_of_a_killed_run_is_removed_by_the_next_success(tmp_path):
+    # what a SIGKILL leaves: scratch next to the outputs (the clean-up never ran)
+    (tmp_path / ".frames.tmp-dead1").mkdir()
+    (tmp_path / ".frames.tmp-dead1" / "00000.png").write_bytes(b"x")
+    (tmp_path / ".cameras.tmp-dead2.npz").write_bytes(b"x")
+    (tmp_path / ".frames.tmp-dead3.json").write_bytes(b"x")  # another output's scratch
+    with io.atomic_dir(tmp_path / "frames") as d:
+        (d / "00000.png").write_bytes(b"ok")
+    with io.atomic_file(tmp_path / "cameras.npz") as p:
+        p.write_bytes(b"ok")
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == [".frames.tmp-dead3.json", "cameras.npz", "frames"]
+    with io.atomic_file(tmp_path / "frames.json") as p:
+        p.write_text("{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cameras.npz", "frames", "frames.json"]
+
+
 def test_image_and_mask_round_trip(tmp_path):
     rng = np.random.default_rng(1)
     img = rng.integers(0, 255, (6, 9, 3), dtype=np.uint8)
