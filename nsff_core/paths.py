@@ -34,7 +34,6 @@ from pathlib import Path
 import numpy as np
 
 from nsff_core.cameras import camera_centres, interpolate_poses, path_length, rigid_matrix
-from nsff_core.rays import average_pose
 
 #: Tolerance on ``R^T R = I`` and ``det R = 1`` when validating poses.
 ROTATION_TOL = 1e-4
@@ -335,6 +334,8 @@ def spiral_radius(c2w: np.ndarray) -> float:
     centres = camera_centres(c2w)
     if len(centres) < 2:
         return 0.0
+    from nsff_core.rays import average_pose  # rays imports torch: not at parse time
+
     x_axis = average_pose(c2w)[:3, 0]
     steps = np.abs(np.diff(centres @ x_axis))
     r = float(np.percentile(steps, SPIRAL_RADIUS_PERCENTILE))
@@ -360,6 +361,8 @@ def spiral_path(c2w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     m = SPIRAL_POSES_PER_FRAME * n
     query = np.linspace(0.0, n - 1, m)
     poses = interpolate_poses(np.arange(n, dtype=np.float64), c2w, query)
+    from nsff_core.rays import average_pose
+
     avg = average_pose(c2w)
     x_avg, up_avg = avg[:3, 0], -avg[:3, 1]
     theta = np.linspace(0.0, 2 * math.pi * SPIRAL_TURNS, m)
