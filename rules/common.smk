@@ -45,6 +45,11 @@ def stage_cfg(stage):
     return lambda wc: _sheet.scene_stage_config(config, SCENES[wc.scene], stage)
 
 
+def train_gpus(wc):
+    """The scene's train.gpus (its train_preset applied): the job's GPUs, one DDP process each."""
+    return int(stage_cfg("train")(wc).get("gpus", 1))
+
+
 def pretrained(wc, stage):
     """Whether the scene's backend of a prior stage needs a checkpoint (and wants a GPU)."""
     from nsff_core.priors.pretrained import is_pretrained

@@ -2,11 +2,6 @@
 # train/running/, so a rerun after a crash resumes there.
 
 
-def train_gpus(wc):
-    """The scene's train.gpus (its train_preset applied): the job's GPUs, one DDP process each."""
-    return int(stage_cfg("train")(wc).get("gpus", 1))
-
-
 rule train:
     input:
         frames="results/{scene}/frames",
