@@ -305,7 +305,7 @@ def _fit(
     )
     distributed: dict[str, Any] = {}
     if world > 1:
-        from lightning_fabric.plugins.environments import LightningEnvironment
+        from pytorch_lightning.plugins.environments import LightningEnvironment
         from pytorch_lightning.strategies import DDPStrategy
 
         distributed = {
