@@ -53,6 +53,7 @@ from torch import nn
 from .. import io
 from ..errors import StageError
 from .frames import cap_size
+from .pretrained import fp16_autocast
 
 log = logging.getLogger(__name__)
 
@@ -510,12 +511,7 @@ def predict_disparities(
     x = torch.from_numpy(batch).to(dev)
     if dev.type == "cuda":
         x = x.contiguous(memory_format=torch.channels_last)
-    autocast = (
-        torch.autocast(device_type=dev.type, dtype=torch.float16)
-        if amp
-        else contextlib.nullcontext()
-    )
-    with torch.inference_mode(), autocast:
+    with torch.inference_mode(), fp16_autocast(dev, amp):
         pred = model(x)
     pred = F.interpolate(
         pred.float().unsqueeze(1), size=tuple(out_hw), mode="bicubic", align_corners=False

@@ -26,7 +26,6 @@ epipolar union is the safety net for the movers a higher threshold misses.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections import Counter
@@ -38,7 +37,7 @@ import numpy as np
 
 from ..errors import ConfigError, StageError
 from ..io import atomic_dir, frame_name, list_frames, read_image, read_mask, write_mask
-from .pretrained import load_state_dict_file
+from .pretrained import fp16_autocast, load_state_dict_file
 
 log = logging.getLogger(__name__)
 
@@ -289,12 +288,7 @@ def predict_masks(
         for r in rgbs
     ]
     out = []
-    autocast = (
-        torch.autocast(device_type=device.type, dtype=torch.float16)
-        if amp
-        else contextlib.nullcontext()
-    )
-    with torch.inference_mode(), autocast:
+    with torch.inference_mode(), fp16_autocast(device, amp):
         preds = model(imgs)
     for p in preds:
         keep = kept_instances(p["labels"], p["scores"], classes, score_threshold)

@@ -12,6 +12,7 @@ and write the same files as the weights-free backends, at training resolution.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,18 @@ def checkpoint(weights: str | Path, name: str, stage: str, scene: str | None) ->
     from .weights import resolve_from_marker
 
     return resolve_from_marker(weights, name, scene, stage)
+
+
+def fp16_autocast(device: Any, enabled: bool):
+    """float16 autocast on ``device`` (a torch.device) when ``enabled``, else a no-op context.
+
+    The CUDA inference paths of RAFT, DPT and Mask R-CNN share it.
+    """
+    if not enabled:
+        return contextlib.nullcontext()
+    import torch
+
+    return torch.autocast(device_type=device.type, dtype=torch.float16)
 
 
 def _brief(exc: BaseException, limit: int = 300) -> str:

@@ -25,7 +25,6 @@ coordinates stay in float32, as in the original RAFT's ``mixed_precision`` mode.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Iterable, Sequence
@@ -38,7 +37,7 @@ from ..errors import StageError
 from ..io import atomic_dir, frame_name, list_frames, read_image, write_flo, write_mask
 from .flow import consistency_mask
 from .frames import cap_size
-from .pretrained import load_state_dict_file
+from .pretrained import fp16_autocast, load_state_dict_file
 
 log = logging.getLogger(__name__)
 
@@ -153,9 +152,7 @@ def _raft_forward(model, image1, image2, iters: int, amp: bool):
     device = image1.device
 
     def autocast():
-        if not amp:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=device.type, dtype=torch.float16)
+        return fp16_autocast(device, amp)
 
     with autocast():
         fmaps = model.feature_encoder(torch.cat([image1, image2], dim=0))
