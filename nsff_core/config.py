@@ -141,6 +141,10 @@ class WeightsConfig:
     #: cache folder; None = $NSFF_WEIGHTS_DIR, else ~/.cache/nsff/weights. On a cluster: a
     #: shared filesystem path.
     cache_dir: str | None = None
+    #: a checkpoint whose full sha256 the registry does not carry: record the digest of the
+    #: first file fetched into the cache and refuse a different file afterwards (true), or
+    #: refuse to use it at all (false)
+    trust_on_first_use: bool = True
 
 
 @dataclass(frozen=True)
@@ -214,6 +218,9 @@ class TrainConfig:
     seed: int = 42
     #: rays per forward pass at inference
     chunk: int = 4096
+    #: a non-finite loss or gradient: stop with an error (stop), or resume once from the last
+    #: good checkpoint at half the learning rates (retry)
+    on_divergence: str = "stop"
 
 
 @dataclass(frozen=True)

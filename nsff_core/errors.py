@@ -32,3 +32,35 @@ class StageError(RuntimeError):
 
 class ConfigError(ValueError):
     """The configuration or the scene sheet is invalid (raised before any job runs)."""
+
+
+class CorruptFileError(ValueError):
+    """A file that a stage reads does not decode: truncated, corrupt or of another format.
+
+    Raised by the readers of :mod:`nsff_core.io` (and the checkpoint loader), which know the
+    file but not the scene or the rule that reads it; :func:`nsff_core.workflow.run_stage`
+    turns it into a :class:`StageError` naming both (see :meth:`to_stage_error`).
+
+    Args:
+        path: the file.
+        cause: what is wrong with it.
+        made_by: the workflow rule that writes this file (``"sfm"`` for ``cameras.npz``), or
+            ``None`` for a file the user gave us.
+    """
+
+    def __init__(self, path: object, cause: str, made_by: str | None = None) -> None:
+        self.path = str(path)
+        self.cause = cause
+        self.made_by = made_by
+        super().__init__(f"cannot read {self.path}: {cause}")
+
+    def to_stage_error(self, scene: str | None, stage: str) -> StageError:
+        """The error as the rule ``stage`` of ``scene`` reports it."""
+        if self.made_by:
+            hint = (
+                f"delete {self.path} and rerun: rule '{self.made_by}' writes it again"
+                " (Snakemake reruns what depends on it)"
+            )
+        else:
+            hint = "replace or remove the file"
+        return StageError(scene, stage, str(self), hint)
