@@ -13,6 +13,17 @@ from typing import Any, TypeVar
 
 from .errors import ConfigError
 
+#: Smallest side, in pixels, of source and training frames that every stage handles. OpenCV's
+#: DIS optical flow raises an error or crashes the process (SIGSEGV) when the shorter side of a
+#: frame is below 32 px and the other is much longer (measured: 160x28 with the fast and
+#: ultrafast presets, 64x15 and 160x15 with medium); from 32 px up every preset works at any
+#: aspect ratio up to 8192 px. SfM needs far larger frames to register anything useful: this is
+#: the floor below which a stage crashes, not a recommendation.
+MIN_FRAME_SIDE = 32
+#: Largest side, in pixels, of training frames and rendered views (camera-path files): 8K.
+#: Larger values are typos that would allocate many GB per frame.
+MAX_FRAME_SIDE = 8192
+
 
 @dataclass(frozen=True)
 class SyntheticConfig:

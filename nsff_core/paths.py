@@ -34,6 +34,11 @@ from pathlib import Path
 import numpy as np
 
 from nsff_core.cameras import camera_centres, interpolate_poses, path_length, rigid_matrix
+from nsff_core.config import MAX_FRAME_SIDE
+
+#: most frames per time step of a split test_fixview{X}_interp{Y}: (N - 1) x Y + 1 poses are
+#: made and rendered, so a typo such as interp999999 would allocate and render for days
+MAX_INTERP = 1000
 
 #: Tolerance on ``R^T R = I`` and ``det R = 1`` when validating poses.
 ROTATION_TOL = 1e-4
@@ -102,6 +107,14 @@ def _check_arrays(
         raise _fail(where, "hw", f"expected shape (2,), got {hw.shape}")
     if not np.all(np.isfinite(hw)) or np.any(hw < 1) or np.any(hw != np.round(hw)):
         raise _fail(where, "hw", f"expected two positive integers (H, W), got {hw.tolist()}")
+    if np.any(hw > MAX_FRAME_SIDE):
+        # checked before anything of that size is allocated: a typo here asks for many GB
+        raise _fail(
+            where,
+            "hw",
+            f"render size {int(hw[0])}x{int(hw[1])} (H x W) exceeds the largest allowed side "
+            f"of {MAX_FRAME_SIDE} px",
+        )
     if times.shape != (c2w.shape[0],):
         raise _fail(
             where, "times", f"expected shape ({c2w.shape[0]},) to match c2w, got {times.shape}"
@@ -251,8 +264,10 @@ class SplitSpec:
             raise ValueError(
                 f"split kind {self.kind!r}: interp must {'' if need_interp else 'not '}be set"
             )
-        if self.interp is not None and self.interp < 0:
-            raise ValueError(f"interp must be >= 0, got {self.interp}")
+        if self.interp is not None and not 0 <= self.interp <= MAX_INTERP:
+            raise ValueError(
+                f"interp must be 0 to {MAX_INTERP} frames per time step, got {self.interp}"
+            )
         need_name = self.kind == "path"
         if need_name != (self.path_name is not None):
             raise ValueError(

@@ -2,17 +2,33 @@
 per-scene settings of every stage (global config with the sheet's overrides applied).
 
 The JSON schemas live in ``rules/schemas/``; the workflow passes their paths. Everything here is
-plain Python so that tests exercise exactly what the workflow runs at start-up.
+plain Python so that tests exercise exactly what the workflow runs at start-up. Numbers must be
+finite everywhere (the validator's ``number`` type excludes NaN and the infinities); the sheet is
+UTF-8 text, and messages name its rows by their line in the file.
 """
 
 from __future__ import annotations
 
+import codecs
 import copy
+import io
+import math
 import re
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+
+#: Largest number of learned plane features of the planes field (static and dynamic spatial
+#: planes over all levels, x channels): 2^28 float32 = 1 GiB, about 4 GiB with gradients and
+#: the optimiser's moments; eight times the largest K-Planes model.
+MAX_GRID_FEATURES = 1 << 28
+#: Longest scene name: it names results/<scene>/ and is part of every output path, which
+#: must stay below the file systems' 255-byte name and 4096-byte path limits.
+MAX_SCENE_NAME_LENGTH = 100
+#: Names the workflow itself writes directly under results/ (rule summary's table, log and
+#: benchmark); a scene of that name would collide with them. Compared case-insensitively.
+RESERVED_SCENE_NAMES = ("summary.csv", "logs", "benchmarks")
 
 #: sheet columns that override a stage setting: column -> (stage, key)
 OVERRIDES: dict[str, tuple[str, str]] = {
@@ -38,20 +54,88 @@ def _load_yaml(path: str | Path) -> Any:
         return yaml.safe_load(f)
 
 
+def _is_finite_number(checker, instance: Any) -> bool:
+    """JSON-schema type ``number`` without NaN and the infinities (YAML ``.nan``, ``.inf``)."""
+    import jsonschema
+
+    base = jsonschema.Draft202012Validator.TYPE_CHECKER
+    return base.is_type(instance, "number") and not (
+        isinstance(instance, float) and not math.isfinite(instance)
+    )
+
+
+def _validator(schema: dict):
+    """A draft 2020-12 validator of ``schema`` whose ``number`` excludes non-finite floats:
+    bounds such as ``exclusiveMinimum: 0`` hold for NaN (every comparison with it is false), so
+    the type itself must reject it, for every number setting at once."""
+    import jsonschema
+
+    checker = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("number", _is_finite_number)
+    cls = jsonschema.validators.extend(jsonschema.Draft202012Validator, type_checker=checker)
+    return cls(schema)
+
+
 def _format_error(err, kind: str = "key") -> str:
     loc = ".".join(str(p) for p in err.absolute_path)
-    return f"{kind} '{loc}': {err.message}" if loc else err.message
+    message = err.message
+    inst = err.instance
+    if err.validator == "type" and isinstance(inst, float) and not math.isfinite(inst):
+        message = f"must be a finite number, got {inst}"
+    elif err.validator == "maxLength" and isinstance(inst, str):
+        message = f"is {len(inst)} characters long, at most {err.validator_value} are allowed"
+    return f"{kind} '{loc}': {message}" if loc else message
 
 
 def validate_config(config: dict, schema_path: str | Path) -> None:
-    """Check ``config`` against the config schema; raise :class:`ConfigError` naming the key."""
-    import jsonschema
+    """Check ``config`` against the config schema; raise :class:`ConfigError` naming the key.
 
+    Besides the schema (which also rejects NaN and infinite numbers anywhere, train presets
+    included), the plane sizes of ``train`` and of every train preset (merged over ``train``,
+    as a scene sees them) must stay within :data:`MAX_GRID_FEATURES`.
+    """
     schema = _load_yaml(schema_path)
-    validator = jsonschema.Draft202012Validator(schema)
+    validator = _validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
         raise ConfigError("invalid configuration: " + "; ".join(_format_error(e) for e in errors))
+    _check_grid_size(config)
+
+
+def grid_features(values: dict[str, Any]) -> int:
+    """Learned features of the planes field with train settings ``values`` (missing keys take
+    the defaults): 3 spatial planes of (base x 2^l)^2 cells per level l, in the static and in the
+    dynamic field, times the channels. The dynamic field's time planes (resolution x frames)
+    are not counted: the frame count is not known before the frames rule ran."""
+    from .config import TrainConfig
+
+    def get(key: str) -> int:
+        return int(values.get(key, getattr(TrainConfig, key)))
+
+    base, channels = get("grid_base_resolution"), get("grid_channels")
+    cells = sum(
+        (base * 2**level) ** 2
+        for levels in (get("grid_levels"), get("grid_dynamic_levels"))
+        for level in range(levels)
+    )
+    return 3 * channels * cells
+
+
+def _check_grid_size(config: dict) -> None:
+    base = config.get("train", {}) or {}
+    sections = [("train", base)] + [
+        (f"train_presets.{name}", {**base, **(preset or {})})
+        for name, preset in (config.get("train_presets", {}) or {}).items()
+    ]
+    for where, values in sections:
+        features = grid_features(values)
+        if features > MAX_GRID_FEATURES:
+            raise ConfigError(
+                f"invalid configuration: key '{where}': the planes field would learn "
+                f"{features:,} features (grid_base_resolution, grid_levels, "
+                f"grid_dynamic_levels, grid_channels), more than the {MAX_GRID_FEATURES:,} "
+                f"allowed ({MAX_GRID_FEATURES * 4 // 2**30} GiB of float32 before gradients "
+                "and optimiser state); lower grid_levels or grid_base_resolution"
+            )
 
 
 def _coerce(value: str, spec: dict, column: str, where: str) -> Any:
@@ -62,55 +146,134 @@ def _coerce(value: str, spec: dict, column: str, where: str) -> Any:
         return int(value)
     if kind == "number":
         try:
-            return float(value)
+            number = float(value)
         except ValueError:
-            raise ConfigError(
-                f"{where}: column '{column}' must be a number, got {value!r}"
-            ) from None
+            number = math.nan
+        if not math.isfinite(number):  # float() also reads "nan" and "inf"
+            raise ConfigError(f"{where}: column '{column}' must be a finite number, got {value!r}")
+        return number
     return value
 
 
-def load_scene_sheet(path: str | Path, schema_path: str | Path) -> dict[str, dict[str, Any]]:
+class SceneSheet(dict):
+    """The scenes of a sheet, ``{scene: row}`` in sheet order (a plain dict for every reader),
+    plus where each row came from, so that later checks can name it.
+
+    Attributes:
+        path: the sheet file as configured.
+        lines: ``{scene: line number}``, 1-based line numbers of the file (comment and blank
+            lines counted), as an editor shows them.
+    """
+
+    def __init__(self, path: str | Path = "", rows=(), lines: dict[str, int] | None = None):
+        super().__init__(rows)
+        self.path = str(path)
+        self.lines = dict(lines or {})
+
+
+def sheet_place(scenes: dict[str, dict[str, Any]], name: str) -> str:
+    """How messages name a scene: its sheet file and line when known, and the scene."""
+    lines = getattr(scenes, "lines", {})
+    if name in lines:
+        return f"scene sheet {scenes.path} line {lines[name]} (scene '{name}')"
+    return f"scene '{name}'"
+
+
+def _read_sheet_text(path: Path) -> str:
+    """The sheet's text, decoded as UTF-8 (a leading byte-order mark, as spreadsheet programs
+    write, is dropped). Raises :class:`ConfigError` for any other encoding."""
+    data = path.read_bytes()
+    fix = (
+        "save the sheet as UTF-8 text (in a spreadsheet: 'Save as' tab-separated text with "
+        "character set UTF-8; or: iconv -f <encoding> -t UTF-8)"
+    )
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or b"\x00" in data:
+        # UTF-16 (and UTF-32) text of ASCII characters is valid UTF-8 byte by byte, with NUL
+        # bytes in between: its byte-order mark or the NULs give it away
+        raise ConfigError(f"scene sheet {path} is UTF-16 (or binary), not UTF-8 text; {fix}")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"scene sheet {path} line {line}: byte 0x{data[exc.start]:02x} is not UTF-8 (the "
+            f"sheet was probably saved as Latin-1 or Windows-1252); {fix}"
+        ) from None
+
+
+def check_scene_name(name: str, taken: dict[str, int], where: str) -> None:
+    """Refuse a scene name that a file or folder of the workflow owns, or that differs from an
+    earlier scene's only in case (``taken``: lower-cased names -> their line).
+
+    Names are compared case-insensitively: on macOS and Windows file systems ``Logs`` and
+    ``logs`` are one folder, so two such scenes would write into each other's results."""
+    if name.lower() in RESERVED_SCENE_NAMES:
+        raise ConfigError(
+            f"{where}: the scene name '{name}' is reserved: the workflow writes "
+            f"results/{name.lower()} itself (reserved names: {', '.join(RESERVED_SCENE_NAMES)}, "
+            "in any case); rename the scene"
+        )
+    other = taken.get(name.lower())
+    if other is not None:
+        raise ConfigError(
+            f"{where}: the scene name '{name}' differs only in case from the scene on line "
+            f"{other}; on case-insensitive file systems (macOS, Windows) both would write "
+            f"results/{name}/; rename one of them"
+        )
+
+
+def load_scene_sheet(path: str | Path, schema_path: str | Path) -> SceneSheet:
     """Read and validate the scene sheet (TSV, one row per scene, ``#`` starts a comment).
 
-    Empty cells mean "use the global config". Returns ``{scene: row}`` in sheet order, where a
-    row holds only the non-empty cells, typed as the schema says.
+    The file must be UTF-8 (with or without a byte-order mark). Empty cells mean "use the
+    global config". Returns ``{scene: row}`` in sheet order (a :class:`SceneSheet`, which also
+    records each row's line), where a row holds only the non-empty cells, typed as the schema
+    says. Messages give line numbers of the file, comment and blank lines counted.
 
     Raises:
-        ConfigError: missing file, unknown or missing columns, duplicate scene names, or a value
-        of the wrong type (the message names the row and column).
+        ConfigError: missing file, another encoding than UTF-8, unknown or missing columns,
+        duplicate, reserved or over-long scene names, or a value of the wrong type or out of
+        range (the message names the line and column).
     """
     import csv
-
-    import jsonschema
 
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"scene sheet {path} not found (config key 'scenes')")
     schema = _load_yaml(schema_path)
     columns = schema["properties"]
-    with open(path, newline="") as f:
-        lines = [ln for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
-    reader = csv.DictReader(lines, delimiter="\t")
+    text = _read_sheet_text(path)
+    # (line number, line) of the lines that hold data; newline="" keeps line ends for csv
+    kept = [
+        (lineno, ln)
+        for lineno, ln in enumerate(io.StringIO(text, newline=""), start=1)
+        if ln.strip() and not ln.lstrip().startswith("#")
+    ]
+    reader = csv.DictReader([ln for _, ln in kept], delimiter="\t")
     header = [c.strip() for c in (reader.fieldnames or [])]
+    at_header = f"scene sheet {path} line {kept[0][0]}" if kept else f"scene sheet {path}"
     unknown = [c for c in header if c not in columns]
     if unknown:
         raise ConfigError(
-            f"scene sheet {path}: unknown column(s) {unknown}; allowed columns: {list(columns)}"
+            f"{at_header}: unknown column(s) {unknown}; allowed columns: {list(columns)}"
         )
     missing = [c for c in schema.get("required", []) if c not in header]
     if missing:
-        raise ConfigError(f"scene sheet {path}: missing required column(s) {missing}")
+        raise ConfigError(f"{at_header}: missing required column(s) {missing}")
     dupes = [c for c in set(header) if header.count(c) > 1]
     if dupes:
-        raise ConfigError(f"scene sheet {path}: column(s) {dupes} appear more than once")
+        raise ConfigError(f"{at_header}: column(s) {dupes} appear more than once")
 
-    validator = jsonschema.Draft202012Validator(schema)
-    scenes: dict[str, dict[str, Any]] = {}
-    for lineno, raw in enumerate(reader, start=2):
+    validator = _validator(schema)
+    scenes = SceneSheet(path)
+    lowered: dict[str, int] = {}
+    consumed = reader.line_num  # data lines read so far (the header)
+    for raw in reader:
+        # a row starts on the data line after those read before it (a quoted cell may span lines)
+        lineno, consumed = kept[consumed][0], reader.line_num
+        where = f"scene sheet {path} line {lineno}"
         if None in raw:
-            raise ConfigError(f"scene sheet {path}, row {lineno}: more cells than columns")
-        where = f"scene sheet {path}, row {lineno}"
+            raise ConfigError(f"{where}: more cells than columns")
         row = {
             k.strip(): _coerce(v.strip(), columns[k.strip()], k.strip(), where)
             for k, v in raw.items()
@@ -119,16 +282,22 @@ def load_scene_sheet(path: str | Path, schema_path: str | Path) -> dict[str, dic
         errors = list(validator.iter_errors(row))
         if errors:
             name = row.get("scene", "?")
+            if isinstance(name, str) and len(name) > MAX_SCENE_NAME_LENGTH:
+                name = name[:20] + "..."
             raise ConfigError(
                 f"{where} (scene '{name}'): "
                 + "; ".join(_format_error(e, "column") for e in errors)
             )
-        if row["scene"] in scenes:
+        name = row["scene"]
+        if name in scenes:
             raise ConfigError(
-                f"scene sheet {path}: scene name '{row['scene']}' appears more than once "
-                f"(row {lineno}); scene names must be unique because they name results/<scene>/"
+                f"{where}: scene name '{name}' appears more than once (first on line "
+                f"{scenes.lines[name]}); scene names must be unique because they name "
+                "results/<scene>/"
             )
-        scenes[row["scene"]] = row
+        check_scene_name(name, lowered, f"{where} (scene '{name}')")
+        scenes[name] = row
+        scenes.lines[name] = lowered[name.lower()] = lineno
     if not scenes:
         raise ConfigError(f"scene sheet {path} has no scenes")
     return scenes
@@ -147,7 +316,7 @@ def check_synthetic_presets(config: dict, scenes: dict[str, dict[str, Any]]) -> 
         preset = synthetic_preset(row)
         if preset is not None and preset not in presets:
             raise ConfigError(
-                f"scene '{name}': source '{row['source']}' names no synthetic preset; "
+                f"{sheet_place(scenes, name)}: source '{row['source']}' names no synthetic preset; "
                 f"defined presets (config key 'synthetic'): {sorted(presets)}"
             )
 
@@ -159,9 +328,47 @@ def check_train_presets(config: dict, scenes: dict[str, dict[str, Any]]) -> None
         preset = row.get("train_preset")
         if preset is not None and preset not in presets:
             raise ConfigError(
-                f"scene '{name}': train_preset '{preset}' is not defined; presets under config "
-                f"key 'train_presets': {sorted(presets)}"
+                f"{sheet_place(scenes, name)}: train_preset '{preset}' is not defined; presets "
+                f"under config key 'train_presets': {sorted(presets)}"
             )
+
+
+def check_frame_ranges(config: dict, scenes: dict[str, dict[str, Any]]) -> None:
+    """Every scene's frame range ``[start, end)`` must be non-empty, whichever of the sheet
+    (columns start, end) and the config (frames.start, frames.end) each bound comes from. For a
+    synthetic scene, whose frame count is known before any job runs, the range must also keep
+    at least 2 of its frames."""
+    from .config import FramesConfig, SyntheticConfig
+
+    def origin(row: dict[str, Any], key: str) -> str:
+        return f"column '{key}'" if key in row else f"config key frames.{key}"
+
+    synthetic = config.get("synthetic", {}) or {}
+    for name, row in scenes.items():
+        values = scene_stage_config(config, row, "frames")
+        start = values.get("start", FramesConfig.start)
+        end = values.get("end", FramesConfig.end)
+        stride = values.get("stride", FramesConfig.stride)
+        if end is not None and end <= start:
+            raise ConfigError(
+                f"{sheet_place(scenes, name)}: the frame range is empty: end {end} "
+                f"({origin(row, 'end')}) must be greater than start {start} "
+                f"({origin(row, 'start')}); the range is [start, end), end exclusive"
+            )
+        preset = synthetic.get(synthetic_preset(row) or "")
+        if preset is not None:
+            total = preset.get("num_frames", SyntheticConfig.num_frames)
+            kept = len(range(start, total if end is None else min(end, total), stride))
+            if kept < 2:
+                raise ConfigError(
+                    f"{sheet_place(scenes, name)}: the frame range start={start} end={end} "
+                    f"stride={stride} keeps {kept} of the {total} frames of "
+                    f"'{row['source']}'; NSFF needs at least 2"
+                )
+
+
+#: the side videos of a render split ``s``: ``s_depth``, ``s_static``, ``s_dynamic``
+RENDER_SIDE_VIDEOS = ("depth", "static", "dynamic")
 
 
 def check_splits(config: dict, scenes: dict[str, dict[str, Any]]) -> None:
@@ -171,12 +378,25 @@ def check_splits(config: dict, scenes: dict[str, dict[str, Any]]) -> None:
     checks = [("config key render.splits", s) for s in scene_splits(config, {})]
     for name, row in scenes.items():
         if row.get("splits"):
-            checks += [(f"scene '{name}', column 'splits'", s) for s in scene_splits(config, row)]
-    for where, split in checks:
+            checks += [
+                (f"{sheet_place(scenes, name)}, column 'splits'", s)
+                for s in scene_splits(config, row)
+            ]
+    for place, split in checks:
         try:
             parse_split(split)
         except ValueError as exc:
-            raise ConfigError(f"{where}: {exc}") from None
+            raise ConfigError(f"{place}: {exc}") from None
+    for name, row in scenes.items():
+        splits = set(scene_splits(config, row))
+        for split in sorted(splits):
+            for side in RENDER_SIDE_VIDEOS:
+                if f"{split}_{side}" in splits:
+                    raise ConfigError(
+                        f"{sheet_place(scenes, name)}: the render splits {split} and"
+                        f" {split}_{side} would write the same file ({split}_{side} is also the"
+                        f" name of the {side} video of split {split}); rename that camera path"
+                    )
 
 
 def check_mask_classes(config: dict, scenes: dict[str, dict[str, Any]]) -> None:
@@ -190,7 +410,7 @@ def check_mask_classes(config: dict, scenes: dict[str, dict[str, Any]]) -> None:
         try:
             resolve_classes(values["classes"])
         except ConfigError as exc:
-            raise ConfigError(f"scene '{name}', masks.classes: {exc}") from None
+            raise ConfigError(f"{sheet_place(scenes, name)}, masks.classes: {exc}") from None
 
 
 def scene_splits(config: dict, row: dict[str, Any]) -> list[str]:

@@ -19,6 +19,7 @@ def _load_scenes():
         scenes = _sheet.load_scene_sheet(config["scenes"], schemas / "scenes.schema.yaml")
         _sheet.check_synthetic_presets(config, scenes)
         _sheet.check_train_presets(config, scenes)
+        _sheet.check_frame_ranges(config, scenes)
         _sheet.check_splits(config, scenes)
         _sheet.check_mask_classes(config, scenes)
     except ConfigError as exc:
@@ -43,6 +44,13 @@ def scene_dir(scene):
 def stage_cfg(stage):
     """Params function: the stage's settings for a scene (global config + sheet overrides)."""
     return lambda wc: _sheet.scene_stage_config(config, SCENES[wc.scene], stage)
+
+
+def weights_config():
+    """The typed ``weights`` section (cache folder, trust on first use)."""
+    from nsff_core.config import stage_config
+
+    return stage_config("weights", config.get("weights"))
 
 
 def train_gpus(wc):
@@ -157,6 +165,7 @@ def summary_after_error():
     from nsff_core.report import write_summary
 
     try:
-        write_summary(list(SCENES), "results/summary.csv", "results")
+        splits = {s: _sheet.scene_splits(config, SCENES[s]) for s in SCENES}
+        write_summary(list(SCENES), "results/summary.csv", "results", splits=splits)
     except Exception as exc:  # never hide the error that stopped the workflow
         print(f"could not write results/summary.csv after the error: {exc}", file=sys.stderr)

@@ -1,6 +1,7 @@
 """config.yaml, the schemas and the scene sheet."""
 
 import dataclasses
+import re
 
 import pytest
 import yaml
@@ -90,7 +91,7 @@ def test_sheet_unknown_columns(tmp_path):
 
 
 def test_sheet_bad_values_name_row_and_column(tmp_path):
-    with pytest.raises(ConfigError, match="row 2.*'stride' must be an integer"):
+    with pytest.raises(ConfigError, match="line 2: column 'stride' must be an integer"):
         _sheet(tmp_path, "scene\tsource\tstride\na\tx.mp4\ttwo\n")
     with pytest.raises(ConfigError, match="scene 'a'.*masks"):
         _sheet(tmp_path, "scene\tsource\tmasks\na\tx.mp4\tmaskrnn\n")
@@ -117,3 +118,132 @@ def test_unknown_synthetic_preset(tmp_path):
     scenes = _sheet(tmp_path, "scene\tsource\na\tsynthetic:huge\n")
     with pytest.raises(ConfigError, match="scene 'a'.*synthetic:huge"):
         sheet.check_synthetic_presets(_config(), scenes)
+
+
+# --------------------------------------------------------------------------- finite numbers
+
+
+def _float_keys(node, prefix=()):
+    """Key paths of every float in ``node`` (nested dicts and lists)."""
+    if isinstance(node, float):
+        yield prefix
+    elif isinstance(node, dict):
+        for k, v in node.items():
+            yield from _float_keys(v, (*prefix, k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _float_keys(v, (*prefix, i))
+
+
+def _set(cfg, path, value):
+    node = cfg
+    for k in path[:-1]:
+        node = node.setdefault(k, {}) if isinstance(node, dict) else node[k]
+    node[path[-1]] = value
+
+
+#: every float setting of config.yaml, plus float settings that are null or absent there
+FLOAT_KEYS = sorted(
+    set(_float_keys(yaml.safe_load((REPO / "config.yaml").read_text())))
+    | {
+        ("train", "max_time_minutes"),
+        ("train_presets", "cpu_demo", "lr"),
+        ("train_presets", "tiny", "grid_lr"),
+        ("synthetic", "demo", "novel_offsets"),
+    },
+    key=str,
+)
+
+
+@pytest.mark.parametrize("path", FLOAT_KEYS, ids=".".join)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")], ids=str)
+def test_every_float_setting_rejects_nan_and_inf(path, bad):
+    cfg = _config()
+    if path[-1] == "novel_offsets":
+        _set(cfg, path, [[0.0, bad, 0.0]])
+        path = (*path, 0, 1)
+    else:
+        _set(cfg, path, bad)
+    key = ".".join(map(str, path))
+    with pytest.raises(ConfigError, match=rf"key '{re.escape(key)}': must be a finite number"):
+        sheet.validate_config(cfg, SCHEMAS / "config.schema.yaml")
+
+
+def test_float_keys_cover_the_issue_cases():
+    names = {".".join(p) for p in FLOAT_KEYS if all(isinstance(k, str) for k in p)}
+    assert {"train.lr", "train.grid_lr", "render.fps", "synthetic.demo.fps"} <= names
+
+
+# --------------------------------------------------------------------------- size bounds
+
+
+@pytest.mark.parametrize(
+    "path, value",
+    [
+        (("frames", "width"), 99999999),
+        (("frames", "height"), 8193),
+        (("frames", "max_frames"), 10**6),
+        (("synthetic", "demo", "width"), 99999),
+        (("synthetic", "tiny", "num_frames"), 10**6),
+        (("train", "num_samples"), 10**6),
+        (("train", "batch_size"), 10**7),
+        (("train", "chunk"), 2**21),
+        (("train", "width"), 10**5),
+        (("train", "depth"), 1000),
+        (("train", "grid_channels"), 10**4),
+        (("train", "grid_hidden"), 10**5),
+        (("train", "grid_base_resolution"), 10**5),
+        (("train", "gpus"), 1000),
+        (("train_presets", "cpu_demo", "batch_size"), 10**7),
+        (("masks", "dilate"), 10**5),
+        (("sfm", "max_num_features"), 10**7),
+        (("depth", "smooth_sigma"), 1e9),
+    ],
+    ids=lambda v: ".".join(v) if isinstance(v, tuple) else str(v),
+)
+def test_memory_bounds_have_a_maximum(path, value):
+    cfg = _config()
+    _set(cfg, path, value)
+    key = re.escape(".".join(path))
+    with pytest.raises(ConfigError, match=rf"key '{key}': .* is greater than the maximum"):
+        sheet.validate_config(cfg, SCHEMAS / "config.schema.yaml")
+
+
+def test_frame_size_minimum():
+    cfg = _config()
+    for key in ("width", "height"):
+        cfg["frames"].update(width=None, height=None)
+        cfg["frames"][key] = C.MIN_FRAME_SIDE - 1
+        with pytest.raises(ConfigError, match=rf"frames\.{key}': 31 is less than the minimum"):
+            sheet.validate_config(cfg, SCHEMAS / "config.schema.yaml")
+        cfg["frames"][key] = C.MIN_FRAME_SIDE
+        sheet.validate_config(cfg, SCHEMAS / "config.schema.yaml")
+    cfg["synthetic"]["tiny"]["height"] = 16
+    with pytest.raises(ConfigError, match=r"synthetic\.tiny\.height': 16 is less"):
+        sheet.validate_config(cfg, SCHEMAS / "config.schema.yaml")
+
+
+def test_config_schema_frame_bounds_are_the_constants():
+    frames = yaml.safe_load((SCHEMAS / "config.schema.yaml").read_text())["properties"]["frames"]
+    for side in ("width", "height"):
+        assert frames["properties"][side]["minimum"] == C.MIN_FRAME_SIDE
+        assert frames["properties"][side]["maximum"] == C.MAX_FRAME_SIDE
+
+
+def test_plane_feature_count_is_bounded():
+    cfg = _config()
+    default = sheet.grid_features(cfg["train"])
+    assert default == 3 * 16 * (32**2 + 64**2 + 128**2 + 256**2 + 32**2 + 64**2)
+    # each value is within its own maximum, the product is not: 3 x 64 x (4096^2 + ...)
+    cfg["train_presets"]["huge"] = {
+        "grid_base_resolution": 512,
+        "grid_levels": 4,
+        "grid_channels": 64,
+    }
+    with pytest.raises(ConfigError, match=r"key 'train_presets\.huge': .*features"):
+        sheet.validate_config(cfg, SCHEMAS / "config.schema.yaml")
+    # a preset inherits what it does not set from train
+    cfg["train_presets"]["huge"] = {"grid_levels": 8}
+    cfg["train"]["grid_channels"] = 64
+    with pytest.raises(ConfigError, match=r"key 'train_presets\.huge'"):
+        sheet.validate_config(cfg, SCHEMAS / "config.schema.yaml")

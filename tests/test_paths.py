@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from nsff_core.cameras import camera_centres, interpolate_poses, path_length
+from nsff_core.config import MAX_FRAME_SIDE
 from nsff_core.paths import (
+    MAX_INTERP,
     WANDER_POSES,
     CameraPath,
     SplitSpec,
@@ -75,6 +77,12 @@ def test_parse_round_trip(name, spec):
 def test_parse_errors(bad):
     with pytest.raises(ValueError, match="valid forms"):
         parse_split(bad)
+
+
+def test_interp_is_bounded():
+    assert parse_split(f"test_fixview1_interp{MAX_INTERP}").interp == MAX_INTERP
+    with pytest.raises(ValueError, match=f"interp must be 0 to {MAX_INTERP}"):
+        parse_split(f"test_fixview1_interp{MAX_INTERP + 1}")
 
 
 def test_spec_validation():
@@ -230,3 +238,41 @@ def test_camera_path_validation(tmp_path, traj):
 
     with pytest.raises(ValueError, match="'hw'"):
         CameraPath(c2w=c2w, K=K, hw=(0, 5), times=np.arange(N), name="x")
+
+
+@pytest.mark.parametrize("hw", [(100000, 100000), (36, 8193)])
+def test_camera_path_size_is_bounded_before_rendering(tmp_path, traj, hw):
+    """A path file asking for a view larger than 8192 px on a side is refused when read: a
+    100000x100000 view would need tens of GB per frame."""
+    c2w, K = traj
+    f = tmp_path / "big.npz"
+    _write(f, c2w=c2w, K=K, hw=np.array(hw), times=np.arange(N, dtype=float))
+    with pytest.raises(ValueError, match=rf"big\.npz: key 'hw': render size {hw[0]}x{hw[1]}"):
+        CameraPath.load(f, n_frames=N)
+    _write(f, c2w=c2w, K=K, hw=np.array((36, MAX_FRAME_SIDE)), times=np.arange(N, dtype=float))
+    assert CameraPath.load(f).hw == (36, MAX_FRAME_SIDE)
+
+
+def test_render_reports_a_huge_camera_path_as_a_stage_error(tmp_path, traj):
+    """The render rule's function turns the refusal into a StageError naming the scene, before
+    it loads the model (the checkpoint here does not even exist)."""
+    from nsff_core.errors import StageError
+    from nsff_core.io import write_cameras
+    from nsff_core.render_split import render_split
+
+    c2w, K = traj
+    cams = tmp_path / "cameras.npz"
+    names = [f"{i:05d}.png" for i in range(N)]
+    write_cameras(cams, c2w, K, HW, np.full(N, 0.5), np.full(N, 5.0), names)
+    (tmp_path / "paths").mkdir()
+    big = dict(c2w=c2w, K=K, hw=np.array((100000, 100000)), times=np.arange(N, dtype=float))
+    _write(tmp_path / "paths" / "big.npz", **big)
+    with pytest.raises(StageError, match=r"scene 's', rule 'render'.*'hw': render size 100000"):
+        render_split(
+            tmp_path / "missing.ckpt",
+            cams,
+            "path_big",
+            tmp_path / "render",
+            tmp_path / "paths",
+            scene="s",
+        )
