@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from . import io
-from .errors import StageError
+from .errors import CorruptFileError, StageError
 from .rays import SceneNormalization, get_rays_at, normalize_poses, rays_to_ndc
 
 log = logging.getLogger(__name__)
@@ -153,8 +154,36 @@ def scene_data_from_arrays(
     )
 
 
+def _read_stack(paths: list[Path], read, hw: tuple[int, int] | None, made_by: str) -> np.ndarray:
+    """``read`` each of ``paths`` (one per frame or frame pair) and stack them.
+
+    Every array must be ``hw`` = (H, W) in its first two axes (the frames' size; None: the
+    first file's): a file of another size is from an older run or damaged, and is reported as
+    a :class:`~nsff_core.errors.CorruptFileError` of the rule ``made_by`` (delete the folder).
+    """
+    arrays = []
+    for p in paths:
+        a = read(p)
+        hw = a.shape[:2] if hw is None else hw
+        if a.shape[:2] != tuple(hw):
+            raise CorruptFileError(
+                p,
+                f"it is {a.shape[1]}x{a.shape[0]} but the frames are {hw[1]}x{hw[0]} (W x H)",
+                made_by,
+                output=Path(p).parent,
+            )
+        arrays.append(a)
+    return np.stack(arrays)
+
+
 def load_scene(scene_dir: str | Path, scene: str | None = None) -> SceneData:
-    """Read frames, flows, masks, disparities and cameras of ``results/<scene>/``."""
+    """Read frames, flows, masks, disparities and cameras of ``results/<scene>/``.
+
+    Raises:
+        StageError: cameras and frames disagree in number.
+        CorruptFileError: a file does not read (truncated, garbled, wrong size), naming it and
+            the rule that writes it; :func:`nsff_core.workflow.run_stage` reports it.
+    """
     from .priors.depth import sparse_points
 
     d = Path(scene_dir)
@@ -168,13 +197,26 @@ def load_scene(scene_dir: str | Path, scene: str | None = None) -> SceneData:
             f"{d / 'cameras.npz'} has {len(cams['c2w'])} cameras for {n} frames",
             "rerun the sfm rule (delete its outputs) so that cameras and frames match",
         )
-    rgb = np.stack([io.read_image(p) for p in frames])
-    disp = np.stack([io.read_disparity(d / "disp" / io.frame_name(i, ".npy")) for i in range(n)])
-    fw = np.stack([io.read_flo(d / "flow_fw" / io.frame_name(i, ".flo")) for i in range(n - 1)])
-    bw = np.stack([io.read_flo(d / "flow_bw" / io.frame_name(i, ".flo")) for i in range(1, n)])
-    fw_ok = np.stack([io.read_mask(d / "flow_ok" / f"{i:05d}_fw.png") for i in range(n - 1)])
-    bw_ok = np.stack([io.read_mask(d / "flow_ok" / f"{i:05d}_bw.png") for i in range(1, n)])
-    dynamic = np.stack([io.read_mask(d / "masks" / io.frame_name(i)) for i in range(n)])
+    rgb = _read_stack(frames, partial(io.read_image, made_by="frames"), None, "frames")
+    hw = rgb.shape[1:3]
+    if tuple(int(v) for v in cams["hw"]) != hw:
+        raise io.CorruptFileError(
+            d / "cameras.npz",
+            f"its image size hw={cams['hw'].tolist()} is not the frames' {list(hw)} (H, W)",
+            "sfm",
+        )
+
+    def stack(folder: str, names: list[str], read, made_by: str) -> np.ndarray:
+        return _read_stack([d / folder / name for name in names], read, hw, made_by)
+
+    pairs = range(n - 1)
+    flow_ok = partial(io.read_mask, made_by="flow")
+    disp = stack("disp", [io.frame_name(i, ".npy") for i in range(n)], io.read_disparity, "depth")
+    fw = stack("flow_fw", [io.frame_name(i, ".flo") for i in pairs], io.read_flo, "flow")
+    bw = stack("flow_bw", [io.frame_name(i + 1, ".flo") for i in pairs], io.read_flo, "flow")
+    fw_ok = stack("flow_ok", [f"{i:05d}_fw.png" for i in pairs], flow_ok, "flow")
+    bw_ok = stack("flow_ok", [f"{i + 1:05d}_bw.png" for i in pairs], flow_ok, "flow")
+    dynamic = stack("masks", [io.frame_name(i) for i in range(n)], io.read_mask, "masks")
 
     per_frame = sparse_points(d / "sfm", cams, min_track_length=2, scene=scene)
     depths, at_points = [], []

@@ -46,19 +46,26 @@ class CorruptFileError(ValueError):
         cause: what is wrong with it.
         made_by: the workflow rule that writes this file (``"sfm"`` for ``cameras.npz``), or
             ``None`` for a file the user gave us.
+        output: the rule output to delete so that the rule runs again: the file itself
+            (default), or the folder of a per-frame file (Snakemake tracks ``flow_fw/``, not
+            the files in it, so deleting one file would not rerun the rule).
     """
 
-    def __init__(self, path: object, cause: str, made_by: str | None = None) -> None:
+    def __init__(
+        self, path: object, cause: str, made_by: str | None = None, output: object = None
+    ) -> None:
         self.path = str(path)
         self.cause = cause
         self.made_by = made_by
+        self.output = str(output) if output is not None else self.path
         super().__init__(f"cannot read {self.path}: {cause}")
 
     def to_stage_error(self, scene: str | None, stage: str) -> StageError:
         """The error as the rule ``stage`` of ``scene`` reports it."""
         if self.made_by:
+            what = "the folder " if self.output != self.path else ""
             hint = (
-                f"delete {self.path} and rerun: rule '{self.made_by}' writes it again"
+                f"delete {what}{self.output} and rerun: rule '{self.made_by}' writes it again"
                 " (Snakemake reruns what depends on it)"
             )
         else:

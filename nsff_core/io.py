@@ -8,20 +8,94 @@
 - ``cameras.npz``: ``c2w`` (N,4,4) OpenCV axes (x right, y down, z forward), ``K`` (3,3) at
   training resolution, ``hw`` (2,), ``near``/``far`` (N,), ``names`` (N,), ``registered`` (N,).
 - ``poses_bounds.npy``: LLFF convention (N, 17), see :func:`write_poses_bounds`.
+
+Reading: :func:`read_image` is the one image reader of every stage, for the user's images and
+our own PNGs alike (see there for the accepted kinds). The readers of the workflow's own files
+raise :class:`~nsff_core.errors.CorruptFileError` naming the file and the rule that writes it
+when a file is truncated, garbled or of the wrong shape, so that the rule that reads it stops
+with "delete it and rerun" instead of a numpy or zip traceback.
+
+Writing: outputs appear atomically (:func:`atomic_dir`, :func:`atomic_file`) with the modes a
+plain ``open``/``mkdir`` would give them under the process umask.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
+import stat
 import tempfile
+import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
+from .errors import CorruptFileError
+
+log = logging.getLogger(__name__)
+
 FLO_MAGIC = np.float32(202021.25)
+
+
+def _corrupt(path: object, cause: str, made_by: str | None, in_folder: bool) -> CorruptFileError:
+    """The error for an unreadable ``path``; ``in_folder``: one file of a folder output."""
+    if made_by and in_folder:
+        return CorruptFileError(path, cause, made_by, output=Path(path).parent)
+    return CorruptFileError(path, cause, made_by)
+
+
+def _reason(err: BaseException) -> str:
+    """A short cause from a decoder's exception (its first line, with its type)."""
+    if "pickled" in str(err):
+        # numpy's words for a file that starts with neither the .npy nor the zip signature
+        return "not an .npy/.npz file (unknown or garbled header)"
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0][:200]}" if lines else type(err).__name__
+
+
+# --------------------------------------------------------------------------- file modes
+
+
+def current_umask() -> int:
+    """The process umask (e.g. ``0o022``), read without changing it where the system allows.
+
+    Linux (4.7+) reports it in ``/proc/self/status``. Elsewhere it is read the classic way, by
+    setting a temporary umask and restoring it; the umask is process-wide, so a file another
+    thread creates in that instant gets the temporary ``0o077`` (the safe side: private).
+    Read on every call (it is cheap), so a umask set after import is honoured.
+    """
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+def apply_default_mode(path: str | os.PathLike) -> None:
+    """Give ``path`` the mode a plain ``open``/``mkdir`` would: 0o666 (files) or 0o777
+    (folders) less the umask.
+
+    ``tempfile.mkstemp``/``mkdtemp`` create 0o600/0o700 whatever the umask, which would keep
+    other members of a group out of a shared results folder or weights cache. A folder keeps
+    its set-group-ID bit (inherited from a setgid parent, as with ``mkdir``), so new files in a
+    group folder stay in the group. Best effort: a file system without modes (FAT, some network
+    mounts) refuses ``chmod``, which is logged and ignored.
+    """
+    st = os.stat(path)
+    if stat.S_ISDIR(st.st_mode):
+        mode = (0o777 & ~current_umask()) | (st.st_mode & stat.S_ISGID)
+    else:
+        mode = 0o666 & ~current_umask()
+    try:
+        os.chmod(path, mode)
+    except OSError as err:
+        log.debug("cannot set mode %o on %s: %s", mode, path, err)
 
 
 # --------------------------------------------------------------------------- atomic outputs
@@ -34,7 +108,8 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     A failed stage therefore never leaves a directory that looks complete. An existing ``path``
     is replaced (it is an output of ours, which Snakemake would delete before the job anyway),
     and the scratch directories of earlier runs that were killed (SIGKILL skips the clean-up)
-    are removed once this one succeeds.
+    are removed once this one succeeds. The folder gets the mode of a plain ``mkdir`` (0o777
+    less the umask, see :func:`apply_default_mode`) before it is renamed.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -44,6 +119,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    apply_default_mode(tmp)
     if path.exists():
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     os.replace(tmp, path)
@@ -55,6 +131,8 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary file path (same folder, same suffix) renamed to ``path`` on success.
+
+    The file gets the mode of a plain ``open`` (0o666 less the umask) before it is renamed.
 
     Scratch files of earlier runs that were killed are removed once this one succeeds.
     """
@@ -68,6 +146,7 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    apply_default_mode(tmp)
     os.replace(tmp, path)
     for stale in path.parent.glob(f".{path.stem}.tmp-*{path.suffix}"):
         if stale.is_file():
@@ -87,15 +166,82 @@ def list_frames(frames_dir: str | os.PathLike) -> list[Path]:
     return sorted(Path(frames_dir).glob("*.png"))
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an 8-bit image as RGB (H, W, 3) uint8. Raises ``ValueError`` if it does not decode."""
+def _decode(path: str | os.PathLike, flags: int, made_by: str | None) -> np.ndarray:
+    """Decode an image file with OpenCV (``flags``); unreadable files -> CorruptFileError."""
     import cv2
 
-    data = np.fromfile(str(path), dtype=np.uint8)
-    img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    try:
+        data = np.fromfile(str(path), dtype=np.uint8)
+    except OSError as err:
+        raise _corrupt(path, _reason(err), made_by, True) from err
+    if data.size == 0:
+        raise _corrupt(path, "the file is empty", made_by, True)
+    try:
+        img = cv2.imdecode(data, flags)
+    except cv2.error as err:  # e.g. more pixels than OpenCV's limit
+        raise _corrupt(path, _reason(err), made_by, True) from err
     if img is None:
-        raise ValueError(f"cannot decode image {path}")
-    return img[..., ::-1].copy()
+        raise _corrupt(
+            path, "cannot decode image (truncated, corrupt or not an image)", made_by, True
+        )
+    return img
+
+
+def _to_rgb8(img: np.ndarray, path: str | os.PathLike, made_by: str | None) -> np.ndarray:
+    """An image as decoded by OpenCV (BGR or grey, 8- or 16-bit) to RGB (H, W, 3) uint8.
+
+    16-bit samples map linearly onto 8 bits (0 -> 0, 65535 -> 255, rounded: x * 255 / 65535).
+    Other sample types (32-bit float or integer, signed) have no agreed range and are refused
+    with a :class:`~nsff_core.errors.CorruptFileError` naming ``path``.
+    """
+    if img.dtype == np.uint16:
+        img = ((img.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        raise _corrupt(
+            path,
+            f"{img.dtype} samples are not supported (only 8- and 16-bit unsigned integer "
+            "images are); convert the image to an 8- or 16-bit PNG or a JPEG",
+            made_by,
+            True,
+        )
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[..., 0]
+    if img.ndim == 2:
+        return np.repeat(img[..., None], 3, axis=2)
+    if img.ndim != 3 or img.shape[2] not in (3, 4):
+        raise _corrupt(path, f"unsupported image layout {img.shape}", made_by, True)
+    return np.ascontiguousarray(img[..., 2::-1])  # BGR(A) -> RGB, alpha dropped
+
+
+def read_image(path: str | os.PathLike, made_by: str | None = None) -> np.ndarray:
+    """Read an image file as RGB (H, W, 3) uint8: the one image reader of every stage.
+
+    Accepted: anything OpenCV decodes (PNG, JPEG, BMP, TIFF, WebP...) with 8- or 16-bit
+    unsigned samples, grey, grey+alpha, RGB, RGBA or palette. The EXIF orientation is applied
+    (a portrait photo stored sideways comes out upright, as every viewer shows it), 16-bit
+    samples are scaled linearly to 8 bits (65535 -> 255), grey is repeated into the three
+    channels and alpha is dropped (not composited: the colour under a transparent pixel is
+    kept).
+
+    OpenCV decodes rather than Pillow/imageio: one ``imdecode`` call with ``IMREAD_ANYDEPTH |
+    IMREAD_ANYCOLOR`` keeps 16-bit samples (Pillow reads 16-bit colour PNGs as 8-bit and clips
+    16-bit grey at 255 when converting), applies the EXIF orientation and drops alpha; and it is
+    the library that writes our frames, so the frames rule and the pretrained backends (which
+    re-read the source) see the same pixels and sizes.
+
+    Args:
+        path: the image file.
+        made_by: the workflow rule that writes the file (``"frames"`` for ``frames/*.png``),
+            None for a file the user gave us; used by the error's advice.
+
+    Raises:
+        CorruptFileError (a ValueError): the file is missing, empty, does not decode, or has
+            32-bit / floating-point / signed samples.
+    """
+    import cv2
+
+    img = _decode(path, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR, made_by)
+    return _to_rgb8(img, path, made_by)
 
 
 def write_image(path: str | os.PathLike, rgb: np.ndarray) -> None:
@@ -109,13 +255,15 @@ def write_image(path: str | os.PathLike, rgb: np.ndarray) -> None:
     buf.tofile(str(path))
 
 
-def read_mask(path: str | os.PathLike) -> np.ndarray:
-    """Read an 8-bit mask PNG as bool (H, W): True where the pixel value is >= 128."""
+def read_mask(path: str | os.PathLike, made_by: str | None = "masks") -> np.ndarray:
+    """Read an 8-bit mask PNG as bool (H, W): True where the pixel value is >= 128.
+
+    ``made_by``: the rule that writes the mask (``"masks"``; ``"flow"`` for ``flow_ok/``).
+    Raises CorruptFileError if the file does not decode as an 8-bit image.
+    """
     import cv2
 
-    m = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    if m is None:
-        raise ValueError(f"cannot decode mask {path}")
+    m = _decode(path, cv2.IMREAD_GRAYSCALE, made_by)
     return m >= 128
 
 
@@ -139,17 +287,55 @@ def write_flo(path: str | os.PathLike, flow: np.ndarray) -> None:
         flow.tofile(f)
 
 
-def read_flo(path: str | os.PathLike) -> np.ndarray:
-    """Read a Middlebury ``.flo`` file as (H, W, 2) float32."""
-    with open(path, "rb") as f:
-        magic = np.fromfile(f, dtype="<f4", count=1)
-        if magic.size != 1 or magic[0] != FLO_MAGIC:
-            raise ValueError(f"{path} is not a .flo file (bad magic)")
-        w, h = (int(v) for v in np.fromfile(f, dtype="<i4", count=2))
-        data = np.fromfile(f, dtype="<f4", count=h * w * 2)
-    if data.size != h * w * 2:
-        raise ValueError(f"{path} is truncated: expected {h}x{w}x2 values")
-    return data.reshape(h, w, 2).astype(np.float32)
+def read_flo(path: str | os.PathLike, made_by: str | None = "flow") -> np.ndarray:
+    """Read a Middlebury ``.flo`` file as (H, W, 2) float32 (pixels).
+
+    Raises:
+        CorruptFileError (a ValueError) naming ``path`` and the rule ``made_by``: not a
+            ``.flo`` file (bad magic), a bad size in the header, a file shorter or longer than
+            the header says, or non-finite values.
+    """
+    try:
+        with open(path, "rb") as f:
+            header = f.read(12)
+            if len(header) < 12 or np.frombuffer(header[:4], "<f4")[0] != FLO_MAGIC:
+                raise _corrupt(path, "not a .flo file (bad magic)", made_by, True)
+            w, h = (int(v) for v in np.frombuffer(header[4:12], "<i4"))
+            if w <= 0 or h <= 0:
+                raise _corrupt(path, f"bad size {w}x{h} in the header", made_by, True)
+            # the size check comes first: a garbled header can claim terabytes
+            size, expected = os.fstat(f.fileno()).st_size, 12 + 8 * w * h
+            if size != expected:
+                what = "truncated" if size < expected else "longer than its header says"
+                raise _corrupt(
+                    path, f"{what}: {size} bytes, a {w}x{h} flow has {expected}", made_by, True
+                )
+            data = np.fromfile(f, dtype="<f4", count=h * w * 2)
+    except OSError as err:
+        raise _corrupt(path, _reason(err), made_by, True) from err
+    if data.size != h * w * 2:  # the file shrank while being read
+        raise _corrupt(path, f"truncated: expected {h}x{w}x2 values", made_by, True)
+    flow = data.reshape(h, w, 2).astype(np.float32)
+    _require_finite(path, flow, made_by, True)
+    return flow
+
+
+def _require_finite(path, array: np.ndarray, made_by: str | None, in_folder: bool) -> None:
+    bad = int(np.count_nonzero(~np.isfinite(array)))
+    if bad:
+        raise _corrupt(path, f"{bad} non-finite value(s) (NaN or inf)", made_by, in_folder)
+
+
+def _load_npy(path, made_by: str | None, in_folder: bool) -> np.ndarray:
+    """``np.load`` of an ``.npy`` file (no pickles); failures -> CorruptFileError."""
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        cause = f"not a readable .npy array ({_reason(err)})"
+        raise _corrupt(path, cause, made_by, in_folder) from err
+    if not isinstance(arr, np.ndarray):
+        raise _corrupt(path, "not an .npy array", made_by, in_folder)
+    return arr
 
 
 def write_disparity(path: str | os.PathLike, disp: np.ndarray) -> None:
@@ -157,8 +343,20 @@ def write_disparity(path: str | os.PathLike, disp: np.ndarray) -> None:
     np.save(path, np.asarray(disp, dtype=np.float32))
 
 
-def read_disparity(path: str | os.PathLike) -> np.ndarray:
-    return np.load(path).astype(np.float32)
+def read_disparity(path: str | os.PathLike, made_by: str | None = "depth") -> np.ndarray:
+    """Read a (H, W) disparity ``.npy`` as float32.
+
+    Raises CorruptFileError naming ``path`` and the rule ``made_by`` for a file that does not
+    load, is not a 2-D real array, or holds non-finite values.
+    """
+    arr = _load_npy(path, made_by, True)
+    if arr.ndim != 2 or arr.dtype.kind not in "fiu" or 0 in arr.shape:
+        raise _corrupt(
+            path, f"expected a (H, W) float array, found {arr.dtype} {arr.shape}", made_by, True
+        )
+    disp = arr.astype(np.float32)
+    _require_finite(path, disp, made_by, True)
+    return disp
 
 
 # --------------------------------------------------------------------------- cameras
@@ -191,10 +389,69 @@ def write_cameras(
     )
 
 
-def read_cameras(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Read ``cameras.npz`` into a dict of arrays (keys as in :func:`write_cameras`)."""
-    with np.load(path) as z:
-        return {k: z[k] for k in z.files}
+def read_npz(path: str | os.PathLike, made_by: str | None = None) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` archive (no pickles), decompressed and checked.
+
+    Raises:
+        CorruptFileError (a ValueError) naming ``path`` and the rule ``made_by``: the file is
+            missing, truncated, garbled (a bad zip directory or a member whose CRC fails) or a
+            plain ``.npy`` array rather than an archive.
+    """
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as err:
+        cause = f"not a readable .npz archive ({_reason(err)})"
+        raise _corrupt(path, cause, made_by, False) from err
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise _corrupt(path, "an .npy array, not an .npz archive", made_by, False)
+    try:
+        with z:
+            return {k: z[k] for k in z.files}
+    except (zipfile.BadZipFile, zlib.error, ValueError, OSError, EOFError, KeyError) as err:
+        raise _corrupt(path, f"a damaged .npz member ({_reason(err)})", made_by, False) from err
+
+
+#: keys of ``cameras.npz`` and their checks: (dtype kinds, shape with N for the frame count)
+_CAMERA_KEYS: dict[str, tuple[str, tuple]] = {
+    "c2w": ("f", ("N", 4, 4)),
+    "K": ("f", (3, 3)),
+    "hw": ("iu", (2,)),
+    "near": ("f", ("N",)),
+    "far": ("f", ("N",)),
+    "names": ("U", ("N",)),
+    "registered": ("b", ("N",)),
+}
+
+
+def read_cameras(path: str | os.PathLike, made_by: str | None = "sfm") -> dict[str, np.ndarray]:
+    """Read ``cameras.npz`` into a dict of arrays (keys as in :func:`write_cameras`).
+
+    Raises:
+        CorruptFileError (a ValueError) naming ``path`` and the rule ``made_by``: not a
+            readable ``.npz`` (truncated, garbled), a missing key, an array of the wrong type
+            or shape, non-finite camera values or a non-positive image size.
+    """
+    cams = read_npz(path, made_by)
+    missing = [k for k in _CAMERA_KEYS if k not in cams]
+    if missing:
+        raise _corrupt(path, f"missing array(s) {', '.join(missing)}", made_by, False)
+    n = len(cams["c2w"]) if cams["c2w"].ndim else -1
+    for key, (kinds, shape) in _CAMERA_KEYS.items():
+        arr = cams[key]
+        want = tuple(n if d == "N" else d for d in shape)
+        if arr.dtype.kind not in kinds or arr.shape != want:
+            raise _corrupt(
+                path,
+                f"'{key}' is {arr.dtype} {arr.shape}, expected shape {want}",
+                made_by,
+                False,
+            )
+    for key in ("c2w", "K", "near", "far"):
+        if not np.isfinite(cams[key]).all():
+            raise _corrupt(path, f"'{key}' holds non-finite values (NaN or inf)", made_by, False)
+    if (cams["hw"] <= 0).any():
+        raise _corrupt(path, f"bad image size hw={cams['hw'].tolist()}", made_by, False)
+    return cams
 
 
 def write_poses_bounds(
@@ -219,6 +476,22 @@ def write_poses_bounds(
     mats = np.concatenate([R_llff, t[..., None], hwf], axis=-1)  # (N, 3, 5)
     out = np.concatenate([mats.reshape(len(c2w), 15), np.stack([near, far], -1)], axis=-1)
     np.save(path, out.astype(np.float64))
+
+
+def read_poses_bounds(path: str | os.PathLike, made_by: str | None = "sfm") -> np.ndarray:
+    """Read LLFF ``poses_bounds.npy`` as (N, 17) float64 (see :func:`write_poses_bounds`).
+
+    Raises CorruptFileError naming ``path`` and ``made_by`` for a file that does not load, is
+    not (N, 17) real numbers, or holds non-finite values.
+    """
+    arr = _load_npy(path, made_by, False)
+    if arr.ndim != 2 or arr.shape[1] != 17 or arr.dtype.kind not in "fiu":
+        raise _corrupt(
+            path, f"expected (N, 17) numbers, found {arr.dtype} {arr.shape}", made_by, False
+        )
+    arr = arr.astype(np.float64)
+    _require_finite(path, arr, made_by, False)
+    return arr
 
 
 # --------------------------------------------------------------------------- videos

@@ -646,8 +646,19 @@ def write_scene(scene: SyntheticScene, video_path, gt_path) -> None:
 
 
 def load_ground_truth(gt_path) -> SyntheticScene:
-    """Read a ground-truth ``.npz`` written by :func:`write_scene`."""
-    with np.load(gt_path) as z:
-        values = {f.name: z[f.name] for f in dataclasses.fields(SyntheticScene)}
+    """Read a ground-truth ``.npz`` written by :func:`write_scene`.
+
+    Raises:
+        CorruptFileError: the file is not a readable ``.npz`` (truncated, garbled) or lacks an
+            array; the advice names the rule ``synthetic``, which writes it.
+    """
+    from .errors import CorruptFileError
+    from .io import read_npz
+
+    z = read_npz(gt_path, made_by="synthetic")
+    missing = [f.name for f in dataclasses.fields(SyntheticScene) if f.name not in z]
+    if missing:
+        raise CorruptFileError(gt_path, f"missing array(s) {', '.join(missing)}", "synthetic")
+    values = {f.name: z[f.name] for f in dataclasses.fields(SyntheticScene)}
     values["fps"] = float(values["fps"])
     return SyntheticScene(**values)

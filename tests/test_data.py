@@ -88,3 +88,78 @@ def test_batch_rays_hit_the_true_surface():
     X = ndc_to_world(batch.origins + lo[:, None] * batch.dirs, data.K)
     uv1, _ = project_points_depth(P1, X)
     torch.testing.assert_close(uv1[static], (batch.xy + batch.flow_fw)[static], atol=5e-2, rtol=0)
+
+
+# --------------------------------------------------------------------------- corrupt priors
+
+
+def _scene_dir(root, n=3, hw=(32, 40)):
+    """A results/<scene>/ folder with every file load_scene reads before the SfM model."""
+    from nsff_core import io
+
+    h, w = hw
+    for sub in ("frames", "disp", "flow_fw", "flow_bw", "flow_ok", "masks"):
+        (root / sub).mkdir(parents=True)
+    io.write_cameras(
+        root / "cameras.npz", np.tile(np.eye(4), (n, 1, 1)), np.eye(3), hw, np.ones(n),
+        2 * np.ones(n), [io.frame_name(i) for i in range(n)],
+    )  # fmt: skip
+    for i in range(n):
+        io.write_image(root / "frames" / io.frame_name(i), np.full((h, w, 3), 9 * i, np.uint8))
+        io.write_disparity(root / "disp" / io.frame_name(i, ".npy"), np.ones((h, w)))
+        io.write_mask(root / "masks" / io.frame_name(i), np.zeros((h, w), bool))
+    for i in range(n - 1):
+        io.write_flo(root / "flow_fw" / io.frame_name(i, ".flo"), np.zeros((h, w, 2)))
+        io.write_flo(root / "flow_bw" / io.frame_name(i + 1, ".flo"), np.zeros((h, w, 2)))
+        io.write_mask(root / "flow_ok" / f"{i:05d}_fw.png", np.ones((h, w), bool))
+        io.write_mask(root / "flow_ok" / f"{i + 1:05d}_bw.png", np.ones((h, w), bool))
+    return root
+
+
+def _load_error(root):
+    from nsff_core.data import load_scene
+    from nsff_core.errors import CorruptFileError
+
+    with pytest.raises(CorruptFileError) as info:
+        load_scene(root, scene="s")
+    return info.value, str(info.value.to_stage_error("s", "train"))
+
+
+def test_load_scene_names_a_truncated_flow_file_and_the_flow_rule(tmp_path):
+    root = _scene_dir(tmp_path / "results" / "s")
+    bad = root / "flow_fw" / "00001.flo"
+    bad.write_bytes(bad.read_bytes()[:100])
+    err, msg = _load_error(root)
+    assert err.path == str(bad) and err.made_by == "flow"
+    assert "scene 's', rule 'train'" in msg and str(bad) in msg and "truncated" in msg, msg
+    assert f"delete the folder {root / 'flow_fw'} and rerun: rule 'flow'" in msg, msg
+
+
+@pytest.mark.parametrize(
+    ("file", "content", "made_by"),
+    [
+        ("disp/00002.npy", lambda p: np.save(p, np.ones((16, 20), np.float32)), "depth"),
+        ("disp/00000.npy", lambda p: p.write_bytes(b"\x93NUMPY garbage"), "depth"),
+        ("masks/00001.png", lambda p: p.write_bytes(p.read_bytes()[:30]), "masks"),
+        ("flow_ok/00001_bw.png", lambda p: p.write_bytes(b""), "flow"),
+        ("frames/00001.png", lambda p: p.write_bytes(p.read_bytes()[:-20]), "frames"),
+        ("cameras.npz", lambda p: p.write_bytes(p.read_bytes()[::2]), "sfm"),
+    ],
+)
+def test_load_scene_names_any_corrupt_or_stale_prior(tmp_path, file, content, made_by):
+    root = _scene_dir(tmp_path / "results" / "s")
+    content(root / file)
+    err, msg = _load_error(root)
+    assert err.path == str(root / file) and err.made_by == made_by, (err.path, err.made_by)
+    assert f"rule '{made_by}' writes it again" in msg, msg
+
+
+def test_load_scene_refuses_cameras_of_another_size(tmp_path):
+    from nsff_core import io
+
+    root = _scene_dir(tmp_path / "results" / "s")
+    cams = io.read_cameras(root / "cameras.npz")
+    io.write_cameras(root / "cameras.npz", cams["c2w"], cams["K"], (64, 80), cams["near"],
+                     cams["far"], list(cams["names"]))  # fmt: skip
+    err, msg = _load_error(root)
+    assert err.made_by == "sfm" and "[64, 80]" in msg and "[32, 40]" in msg, msg

@@ -135,3 +135,49 @@ def test_none_masks_are_empty(synthetic_frames_dir, tmp_path):
     )
     masks = [read_mask(p) for p in list_frames(tmp_path / "m")]
     assert len(masks) == len(list_frames(synthetic_frames_dir)) and not np.any(masks)
+
+
+def _frames(folder, w, h, n=3):
+    """``n`` textured frames (h, w, 3) moving 1 px right per frame."""
+    from nsff_core.io import write_image
+
+    folder.mkdir(parents=True)
+    base = np.random.default_rng(0).integers(0, 255, (h, w + n, 3), dtype=np.uint8)
+    for i in range(n):
+        write_image(folder / frame_name(i), np.ascontiguousarray(base[:, n - i : n - i + w]))
+    return folder
+
+
+@pytest.mark.parametrize(("w", "h"), [(32, 32), (96, 32), (32, 96)])
+def test_flow_and_masks_run_at_the_minimum_frame_size(tmp_path, w, h):
+    # the frames rule refuses sides below MIN_FRAME_SIDE; at it, flow and masks must work
+    from nsff_core.config import MIN_FRAME_SIDE, FlowConfig
+    from nsff_core.priors.flow import compute_flow
+
+    assert min(w, h) == MIN_FRAME_SIDE
+    frames = _frames(tmp_path / "frames", w, h)
+    dirs = tmp_path / "flow_fw", tmp_path / "flow_bw", tmp_path / "flow_ok"
+    for preset in ("ultrafast", "medium"):
+        compute_flow(frames, *dirs, FlowConfig(dis_preset=preset), scene="s")
+    assert read_flo(dirs[0] / frame_name(0, ".flo")).shape == (h, w, 2)
+    compute_masks(frames, *dirs, tmp_path / "masks", MasksConfig(), scene="s")
+    assert read_mask(tmp_path / "masks" / frame_name(0)).shape == (h, w)
+
+
+def test_masks_report_a_truncated_flow_file_and_the_folder_to_delete(tmp_path):
+    from nsff_core.config import FlowConfig
+    from nsff_core.errors import CorruptFileError
+    from nsff_core.priors.flow import compute_flow
+
+    frames = _frames(tmp_path / "frames", 48, 32)
+    dirs = tmp_path / "flow_fw", tmp_path / "flow_bw", tmp_path / "flow_ok"
+    compute_flow(frames, *dirs, FlowConfig(), scene="s")
+    bad = dirs[1] / "00001.flo"
+    bad.write_bytes(bad.read_bytes()[:-40])
+    with pytest.raises(CorruptFileError) as info:
+        compute_masks(frames, *dirs, tmp_path / "masks", MasksConfig(), scene="s")
+    assert info.value.path == str(bad) and info.value.made_by == "flow"
+    msg = str(info.value.to_stage_error("s", "masks"))
+    assert "rule 'masks'" in msg and str(bad) in msg and "truncated" in msg, msg
+    assert f"delete the folder {dirs[1]} and rerun: rule 'flow'" in msg, msg
+    assert not (tmp_path / "masks").exists()

@@ -11,7 +11,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from nsff_core.config import FramesConfig
+from nsff_core.config import MIN_FRAME_SIDE, FramesConfig
 from nsff_core.errors import StageError
 from nsff_core.io import read_image, write_image
 from nsff_core.priors.frames import extract_frames, output_size, select_indices
@@ -226,29 +226,29 @@ def test_output_size(width, height, size):
 
 
 def test_resize_one_side_keeps_aspect(tmp_path, out):
-    info = run(write_folder(tmp_path / "imgs", n=3), out, width=40)
-    assert info["size"] == [40, 30] and info["source_size"] == [W, H]
-    assert info["scale"] == [0.625, 0.625]
+    info = run(write_folder(tmp_path / "imgs", n=3), out, width=48)
+    assert info["size"] == [48, 36] and info["source_size"] == [W, H]
+    assert info["scale"] == [0.75, 0.75]
     for i, rgb in enumerate(written_frames(out[0])):
-        assert rgb.shape == (30, 40, 3)
+        assert rgb.shape == (36, 48, 3)
         # area averaging when shrinking (a non-integer factor, where it differs from bilinear)
-        ref = cv2.resize(source_frame(i), (40, 30), interpolation=cv2.INTER_AREA)
+        ref = cv2.resize(source_frame(i), (48, 36), interpolation=cv2.INTER_AREA)
         np.testing.assert_array_equal(rgb, ref)
 
 
 def test_resize_both_sides_and_enlarge(video, out):
-    info = run(video, out, width=100, height=30, end=3)
-    assert info["size"] == [100, 30] and info["scale"] == pytest.approx([100 / 64, 30 / 48])
+    info = run(video, out, width=100, height=36, end=3)
+    assert info["size"] == [100, 36] and info["scale"] == pytest.approx([100 / 64, 36 / 48])
     rgb = written_frames(out[0])[1]
-    assert rgb.shape == (30, 100, 3)
-    ref = cv2.resize(source_frame(1), (100, 30), interpolation=cv2.INTER_CUBIC)
+    assert rgb.shape == (36, 100, 3)
+    ref = cv2.resize(source_frame(1), (100, 36), interpolation=cv2.INTER_CUBIC)
     assert np.abs(rgb.astype(float) - ref).mean() < 4.0
 
 
 def test_resize_height_only_on_video(video, out):
-    info = run(video, out, height=24, stride=6)
-    assert info["size"] == [32, 24] and info["source_indices"] == [0, 6]
-    assert all(rgb.shape == (24, 32, 3) for rgb in written_frames(out[0]))
+    info = run(video, out, height=36, stride=6)
+    assert info["size"] == [48, 36] and info["source_indices"] == [0, 6]
+    assert all(rgb.shape == (36, 48, 3) for rgb in written_frames(out[0]))
 
 
 # --------------------------------------------------------------------------- bad inputs
@@ -374,7 +374,7 @@ def test_read_source_frames_returns_the_selected_frames_at_source_size(tmp_path)
     originals = [rng.integers(0, 255, (60, 100, 3), dtype=np.uint8) for _ in range(6)]
     for i, img in enumerate(originals):
         write_image(folder / f"f{i:02d}.png", img)
-    cfg = FramesConfig(start=1, stride=2, width=50)
+    cfg = FramesConfig(start=1, stride=2, width=80)
     extract_frames(folder, tmp_path / "frames", tmp_path / "frames.json", cfg)
     got = list(read_source_frames(tmp_path / "frames.json"))
     assert [g.shape for g in got] == [(60, 100, 3)] * 3
@@ -382,3 +382,130 @@ def test_read_source_frames_returns_the_selected_frames_at_source_size(tmp_path)
         assert np.array_equal(g, originals[i])
     small = list(read_source_frames(tmp_path / "frames.json", max_size=(50, 50)))
     assert small[0].shape == (30, 50, 3)  # one factor, aspect kept
+
+
+# --------------------------------------------------------------------------- image kinds
+
+
+def _write_kind(path: Path, kind: str, i: int) -> None:
+    """Image ``i`` of a folder of ``kind``, with content that depends on ``i``."""
+    from PIL import Image
+
+    rgb = source_frame(i)
+    grey = rgb[..., 1]
+    if kind == "grey16":
+        cv2.imwrite(str(path), grey.astype(np.uint16) * 257 + 100)  # full 16-bit range
+    elif kind == "grey_alpha":
+        Image.fromarray(np.dstack([grey, np.full_like(grey, 255 - i)]), "LA").save(path)
+    elif kind == "rgba":
+        Image.fromarray(np.dstack([rgb, np.zeros_like(grey)]), "RGBA").save(path)
+    elif kind == "palette":
+        Image.fromarray(rgb).quantize(colors=64).save(path)
+    elif kind == "exif_rotated_jpeg":
+        exif = Image.Exif()
+        exif[0x0112] = 8  # "rotate 90 CCW to display": shown as a 48x64 portrait
+        Image.fromarray(rgb).save(path, exif=exif.tobytes(), quality=95)
+
+
+IMAGE_KINDS = {
+    "grey16": ".png",
+    "grey_alpha": ".png",
+    "rgba": ".png",
+    "palette": ".png",
+    "exif_rotated_jpeg": ".jpg",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(IMAGE_KINDS))
+def test_every_image_kind_gives_rgb_frames_that_the_pretrained_reader_agrees_with(
+    tmp_path, out, kind
+):
+    from nsff_core.priors.frames import read_source_frames
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(3):
+        _write_kind(folder / f"img_{i}{IMAGE_KINDS[kind]}", kind, i)
+    info = run(folder, out)
+    w, h = (H, W) if kind == "exif_rotated_jpeg" else (W, H)  # upright, as a viewer shows it
+    assert info["source_size"] == [w, h] and info["size"] == [w, h]
+    frames = written_frames(out[0])
+    # the pretrained backends re-read the source: same sizes and pixels as the frames rule
+    source = list(read_source_frames(out[1], scene=SCENE, stage="depth"))
+    assert len(source) == 3
+    for i, (frame, src) in enumerate(zip(frames, source, strict=True)):
+        assert frame.shape == src.shape == (h, w, 3) and src.dtype == np.uint8
+        np.testing.assert_array_equal(frame, src)
+        green = source_frame(i)[..., 1].astype(float)
+        if kind == "exif_rotated_jpeg":
+            green = np.rot90(green)  # orientation 8: the stored image turned 90 degrees CCW
+        if kind in ("grey16", "grey_alpha"):
+            assert (frame == frame[..., :1]).all()  # grey in all three channels
+        # the content survives: 16-bit scaled (not wrapped), alpha dropped, rotation applied
+        assert np.abs(frame[..., 1] - green).mean() < 3, i
+
+
+def test_read_source_frames_reports_a_source_image_that_no_longer_decodes(tmp_path, out):
+    from nsff_core.priors.frames import read_source_frames
+
+    folder = write_folder(tmp_path / "imgs", n=3)
+    run(folder, out)
+    (folder / "img_001.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    with pytest.raises(StageError) as info:
+        list(read_source_frames(out[1], scene=SCENE, stage="depth"))
+    msg = str(info.value)
+    assert "rule 'depth'" in msg and "img_001.png" in msg and "frames rule" in msg, msg
+
+
+# --------------------------------------------------------------------------- frame sizes
+
+
+@pytest.mark.parametrize(("w", "h"), [(1, 1), (10000, 10), (31, 64)])
+def test_too_small_source_frames_are_refused(tmp_path, out, w, h):
+    folder = write_folder(tmp_path / "imgs", n=3)
+    for p in folder.iterdir():
+        write_image(p, np.full((h, w, 3), 128, np.uint8))
+    err = expect_failure(folder, out, f"{w}x{h}", f"at least {MIN_FRAME_SIDE} px", width=512)
+    assert "full-size" in err.hint
+
+
+@pytest.mark.parametrize(
+    ("cfg", "size", "fix"),
+    [
+        ({"width": 512}, "512x6", "set frames.width to at least 3200"),
+        ({"height": 64}, "6400x64", None),  # fine: a wide frame is not refused for its width
+        ({"height": 16}, "1600x16", "set frames.height to at least 32"),
+        ({"width": 512, "height": 20}, "512x20", "frames.width and frames.height"),
+    ],
+)
+def test_derived_training_sizes_below_the_minimum_are_refused(tmp_path, out, cfg, size, fix):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(3):
+        write_image(folder / f"img_{i}.png", np.full((40, 4000, 3), 50 + i, np.uint8))
+    if fix is None:
+        info = run(folder, out, **cfg)
+        assert "x".join(map(str, info["size"])) == size
+        return
+    err = expect_failure(folder, out, "4000x40", size, f"at least {MIN_FRAME_SIDE} px", **cfg)
+    assert f"frames.width={cfg.get('width', 'null')}" in str(err)
+    assert f"frames.height={cfg.get('height', 'null')}" in str(err)
+    assert fix in err.hint and "crop" in err.hint
+
+
+def test_derived_size_is_checked_on_videos_too(video, out):
+    # the video is 64x48: height 30 gives 40x30
+    expect_failure(video, out, "64x48", "40x30", "frames.height=30", height=30)
+
+
+def test_enlarging_the_source_is_allowed_with_a_warning(tmp_path, out, caplog):
+    folder = write_folder(tmp_path / "imgs", n=3)
+    with caplog.at_level(logging.WARNING, logger="nsff_core.priors.frames"):
+        info = run(folder, out, width=128)
+    assert info["size"] == [128, 96]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "64x48" in warnings[0] and "128x96" in warnings[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="nsff_core.priors.frames"):
+        run(folder, out, width=48)  # shrinking: no warning
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]

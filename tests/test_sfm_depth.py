@@ -401,3 +401,23 @@ def test_path_is_importable_without_pycolmap():
         "assert 'pycolmap' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
+
+
+def test_depth_reports_a_corrupt_cameras_file_with_the_rule_that_writes_it(tmp_path):
+    from nsff_core.errors import CorruptFileError
+    from nsff_core.priors.depth import compute_depth
+
+    cameras = tmp_path / "cameras.npz"
+    n = 3
+    io.write_cameras(
+        cameras, np.tile(np.eye(4), (n, 1, 1)), np.eye(3), (32, 40), np.ones(n), 2 * np.ones(n),
+        [io.frame_name(i) for i in range(n)],
+    )  # fmt: skip
+    cameras.write_bytes(cameras.read_bytes()[:-100])  # a kill during the copy, a full disk
+    disp = tmp_path / "disp"
+    with pytest.raises(CorruptFileError) as info:
+        compute_depth(tmp_path, None, tmp_path, cameras, disp, DepthConfig(), scene="s")
+    assert info.value.path == str(cameras) and info.value.made_by == "sfm"
+    msg = str(info.value.to_stage_error("s", "depth"))
+    assert "rule 'depth'" in msg and f"delete {cameras} and rerun: rule 'sfm'" in msg, msg
+    assert not disp.exists()

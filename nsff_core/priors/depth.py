@@ -154,7 +154,7 @@ def _sparse_backend(
         )
 
     for i, (p, (xy, disp)) in enumerate(zip(frames, per_frame, strict=True)):
-        image = io.read_image(p) if cfg.densify == "edge_aware" else None
+        image = io.read_image(p, made_by="frames") if cfg.densify == "edge_aware" else None
         dense = densify(xy, disp, (h, w), cfg, image)
         io.write_disparity(out_dir / io.frame_name(i, ".npy"), dense)
         log.info("frame %s: %d static points -> dense disparity", p.name, len(disp))

@@ -141,9 +141,9 @@ def compute_flow(
         atomic_dir(flow_bw_dir) as bw_dir,
         atomic_dir(flow_ok_dir) as ok_dir,
     ):
-        img_a = read_image(frames[0])
+        img_a = read_image(frames[0], made_by="frames")
         for i in range(n - 1):
-            img_b = read_image(frames[i + 1])
+            img_b = read_image(frames[i + 1], made_by="frames")
             if img_b.shape != img_a.shape:
                 raise StageError(
                     scene,

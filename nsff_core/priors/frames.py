@@ -8,6 +8,14 @@ Selection happens in source frames, in this order (DESIGN.md section 3):
 3. each kept frame is resized to the training resolution (``cv2.INTER_AREA`` when shrinking,
    ``cv2.INTER_CUBIC`` when enlarging) and written as 8-bit RGB PNG ``00000.png``, ``00001.png``...
 
+Sizes: source frames and training frames must be at least ``config.MIN_FRAME_SIDE`` pixels on
+each side (a derived side, e.g. the height 6 that ``width: 512`` gives a 4000x40 source, is
+checked too); enlarging small sources is allowed with a warning.
+
+Images of a folder are read with :func:`nsff_core.io.read_image` (EXIF orientation applied,
+16-bit scaled to 8-bit, grey and alpha handled), here and in :func:`read_source_frames`, so the
+pretrained backends see the frames the frames rule saw.
+
 Worked example: 12 source frames, ``start=1, end=None, stride=2`` selects ``1, 3, 5, 7, 9, 11``;
 ``max_frames=4`` then keeps positions ``round(linspace(0, 5, 4)) = 0, 2, 3, 5``, i.e. source
 frames ``1, 5, 7, 11``.
@@ -35,8 +43,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ..config import FramesConfig, to_dict
-from ..errors import StageError
+from ..config import MAX_FRAME_SIDE, MIN_FRAME_SIDE, FramesConfig, to_dict
+from ..errors import CorruptFileError, StageError
 from ..io import atomic_dir, atomic_file, frame_name, read_image, write_image
 
 logger = logging.getLogger(__name__)
@@ -85,8 +93,9 @@ def extract_frames(
 
     Raises:
         StageError: bad config values, missing or undecodable source, an empty folder, a frame
-            range outside the source, fewer than 2 frames selected, an unreadable image, or
-            images of different sizes. Nothing is left at ``frames_dir``/``frames_json`` then.
+            range outside the source, fewer than 2 frames selected, an unreadable image,
+            images of different sizes, or source or training frames with a side below
+            :data:`MIN_FRAME_SIDE`. Nothing is left at ``frames_dir``/``frames_json`` then.
     """
     src = Path(source).expanduser().resolve()
     frames_dir = Path(frames_dir)
@@ -170,6 +179,80 @@ def output_size(source_wh: tuple[int, int], cfg: FramesConfig) -> tuple[int, int
 
 def _round_even(x: float) -> int:
     return max(2, 2 * math.floor(x / 2 + 0.5))
+
+
+def check_frame_sizes(
+    source_wh: tuple[int, int], size: tuple[int, int], cfg: FramesConfig, scene: str | None
+) -> None:
+    """Refuse source frames or training frames with a side below
+    :data:`~nsff_core.config.MIN_FRAME_SIDE`, training frames with a side above
+    :data:`~nsff_core.config.MAX_FRAME_SIDE` (a side derived from the aspect ratio can exceed
+    it), and warn when the training size enlarges the source.
+
+    Args:
+        source_wh: (w, h) of the source frames in pixels.
+        size: (w, h) of the training frames (:func:`output_size`).
+    Raises:
+        StageError: naming the scene, both sizes and the configured width/height.
+    """
+    (w0, h0), (w, h) = source_wh, size
+    low = MIN_FRAME_SIDE
+    if min(w0, h0) < low:
+        raise StageError(
+            scene,
+            STAGE,
+            f"the source frames are {w0}x{h0} pixels (width x height); each side must be at "
+            f"least {low} px",
+            "point the scene's source at the full-size video or images (not thumbnails or "
+            "icons): frames this small carry too little detail for flow, SfM and depth",
+        )
+    if min(w, h) < low:
+        where = "(in config.yaml or the scene's width/height columns)"
+        if cfg.height is None:
+            need = max(low, math.ceil(low * w0 / h0))
+            fix = f"set frames.width to at least {need} {where}, or give frames.height too"
+        elif cfg.width is None:
+            need = max(low, math.ceil(low * h0 / w0))
+            fix = f"set frames.height to at least {need} {where}, or give frames.width too"
+        else:
+            fix = f"set frames.width and frames.height to at least {low} {where}"
+        if cfg.width is None or cfg.height is None:
+            fix += " (the aspect ratio is then not kept)"
+        if max(w0, h0) > 4 * min(w0, h0):
+            fix += "; or crop the source to a less elongated frame"
+
+        def yaml(v: int | None) -> str:
+            return "null" if v is None else str(v)
+
+        raise StageError(
+            scene,
+            STAGE,
+            f"source frames of {w0}x{h0} with frames.width={yaml(cfg.width)}, frames.height="
+            f"{yaml(cfg.height)} give {w}x{h} training frames (width x height); each side must "
+            f"be at least {low} px",
+            fix,
+        )
+    if max(w, h) > MAX_FRAME_SIDE:
+        raise StageError(
+            scene,
+            STAGE,
+            f"source frames of {w0}x{h0} with frames.width={cfg.width}, frames.height="
+            f"{cfg.height} give {w}x{h} training frames (width x height); each side must be at "
+            f"most {MAX_FRAME_SIDE} px",
+            "give a smaller frames.width or frames.height (in config.yaml or the scene's "
+            "width/height columns), or both",
+        )
+    if w > w0 or h > h0:
+        logger.warning(
+            "frames: the source frames (%dx%d) are enlarged to %dx%d (bicubic, x%.2f); "
+            "enlarging adds no detail, only compute: set frames.width/height at most to the "
+            "source size, or both to null to keep it",
+            w0,
+            h0,
+            w,
+            h,
+            max(w / w0, h / h0),
+        )
 
 
 def resize_frame(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -276,9 +359,17 @@ def _remove_stale_outputs(
 class _FrameWriter:
     """Writes selected frames as ``{k:05d}.png`` into ``out_dir``, resizing and logging progress."""
 
-    def __init__(self, out_dir: Path, cfg: FramesConfig, total: int | None, approx: bool = False):
+    def __init__(
+        self,
+        out_dir: Path,
+        cfg: FramesConfig,
+        total: int | None,
+        approx: bool = False,
+        scene: str | None = None,
+    ):
         self.out_dir = out_dir
         self.cfg = cfg
+        self.scene = scene
         self.total = total
         self.approx = approx
         self.count = 0
@@ -286,9 +377,11 @@ class _FrameWriter:
         self.size: tuple[int, int] | None = None
 
     def write(self, rgb: np.ndarray) -> None:
-        """Write one (H, W, 3) uint8 RGB source frame."""
-        self.size = self.size or output_size((rgb.shape[1], rgb.shape[0]), self.cfg)
-        self.source_size = self.source_size or (rgb.shape[1], rgb.shape[0])
+        """Write one (H, W, 3) uint8 RGB source frame; the first one sets and checks the sizes."""
+        if self.size is None:
+            self.source_size = (rgb.shape[1], rgb.shape[0])
+            self.size = output_size(self.source_size, self.cfg)
+            check_frame_sizes(self.source_size, self.size, self.cfg, self.scene)
         write_image(self.out_dir / frame_name(self.count), resize_frame(rgb, self.size))
         self.count += 1
         if self.total:
@@ -342,18 +435,18 @@ def _extract_images(src: Path, out_dir: Path, cfg: FramesConfig, scene: str | No
         _range_text(cfg),
     )
 
-    writer = _FrameWriter(out_dir, cfg, total=len(selected))
+    writer = _FrameWriter(out_dir, cfg, total=len(selected), scene=scene)
     first: Path | None = None
     for i in selected:
         path = files[i]
         try:
             rgb = read_image(path)
-        except (ValueError, OSError) as err:
+        except CorruptFileError as err:
             raise StageError(
                 scene,
                 STAGE,
-                f"cannot read image {path}: {err}",
-                "replace or delete the corrupt file (or leave it out with frames.start/end)",
+                f"cannot read image {path}: {err.cause}",
+                "replace or convert the file, or delete it (or leave it out with frames.start/end)",
             ) from err
         size = (rgb.shape[1], rgb.shape[0])
         if first is None:
@@ -520,11 +613,11 @@ def _extract_video(src: Path, out_dir: Path, cfg: FramesConfig, scene: str | Non
         plan = select_indices(num_plan, cfg)
         if counted:
             _check_selection(plan, num_plan, "frames", cfg, scene)
-        writer = _FrameWriter(out_dir, cfg, total=len(plan))
+        writer = _FrameWriter(out_dir, cfg, total=len(plan), scene=scene)
         last = plan[-1] if plan else cfg.start
         run = _video_pass(src, set(plan).__contains__, last, writer, scene)
     else:
-        writer = _FrameWriter(out_dir, cfg, total=None)
+        writer = _FrameWriter(out_dir, cfg, total=None, scene=scene)
         run = _video_pass(
             src, lambda i: i >= cfg.start and (i - cfg.start) % cfg.stride == 0, None, writer, scene
         )
@@ -587,7 +680,9 @@ def cap_size(rgb: np.ndarray, max_size: tuple[int, int] | None) -> np.ndarray:
     s = max(w / max_size[0], h / max_size[1])
     if s <= 1:
         return rgb
-    return cv2.resize(rgb, (int(w / s), int(h / s)), interpolation=cv2.INTER_AREA)
+    # at least 1 px: a very elongated frame would otherwise truncate its short side to 0
+    size = (max(1, int(w / s)), max(1, int(h / s)))
+    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
 
 
 def read_source_frames(
@@ -604,13 +699,15 @@ def read_source_frames(
     ``max_size`` (W, H) are scaled down by one factor keeping the aspect ratio (INTER_AREA), as
     nsff_pl's preprocessing did; None keeps the full size.
 
+    Images are read with :func:`nsff_core.io.read_image`, as the frames rule read them (EXIF
+    orientation, 16-bit, grey, alpha), so the sizes agree with ``frames.json``.
+
     Yields:
         (H, W, 3) uint8 RGB frames.
     Raises:
-        StageError (naming ``stage``): the source changed or disappeared since the frames rule.
+        StageError (naming ``stage``): the source changed, disappeared or no longer decodes
+            since the frames rule ran.
     """
-    import imageio.v3 as iio
-
     info = json.loads(Path(frames_json).read_text())
     src = Path(info["source"])
     hint = "rerun the frames rule (the source changed or moved since it ran)"
@@ -618,22 +715,26 @@ def read_source_frames(
         raise StageError(scene, stage, f"source not found: {src}", hint)
     w0, h0 = info["source_size"]
 
-    def fit(rgb: np.ndarray) -> np.ndarray:
+    def fit(rgb: np.ndarray, what: str) -> np.ndarray:
         if rgb.shape[1::-1] != (w0, h0):
             raise StageError(
                 scene,
                 stage,
-                f"a source frame is {rgb.shape[1]}x{rgb.shape[0]}, not {w0}x{h0}",
+                f"{what} is {rgb.shape[1]}x{rgb.shape[0]}, but the frames rule recorded "
+                f"{w0}x{h0} in {frames_json}",
                 hint,
             )
         return cap_size(rgb, max_size)
 
     if info["kind"] == "images":
         for name in info["source_names"]:
-            rgb = np.asarray(iio.imread(src / name))
-            if rgb.ndim == 2:
-                rgb = np.repeat(rgb[..., None], 3, axis=2)
-            yield fit(np.ascontiguousarray(rgb[..., :3], dtype=np.uint8))
+            try:
+                rgb = read_image(src / name)
+            except CorruptFileError as err:
+                raise StageError(
+                    scene, stage, f"cannot read source image {src / name}: {err.cause}", hint
+                ) from err
+            yield fit(rgb, f"source image {src / name}")
         return
     wanted = list(info["source_indices"])
     reader, _ = _open_video(src, scene)
@@ -641,7 +742,7 @@ def read_source_frames(
         k = 0
         for i, rgb in enumerate(_iter_video(src, reader, scene)):
             if k < len(wanted) and i == wanted[k]:
-                yield fit(rgb)
+                yield fit(rgb, f"frame {i} of {src}")
                 k += 1
                 if k == len(wanted):
                     return

@@ -202,7 +202,7 @@ def compute_masks(
             f"unknown masks backend {cfg.backend!r}",
             "set masks.backend to 'epipolar' or 'none' (config.yaml or the scene sheet)",
         )
-    h, w = read_image(frames[0]).shape[:2]
+    h, w = read_image(frames[0], made_by="frames").shape[:2]
     n = len(frames)
     rng = np.random.default_rng(0)
     t0 = time.perf_counter()
@@ -215,12 +215,12 @@ def compute_masks(
                 flows, oks = [], []
                 if i < n - 1:
                     flows.append(read_flo(Path(flow_fw_dir) / frame_name(i, ".flo")))
-                    oks.append(read_mask(Path(flow_ok_dir) / f"{i:05d}_fw.png"))
+                    oks.append(read_mask(Path(flow_ok_dir) / f"{i:05d}_fw.png", made_by="flow"))
                 if i > 0:
                     flows.append(read_flo(Path(flow_bw_dir) / frame_name(i, ".flo")))
-                    oks.append(read_mask(Path(flow_ok_dir) / f"{i:05d}_bw.png"))
+                    oks.append(read_mask(Path(flow_ok_dir) / f"{i:05d}_bw.png", made_by="flow"))
                 if cfg.min_texture > 0:
-                    tex = textured(read_image(frames[i]), cfg.min_texture)
+                    tex = textured(read_image(frames[i], made_by="frames"), cfg.min_texture)
                     oks = [ok & tex for ok in oks]
                 raw, res = epipolar_motion_mask(flows, oks, cfg, rng)
                 residuals += res

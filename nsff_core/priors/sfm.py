@@ -84,7 +84,7 @@ def run_sfm(
     frames = io.list_frames(frames_dir)
     names = [p.name for p in frames]
     _check_inputs(frames, cfg, scene, frames_dir)
-    hw = io.read_image(frames[0]).shape[:2]
+    hw = io.read_image(frames[0], made_by="frames").shape[:2]
     timings: dict[str, float] = {}
 
     with io.atomic_dir(sfm_dir) as tmp:
