@@ -9,8 +9,8 @@ job should use, so without help every job would start on device 0. A GPU job the
    GPUs listed by ``nvidia-smi -L``; with no candidates it returns an empty claim and changes
    nothing, so CPU-only machines run as before;
 2. holds one lock file per device id in ``lock_dir`` (default ``NSFF_GPU_LOCK_DIR``, else
-   ``/tmp/nsff-gpu-locks-<uid>``) with ``fcntl.flock(LOCK_EX | LOCK_NB)`` on an open file
-   descriptor. The kernel drops a flock when the last descriptor of the open file is closed, so
+   ``<tmp>/nsff-gpu-locks-<uid>``, see :func:`default_lock_dir`) with
+   ``fcntl.flock(LOCK_EX | LOCK_NB)`` on an open file descriptor. The kernel drops a flock when the last descriptor of the open file is closed, so
    the slot is freed when the job ends *or dies*, even by SIGKILL: no stale locks to clean up.
    The holder's pid is written into the file for humans (``cat`` it; it is not used for locking);
 3. waits, polling every ``poll`` seconds, until ``count`` slots are free at the same time (it
@@ -23,6 +23,18 @@ to an empty value), or ``SLURM_JOB_GPUS`` or ``SLURM_STEP_GPUS`` is set.
 
 The locks coordinate the processes that use the same lock directory: the default is per user;
 point ``NSFF_GPU_LOCK_DIR`` at a shared, writable directory to coordinate several users.
+
+Safety. The default directory has a predictable name in the shared temp dir, so another local
+user could create it first (and fill it with links, or hold its locks). It is therefore created
+with mode 0700, and used only when it is a real directory (not a symbolic link) owned by the
+current user that neither group nor others can write; otherwise the claim stops with a
+:class:`LockDirError` that says what to do. A directory set with ``NSFF_GPU_LOCK_DIR`` (or
+passed as ``lock_dir``) is the user's choice and may be shared by a group, so it is not checked
+that way. In every directory, lock files are opened with ``O_NOFOLLOW`` and must be regular
+files: a symbolic link (or a FIFO, a device) planted in place of a lock file is refused, and the
+holder's pid is written only into a file with a single link (never through a hard link into
+some other file). A lock file another user created and that we cannot write is locked
+read-only (``flock`` needs no write access).
 Child processes forked by a job (data-loader workers) inherit the descriptors, so the slot stays
 held until they exit too.
 
@@ -37,6 +49,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -144,16 +157,84 @@ def available_devices(devices: str | Sequence[str | int] | None = None) -> list[
     return ids
 
 
-def default_lock_dir() -> Path:
-    """``NSFF_GPU_LOCK_DIR``, else a per-user directory in the temp dir."""
-    if os.environ.get(ENV_LOCK_DIR):
-        return Path(os.environ[ENV_LOCK_DIR])
+class LockDirError(ValueError):
+    """The GPU lock directory or a lock file in it is unsafe to use (the message says why and
+    what to do). A ``ValueError``, as a claim that could never succeed: the rule's
+    :func:`~nsff_core.workflow.run_stage` reports it as a user error of the job."""
+
+
+def private_lock_dir() -> Path:
+    """The per-user default lock directory: ``<tmp>/nsff-gpu-locks-<uid>``.
+
+    One fixed name per user (not ``$XDG_RUNTIME_DIR``, which exists only during a login session
+    and differs between a session and a cron or batch job): every job of the user must find
+    the same locks, or two of them could take the same GPU.
+    """
     return Path(tempfile.gettempdir()) / f"nsff-gpu-locks-{os.getuid()}"
 
 
+def default_lock_dir() -> Path:
+    """``NSFF_GPU_LOCK_DIR``, else :func:`private_lock_dir`."""
+    if os.environ.get(ENV_LOCK_DIR):
+        return Path(os.environ[ENV_LOCK_DIR])
+    return private_lock_dir()
+
+
+def ensure_private_dir(path: Path) -> None:
+    """Create ``path`` with mode 0700, or check the one there: a directory (not a link) owned
+    by this user that group and others cannot write.
+
+    Raises:
+        LockDirError: it is a link or no directory, another user owns it, or it is group- or
+            world-writable; the message says how to fix it or to use another directory.
+    """
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    st = os.lstat(path)
+    problem = None
+    if stat.S_ISLNK(st.st_mode):
+        problem = "is a symbolic link"
+    elif not stat.S_ISDIR(st.st_mode):
+        problem = "is not a directory"
+    elif st.st_uid != os.getuid():
+        problem = f"belongs to user id {st.st_uid}, not to you (user id {os.getuid()})"
+    elif st.st_mode & 0o022:
+        problem = f"can be written by its group or by others (mode {stat.S_IMODE(st.st_mode):o})"
+    if problem:
+        raise LockDirError(
+            f"the GPU lock directory {path} {problem}: another user could take over or block "
+            "the GPU slot locks, so it is not used. If you created it and trust it, run "
+            f"`chmod 700 {path}` (it must be yours); otherwise remove it if you can, or set "
+            f"{ENV_LOCK_DIR} to a directory of your own (e.g. {ENV_LOCK_DIR}=$HOME/.nsff-gpu-locks)"
+        )
+
+
 def _try_lock(path: Path) -> int | None:
-    """A locked descriptor on ``path``, or ``None`` if another process holds it."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    """A locked descriptor on ``path``, or ``None`` if another process holds it.
+
+    Raises:
+        LockDirError: ``path`` is a symbolic link or not a regular file.
+    """
+    flags = os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK  # O_NONBLOCK: a planted FIFO never blocks
+    try:
+        try:
+            fd = os.open(path, os.O_RDWR | flags, 0o666)
+        except PermissionError:  # another user's lock file in a shared directory
+            fd = os.open(path, os.O_RDONLY | flags, 0o666)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise LockDirError(
+                f"the GPU lock file {path} is a symbolic link; refusing to follow it. Remove it "
+                "(lock files are plain files; whoever made it a link may be tampering with the "
+                "locks)"
+            ) from None
+        raise
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise LockDirError(f"the GPU lock file {path} is not a regular file; remove it")
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
@@ -161,8 +242,11 @@ def _try_lock(path: Path) -> int | None:
         if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
             return None
         raise
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
+    # the pid is for humans; only into a file of ours with one link (not via a hard link)
+    writable = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDWR
+    if writable and st.st_nlink == 1:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
     return fd
 
 
@@ -201,8 +285,17 @@ def claim_gpus(
             f"the job asks for {count} GPUs but only {len(ids)} are configured ({','.join(ids)});"
             f" lower the rule's gpu resource or set {ENV_DEVICES}"
         )
-    ldir = Path(lock_dir) if lock_dir is not None else default_lock_dir()
-    ldir.mkdir(parents=True, exist_ok=True)
+    if lock_dir is not None:
+        ldir = Path(lock_dir)
+    elif os.environ.get(ENV_LOCK_DIR):
+        ldir = Path(os.environ[ENV_LOCK_DIR])
+    else:
+        ldir = None
+    if ldir is not None:  # the user's choice, possibly shared by a group
+        ldir.mkdir(parents=True, exist_ok=True)
+    else:
+        ldir = private_lock_dir()
+        ensure_private_dir(ldir)
 
     start = time.monotonic()
     waiting_said = False

@@ -416,19 +416,29 @@ def lpips_weight_files(net: str = "alex", weights_path=None) -> tuple[str, str]:
     return backbone, linear
 
 
-def load_lpips(net: str = "alex", weights_path=None, device=None):
+def load_lpips(net: str = "alex", weights_path=None, device=None, scene=None):
     """The pretrained LPIPS module from local files (cached per files and device).
+
+    Both files are checked against the registry entries ``alexnet`` and ``lpips_alex`` of
+    :mod:`nsff_core.priors.weights` (by file name: the ``lpips`` package's names ``alexnet.pth``
+    and ``alex.pth`` included): the first use records their full sha256 in ``sha256.json`` of
+    their folder (the backbone's prefix ``7be5be79`` is checked then), and every later use must
+    match it. They are loaded with ``weights_only=True``.
 
     Raises:
         LpipsUnavailable: when a weight file is missing (see :func:`lpips_weight_files`).
+        nsff_core.priors.weights.WeightsMismatch: a file differs from its recorded sha256
+            (a :class:`~nsff_core.errors.StageError` of rule ``evaluate`` for ``scene``).
     """
-    import torch
+    from .priors.pretrained import torch_load_weights
 
     backbone, linear = lpips_weight_files(net, weights_path)
     key = (backbone, linear, str(device))
     if key not in _LPIPS_CACHE:
-        load = dict(map_location="cpu", weights_only=True)
-        model = build_lpips(torch.load(backbone, **load), torch.load(linear, **load))
+        model = build_lpips(
+            torch_load_weights(backbone, scene, "evaluate"),
+            torch_load_weights(linear, scene, "evaluate"),
+        )
         _LPIPS_CACHE[key] = model.to(device) if device is not None else model
     return _LPIPS_CACHE[key]
 

@@ -30,6 +30,7 @@ rule weights:
             else {}
         ),
         # "" = $NSFF_WEIGHTS_DIR, else the user's cache
-        cache_dir=(config.get("weights") or {}).get("cache_dir") or "",
+        cache_dir=weights_config().cache_dir or "",
+        trust_on_first_use=weights_config().trust_on_first_use,
     script:
         "../workflow_scripts/weights.py"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -204,3 +205,145 @@ def test_module_does_not_import_torch_or_numpy():
         check=True,
     )
     assert out.stdout.strip() == "[]"
+
+
+# ----------------------------------------------------------------------- lock directory safety
+
+
+@pytest.fixture
+def private_tmp(tmp_path, monkeypatch):
+    """The temp dir of the default lock directory, in tmp_path; umask 022 as on most systems."""
+    monkeypatch.setattr(gpu_slots.tempfile, "gettempdir", lambda: str(tmp_path))
+    old = os.umask(0o022)
+    yield tmp_path / f"nsff-gpu-locks-{os.getuid()}"
+    os.umask(old)
+
+
+def test_default_lock_dir_is_created_private(private_tmp):
+    with claim_gpus(1, devices="0", timeout=1) as claim:
+        assert claim.devices == ["0"]
+    st = private_tmp.stat()
+    assert stat.S_IMODE(st.st_mode) == 0o700 and st.st_uid == os.getuid()
+
+
+def _owned_by_someone_else(path: Path, monkeypatch) -> None:
+    """Make ``path`` look owned by another user: chown as root, else pretend to be another."""
+    if os.geteuid() == 0:
+        os.chown(path, 4242, 4242)
+    else:
+        me = os.getuid()
+        monkeypatch.setattr(gpu_slots.os, "getuid", lambda: me + 1)
+        path.rename(path.with_name(f"nsff-gpu-locks-{me + 1}"))
+
+
+def test_a_default_dir_created_by_another_user_is_refused(private_tmp, monkeypatch):
+    private_tmp.mkdir(mode=0o700)
+    _owned_by_someone_else(private_tmp, monkeypatch)
+    with pytest.raises(gpu_slots.LockDirError, match="belongs to user id") as info:
+        claim_gpus(1, devices="0", timeout=1)
+    assert gpu_slots.ENV_LOCK_DIR in str(info.value)
+    assert "CUDA_VISIBLE_DEVICES" not in os.environ
+    assert not any(private_tmp.parent.glob("nsff-gpu-locks-*/gpu-*.lock"))
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o770, 0o1777])
+def test_a_group_or_world_writable_default_dir_is_refused(private_tmp, mode):
+    private_tmp.mkdir()
+    os.chmod(private_tmp, mode)
+    with pytest.raises(gpu_slots.LockDirError, match="written by its group or by others") as e:
+        claim_gpus(1, devices="0", timeout=1)
+    assert f"chmod 700 {private_tmp}" in str(e.value)
+    assert not list(private_tmp.iterdir())
+
+
+def test_a_symlinked_default_dir_is_refused(private_tmp, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    private_tmp.symlink_to(elsewhere)
+    with pytest.raises(gpu_slots.LockDirError, match="is a symbolic link"):
+        claim_gpus(1, devices="0", timeout=1)
+    assert not list(elsewhere.iterdir())
+
+
+def test_an_explicit_shared_lock_dir_may_be_group_writable(tmp_path, monkeypatch):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o2775)
+    monkeypatch.setenv(gpu_slots.ENV_LOCK_DIR, str(shared))
+    with claim_gpus(1, devices="3", timeout=1) as claim:
+        assert claim.devices == ["3"] and (shared / "gpu-3.lock").is_file()
+
+
+def test_a_symlink_lock_file_is_refused(tmp_path):
+    """Before: the claim followed the link and wrote its pid into the target."""
+    locks = tmp_path / "locks"
+    locks.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    (locks / "gpu-0.lock").symlink_to(victim)
+    with pytest.raises(gpu_slots.LockDirError, match="symbolic link"):
+        claim_gpus(1, devices="0", lock_dir=locks, timeout=1)
+    assert victim.read_text() == "precious\n"
+    assert "CUDA_VISIBLE_DEVICES" not in os.environ
+
+
+def test_a_hard_linked_lock_file_is_locked_but_not_written(tmp_path):
+    locks = tmp_path / "locks"
+    locks.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    os.link(victim, locks / "gpu-0.lock")
+    with claim_gpus(1, devices="0", lock_dir=locks, timeout=1) as claim:
+        assert claim.devices == ["0"]
+    assert victim.read_text() == "precious\n"
+
+
+def test_another_users_lock_file_in_a_shared_dir_is_locked_read_only(tmp_path, monkeypatch):
+    locks = tmp_path / "locks"
+    locks.mkdir()
+    (locks / "gpu-0.lock").write_text("4242\n")
+    real_open = os.open
+
+    def no_write_access(path, flags, *args, **kwargs):  # as for a 0644 file of another user
+        if flags & os.O_ACCMODE == os.O_RDWR:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(gpu_slots.os, "open", no_write_access)
+    with claim_gpus(1, devices="0", lock_dir=locks, timeout=1) as claim:
+        assert claim.devices == ["0"]
+        assert gpu_slots._try_lock(locks / "gpu-0.lock") is None  # a real lock: held
+    assert (locks / "gpu-0.lock").read_text() == "4242\n"
+
+
+def test_an_unsafe_lock_dir_fails_the_rule_with_its_message(private_tmp, tmp_path, monkeypatch):
+    """Inside a rule the refusal is a user error of the job, named in its log."""
+    import logging
+    from types import SimpleNamespace
+
+    from nsff_core.workflow import run_stage
+
+    private_tmp.mkdir()
+    os.chmod(private_tmp, 0o777)
+    monkeypatch.setenv(gpu_slots.ENV_DEVICES, "0")
+    smk = SimpleNamespace(
+        rule="train",
+        log=[str(tmp_path / "train.log")],
+        wildcards=SimpleNamespace(scene="demo"),
+        resources={"gpu": 1},
+    )
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        with pytest.raises(SystemExit) as info, run_stage(smk):
+            pytest.fail("the body must not run")
+    finally:
+        for h in root.handlers:
+            if h not in saved[0]:
+                h.close()
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+    assert info.value.code == 1
+    text = (tmp_path / "train.log").read_text()
+    assert "scene 'demo', rule 'train'" in text and f"chmod 700 {private_tmp}" in text
+    assert "CUDA_VISIBLE_DEVICES" not in os.environ

@@ -1,5 +1,6 @@
 """PSNR, SSIM (the real one, not nsff_pl's (1 + SSIM) / 2) and LPIPS (offline behaviour)."""
 
+import dataclasses
 import logging
 import math
 
@@ -19,6 +20,7 @@ from nsff_core.metrics import (
     ssim,
     ssim_map,
 )
+from nsff_core.priors import weights as W
 
 
 def _rand(shape, seed):
@@ -154,10 +156,10 @@ def test_lpips_or_nan_offline_warns_once(no_weights, caplog):
     assert len([r for r in caplog.records if "LPIPS unavailable" in r.getMessage()]) == 1
 
 
-def test_lpips_loads_local_files(no_weights):
-    wdir = no_weights / "weights"
-    wdir.mkdir()
-    ref = build_lpips(random_init=True, seed=1)
+def _save_lpips_files(wdir, seed=1):
+    """Random LPIPS weights saved under the file names of the real ones; the module."""
+    wdir.mkdir(exist_ok=True)
+    ref = build_lpips(random_init=True, seed=seed)
     torch.save(
         {f"features.{k}": v for k, v in ref.net.state_dict().items()},
         wdir / "alexnet-owt-7be5be79.pth",
@@ -165,9 +167,51 @@ def test_lpips_loads_local_files(no_weights):
     torch.save(
         {k: v for k, v in ref.state_dict().items() if k.startswith("lin")}, wdir / "alex.pth"
     )
+    return ref
+
+
+@pytest.fixture
+def unpinned_alexnet(monkeypatch):
+    """Test weights cannot have torchvision's sha256 prefix: drop it from the registry entry."""
+    e = W.REGISTRY["alexnet"]
+    monkeypatch.setitem(W.REGISTRY, "alexnet", dataclasses.replace(e, sha256_prefix=None))
+    monkeypatch.setattr(metrics, "_LPIPS_CACHE", {})
+
+
+def test_lpips_loads_local_files(no_weights, unpinned_alexnet):
+    wdir = no_weights / "weights"
+    ref = _save_lpips_files(wdir)
     assert lpips_weight_files() == (str(wdir / "alexnet-owt-7be5be79.pth"), str(wdir / "alex.pth"))
     x, y = _rand((64, 64, 3), 8), _rand((64, 64, 3), 9)
     assert lpips(x, y) == pytest.approx(lpips(x, y, model=ref), rel=1e-6)
+
+
+def test_lpips_refuses_a_backbone_that_is_not_torchvisions(no_weights, monkeypatch):
+    """Before: any file named alexnet-owt-7be5be79.pth was loaded unchecked."""
+    monkeypatch.setattr(metrics, "_LPIPS_CACHE", {})
+    wdir = no_weights / "weights"
+    _save_lpips_files(wdir)
+    x = _rand((64, 64, 3), 8)
+    with pytest.raises(W.WeightsMismatch, match="starting with 7be5be79") as info:
+        lpips(x, x)
+    assert str(wdir / "alexnet-owt-7be5be79.pth") in str(info.value)
+    assert info.value.stage == "evaluate"
+
+
+def test_lpips_files_are_recorded_then_must_not_change(no_weights, unpinned_alexnet):
+    """Before: the LPIPS files were loaded without any hash check."""
+    wdir = no_weights / "weights"
+    _save_lpips_files(wdir, seed=1)
+    x, y = _rand((64, 64, 3), 8), _rand((64, 64, 3), 9)
+    lpips(x, y)
+    record = W.read_record(wdir)
+    assert sorted(record) == ["alex.pth", "alexnet-owt-7be5be79.pth"]
+    assert record["alex.pth"]["entry"] == "lpips_alex"
+    metrics._LPIPS_CACHE.clear()
+    _save_lpips_files(wdir, seed=2)  # other weights under the same names
+    with pytest.raises(W.WeightsMismatch, match="corrupted or replaced") as info:
+        lpips(x, y)
+    assert record["alexnet-owt-7be5be79.pth"]["sha256"] in str(info.value)
 
 
 def test_lpips_random_weights_properties():

@@ -223,3 +223,161 @@ def test_cuda_half_precision_batch(tmp_path):
     )
     assert summary["frames"] == 5 and summary["device"].startswith("cuda")
     assert read_mask(tmp_path / "masks" / "00004.png").shape == (24, 32)
+
+
+# --------------------------------------------------------------------------- detectron2 weights
+
+
+class _RunsCode:
+    """Unpickling this runs code: it writes ``path`` (a harmless stand-in for an attack)."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.path!r}, 'w').write('ran')",))
+
+
+@pytest.fixture
+def fake_detectron2(monkeypatch):
+    """A stand-in for detectron2 (not installed here) that loads weights as detectron2 does:
+    ``DefaultPredictor`` loads ``cfg.MODEL.WEIGHTS`` through ``DetectionCheckpointer``, whose
+    ``_load_file`` reads a ``.pkl`` with ``pickle.load`` and whose ``load`` turns the arrays
+    of ``data["model"]`` into the model's state."""
+    import pickle
+    import types
+    from types import SimpleNamespace
+
+    class DetectionCheckpointer:
+        def __init__(self, model):
+            self.model = model
+
+        def load(self, path):
+            if not path:
+                return {}
+            data = self._load_file(path)
+            state = {k: torch.as_tensor(v) for k, v in data.pop("model").items()}
+            self.model.load_state_dict(state)
+            return data
+
+        def _load_file(self, filename):
+            with open(filename, "rb") as f:
+                return pickle.load(f, encoding="latin1")
+
+    class DefaultPredictor:
+        def __init__(self, cfg):
+            self.cfg = cfg
+            self.model = torch.nn.Linear(2, 2)
+            DetectionCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
+
+    def get_cfg():
+        cfg = SimpleNamespace(
+            MODEL=SimpleNamespace(
+                WEIGHTS="", DEVICE="cpu", ROI_HEADS=SimpleNamespace(SCORE_THRESH_TEST=0.5)
+            )
+        )
+        cfg.merge_from_file = lambda path: None
+        return cfg
+
+    mods = {
+        "detectron2": types.ModuleType("detectron2"),
+        "detectron2.model_zoo": types.ModuleType("detectron2.model_zoo"),
+        "detectron2.config": types.ModuleType("detectron2.config"),
+        "detectron2.engine": types.ModuleType("detectron2.engine"),
+        "detectron2.checkpoint": types.ModuleType("detectron2.checkpoint"),
+    }
+    mods["detectron2.model_zoo"].get_config_file = lambda name: name
+    mods["detectron2.model_zoo"].get_checkpoint_url = lambda name: "https://x/model_final.pkl"
+    mods["detectron2.config"].get_cfg = get_cfg
+    mods["detectron2.engine"].DefaultPredictor = DefaultPredictor
+    mods["detectron2.checkpoint"].DetectionCheckpointer = DetectionCheckpointer
+    for name, mod in mods.items():
+        monkeypatch.setitem(sys.modules, name, mod)
+        if "." in name:
+            setattr(mods["detectron2"], name.split(".")[1], mod)
+
+
+def _zoo_pkl(path, weight, protocol=2):
+    import pickle
+
+    data = {
+        "model": {"weight": np.full((2, 2), weight, np.float32), "bias": np.arange(2.0)},
+        "__author__": "Detectron2 Model Zoo",
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(pickle.dumps(data, protocol=protocol))
+    return path
+
+
+def test_detectron2_weights_load_without_pickle_and_are_hash_checked(tmp_path, fake_detectron2):
+    from nsff_core.priors import weights as W
+    from nsff_core.priors.maskrcnn import load_detectron2
+
+    pkl = _zoo_pkl(tmp_path / "cache" / "model_final_f10217.pkl", 3.0)
+    predictor = load_detectron2(pkl, "cpu")
+    assert torch.equal(predictor.model.weight.detach(), torch.full((2, 2), 3.0))
+    assert predictor.cfg.MODEL.WEIGHTS == str(pkl)
+    assert W.read_record(pkl.parent)["model_final_f10217.pkl"]["entry"] == "detectron2_r50_fpn_3x"
+    _zoo_pkl(pkl, 4.0)  # another file under the recorded name: before, loaded unchecked
+    with pytest.raises(W.WeightsMismatch, match="model_final_f10217.pkl") as info:
+        load_detectron2(pkl, "cpu", scene="s")
+    assert info.value.stage == "masks" and "scene 's'" in str(info.value)
+
+
+def test_a_detectron2_pkl_that_runs_code_is_refused(tmp_path, fake_detectron2):
+    """Before: detectron2's pickle.load ran the file's code while loading the weights."""
+    import pickle
+
+    from nsff_core.priors.maskrcnn import load_detectron2
+
+    ran = tmp_path / "ran.txt"
+    pkl = tmp_path / "cache" / "model_final_f10217.pkl"
+    pkl.parent.mkdir()
+    payload = {"model": {"weight": _RunsCode(ran)}, "__author__": "Detectron2 Model Zoo"}
+    pkl.write_bytes(pickle.dumps(payload, protocol=2))
+    with pytest.raises(StageError, match=r"builtin\w*\.exec") as info:
+        load_detectron2(pkl, "cpu", scene="s")
+    assert not ran.exists()
+    assert "not a detectron2 checkpoint of arrays" in str(info.value)
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_pickled_arrays_load_without_running_code(tmp_path, protocol):
+    import collections
+    import io
+    import pickle
+
+    from nsff_core.priors.pretrained import load_pickled_arrays
+
+    data = {
+        "model": collections.OrderedDict(
+            a=np.arange(6, dtype=np.float32).reshape(2, 3), b=np.array([1, 2], np.int64)
+        ),
+        "__author__": "x",
+        "n": np.float32(1.5),
+        "t": (1, "two", b"three", None, True, 2.5),
+    }
+    out = load_pickled_arrays(io.BytesIO(pickle.dumps(data, protocol=protocol)))
+    assert list(out["model"]) == ["a", "b"] and out["t"] == data["t"] and out["n"] == 1.5
+    assert (
+        np.array_equal(out["model"]["a"], data["model"]["a"]) and out["model"]["a"].flags.writeable
+    )
+    ran = tmp_path / "ran.txt"
+    for evil in (_RunsCode(ran), {"x": [_RunsCode(ran)]}):
+        with pytest.raises(pickle.UnpicklingError, match=r"builtin\w*\.exec"):
+            load_pickled_arrays(io.BytesIO(pickle.dumps(evil, protocol=protocol)))
+    assert not ran.exists()
+
+
+def test_pickled_arrays_allow_only_the_latin1_codec():
+    import io
+    import pickle
+
+    from nsff_core.priors.pretrained import load_pickled_arrays
+
+    # protocol 2 stores bytes as _codecs.encode(text, "latin1"); another codec is refused
+    ok = pickle.dumps(b"\xff\x00", protocol=2)
+    assert load_pickled_arrays(io.BytesIO(ok)) == b"\xff\x00"
+    bad = ok.replace(b"latin1", b"rot_13")
+    with pytest.raises(pickle.UnpicklingError, match="codec"):
+        load_pickled_arrays(io.BytesIO(bad))

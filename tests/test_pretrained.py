@@ -102,3 +102,79 @@ def test_masks_and_depth_dispatch(scene, monkeypatch):
     shapes, hw, args, _ = calls["depth"]
     assert shapes == [(96, 160, 3)] * 3 and hw == (48, 80)
     assert args[:2] == ("dpt_hybrid", ck["dpt_hybrid"])
+
+
+class _RunsCode:
+    """Unpickling this runs code: it writes ``path`` (a harmless stand-in for an attack)."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.path!r}, 'w').write('ran')",))
+
+
+def test_pretrained_loads_stay_weights_only_whatever_the_environment(tmp_path, monkeypatch):
+    """TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD turns off torch's safe unpickler for every load that
+    leaves weights_only unset; ours pass weights_only=True, which it cannot override."""
+    import pickle
+
+    from nsff_core.priors.pretrained import torch_load_weights
+    from nsff_core.priors.raft import load_raft
+
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    ran = tmp_path / "ran.txt"
+    evil = tmp_path / "raft_large_C_T_V1-22a6c225.pth"
+    torch.save({"weight": _RunsCode(ran)}, evil)
+    with pytest.raises(StageError, match="starting with 22a6c225"):  # registry name: refused
+        load_raft(evil, "cpu")
+    # under a name of its own: loaded without a hash check, so only weights_only stops it
+    plain = evil.rename(tmp_path / "raft.pth")
+    with pytest.raises(StageError, match="not a torchvision RAFT-Large state dict"):
+        load_raft(plain, "cpu")
+    with pytest.raises(pickle.UnpicklingError):
+        torch_load_weights(tmp_path / "raft.pth")
+    assert not ran.exists()
+    with pytest.warns(UserWarning, match="TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"):
+        torch.load(tmp_path / "raft.pth")  # weights_only unset: the variable wins, code runs
+    assert ran.read_text() == "ran"  # so the variable is live in this test
+
+
+def test_every_pretrained_torch_load_passes_weights_only_true():
+    """Static check of the loaders of pretrained files: no torch.load without
+    weights_only=True (the default could be turned off by the environment)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "nsff_core"
+    files = [*sorted((root / "priors").glob("*.py")), root / "metrics.py"]
+    calls = 0
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "load"
+                and isinstance(node.func.value, ast.Name)
+                and node.func.value.id == "torch"
+            ):
+                calls += 1
+                kw = {k.arg: k.value for k in node.keywords}
+                assert isinstance(kw.get("weights_only"), ast.Constant), (path, node.lineno)
+                assert kw["weights_only"].value is True, (path, node.lineno)
+    assert calls >= 1
+
+
+def test_a_registry_named_checkpoint_is_hash_checked_by_its_loader(scene):
+    """RAFT's loader refuses a file named like torchvision's RAFT-Large whose sha256 does not
+    start with the prefix in its name (before: any such file was loaded)."""
+    from torchvision.models.optical_flow import raft_large
+
+    from nsff_core.priors.raft import load_raft
+    from nsff_core.priors.weights import WeightsMismatch
+
+    ckpt = scene / "raft_large_C_T_V1-22a6c225.pth"
+    torch.save(raft_large(weights=None).state_dict(), ckpt)
+    with pytest.raises(WeightsMismatch, match="starting with 22a6c225") as info:
+        load_raft(ckpt, "cpu", scene="s")
+    assert info.value.stage == "flow" and str(ckpt) in str(info.value)

@@ -10,7 +10,10 @@ import hashlib
 import io
 import json
 import logging
+import os
 import runpy
+import stat
+import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -64,8 +67,10 @@ def toy(tmp_path, monkeypatch):
 
 
 def leftovers(cache: Path) -> list[str]:
-    """Temporary files a download left behind."""
-    return [p.name for p in cache.glob(".*")] if cache.exists() else []
+    """Temporary files a download left behind (the lock files stay, by design)."""
+    if not cache.exists():
+        return []
+    return [p.name for p in cache.glob(".*") if not p.name.endswith(".lock")]
 
 
 # --------------------------------------------------------------------------- registry
@@ -200,7 +205,7 @@ def test_fetch_through_an_opener_logs_progress(toy, tmp_path, monkeypatch, caplo
     with caplog.at_level(logging.INFO, logger=W.__name__):
         path = W.fetch("toy", tmp_path / "cache")
     assert path.read_bytes() == PAYLOAD
-    assert " MB (" in caplog.text and "%," in caplog.text and "sha256-prefix checked" in caplog.text
+    assert " MB (" in caplog.text and "%," in caplog.text and "on first use" in caplog.text
 
 
 def test_truncated_transfer_fails_and_leaves_nothing(toy, tmp_path, monkeypatch):
@@ -270,12 +275,14 @@ def test_offline_with_a_wrong_file_in_place_says_so(tmp_path):
     assert "starting with 2f21e586" in str(info.value)
 
 
-def test_unhashed_entry_is_accepted_with_a_warning(tmp_path, monkeypatch, caplog):
+def test_unhashed_entry_is_trusted_on_first_use_with_a_warning(tmp_path, monkeypatch, caplog):
     e = toy_entry(tmp_path, sha256_prefix=None)
     monkeypatch.setitem(W.REGISTRY, "toy", e)
     with caplog.at_level(logging.WARNING, logger=W.__name__):
         assert W.fetch("toy", tmp_path / "cache").read_bytes() == PAYLOAD
-    assert "no known hash" in caplog.text
+    assert "no published full sha256" in caplog.text and "on first use" in caplog.text
+    digest = hashlib.sha256(PAYLOAD).hexdigest()
+    assert W.read_record(tmp_path / "cache")[e.file]["sha256"] == digest
 
 
 def test_torch_hub_copy_is_reused_without_network(toy, tmp_path, monkeypatch):
@@ -317,7 +324,7 @@ def test_marker_lists_paths_and_prior_rules_resolve_them(toy, tmp_path):
     assert list(listed) == ["toy"]
     assert listed["toy"]["path"] == str(cache / toy.file)
     assert listed["toy"]["sha256"] == hashlib.sha256(PAYLOAD).hexdigest()
-    assert listed["toy"]["check"] == "sha256-prefix" and listed["toy"]["bytes"] == len(PAYLOAD)
+    assert listed["toy"]["check"] == "recorded-sha256" and listed["toy"]["bytes"] == len(PAYLOAD)
     assert W.resolve_from_marker(marker, "toy", "demo", "flow") == cache / toy.file
     with pytest.raises(StageError, match="does not list checkpoint 'raft_large'") as info:
         W.resolve_from_marker(marker, "raft_large", "demo", "flow")
@@ -338,14 +345,16 @@ def test_rule_declaration():
         assert key in d
 
 
-def _run_script(tmp_path, backends, cache):
+def _run_script(tmp_path, backends, cache, trust_on_first_use=True):
     marker = tmp_path / "results" / "demo" / "weights.json"
     smk = SimpleNamespace(
         scriptdir=str(REPO / "workflow_scripts"),
         rule="weights",
         log=[str(tmp_path / "weights.log")],
         wildcards=SimpleNamespace(scene="demo"),
-        params=SimpleNamespace(backends=backends, cache_dir=cache),
+        params=SimpleNamespace(
+            backends=backends, cache_dir=cache, trust_on_first_use=trust_on_first_use
+        ),
         output=SimpleNamespace(marker=str(marker)),
     )
     root = logging.getLogger()
@@ -370,9 +379,242 @@ def test_script_writes_the_marker(toy, tmp_path):
     assert json.loads(marker.read_text())["cache_dir"] == str(tmp_path / "xdg" / "nsff" / "weights")
 
 
+def test_script_passes_trust_on_first_use(toy, tmp_path):
+    with pytest.raises(SystemExit):
+        _run_script(tmp_path, {"flow": "toy"}, str(tmp_path / "cache"), trust_on_first_use=False)
+    assert "trust_on_first_use is false" in (tmp_path / "weights.log").read_text()
+
+
+def test_the_rule_passes_the_configured_trust_on_first_use():
+    rule = (REPO / "rules" / "weights.smk").read_text()
+    assert "trust_on_first_use=weights_config().trust_on_first_use" in rule
+
+
 def test_script_exits_with_the_offline_message(tmp_path):
     with pytest.raises(SystemExit) as info:
         _run_script(tmp_path, {"flow": "raft"}, str(tmp_path / "cache"))
     assert info.value.code == 1
     log = (tmp_path / "weights.log").read_text()
     assert "raft_large_C_T_V1-22a6c225.pth" in log and "download it by hand to" in log
+
+
+# --------------------------------------------------------------------------- trust on first use
+
+
+def same_prefix_payload(payload: bytes, digits: int) -> bytes:
+    """Another payload of the same length whose sha256 starts with the same ``digits`` hex
+    digits (found by counting; a few hundred tries for 2 digits)."""
+    want = hashlib.sha256(payload).hexdigest()[:digits]
+    for i in range(1_000_000):
+        other = f"{i:08d}".encode() + payload[8:]
+        if other != payload and hashlib.sha256(other).hexdigest().startswith(want):
+            return other
+    raise AssertionError("no payload found")
+
+
+@pytest.fixture
+def short_prefix_toy(tmp_path, monkeypatch):
+    """An entry checked by a 2-digit prefix only: a different file with the same prefix is easy
+    to make, as a forged file with the same 8-digit prefix would be for a determined attacker."""
+    digest = hashlib.sha256(PAYLOAD).hexdigest()
+    e = toy_entry(tmp_path, sha256_prefix=digest[:2])
+    monkeypatch.setitem(W.REGISTRY, "toy", e)
+    return e, same_prefix_payload(PAYLOAD, 2)
+
+
+def test_first_fetch_records_the_full_digest_readable_by_the_group(toy, tmp_path):
+    old = os.umask(0o002)
+    try:
+        path = W.fetch("toy", tmp_path / "cache")
+    finally:
+        os.umask(old)
+    record = tmp_path / "cache" / W.RECORD_FILE
+    info = json.loads(record.read_text())["files"][toy.file]
+    assert info["sha256"] == hashlib.sha256(PAYLOAD).hexdigest() and info["entry"] == "toy"
+    assert info["source"].startswith("first use") and info["stat"][0] == len(PAYLOAD)
+    assert stat.S_IMODE(record.stat().st_mode) & 0o060 == 0o060  # group read and write
+    assert path.read_bytes() == PAYLOAD
+
+
+def test_a_different_file_with_the_same_prefix_is_refused_by_loaders(short_prefix_toy, tmp_path):
+    """Before: the 8-digit prefix was all a loader or a later fetch checked."""
+    e, forged = short_prefix_toy
+    cache = tmp_path / "cache"
+    path = W.fetch("toy", cache, scene="demo")
+    path.write_bytes(forged)  # same size, same prefix: passes a prefix check
+    with pytest.raises(W.WeightsMismatch) as info, W.open_verified(path, "demo", "flow"):
+        pass
+    msg, digest = str(info.value), hashlib.sha256(PAYLOAD).hexdigest()
+    assert info.value.stage == "flow" and info.value.scene == "demo"
+    assert str(path) in msg and digest in msg and hashlib.sha256(forged).hexdigest() in msg
+    assert f"delete {path}" in info.value.hint and W.RECORD_FILE in info.value.hint
+
+
+def test_loaders_hash_even_when_the_stat_is_unchanged(short_prefix_toy, tmp_path):
+    e, forged = short_prefix_toy
+    path = W.fetch("toy", tmp_path / "cache")
+    st = path.stat()
+    with open(path, "r+b") as f:  # rewritten in place, times set back
+        f.write(forged)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    with pytest.raises(W.WeightsMismatch), W.open_verified(path):
+        pass
+
+
+def test_fetch_repairs_a_changed_file_from_the_recorded_download(short_prefix_toy, tmp_path):
+    """Before: a cached file that passed the prefix check was reused as it was."""
+    e, forged = short_prefix_toy
+    path = W.fetch("toy", tmp_path / "cache")
+    path.write_bytes(forged)
+    assert W.fetch("toy", tmp_path / "cache") == path
+    assert path.read_bytes() == PAYLOAD  # fetched again and checked against the record
+
+
+def test_a_file_changed_upstream_after_first_use_is_refused(short_prefix_toy, tmp_path):
+    e, forged = short_prefix_toy
+    cache = tmp_path / "cache"
+    path = W.fetch("toy", cache)
+    path.unlink()
+    Path(urllib.request.url2pathname(e.url[len("file:") :])).write_bytes(forged)
+    with pytest.raises(W.WeightsMismatch) as info:
+        W.fetch("toy", cache, scene="demo")
+    msg = str(info.value)
+    assert hashlib.sha256(forged).hexdigest() in msg and hashlib.sha256(PAYLOAD).hexdigest() in msg
+    assert "changed upstream" in msg and f'"{e.file}"' in info.value.hint
+    assert not path.exists() and leftovers(cache) == []
+
+
+def test_without_trust_on_first_use_only_full_digests_are_used(toy, tmp_path, offline):
+    cache = tmp_path / "cache"
+    with pytest.raises(StageError, match="trust_on_first_use is false") as info:
+        W.fetch_for_scene({"flow": "toy"}, tmp_path / "w.json", cache, trust_on_first_use=False)
+    assert 'sha256="<64 hex digits>"' in info.value.hint and "REGISTRY" in info.value.hint
+    assert offline == [] and not (tmp_path / "w.json").exists()  # nothing downloaded
+    pinned = toy_entry(tmp_path, sha256=hashlib.sha256(PAYLOAD).hexdigest())
+    W.REGISTRY["toy"] = pinned  # the fixture's monkeypatch restores the registry
+    content = W.fetch_for_scene(
+        {"flow": "toy"}, tmp_path / "w.json", cache, trust_on_first_use=False
+    )
+    assert content["weights"]["toy"]["check"] == "registry-sha256"
+    with W.open_verified(cache / pinned.file) as f:  # loaders check the registry digest too
+        assert f.read() == PAYLOAD
+
+
+def test_the_fetch_reuses_the_recorded_digest_while_the_file_is_unchanged(
+    toy, tmp_path, monkeypatch
+):
+    cache = tmp_path / "cache"
+    path = W.fetch("toy", cache)
+    hashed = []
+    real = W._hash_open_file
+    monkeypatch.setattr(W, "_hash_open_file", lambda f: hashed.append(1) or real(f))
+    assert W.fetch("toy", cache) == path and hashed == []  # stat unchanged: no hashing
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert W.fetch("toy", cache) == path and hashed == [1]  # touched: hashed again
+    assert W.read_record(cache)[toy.file]["stat"][1] == st.st_mtime_ns + 10**9
+
+
+def test_concurrent_first_uses_merge_into_one_record(tmp_path, monkeypatch):
+    """Several jobs record files of one cache at once: no entry is lost."""
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    names = []
+    for i in range(12):
+        payload = PAYLOAD + bytes([i])
+        e = W.WeightsEntry(f"t{i}", f"t{i}.pth", "file:///nowhere")
+        monkeypatch.setitem(W.REGISTRY, e.name, e)
+        (folder / e.file).write_bytes(payload)
+        names.append(e.file)
+    barrier = threading.Barrier(len(names))
+
+    def use(name):
+        barrier.wait()
+        with W.open_verified(folder / name):
+            pass
+
+    threads = [threading.Thread(target=use, args=(n,)) for n in names]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(W.read_record(folder)) == sorted(names)
+
+
+def test_a_damaged_record_is_named(toy, tmp_path):
+    cache = tmp_path / "cache"
+    path = W.fetch("toy", cache)
+    (cache / W.RECORD_FILE).write_text('{"files": {"x": {"sha256": "abc"}}}')
+    with (
+        pytest.raises(StageError, match="digest record .* is damaged") as info,
+        W.open_verified(path, "demo", "flow"),
+    ):
+        pass
+    assert "delete it" in info.value.hint
+
+
+def test_a_symlinked_lock_file_is_refused(toy, tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_text("keep")
+    (cache / f".{toy.file}.lock").symlink_to(victim)
+    with pytest.raises(StageError, match="is a symbolic link"):
+        W.fetch("toy", cache)
+    assert victim.read_text() == "keep"
+
+
+def test_loaders_find_registry_files_by_name_and_lpips_alias():
+    assert W.entry_for_file("raft_large_C_T_V1-22a6c225.pth").name == "raft_large"
+    assert W.entry_for_file("alex.pth").name == "lpips_alex"
+    assert W.entry_for_file("alexnet.pth").name == "alexnet"
+    assert W.entry_for_file("my_own.pth") is None
+
+
+def test_concurrent_fetches_of_one_file_download_it_once(toy, tmp_path, monkeypatch):
+    """Two weights jobs fetch the same file at once: the second waits for the first and reuses
+    its download. Before: both downloaded, and the first to finish deleted the other's
+    temporary file, so the other failed with FileNotFoundError."""
+    a_reading, release_a = threading.Event(), threading.Event()
+    calls = []
+
+    class Slow(io.BytesIO):
+        headers: dict = {}
+
+        def read(self, n=-1):
+            a_reading.set()
+            assert release_a.wait(timeout=60)
+            return super().read(n)
+
+    def urlopen(url, timeout):
+        calls.append(url)
+        return Slow(PAYLOAD) if len(calls) == 1 else io.BytesIO(PAYLOAD)
+
+    monkeypatch.setattr(W, "_urlopen", urlopen)
+    real_info = W.log.info
+
+    def info(msg, *args):  # B waits on A's lock: let A finish
+        if "waiting for another process" in msg:
+            release_a.set()
+        real_info(msg, *args)
+
+    monkeypatch.setattr(W.log, "info", info)
+    cache = tmp_path / "cache"
+    results: dict[str, object] = {}
+
+    def job(name):
+        try:
+            results[name] = W.fetch("toy", cache)
+        except Exception as exc:  # reported by the assertions below
+            results[name] = exc
+
+    a = threading.Thread(target=job, args=("a",))
+    a.start()
+    assert a_reading.wait(timeout=60)
+    b = threading.Thread(target=job, args=("b",))
+    b.start()
+    b.join(timeout=60)
+    release_a.set()  # (before the fix B never waited)
+    a.join(timeout=60)
+    assert results == {"a": cache / toy.file, "b": cache / toy.file}
+    assert len(calls) == 1 and (cache / toy.file).read_bytes() == PAYLOAD

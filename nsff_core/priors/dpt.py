@@ -53,7 +53,7 @@ from torch import nn
 from .. import io
 from ..errors import StageError
 from .frames import cap_size
-from .pretrained import fp16_autocast
+from .pretrained import fp16_autocast, torch_load_weights
 
 log = logging.getLogger(__name__)
 
@@ -428,8 +428,11 @@ def load_dpt(
     else:
         model = build_dpt(kind, device="meta")  # no random init: every weight is loaded
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            # sha256 checked, weights_only=True (see torch_load_weights)
+            state = torch_load_weights(path, scene, STAGE)
             load_weights(model, state, assign=True)
+        except StageError:
+            raise
         except (RuntimeError, TypeError, ValueError, OSError, EOFError, pickle.PickleError) as exc:
             raise StageError(
                 scene,
@@ -538,7 +541,7 @@ def _read_frame(item: np.ndarray | str | os.PathLike, index: int, scene: str | N
     if isinstance(item, np.ndarray):
         return item
     try:
-        return io.read_image(item)
+        return io.read_image(item, made_by="frames")
     except (ValueError, OSError) as exc:
         raise StageError(
             scene, STAGE, f"frame {index} ({item}) cannot be read: {exc}", "rerun the frames rule"

@@ -320,7 +320,7 @@ def _frame_items(frames) -> list | Iterable:
 
 
 def _load_frame(item) -> np.ndarray:
-    return item if isinstance(item, np.ndarray) else read_image(item)
+    return item if isinstance(item, np.ndarray) else read_image(item, made_by="frames")
 
 
 def _union_mask(union_with, i: int, out_hw: tuple[int, int], scene: str | None) -> np.ndarray:
@@ -516,7 +516,10 @@ def load_detectron2(
     """detectron2's ``DefaultPredictor`` for Mask R-CNN R50-FPN 3x (COCO).
 
     ``checkpoint`` is the model zoo's ``model_final_f10217.pkl``; ``None`` lets detectron2 fetch
-    it from its model zoo into its own cache.
+    it from its model zoo into its own cache. detectron2 itself would read the ``.pkl`` with
+    :func:`pickle.load`, which runs whatever code the file names: the predictor is built without
+    weights instead, and :func:`_detectron2_checkpointer` loads them after the sha256 check,
+    with an unpickler that builds numpy arrays and containers only.
     """
     require_detectron2(scene)
     from detectron2 import model_zoo
@@ -532,14 +535,75 @@ def load_detectron2(
             f"detectron2 checkpoint not found: {checkpoint}",
             f"put {model_zoo.get_checkpoint_url(DETECTRON2_CONFIG)} there",
         )
-    cfg.MODEL.WEIGHTS = (
+    source = (
         str(checkpoint)
         if checkpoint is not None
         else model_zoo.get_checkpoint_url(DETECTRON2_CONFIG)
     )
+    cfg.MODEL.WEIGHTS = ""  # DefaultPredictor loads nothing ("initializing from scratch")
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = float(score_threshold)
     cfg.MODEL.DEVICE = str(_resolve_device(device))
-    return DefaultPredictor(cfg)
+    predictor = DefaultPredictor(cfg)
+    _detectron2_checkpointer(predictor.model, scene).load(source)
+    predictor.cfg.MODEL.WEIGHTS = source  # what was loaded, for whoever reads the config
+    return predictor
+
+
+def _detectron2_checkpointer(model, scene: str | None):
+    """A detectron2 ``DetectionCheckpointer`` for ``model`` that reads files safely.
+
+    Its ``_load_file`` (fvcore's hook for file formats) opens the local file through
+    :func:`~nsff_core.priors.weights.open_verified` (registry or recorded sha256) and reads a
+    ``.pkl`` with :func:`~nsff_core.priors.pretrained.load_pickled_arrays` instead of
+    ``pickle.load``; model-zoo and Caffe2-style contents are told apart as detectron2 does. Any
+    other file goes through ``torch.load(weights_only=True)``.
+    """
+    import pickle
+
+    from detectron2 import model_zoo
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    from .pretrained import load_pickled_arrays, torch_load_weights
+    from .weights import open_verified
+
+    def refuse(filename: str, exc: BaseException) -> StageError:
+        return StageError(
+            scene,
+            STAGE,
+            f"{filename} is not a detectron2 checkpoint of arrays ({type(exc).__name__}: "
+            f"{' '.join(str(exc).split())[:300]})",
+            f"use the model zoo's file ({model_zoo.get_checkpoint_url(DETECTRON2_CONFIG)}); "
+            "a file that needs other Python objects is never unpickled",
+        )
+
+    class NoPickleCheckpointer(DetectionCheckpointer):
+        def _load_file(self, filename):
+            if not filename.endswith(".pkl"):
+                try:
+                    loaded = torch_load_weights(filename, scene, STAGE)
+                except StageError:
+                    raise
+                except Exception as exc:
+                    raise refuse(filename, exc) from exc
+                loaded = loaded if "model" in loaded else {"model": loaded}
+                loaded["matching_heuristics"] = True
+                return loaded
+            with open_verified(filename, scene, STAGE) as f:
+                try:
+                    data = load_pickled_arrays(f)
+                except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
+                    raise refuse(filename, exc) from exc
+            if not isinstance(data, dict):
+                raise refuse(filename, TypeError(f"it holds a {type(data).__name__}"))
+            if "model" in data and "__author__" in data:  # detectron2 model-zoo format
+                return data
+            # a Caffe2 / Detectron1 file, converted by name matching as detectron2 does
+            if "blobs" in data:
+                data = data["blobs"]
+            model_data = {k: v for k, v in data.items() if not k.endswith("_momentum")}
+            return {"model": model_data, "__author__": "Caffe2", "matching_heuristics": True}
+
+    return NoPickleCheckpointer(model)
 
 
 def compute_masks_detectron2(

@@ -244,7 +244,7 @@ def resize_flow(flow: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
 
 
 def _load_frame(item: np.ndarray | str | Path) -> np.ndarray:
-    return item if isinstance(item, np.ndarray) else read_image(item)
+    return item if isinstance(item, np.ndarray) else read_image(item, made_by="frames")
 
 
 def compute_flow_raft(

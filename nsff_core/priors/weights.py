@@ -7,14 +7,34 @@ The rule ``weights`` calls :func:`fetch_for_scene`, which fetches what the scene
 paths from that marker (:func:`resolve_from_marker`) and never download; the rule ``weights`` is
 a local rule, so on a cluster only the submitting machine touches the network.
 
-Hashes. An entry can carry a full ``sha256`` (checked in full) and/or a ``sha256_prefix``: the
-leading hex digits of the file's sha256, which torchvision and torch hub embed in their file
-names (``raft_large_C_T_V1-22a6c225.pth`` -> sha256 starts with ``22a6c225``; torch hub's
+Hashes. An entry can carry a full ``sha256`` and/or a ``sha256_prefix``: the leading hex
+digits of the file's sha256, which torchvision and torch hub embed in their file names
+(``raft_large_C_T_V1-22a6c225.pth`` -> sha256 starts with ``22a6c225``; torch hub's
 ``check_hash`` checks exactly this prefix). The full digests of the public checkpoints were not
-known when the registry was written (they cannot be downloaded here), so most entries check the
-8-digit prefix only: that catches truncated and corrupt downloads and wrong files, not a
-deliberately forged file. Entries with neither (the detectron2 model-zoo file, the LPIPS linear
-layers) are accepted unchecked, with a warning. Every marker records the full sha256 of each file
+known when the registry was written (they cannot be downloaded here), so no entry carries one
+yet. Such entries are trusted on first use (config ``weights.trust_on_first_use``, default
+true): the first time a file enters a folder (download, copy from torch hub's cache, or a file
+found there by the fetch or by a loader), its prefix is checked when there is one and its full
+sha256 is written to the folder's digest record ``sha256.json`` (:data:`RECORD_FILE`). From then
+on every use, by the rule ``weights`` and by every loader (:func:`open_verified`), must match the
+recorded digest in full; a different file is refused with a :class:`WeightsMismatch` naming the
+file, both digests and what to do. A download that replaces a missing or damaged file must
+match the record too, so a file changed upstream after the first fetch is refused as well. With
+``trust_on_first_use: false`` only entries with a full ``sha256`` in the registry are used.
+
+The record also keeps each file's (size, mtime_ns, ctime_ns, inode): while these are unchanged
+the rule ``weights`` reuses the recorded digest instead of hashing the file again (it checks
+every file of a scene, and a 1.3 GB checkpoint takes seconds to hash). Loaders never take that
+shortcut: they hash the very bytes they load, read from the same open file (about a second per
+GB), so what reaches a network is always what was recorded. Updates of the record take a lock (``.sha256.json.lock``, ``flock``) and replace the file
+atomically, so concurrent weights jobs of several scenes merge their entries; a fetch holds a
+lock per file (``.<file>.lock``), so one download of a file runs at a time and the others then
+reuse it. Where the folder cannot be written (a read-only shared cache), nothing is recorded
+and a warning says so: the file is then checked by its prefix only.
+
+Loaders find the entry of a file by its name (:func:`entry_for_file`; the LPIPS files also by
+the ``lpips`` package's names ``alexnet.pth`` and ``alex.pth``). A file with another name (a
+checkpoint the caller chose) is not checked. Every marker records the full sha256 of each file
 it lists, so a full digest can be copied into the registry once a trusted file is at hand.
 
 Cache directory: the configured value (config ``weights.cache_dir``), else ``$NSFF_WEIGHTS_DIR``,
@@ -29,19 +49,21 @@ instead of downloaded when its hash checks out.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import hashlib
 import http.client
 import json
 import logging
 import os
-import shutil
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from ..config import STAGES
 from ..errors import StageError
@@ -104,8 +126,9 @@ _TV = "https://download.pytorch.org/models/"
 _DPT = "https://github.com/isl-org/DPT/releases/download/1_0/"
 
 #: Every checkpoint the workflow knows. Full sha256 digests are unknown for all of them (see the
-#: module docstring): the torchvision and DPT entries check the 8-digit prefix from their file
-#: names, the detectron2 and LPIPS-linear entries are unchecked.
+#: module docstring): each is trusted on first use; the torchvision and DPT entries also check
+#: the 8-digit prefix their file names carry on that first use.
+#: Add ``sha256="<64 hex digits>"`` to an entry once the digest of a trusted copy is known.
 REGISTRY: dict[str, WeightsEntry] = _entries(
     WeightsEntry(
         "maskrcnn_v2_coco",
@@ -141,7 +164,7 @@ REGISTRY: dict[str, WeightsEntry] = _entries(
         "model_final_f10217.pkl",
         "https://dl.fbaipublicfiles.com/detectron2/COCO-InstanceSegmentation/"
         "mask_rcnn_R_50_FPN_3x/137849600/model_final_f10217.pkl",
-        description="detectron2 model zoo Mask R-CNN R50-FPN 3x, COCO (hash unknown: unchecked)",
+        description="detectron2 model zoo Mask R-CNN R50-FPN 3x, COCO (no published hash)",
     ),
     WeightsEntry(
         "alexnet",
@@ -154,7 +177,7 @@ REGISTRY: dict[str, WeightsEntry] = _entries(
         "lpips_alex",
         "lpips_alex_v0.1.pth",
         "https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/weights/v0.1/alex.pth",
-        description="LPIPS v0.1 linear layers for AlexNet (hash unknown: unchecked)",
+        description="LPIPS v0.1 linear layers for AlexNet (no published hash)",
     ),
 )
 
@@ -171,8 +194,22 @@ BACKEND_WEIGHTS: dict[tuple[str, str], tuple[str, ...]] = {
 }
 
 
+#: Other names under which loaders accept a registry file (the ``lpips`` package's names of the
+#: LPIPS files, which :func:`nsff_core.metrics.lpips_weight_files` also looks for).
+FILE_ALIASES: dict[str, str] = {"alexnet.pth": "alexnet", "alex.pth": "lpips_alex"}
+
+#: The digest record of a folder of checkpoints: ``{"files": {file name: {"sha256", "entry",
+#: "source", "recorded", "stat"}}}`` (``stat`` = [size, mtime_ns, ctime_ns, inode] when hashed).
+RECORD_FILE = "sha256.json"
+
+
 class HashMismatch(ValueError):
     """A file's sha256 is not the registered one."""
+
+
+class WeightsMismatch(StageError):
+    """A checkpoint's sha256 differs from the registry's or the recorded one (a user error:
+    the message names the file, both digests and what to do)."""
 
 
 # --------------------------------------------------------------------------- lookup
@@ -184,6 +221,16 @@ def entry(name: str) -> WeightsEntry:
         return REGISTRY[name]
     except KeyError:
         raise KeyError(f"unknown checkpoint {name!r}; known: {sorted(REGISTRY)}") from None
+
+
+def entry_for_file(file_name: str) -> WeightsEntry | None:
+    """The registry entry whose file is named ``file_name`` (or one of its
+    :data:`FILE_ALIASES`), else ``None``."""
+    for e in REGISTRY.values():
+        if e.file == file_name:
+            return e
+    alias = FILE_ALIASES.get(file_name)
+    return REGISTRY.get(alias) if alias else None
 
 
 def cache_dir(configured: str | os.PathLike | None = None) -> Path:
@@ -249,8 +296,8 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 
 def digest_matches(e: WeightsEntry, digest: str) -> bool:
-    """Whether ``digest`` satisfies the entry: the full sha256 if known, else its prefix,
-    else anything."""
+    """Whether ``digest`` satisfies the registry entry: the full sha256 if known, else its
+    prefix, else anything (the digest record then decides, see :func:`open_verified`)."""
     digest = digest.lower()
     if e.sha256:
         return digest == e.sha256.lower()
@@ -260,7 +307,7 @@ def digest_matches(e: WeightsEntry, digest: str) -> bool:
 
 
 def verify(path: str | os.PathLike, e: WeightsEntry | str) -> str:
-    """Check a file against its registry entry; returns its full sha256.
+    """Check a file against its registry entry alone (no record); returns its full sha256.
 
     Raises:
         HashMismatch: the digest differs from the entry's sha256 (or its prefix).
@@ -269,11 +316,339 @@ def verify(path: str | os.PathLike, e: WeightsEntry | str) -> str:
     digest = sha256_file(path)
     if not digest_matches(e, digest):
         raise HashMismatch(f"{path} has sha256 {digest}, expected {e.expected}")
-    if e.check == "none":
-        log.warning(
-            "%s: no known hash for %s; accepted unchecked (sha256 %s)", e.name, path, digest
-        )
     return digest
+
+
+# --------------------------------------------------------------------------- digest record
+
+
+@contextlib.contextmanager
+def _locked(path: Path, scene: str | None, stage: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the lock file ``path`` (created when missing).
+
+    A symbolic link is never followed (``O_NOFOLLOW``): one planted in a shared cache is
+    refused. Best effort otherwise: where the file cannot be created (read-only folder) or the
+    file system has no locks, the block runs unlocked (logged). The file is opened read-only,
+    which is enough for ``flock``, so members of a group can lock a file another one created.
+    """
+    fd: int | None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise StageError(
+                scene,
+                stage,
+                f"the lock file {path} is a symbolic link; refusing to follow it",
+                f"remove {path} (it is only a lock; whoever made it a link may be tampering "
+                "with the weights cache)",
+            ) from None
+        log.debug("cannot open the lock file %s (%s); going on without it", path, exc)
+        fd = None
+    try:
+        if fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info("waiting for another process that holds %s", path)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError as exc:  # e.g. ENOLCK: a network file system without locks
+                log.warning("cannot lock %s (%s); going on without the lock", path, exc)
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)  # closing the last descriptor releases the lock
+
+
+def _stat_key(st: os.stat_result) -> list[int]:
+    """What must stay equal for a recorded digest to be reused without hashing."""
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
+def read_record(
+    folder: str | os.PathLike, scene: str | None = None, stage: str = STAGE
+) -> dict[str, dict[str, Any]]:
+    """The digest record of ``folder``: file name -> entry (``{}`` when there is none).
+
+    Raises:
+        StageError: the record exists but cannot be read or is not a valid record.
+    """
+    path = Path(folder) / RECORD_FILE
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise StageError(
+            scene,
+            stage,
+            f"cannot read the checkpoint digest record {path}: {exc}",
+            "make it readable (it lists the sha256 every checkpoint in that folder must have)",
+        ) from None
+    try:
+        files = json.loads(text)["files"]
+        for info in files.values():
+            if not _is_digest(info["sha256"]):
+                raise ValueError(f"{info['sha256']!r} is not a sha256 hex digest")
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise StageError(
+            scene,
+            stage,
+            f"the checkpoint digest record {path} is damaged ({type(exc).__name__}: {exc})",
+            f"restore it from a backup, or delete it: the digests of the files in {path.parent} "
+            "are then recorded again on their next use, trusting the files as they are then",
+        ) from None
+    return files
+
+
+def _is_digest(value: Any) -> bool:
+    return (
+        isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+    )
+
+
+def _record(
+    folder: Path, file: str, info: dict[str, Any], scene: str | None, stage: str
+) -> dict[str, Any] | None:
+    """Merge ``info`` for ``file`` into the record of ``folder`` (under its lock, atomically).
+
+    Returns the entry another process recorded meanwhile with a different digest (nothing is
+    written then; a digest from the registry replaces any), else ``None``. A record that cannot
+    be written is logged, not raised.
+    """
+    try:
+        with _locked(folder / f".{RECORD_FILE}.lock", scene, stage):
+            files = read_record(folder, scene, stage)  # again, under the lock
+            old = files.get(file)
+            if old is not None and old["sha256"] != info["sha256"] and info["source"] != "registry":
+                return old
+            files[file] = info
+            content = {
+                "about": "sha256 of the pretrained checkpoints in this folder, recorded by "
+                "nsff_core.priors.weights; every later use of a file must match",
+                "files": dict(sorted(files.items())),
+            }
+            with atomic_file(folder / RECORD_FILE) as tmp:
+                tmp.write_text(json.dumps(content, indent=2) + "\n")
+    except OSError as exc:
+        log.warning(
+            "cannot record the sha256 of %s in %s (%s): it was checked by its prefix at most "
+            "and will be trusted again at its next use",
+            folder / file,
+            folder / RECORD_FILE,
+            exc,
+        )
+    return None
+
+
+def _record_info(e: WeightsEntry, digest: str, source: str, stat: list[int] | None) -> dict:
+    return {
+        "sha256": digest,
+        "entry": e.name,
+        "source": source,
+        "recorded": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "stat": stat,
+    }
+
+
+def _hash_open_file(f: BinaryIO) -> tuple[str, list[int] | None]:
+    """sha256 of an open file from its start, and its stat key (``None`` when the file changed
+    while it was read, so that no stale key is recorded). Leaves the file at its start."""
+    before = _stat_key(os.fstat(f.fileno()))
+    f.seek(0)
+    h = hashlib.sha256()
+    for chunk in iter(lambda: f.read(CHUNK), b""):
+        h.update(chunk)
+    f.seek(0)
+    after = _stat_key(os.fstat(f.fileno()))
+    return h.hexdigest(), (before if before == after else None)
+
+
+def _mismatch(
+    e: WeightsEntry,
+    path: Path,
+    digest: str,
+    expected: str,
+    source: str,
+    scene: str | None,
+    stage: str,
+) -> WeightsMismatch:
+    record = path.parent / RECORD_FILE
+    if source == "registry":
+        said = "the registry (nsff_core/priors/weights.py) says"
+        trust = (
+            "if a fresh download differs too, the file changed upstream: check it before "
+            f"updating the sha256 of '{e.name}' in REGISTRY"
+        )
+    else:
+        said = f"the digest recorded when it was first used ({record}, {source}) is"
+        trust = (
+            f'if the publisher replaced the file and you trust the new one, also delete the entry "'
+            f'{path.name}" from {record} (or that whole file, which re-trusts every file in '
+            f"{path.parent})"
+        )
+    return WeightsMismatch(
+        scene,
+        stage,
+        f"checkpoint {path} has sha256 {digest}, but {said} {expected}: the file was "
+        "corrupted or replaced",
+        f"delete {path} and fetch it again (the weights rule downloads it: snakemake "
+        f"--forcerun weights; or {e.url}); {trust}",
+    )
+
+
+def _untrusted(e: WeightsEntry, path: Path, scene: str | None, stage: str) -> StageError:
+    return StageError(
+        scene,
+        stage,
+        f"checkpoint '{e.name}' ({path}) has no full sha256 in the registry and "
+        "weights.trust_on_first_use is false",
+        f"add its digest to the entry '{e.name}' of REGISTRY in nsff_core/priors/weights.py "
+        f'(sha256="<64 hex digits>", computed with sha256sum on a copy of {e.url} you trust), '
+        "or set weights.trust_on_first_use: true to record the digest of the first file "
+        "fetched, or choose a weights-free backend",
+    )
+
+
+def _check_open(
+    f: BinaryIO,
+    path: Path,
+    e: WeightsEntry,
+    scene: str | None,
+    stage: str,
+    trust_on_first_use: bool,
+    use_stat_cache: bool = False,
+) -> tuple[str, str]:
+    """Verify the open file ``f`` (found at ``path``) as entry ``e``: ``(sha256, how)``.
+
+    Against the registry's full digest when it has one, else against the digest record of the
+    file's folder; with neither, this is the first use: the prefix is checked and the digest
+    recorded (or refused without ``trust_on_first_use``). ``use_stat_cache``: reuse the
+    recorded digest without hashing while the file's stat key is unchanged (the rule
+    ``weights`` does, to check a cache of several GB per scene cheaply; loaders never do, so
+    the bytes they load are always hashed). Raises :class:`WeightsMismatch` or
+    :class:`StageError`.
+    """
+    registry = e.sha256.lower() if e.sha256 else None
+    if registry is None and not trust_on_first_use:
+        raise _untrusted(e, path, scene, stage)
+    old = read_record(path.parent, scene, stage).get(path.name)
+    key = _stat_key(os.fstat(f.fileno()))
+    if (
+        use_stat_cache
+        and old is not None
+        and old.get("stat") == key
+        and old["sha256"] == (registry or old["sha256"])
+    ):
+        digest, fresh = old["sha256"], key  # not changed since it was hashed
+    else:
+        digest, fresh = _hash_open_file(f)
+    if registry is not None:
+        if digest != registry:
+            raise _mismatch(e, path, digest, registry, "registry", scene, stage)
+        how = "registry-sha256"
+    elif old is not None:
+        if digest != old["sha256"]:
+            raise _mismatch(e, path, digest, old["sha256"], old.get("recorded", ""), scene, stage)
+        how = "recorded-sha256"
+    else:
+        if not digest_matches(e, digest):
+            raise WeightsMismatch(
+                scene,
+                stage,
+                f"checkpoint {path} has sha256 {digest}, expected {e.expected}: it is not "
+                f"'{e.name}' ({e.description or e.file})",
+                f"delete {path} and fetch it again (the weights rule downloads it: snakemake "
+                f"--forcerun weights; or {e.url})",
+            )
+        log.warning(
+            "%s: no published full sha256; trusting %s on first use and recording its sha256 %s "
+            "in %s: every later use must match",
+            e.name,
+            path,
+            digest,
+            path.parent / RECORD_FILE,
+        )
+        how = "recorded-sha256"
+    if fresh is not None and (old is None or old.get("stat") != fresh or old["sha256"] != digest):
+        source = "registry" if registry else (old or {}).get("source", "first use")
+        other = _record(
+            path.parent, path.name, _record_info(e, digest, source, fresh), scene, stage
+        )
+        if other is not None:
+            raise _mismatch(
+                e, path, digest, other["sha256"], other.get("recorded", ""), scene, stage
+            )
+    return digest, how
+
+
+@contextlib.contextmanager
+def open_verified(
+    path: str | os.PathLike,
+    scene: str | None = None,
+    stage: str = STAGE,
+    *,
+    trust_on_first_use: bool = True,
+) -> Iterator[BinaryIO]:
+    """Open a pretrained checkpoint for reading, after checking its full sha256.
+
+    Loaders read from the yielded file object (at its start), so the bytes they load are those
+    of the file that was checked, even if the path is replaced meanwhile. A file whose name is
+    a registry file (:func:`entry_for_file`) is checked as :func:`_check_open` describes; a file
+    with another name is the caller's choice and is opened unchecked.
+
+    Raises:
+        WeightsMismatch: the file differs from the registry's or the recorded digest.
+        StageError: no full digest is known and ``trust_on_first_use`` is false, or the digest
+            record is damaged.
+    """
+    path = Path(path)
+    e = entry_for_file(path.name)
+    with open(path, "rb") as f:
+        if e is None:
+            log.debug("%s is not a registry file name: loaded without a hash check", path)
+        else:
+            digest, how = _check_open(f, path, e, scene, stage, trust_on_first_use)
+            log.info("%s: %s matches (%s)", path, how, digest)
+        yield f
+
+
+def verify_file(
+    path: str | os.PathLike,
+    e: WeightsEntry | str,
+    scene: str | None = None,
+    stage: str = STAGE,
+    *,
+    trust_on_first_use: bool = True,
+) -> tuple[str, str]:
+    """Check a file as entry ``e`` (registry or recorded digest, see :func:`open_verified`);
+    returns ``(sha256, how)`` with ``how`` ``"registry-sha256"`` or ``"recorded-sha256"``.
+
+    Unlike :func:`open_verified` it reuses the recorded digest while the file's (size,
+    mtime_ns, ctime_ns, inode) are those recorded, instead of hashing it again.
+    """
+    e = entry(e) if isinstance(e, str) else e
+    path = Path(path)
+    with open(path, "rb") as f:
+        return _check_open(f, path, e, scene, stage, trust_on_first_use, use_stat_cache=True)
+
+
+def _remember(e: WeightsEntry, target: Path, digest: str, source: str, scene: str | None) -> str:
+    """Record the digest of a file just put at ``target``; returns how it was checked."""
+    info = _record_info(e, digest, "registry" if e.sha256 else source, _stat_key(target.stat()))
+    other = _record(target.parent, target.name, info, scene, STAGE)
+    if other is not None:  # another process recorded a different file meanwhile
+        raise _mismatch(e, target, digest, other["sha256"], other.get("recorded", ""), scene, STAGE)
+    if not e.sha256:
+        log.warning(
+            "%s: no published full sha256; recorded the sha256 %s of %s in %s on first use: "
+            "every later use must match",
+            e.name,
+            digest,
+            target,
+            target.parent / RECORD_FILE,
+        )
+    return "registry-sha256" if e.sha256 else "recorded-sha256"
 
 
 # --------------------------------------------------------------------------- fetching
@@ -285,23 +660,32 @@ def fetch(
     scene: str | None = None,
     *,
     timeout: float = 60.0,
+    trust_on_first_use: bool = True,
 ) -> Path:
     """The path of checkpoint ``name`` in the cache, downloading it when missing.
 
-    A present file whose hash checks out is reused. Otherwise the file is copied from torch
-    hub's cache when it is there (same file name, hash checked), else downloaded into a
-    temporary file (progress is logged), verified and renamed into place.
+    A present file that matches the registry's or the recorded sha256 is reused (a present
+    file without either is trusted on first use: prefix checked, digest recorded). Otherwise
+    the file is copied from torch hub's cache when it is there (same file name, hash checked),
+    else downloaded into a temporary file (progress is logged), verified and renamed into
+    place; a file that has a recorded digest must match it.
 
     Raises:
-        StageError: unknown name, unwritable cache, hash mismatch, or no network (the message
-            names the file, its URL and the path to put it at by hand).
+        StageError: unknown name, unwritable cache, hash mismatch, no network (the message
+            names the file, its URL and the path to put it at by hand), or no full sha256 in
+            the registry with ``trust_on_first_use`` false.
     """
-    return _fetch(name, cache, scene, timeout)[0]
+    return _fetch(name, cache, scene, timeout, trust_on_first_use)[0]
 
 
 def _fetch(
-    name: str, cache: str | os.PathLike | None, scene: str | None, timeout: float
-) -> tuple[Path, str]:
+    name: str,
+    cache: str | os.PathLike | None,
+    scene: str | None,
+    timeout: float,
+    trust_on_first_use: bool = True,
+) -> tuple[Path, str, str]:
+    """``(path, sha256, how)`` of checkpoint ``name`` (see :func:`fetch`)."""
     try:
         e = entry(name)
     except KeyError as exc:
@@ -312,29 +696,39 @@ def _fetch(
             "name a checkpoint of REGISTRY in nsff_core/priors/weights.py",
         ) from None
     target = cache_dir(cache) / e.file
-    stale = ""
-    if target.is_file():
+    if not e.sha256 and not trust_on_first_use:
+        raise _untrusted(e, target, scene, STAGE)  # before any download
+    if not target.is_file():
         try:
-            digest = verify(target, e)
-        except HashMismatch as exc:
-            stale = f"the file already at {target} is not it ({exc}); "
-            log.warning("%s: %s; fetching it again", e.name, exc)
-        else:
-            log.info("%s: using %s (%s checked)", e.name, target, e.check)
-            return target, digest
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StageError(
-            scene,
-            STAGE,
-            f"cannot create the weights cache directory {target.parent}: {exc}",
-            f"set config weights.cache_dir or ${ENV_VAR} to a writable directory",
-        ) from None
-    digest = _copy_from_torch_hub(e, target)
-    if digest is None:
-        digest = _download(e, target, scene, timeout, stale)
-    return target, digest
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StageError(
+                scene,
+                STAGE,
+                f"cannot create the weights cache directory {target.parent}: {exc}",
+                f"set config weights.cache_dir or ${ENV_VAR} to a writable directory",
+            ) from None
+    # one fetch of a file at a time: a second job waits, then reuses the first one's download
+    with _locked(target.parent / f".{e.file}.lock", scene, STAGE):
+        stale = ""
+        if target.is_file():
+            try:
+                digest, how = verify_file(target, e, scene, STAGE)
+            except WeightsMismatch as exc:
+                stale = f"the file already at {target} is not it ({exc.cause}); "
+                log.warning("%s: %s; fetching it again", e.name, exc.cause)
+            else:
+                log.info("%s: using %s (%s checked)", e.name, target, how)
+                return target, digest, how
+        recorded = read_record(target.parent, scene).get(e.file)
+        expected = e.sha256.lower() if e.sha256 else (recorded or {}).get("sha256")
+        digest = _copy_from_torch_hub(e, target, expected)
+        source = "first use (copied from torch hub's cache)"
+        if digest is None:
+            digest = _download(e, target, scene, timeout, stale, recorded)
+            source = "first use (downloaded)"
+        how = _remember(e, target, digest, source, scene)
+    return target, digest, how
 
 
 def _torch_hub_dir() -> Path:
@@ -345,18 +739,33 @@ def _torch_hub_dir() -> Path:
     return Path(base) / "hub" / "checkpoints"
 
 
-def _copy_from_torch_hub(e: WeightsEntry, target: Path) -> str | None:
-    """Copy a file torch hub already cached under the same name; its digest, or None."""
+def _copy_from_torch_hub(e: WeightsEntry, target: Path, expected: str | None) -> str | None:
+    """Copy a file torch hub already cached under the same name; its digest, or None.
+
+    The copy is hashed as it is written and kept only when it matches the registry (full
+    digest or prefix) and ``expected`` (the recorded digest, if any). An entry without any
+    published hash never takes torch hub's file: nothing would vouch for it.
+    """
     src = _torch_hub_dir() / e.file
     if e.check == "none" or not src.is_file() or src.resolve() == target.resolve():
         return None
+
+    class _NotIt(Exception):
+        pass
+
     try:
-        digest = verify(src, e)
-    except (HashMismatch, OSError) as exc:
+        with atomic_file(target) as tmp:
+            h = hashlib.sha256()
+            with open(src, "rb") as fin, open(tmp, "wb") as fout:
+                for chunk in iter(lambda: fin.read(CHUNK), b""):
+                    fout.write(chunk)
+                    h.update(chunk)
+            digest = h.hexdigest()
+            if not digest_matches(e, digest) or (expected and digest != expected):
+                raise _NotIt(f"{src} has sha256 {digest}, expected {expected or e.expected}")
+    except (_NotIt, OSError) as exc:
         log.warning("%s: not using torch hub's copy: %s", e.name, exc)
         return None
-    with atomic_file(target) as tmp:
-        shutil.copyfile(src, tmp)
     log.info("%s: copied from torch hub's cache %s to %s", e.name, src, target)
     return digest
 
@@ -366,26 +775,48 @@ def _urlopen(url: str, timeout: float):
     return urllib.request.urlopen(url, timeout=timeout)
 
 
+def _expected_text(e: WeightsEntry, recorded: dict[str, Any] | None) -> str:
+    if e.sha256 or not recorded:
+        return e.expected
+    return f"sha256 {recorded['sha256']} (recorded {recorded.get('recorded', '')})"
+
+
 def _cannot_download(
-    e: WeightsEntry, target: Path, scene: str | None, reason: str, stale: str = ""
+    e: WeightsEntry,
+    target: Path,
+    scene: str | None,
+    reason: str,
+    stale: str = "",
+    recorded: dict[str, Any] | None = None,
 ) -> StageError:
     return StageError(
         scene,
         STAGE,
         f"{stale}cannot download checkpoint '{e.name}' (file {e.file}) from {e.url}: {reason}",
         f"download it by hand to {target} (e.g. curl -L -o '{target}' '{e.url}'; "
-        f"expected {e.expected}), or point config weights.cache_dir or ${ENV_VAR} at a "
-        f"directory that holds {e.file}",
+        f"expected {_expected_text(e, recorded)}), or point config weights.cache_dir or "
+        f"${ENV_VAR} at a directory that holds {e.file}",
     )
 
 
-def _download(e: WeightsEntry, target: Path, scene: str | None, timeout: float, stale: str) -> str:
-    """Download ``e`` to ``target`` through a verified temporary file; returns the sha256."""
+def _download(
+    e: WeightsEntry,
+    target: Path,
+    scene: str | None,
+    timeout: float,
+    stale: str,
+    recorded: dict[str, Any] | None = None,
+) -> str:
+    """Download ``e`` to ``target`` through a verified temporary file; returns the sha256.
+
+    The download must match the registry (full digest or prefix) and, when the file was used
+    before, the digest recorded then (``recorded``: its entry of the digest record).
+    """
     log.info("%s: downloading %s to %s", e.name, e.url, target)
     try:
         resp = _urlopen(e.url, timeout)
     except NETWORK_ERRORS as exc:
-        raise _cannot_download(e, target, scene, _reason(exc), stale) from exc
+        raise _cannot_download(e, target, scene, _reason(exc), stale, recorded) from exc
     h = hashlib.sha256()
     done, t0 = 0, time.monotonic()
     last = t0
@@ -396,7 +827,7 @@ def _download(e: WeightsEntry, target: Path, scene: str | None, timeout: float, 
                 try:
                     chunk = resp.read(CHUNK)
                 except NETWORK_ERRORS as exc:
-                    raise _cannot_download(e, target, scene, _reason(exc), stale) from exc
+                    raise _cannot_download(e, target, scene, _reason(exc), stale, recorded) from exc
                 if not chunk:
                     break
                 f.write(chunk)
@@ -408,7 +839,12 @@ def _download(e: WeightsEntry, target: Path, scene: str | None, timeout: float, 
                     log.info("%s: %s", e.name, _progress(done, total, now - t0))
         if total is not None and done != total:
             raise _cannot_download(
-                e, target, scene, f"the transfer stopped after {done} of {total} bytes", stale
+                e,
+                target,
+                scene,
+                f"the transfer stopped after {done} of {total} bytes",
+                stale,
+                recorded,
             )
         digest = h.hexdigest()
         if not digest_matches(e, digest):
@@ -420,11 +856,18 @@ def _download(e: WeightsEntry, target: Path, scene: str | None, timeout: float, 
                 f"retry (the transfer may have been corrupted); if it persists the file changed "
                 f"upstream: download it by hand to {target} and check it",
             )
-    if e.check == "none":
-        log.warning("%s: no known hash; accepted unchecked (sha256 %s)", e.name, digest)
-    log.info(
-        "%s: %s, done (%s checked)", e.name, _progress(done, total, time.monotonic() - t0), e.check
-    )
+        if recorded and not e.sha256 and digest != recorded["sha256"]:
+            record = target.parent / RECORD_FILE
+            raise WeightsMismatch(
+                scene,
+                STAGE,
+                f"the download of '{e.name}' from {e.url} has sha256 {digest}, but the file "
+                f"first used here had {recorded['sha256']} (recorded in {record} on "
+                f"{recorded.get('recorded', '?')}): the file changed upstream or in transit",
+                f"retry; if it persists and you trust the new file (the publisher replaced it), "
+                f'delete the entry "{e.file}" from {record} and rerun',
+            )
+    log.info("%s: %s, done", e.name, _progress(done, total, time.monotonic() - t0))
     return digest
 
 
@@ -463,24 +906,28 @@ def fetch_for_scene(
     scene: str | None = None,
     *,
     timeout: float = 60.0,
+    trust_on_first_use: bool = True,
 ) -> dict[str, Any]:
     """Fetch every checkpoint ``backends`` need and write the marker JSON (atomically).
 
     The marker: ``{"cache_dir", "backends", "weights": {name: {"path", "file", "url",
-    "sha256", "check", "bytes"}}}``; ``weights`` is empty for weights-free backends (and then
-    nothing touches the network or the cache). Returns the marker's content.
+    "sha256", "check", "bytes"}}}`` with ``check`` ``"registry-sha256"`` (the registry's full
+    digest) or ``"recorded-sha256"`` (the digest recorded on first use, see the module
+    docstring); ``weights`` is empty for weights-free backends (and then nothing touches the
+    network or the cache). ``trust_on_first_use`` is config ``weights.trust_on_first_use``.
+    Returns the marker's content.
     """
     names = needed_weights(backends)
     listed: dict[str, Any] = {}
     for name in names:
-        path, digest = _fetch(name, cache, scene, timeout)
+        path, digest, how = _fetch(name, cache, scene, timeout, trust_on_first_use)
         e = REGISTRY[name]
         listed[name] = {
             "path": str(path),
             "file": e.file,
             "url": e.url,
             "sha256": digest,
-            "check": e.check,
+            "check": how,
             "bytes": path.stat().st_size,
         }
     content = {
