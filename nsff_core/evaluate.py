@@ -169,13 +169,13 @@ class Scorer:
         lpips_state: ``"available: ..."`` or ``"unavailable: <reason>"``.
     """
 
-    def __init__(self, lpips_weights: str | Path | None = None) -> None:
+    def __init__(self, lpips_weights: str | Path | None = None, scene: str | None = None) -> None:
         from .metrics import LpipsUnavailable, load_lpips, lpips_weight_files
 
         self.model = None
         try:
             backbone, linear = lpips_weight_files("alex", lpips_weights)
-            self.model = load_lpips("alex", lpips_weights)
+            self.model = load_lpips("alex", lpips_weights, scene=scene)
             self.lpips_state = f"available: AlexNet v0.1 ({backbone}, {linear})"
         except LpipsUnavailable as exc:
             self.lpips_state = "unavailable: " + str(exc).removeprefix("LPIPS unavailable: ")
@@ -261,7 +261,7 @@ def score_test_split(
     rows = []
     t0 = time.perf_counter()
     for i, (fp, rp) in enumerate(zip(frames, renders, strict=True)):
-        target, pred = io.read_image(fp), io.read_image(rp)
+        target, pred = io.read_image(fp, made_by="frames"), io.read_image(rp, made_by="render")
         if pred.shape != target.shape:
             raise StageError(
                 scene,
@@ -361,7 +361,7 @@ def evaluate_novel_views(
         for k, img in enumerate(rendered):
             io.write_image(tmp / f"{k // views:05d}_v{k % views}.png", img)
     rows, base = [], []
-    train_imgs = [io.read_image(p) for p in frames]
+    train_imgs = [io.read_image(p, made_by="frames") for p in frames]
     for k, img in enumerate(rendered):
         t, v = divmod(k, views)
         truth = gt.novel_images[t, v]
@@ -427,7 +427,7 @@ def evaluate_scene(
     out_json = Path(out_json)
     novel_dir = Path(novel_dir) if novel_dir is not None else out_json.parent / "novel"
     frames_dir, masks_dir, test_dir = Path(frames_dir), Path(masks_dir), Path(test_dir)
-    scorer = Scorer(lpips_weights)
+    scorer = Scorer(lpips_weights, scene)
     log.info("evaluate: LPIPS %s", scorer.lpips_state)
     test = score_test_split(frames_dir, masks_dir, test_dir, scorer, scene)
     mean = test["mean"]

@@ -1,12 +1,34 @@
 """The per-scene summary table ``results/summary.csv`` (rule ``summary``).
 
 One row per scene, from ``results/{scene}/eval/metrics.json`` (rule ``evaluate``), the last
-logged training PSNR and step of ``train/metrics.csv`` and the wall time in
-``benchmarks/train.tsv``. A scene without ``eval/metrics.json`` still gets a row: status
-``failed`` when one of its logs records an error (its ``log`` column names that log) or its
-evaluate log exists, else ``missing`` (not run yet; ``log`` = its newest log). When a run
-stops on an error, the workflow's ``onerror`` handler writes the table anyway, so a batch run
-with ``--keep-going`` ends with a row per scene. By hand:
+logged training PSNR and step of ``train/metrics.csv``, the wall time in
+``benchmarks/train.tsv``, and the job logs ``logs/<rule>.log``.
+
+**Status.** Each job of a rule overwrites that rule's log, and
+:func:`nsff_core.workflow.run_stage` ends the log with a ``FINISHED`` or a ``FAILED`` line, or
+with neither when the job was killed (SIGKILL, out of memory or time) or is still running. The
+first of these rules that applies gives the scene's status:
+
+1. ``failed``: the newest job of one of the scene's rules ended ``FAILED``, whatever older
+   outputs exist (a scene whose retraining or render failed is ``failed`` even beside an
+   ``eval/metrics.json`` of an earlier model).
+2. ``incomplete``: a log without an end line that is newer than ``eval/metrics.json``, or any
+   such log when there is no ``eval/metrics.json``: a job cut short after the last evaluation.
+   The evaluate log does not count while ``eval/metrics.json`` exists: Snakemake deletes that
+   file when an evaluate job starts, so it comes from the newest evaluate job.
+3. ``ok``: ``eval/metrics.json`` exists and reads (``unreadable`` when it does not).
+4. ``missing``: not evaluated yet, and no job of the scene failed or was cut short (a scene
+   that never ran included).
+
+The ``log`` column names the log behind the status: the newest failed or cut-short log, the
+evaluate log for ``ok``, else the scene's newest log (empty when there is none). With
+``splits`` given, the render logs of other splits (ones removed from the scene) are ignored.
+Only ``ok`` rows carry the evaluation's values (``frames``, ``psnr`` ... ``align_rms_pct``,
+``lpips_state``): no row shows the scores of an earlier model beside a newer failure. The train
+columns come from ``train/metrics.csv``, which Snakemake deletes when a train job starts.
+
+When a run stops on an error, the workflow's ``onerror`` handler writes the table anyway, so a
+batch run with ``--keep-going`` ends with a row per scene. By hand:
 ``python -m nsff_core.report results/summary.csv scene_a scene_b ...``.
 """
 
@@ -15,10 +37,13 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import sys
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from . import io
+from .workflow import END_LINE, FAILED
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +71,8 @@ COLUMNS = (
     "eval",
     "log",
 )
+#: Bytes read from the end of a log to find its end line (run_stage writes nothing after it).
+_TAIL_BYTES = 64 * 1024
 
 
 def _num(value) -> float:
@@ -90,59 +117,88 @@ def _train_fields(scene_dir: Path) -> dict:
     return row
 
 
-def _latest_log(scene_dir: Path) -> str:
-    logs = sorted((scene_dir / "logs").glob("*.log"), key=lambda p: p.stat().st_mtime)
-    return str(logs[-1]) if logs else ""
+def job_outcome(log_path: str | Path) -> str | None:
+    """How the job that wrote ``log_path`` ended: ``"FINISHED"`` or ``"FAILED"`` (the
+    constants of :mod:`nsff_core.workflow`), or ``None`` when the log has no end line (the job
+    was killed or is running, or the log is unreadable)."""
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - _TAIL_BYTES))
+            tail = f.read().decode(errors="replace")
+    except OSError:
+        return None
+    ends = list(END_LINE.finditer(tail))
+    return ends[-1]["outcome"] if ends else None
 
 
-def _failed_log(scene_dir: Path) -> str:
-    """The newest log of the scene that records an error (our ERROR lines or a traceback)."""
-    logs = sorted((scene_dir / "logs").glob("*.log"), key=lambda p: p.stat().st_mtime)
-    for path in reversed(logs):
-        try:
-            text = path.read_text(errors="replace")
-        except OSError:
-            continue
-        if " ERROR " in text or "Traceback (most recent call last)" in text:
-            return str(path)
-    return ""
+def _job_logs(scene_dir: Path, splits: Iterable[str] | None) -> list[Path]:
+    """The scene's job logs, oldest first; with ``splits``, of those render splits only."""
+    logs = list((scene_dir / "logs").glob("*.log"))
+    if splits is not None:
+        keep = {f"render_{s}.log" for s in splits}
+        logs = [p for p in logs if not p.name.startswith("render_") or p.name in keep]
+    return sorted(logs, key=lambda p: p.stat().st_mtime)
 
 
-def summary_row(scene: str, results_dir: str | Path = "results") -> dict:
-    """The summary row of one scene (see the module docstring)."""
+def scene_status(scene_dir: str | Path, splits: Iterable[str] | None = None) -> tuple[str, str]:
+    """The status of the scene in ``scene_dir`` and the log behind it (rules 1 to 4 of the
+    module docstring; ``ok`` is not checked for readability here)."""
+    scene_dir = Path(scene_dir)
+    logs = _job_logs(scene_dir, splits)
+    outcome = {p: job_outcome(p) for p in logs}
+    failed = [p for p in logs if outcome[p] == FAILED]
+    if failed:
+        return "failed", str(failed[-1])
+    eval_json = scene_dir / "eval" / "metrics.json"
+    evaluated = eval_json.stat().st_mtime if eval_json.is_file() else None
+    cut_short = [
+        p
+        for p in logs
+        if outcome[p] is None
+        and (evaluated is None or (p.name != "evaluate.log" and p.stat().st_mtime > evaluated))
+    ]
+    if cut_short:
+        return "incomplete", str(cut_short[-1])
+    if evaluated is not None:
+        eval_log = scene_dir / "logs" / "evaluate.log"
+        return "ok", str(eval_log) if eval_log.is_file() else ""
+    return "missing", str(logs[-1]) if logs else ""
+
+
+def summary_row(
+    scene: str, results_dir: str | Path = "results", splits: Iterable[str] | None = None
+) -> dict:
+    """The summary row of one scene (see the module docstring); ``splits``: the scene's render
+    splits (None: every render log counts)."""
     scene_dir = Path(results_dir) / scene
     eval_json = scene_dir / "eval" / "metrics.json"
-    eval_log = scene_dir / "logs" / "evaluate.log"
-    row: dict = {"scene": scene, "eval": str(eval_json)}
-    if eval_json.is_file():
+    status, log_path = scene_status(scene_dir, splits)
+    row: dict = {"scene": scene, "status": status, "eval": str(eval_json), "log": log_path}
+    if status == "ok":
         try:
             row.update(_eval_fields(json.loads(eval_json.read_text())))
-            row["status"] = "ok"
-            row["log"] = str(eval_log) if eval_log.is_file() else ""
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("summary: %s is unreadable (%s)", eval_json, exc)
             row["status"] = "unreadable"
-            row["log"] = str(eval_log)
-    elif failed := _failed_log(scene_dir):
-        row["status"] = "failed"
-        row["log"] = failed
-    elif eval_log.is_file():
-        row["status"] = "failed"
-        row["log"] = str(eval_log)
-    else:
-        row["status"] = "missing"
-        row["log"] = _latest_log(scene_dir)
     row.update(_train_fields(scene_dir))
     return row
 
 
 def write_summary(
-    scenes: list[str], out_csv: str | Path, results_dir: str | Path = "results"
+    scenes: list[str],
+    out_csv: str | Path,
+    results_dir: str | Path = "results",
+    splits: Mapping[str, Iterable[str]] | None = None,
 ) -> list[dict]:
-    """Write ``out_csv`` with one row per scene (in the given order); returns the rows."""
+    """Write ``out_csv`` with one row per scene (in the given order); returns the rows.
+
+    ``splits``: the render splits of each scene (see :func:`summary_row`); None or a scene
+    missing from it: every render log of the scene counts.
+    """
     import pandas as pd
 
-    rows = [summary_row(s, results_dir) for s in scenes]
+    splits = splits or {}
+    rows = [summary_row(s, results_dir, splits.get(s)) for s in scenes]
     df = pd.DataFrame(rows).reindex(columns=list(COLUMNS))
     df["frames"] = df["frames"].astype("Int64")
     df["train_steps"] = df["train_steps"].astype("Int64")
@@ -156,9 +212,9 @@ def write_summary(
             r.get("psnr", "-"),
             r.get("novel_psnr", "-"),
         )
-    bad = [r["scene"] for r in rows if r["status"] != "ok"]
+    bad = [f"{r['scene']} ({r['status']})" for r in rows if r["status"] != "ok"]
     if bad:
-        log.warning("summary: no evaluation for %s (see the log column)", ", ".join(bad))
+        log.warning("summary: not ok: %s (see the log column)", ", ".join(bad))
     log.info("summary: wrote %s (%d scenes)", out_csv, len(rows))
     return rows
 

@@ -1,4 +1,6 @@
-# Videos of a trained scene along the camera path of a render split.
+# Videos of a trained scene along the camera path of a render split. Every file the job writes
+# is an output: Snakemake deletes them all before the job runs and when it fails, so no video
+# of an earlier model survives a failed or killed render.
 
 
 rule render:
@@ -8,6 +10,9 @@ rule render:
         path=camera_path_file,
     output:
         video=f"results/{{scene}}/render/{{split}}.{video_format()}",
+        depth=f"results/{{scene}}/render/{{split}}_depth.{video_format()}",
+        static=f"results/{{scene}}/render/{{split}}_static.{video_format()}",
+        dynamic=f"results/{{scene}}/render/{{split}}_dynamic.{video_format()}",
         frames=directory("results/{scene}/render/{split}"),
     log:
         "results/{scene}/logs/render_{split}.log",

@@ -1,10 +1,13 @@
-# Tables over all scenes.
+# Tables over all scenes. The summary waits for every job of every scene (the render splits
+# that evaluate does not read included): a scene's status comes from the end lines of its job
+# logs (see nsff_core/report.py), and a job still running has none.
 
 
 rule summary:
     input:
         evals=expand("results/{scene}/eval/metrics.json", scene=list(SCENES)),
         train=expand("results/{scene}/train/metrics.csv", scene=list(SCENES)),
+        renders=[video for scene in SCENES for video in render_targets(scene)],
     output:
         "results/summary.csv",
     log:
@@ -19,5 +22,7 @@ rule summary:
         runtime=10,
     params:
         scenes=list(SCENES),
+        # the render splits of each scene: render logs of other splits are not counted
+        splits={scene: _sheet.scene_splits(config, SCENES[scene]) for scene in SCENES},
     script:
         "../workflow_scripts/summary.py"

@@ -1,4 +1,4 @@
-"""Rule evaluate (nsff_core.evaluate) and the per-scene summary (nsff_core.report)."""
+"""Rule evaluate (nsff_core.evaluate); the summary table is tested in test_report.py."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import json
 import math
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from nsff_core import io
@@ -14,7 +13,6 @@ from nsff_core.cameras import invert_rigid, transform_c2w
 from nsff_core.config import SyntheticConfig
 from nsff_core.errors import StageError
 from nsff_core.evaluate import Scorer, align_to_sfm, evaluate_scene
-from nsff_core.report import COLUMNS, write_summary
 from nsff_core.synthetic import rotation
 
 # a known similarity true world -> "SfM" world
@@ -226,51 +224,3 @@ def test_missing_test_render_names_scene_and_rule(scene_dir, tmp_path, offline_l
         *args, *dirs, scene_dir / "render" / "test", tmp_path / "e" / "m.json", scene="s"
     )
     assert m["novel"] is None and (tmp_path / "e" / "novel" / "README.txt").exists()
-
-
-# --------------------------------------------------------------------------- summary
-
-
-def _fake_eval(path, psnr, novel):
-    path.parent.mkdir(parents=True)
-    mean = {"psnr": psnr, "ssim": 0.8, "lpips": None, "psnr_dynamic": psnr - 3}
-    mean.update(ssim_dynamic=0.6, lpips_dynamic=None)
-    m = {"frames": 4, "lpips_state": "unavailable: no weights", "test": {"mean": mean}}
-    if novel:
-        m["novel"] = {
-            "views": 1,
-            "mean": {"psnr": psnr - 5, "ssim": 0.7, "lpips": None},
-            "baseline": {"mean": {"psnr": 15.0, "ssim": 0.4, "lpips": None}},
-            "alignment": {"centre_rms_pct_path": 0.5},
-        }
-    path.write_text(json.dumps(m))
-
-
-def test_summary_one_row_per_scene(tmp_path):
-    res = tmp_path / "results"
-    _fake_eval(res / "a" / "eval" / "metrics.json", 30.0, novel=True)
-    _fake_eval(res / "b" / "eval" / "metrics.json", 25.0, novel=False)
-    (res / "a" / "train").mkdir()
-    pd.DataFrame({"step": [0, 1, 2, 2], "train/psnr": [10.0, 12.0, np.nan, 14.0]}).to_csv(
-        res / "a" / "train" / "metrics.csv", index=False
-    )
-    (res / "a" / "benchmarks").mkdir()
-    (res / "a" / "benchmarks" / "train.tsv").write_text("s\th:m:s\n390.5\t0:06:30\n")
-    (res / "c" / "logs").mkdir(parents=True)
-    (res / "c" / "logs" / "evaluate.log").write_text("ERROR render/test missing\n")
-    (res / "d" / "logs").mkdir(parents=True)
-    (res / "d" / "logs" / "train.log").write_text("ERROR diverged\n")
-
-    out = res / "summary.csv"
-    write_summary(["a", "b", "c", "d"], out, res)
-    df = pd.read_csv(out)
-    assert list(df.columns) == list(COLUMNS)
-    assert df["scene"].tolist() == ["a", "b", "c", "d"]
-    assert df["status"].tolist() == ["ok", "ok", "failed", "missing"]
-    a, b, c, d = (df.iloc[i] for i in range(4))
-    assert a["psnr"] == 30.0 and a["novel_psnr"] == 25.0 and a["baseline_psnr"] == 15.0
-    assert a["train_psnr"] == 14.0 and a["train_steps"] == 3 and a["train_seconds"] == 390.5
-    assert np.isnan(a["lpips"]) and a["lpips_state"] == "unavailable" and a["frames"] == 4
-    assert np.isnan(b["novel_psnr"]) and np.isnan(b["train_psnr"]) and b["psnr_dynamic"] == 22
-    assert c["log"] == str(res / "c" / "logs" / "evaluate.log") and np.isnan(c["psnr"])
-    assert d["log"] == str(res / "d" / "logs" / "train.log")

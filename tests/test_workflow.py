@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -203,3 +205,252 @@ def test_a_failing_scene_is_marked_in_the_summary_and_the_others_go_on(tmp_path)
     assert summary.loc["bad", "status"] == "failed"
     assert summary.loc["bad", "log"].endswith("results/bad/logs/frames.log")
     assert summary.loc["good", "status"] == "missing"  # not evaluated: that target was not asked
+
+
+# --------------------------------------------------------------------------- failures of jobs
+
+#: Runs one workflow script as Snakemake would, with a stand-in ``snakemake`` object, every
+#: import of the library (but workflow, errors, gpu_slots) and of torch failing, and the GPU
+#: claim spied on; prints the order of claims and imports as JSON.
+SCRIPT_DRIVER = r"""
+import importlib.abc, json, runpy, sys
+from types import SimpleNamespace
+
+script, log = sys.argv[1], sys.argv[2]
+ALLOWED = {"nsff_core", "nsff_core.workflow", "nsff_core.errors", "nsff_core.gpu_slots"}
+events = []
+
+
+class Blocked(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or (name.startswith("nsff_core.") and name not in ALLOWED):
+            events.append("import " + name)
+            raise RuntimeError("injected import failure: " + name)
+        return None
+
+
+class Named(list):
+    def __init__(self, **kw):
+        super().__init__(kw.values())
+        self.__dict__.update(kw)
+
+    def get(self, key, default=None):
+        return self.__dict__.get(key, default)
+
+
+sys.meta_path.insert(0, Blocked())
+from nsff_core import gpu_slots
+
+claim = gpu_slots.claim_gpus
+
+
+def spy(count, *args, **kwargs):
+    events.append(f"claim {count}")
+    return claim(count, *args, **kwargs)
+
+
+gpu_slots.claim_gpus = spy
+smk = SimpleNamespace(
+    scriptdir=str(sys.argv[3]), rule=script.split("/")[-1][:-3], log=Named(log=log),
+    wildcards=Named(scene="s"), resources=Named(gpu=1), input=Named(), output=Named(),
+    params=Named(),
+)
+try:
+    runpy.run_path(script, init_globals={"snakemake": smk}, run_name="__main__")
+finally:
+    print(json.dumps(events))
+"""
+
+SCRIPTS = sorted(p.name for p in (REPO / "workflow_scripts").glob("*.py"))
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_script_fails_inside_run_stage_after_its_gpu_claim(tmp_path, script):
+    """Whatever a script imports or calls fails inside run_stage: the traceback and the FAILED
+    line reach the rule's log and the job exits 1; the GPU slot is claimed before anything
+    heavier than the standard library is imported (so before torch)."""
+    from nsff_core.report import job_outcome
+    from nsff_core.workflow import FAILED
+
+    log = tmp_path / "rule.log"
+    env = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES",)}
+    env = {k: v for k, v in env.items() if not k.startswith("SLURM_")}
+    env.update(
+        PYTHONPATH=str(REPO),
+        NSFF_GPU_DEVICES="0",
+        NSFF_GPU_LOCK_DIR=str(tmp_path / "locks"),
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", SCRIPT_DRIVER, str(REPO / "workflow_scripts" / script), str(log)]
+        + [str(REPO / "workflow_scripts")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert r.returncode == 1, r.stdout + r.stderr
+    events = json.loads(r.stdout.strip().splitlines()[-1])
+    assert events[0] == "claim 1" and events[1].startswith("import "), events
+    text = log.read_text()
+    assert "Traceback (most recent call last)" in text and "injected import failure" in text
+    assert job_outcome(log) == FAILED
+    assert text.splitlines()[-1].endswith(f"{FAILED}: rule {script[:-3]}, scene s"), text
+
+
+#: Test hook: NSFF_TEST_FAIL = "script|module|attribute" makes module.attribute raise a plain
+#: RuntimeError in the process that runs workflow_scripts/<script>.py (not a StageError: what a
+#: bug or a library crash looks like).
+FAIL_HOOK = """\
+import os
+import signal
+import sys
+
+_spec = os.environ.get("NSFF_TEST_FAIL", "")
+if _spec and sys.argv and sys.argv[0].endswith("." + _spec.split("|")[0] + ".py"):
+    import importlib
+
+    _script, _module, _attr = _spec.split("|")
+
+    def _fail(*args, **kwargs):
+        raise RuntimeError(f"injected failure in {_module}.{_attr}")
+
+    setattr(importlib.import_module(_module), _attr, _fail)
+"""
+
+#: the files of a render split ``test`` (mp4) and of train, as an earlier run left them
+OLD_RENDER = ["test.mp4", "test_depth.mp4", "test_static.mp4", "test_dynamic.mp4", "test"]
+OLD_TRAIN = ["last.ckpt", "config.json", "metrics.csv"]
+
+
+def earlier_run(tmp_path: Path) -> Path:
+    """A workdir of scene ``tiny`` with the outputs of an earlier, finished run of train,
+    render (split test) and evaluate, an hour old, and the inputs of train and render (stand-in
+    files: the job under test fails before it reads them)."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    wd = make_workdir(
+        tmp_path,
+        "scene\tsource\ttrain_preset\tsplits\ntiny\tsynthetic:tiny\ttiny\ttest\n",
+        train_presets={"tiny": TINY_TRAIN},
+    )
+    res = wd / "results" / "tiny"
+    for name in ("frames", "flow_fw", "flow_bw", "flow_ok", "masks", "sfm", "disp"):
+        (res / name).mkdir(parents=True)
+        (res / name / "00000.x").write_bytes(b"input")
+    (res / "cameras.npz").write_bytes(b"input")
+    for name in OLD_TRAIN:
+        (res / "train").mkdir(exist_ok=True)
+        (res / "train" / name).write_bytes(b"old model")
+    (res / "render" / "test").mkdir(parents=True)
+    (res / "render" / "test" / "00000.png").write_bytes(b"old frame")
+    for name in OLD_RENDER[:4]:
+        (res / "render" / name).write_bytes(b"old video")
+    (res / "eval").mkdir()
+    metrics = {"frames": 12, "test": {"mean": {"psnr": 31.0}}, "lpips_state": "ok"}
+    (res / "eval" / "metrics.json").write_text(json.dumps(metrics))
+    (res / "logs").mkdir()
+    for rule in ("train", "render_test", "evaluate"):
+        (res / "logs" / f"{rule}.log").write_text(
+            f"12:00:00 INFO nsff.{rule.split('_')[0]}: FINISHED: rule {rule}, scene tiny\n"
+        )
+    hour_ago = time.time() - 3600
+    for p in res.rglob("*"):
+        os.utime(p, (hour_ago, hour_ago))
+    return wd
+
+
+@pytest.mark.parametrize(
+    "rule, target, fail, old",
+    [
+        ("train", "train/last.ckpt", "nsff_core.train|train_scene", OLD_TRAIN),
+        ("render", "render/test.mp4", "nsff_core.render_split|render_split", OLD_RENDER),
+    ],
+)
+def test_a_crashing_job_logs_its_traceback_removes_its_outputs_and_fails_the_scene(
+    tmp_path, rule, target, fail, old
+):
+    """A plain exception in the library (not a StageError) while retraining or re-rendering
+    a scene evaluated before: the traceback and FAILED are in the rule's log, Snakemake fails,
+    no output of the earlier run is left (render: the side videos too, as every one is
+    declared), and the summary written on error marks the scene failed despite its old
+    eval/metrics.json."""
+    from nsff_core.report import job_outcome
+
+    wd = earlier_run(tmp_path / "wd")
+    res = wd / "results" / "tiny"
+    (tmp_path / "hook").mkdir()
+    (tmp_path / "hook" / "sitecustomize.py").write_text(FAIL_HOOK)
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(tmp_path / "hook"), str(REPO)]),
+        NSFF_TEST_FAIL=f"{rule}|{fail}",
+    )
+    # --allowed-rules and --forcerun take several values: the target goes first
+    args = [f"results/tiny/{target}", "--cores", "1", "--allowed-rules", rule, "--forcerun", rule]
+    r = subprocess.run(
+        [*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(wd), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert r.returncode != 0, r.stdout[-3000:] + r.stderr[-3000:]
+    log = res / "logs" / ("render_test.log" if rule == "render" else "train.log")
+    text = log.read_text()
+    assert "Traceback (most recent call last)" in text, text
+    assert f"RuntimeError: injected failure in {fail.replace('|', '.')}" in text
+    assert job_outcome(log) == "FAILED"
+    folder = res / target.split("/")[0]
+    assert [name for name in old if (folder / name).exists()] == []
+    summary = pd.read_csv(wd / "results" / "summary.csv").set_index("scene")
+    assert summary.loc["tiny", "status"] == "failed"
+    assert summary.loc["tiny", "log"] == f"results/tiny/logs/{log.name}"
+    assert np.isnan(summary.loc["tiny", "psnr"])  # not the old model's score
+
+
+def test_a_killed_render_leaves_no_video_of_the_earlier_model(tmp_path):
+    """SIGKILL of Snakemake and its render job (re-rendering after retraining): Snakemake
+    deleted every declared output when the job started, so no video of the earlier model is
+    left beside the new checkpoint; the summary says the scene is incomplete and names the
+    render log, which has no end line."""
+    from .test_resume import STALL_HOOK
+
+    wd = earlier_run(tmp_path / "wd")
+    res = wd / "results" / "tiny"
+    (res / "train" / "last.ckpt").write_bytes(b"new model")  # newer than the renders
+    (tmp_path / "hook").mkdir()
+    (tmp_path / "hook" / "sitecustomize.py").write_text(STALL_HOOK)
+    flag = tmp_path / "stalled.pid"
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(tmp_path / "hook"), str(REPO)]),
+        NSFF_TEST_STALL=f"render|nsff_core.render_split|render_split|1|{flag}",
+    )
+    args = ["results/tiny/render/test.mp4", "--cores", "1", "--allowed-rules", "render"]
+    with open(tmp_path / "run.log", "w") as out:
+        p = subprocess.Popen(
+            [*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(wd), *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 300
+        while not flag.exists():
+            assert p.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, (tmp_path / "run.log").read_text()[-3000:]
+            time.sleep(0.05)
+    finally:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+    assert [name for name in OLD_RENDER if (res / "render" / name).exists()] == []
+    r = subprocess.run(
+        [sys.executable, "-m", "nsff_core.report", "results/summary.csv", "tiny"],
+        cwd=wd,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
+    assert r.returncode == 0, r.stderr
+    row = pd.read_csv(wd / "results" / "summary.csv").iloc[0]
+    assert row["status"] == "incomplete" and row["log"] == "results/tiny/logs/render_test.log"

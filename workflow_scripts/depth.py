@@ -4,16 +4,14 @@ import sys
 
 sys.path.insert(0, f"{snakemake.scriptdir}/..")
 
-from nsff_core.gpu_slots import claim_for_job
-
-# a GPU job takes a free device (lock files) before anything imports torch
-claim_for_job(snakemake.resources.get("gpu", 0))
-
-from nsff_core.config import stage_config  # noqa: E402
-from nsff_core.priors.depth import compute_depth  # noqa: E402
-from nsff_core.workflow import run_stage  # noqa: E402
+# nsff_core.workflow imports the standard library only; all else is imported inside run_stage,
+# which logs any failure and claims the job's GPU slots first (so before torch is imported)
+from nsff_core.workflow import run_stage
 
 with run_stage(snakemake):
+    from nsff_core.config import stage_config
+    from nsff_core.priors.depth import compute_depth
+
     compute_depth(
         snakemake.input.frames,
         snakemake.input.masks,

@@ -1,27 +1,26 @@
 """Rule render: videos (rgb, depth, static, dynamic) and frames of one render split."""
 
 import sys
-from pathlib import Path
 
 sys.path.insert(0, f"{snakemake.scriptdir}/..")
 
-from nsff_core.gpu_slots import claim_for_job
-
-# a GPU job takes a free device (lock files) before anything imports torch
-claim_for_job(snakemake.resources.get("gpu", 0))
-
-from nsff_core.render_split import render_split  # noqa: E402
-from nsff_core.workflow import run_stage  # noqa: E402
+# nsff_core.workflow imports the standard library only; all else is imported inside run_stage,
+# which logs any failure and claims the job's GPU slots first (so before torch is imported)
+from nsff_core.workflow import run_stage
 
 with run_stage(snakemake):
+    from nsff_core.render_split import render_split
+
+    out = snakemake.output
     render_split(
         snakemake.input.ckpt,
         snakemake.input.cameras,
         snakemake.wildcards.split,
-        Path(snakemake.output.video).parent,
+        out_dir=None,
         paths_dir=snakemake.params.paths_dir,
-        video_format=Path(snakemake.output.video).suffix[1:],
         fps=snakemake.params.fps,
         chunk=snakemake.params.chunk,
         scene=snakemake.wildcards.scene,
+        # every file the rule declares, so that Snakemake removes them all when the job fails
+        outputs={k: out[k] for k in ("video", "depth", "static", "dynamic", "frames")},
     )

@@ -4,11 +4,14 @@ import sys
 
 sys.path.insert(0, f"{snakemake.scriptdir}/..")
 
-from nsff_core.config import stage_config
-from nsff_core.priors.sfm import run_sfm
+# nsff_core.workflow imports the standard library only; all else is imported inside run_stage,
+# which logs any failure and claims the job's GPU slots first (so before torch is imported)
 from nsff_core.workflow import run_stage
 
 with run_stage(snakemake):
+    from nsff_core.config import stage_config
+    from nsff_core.priors.sfm import run_sfm
+
     run_sfm(
         snakemake.input.frames,
         snakemake.input.masks,
