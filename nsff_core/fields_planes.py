@@ -17,7 +17,8 @@ Why: on a CPU the MLP fields of nsff_pl spend ~1 MFLOP per sample and need 10^5 
 textured scene; a plane lookup is a few hundred FLOPs, the decoders are 64 wide, and the
 features are learned directly (at a higher learning rate, ``train.grid_lr``), so a scene
 converges in a few thousand steps. Lookups use ``torch.nn.functional.grid_sample`` (plain torch;
-CPU and GPU). NDC positions live in [-1, 1]^3; outside that cube the border row is used.
+CPU and GPU). NDC positions live in [-1, 1]^3; outside that cube the border row is used, and a
+NaN position reads the centre (it never reaches ``grid_sample``, see :func:`safe_grid_coords`).
 
 Spatial planes are initialised uniformly in [0.1, 0.5] and time planes to 1, so that at the start
 every product is non-zero and the dynamic field starts time-invariant.
@@ -106,8 +107,13 @@ class PlaneStack(nn.Module):
         self.planes = nn.Parameter(p)
 
     def forward(self, coords: Tensor) -> Tensor:
-        """(M, D) float32 coordinates in [-1, 1] -> (M, channels) product of the features."""
+        """(M, D) float32 coordinates -> (M, channels) product of the features.
+
+        Coordinates outside [-1, 1] read the border cells; see :func:`safe_grid_coords` for
+        NaN and inf.
+        """
         grid = torch.stack([coords[:, pair] for pair in self.pairs]).unsqueeze(1)  # (n,1,M,2)
+        grid = safe_grid_coords(grid)
         f = F.grid_sample(
             self.planes, grid, mode="bilinear", padding_mode="border", align_corners=True
         )  # (n, C, 1, M)
@@ -115,6 +121,19 @@ class PlaneStack(nn.Module):
         for i in range(1, f.shape[0]):
             out = out * f[i, :, 0]
         return out.t()
+
+
+def safe_grid_coords(grid: Tensor) -> Tensor:
+    """``grid`` with NaN replaced by 0 and every value clamped to [-1, 1].
+
+    ``grid_sample`` turns a NaN coordinate into an arbitrary cell index, and its CPU backward
+    then writes outside the plane (a segmentation fault, seen when a diverging run produced
+    NaN sample positions). Clamping gives the same lookup as ``padding_mode="border"`` for
+    finite values, and the same zero gradient outside the cube; a NaN coordinate gets a zero
+    gradient. Non-finite positions still make the loss non-finite elsewhere (the ray samples
+    and the flow terms use them too), which the training's divergence guard reports.
+    """
+    return torch.nan_to_num(grid, nan=0.0, posinf=1.0, neginf=-1.0).clamp(-1.0, 1.0)
 
 
 def total_variation(plane: Tensor) -> Tensor:

@@ -14,7 +14,9 @@ NDC always uses the training intrinsics (see :mod:`nsff_core.rays`). Fractional 
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,11 +46,15 @@ class RenderedPath:
 
 
 def load_system(ckpt: str | Path, device: str | torch.device):
-    """The trained :class:`~nsff_core.system.NSFFSystem` of a checkpoint, in eval mode."""
-    from .system import NSFFSystem
+    """The trained :class:`~nsff_core.system.NSFFSystem` of a checkpoint, in eval mode.
 
-    system = NSFFSystem.load_from_checkpoint(str(ckpt), map_location=device)
-    return system.eval().to(device)
+    Read with :func:`nsff_core.checkpoint.load_system` (``weights_only=True``); a corrupt or
+    diverged checkpoint raises :class:`~nsff_core.errors.CorruptFileError` naming the file and
+    rule ``train``.
+    """
+    from .checkpoint import load_system as load
+
+    return load(ckpt, device)
 
 
 def render_camera_path(system, path: CameraPath, chunk: int) -> RenderedPath:
@@ -103,14 +109,42 @@ def render_split(
     ckpt: str | Path,
     cameras_path: str | Path,
     split: str,
-    out_dir: str | Path,
+    out_dir: str | Path | None,
     paths_dir: str | Path | None = None,
     video_format: str = "mp4",
     fps: float = 10.0,
     chunk: int = 4096,
     scene: str | None = None,
+    outputs: dict[str, str | Path] | None = None,
 ) -> dict:
-    """Render ``split`` of a trained scene; returns a summary (frames, seconds)."""
+    """Render ``split`` of a trained scene; returns a summary (frames, seconds).
+
+    Args:
+        out_dir: folder of the default output names (module docstring); ``None`` when
+            ``outputs`` is given.
+        outputs: every output path by name: ``video`` (rgb), ``depth``, ``static`` and
+            ``dynamic`` (videos; the suffix picks the format) and ``frames`` (folder). The
+            render rule passes its declared outputs. Default: the names in ``out_dir``, videos
+            in ``video_format``.
+
+    Outputs of an earlier run are deleted first, and the new ones are written under scratch
+    names that are renamed into place only when all of them are written: a failure leaves
+    none of them, so no video of an older model passes for one of this model.
+    """
+
+    if outputs is None:
+        d, ext = Path(out_dir), "." + video_format
+        outputs = {
+            "video": d / f"{split}{ext}",
+            **{k: d / f"{split}_{k}{ext}" for k in ("depth", "static", "dynamic")},
+            "frames": d / split,
+        }
+    targets = {k: Path(outputs[k]) for k in ("video", "depth", "static", "dynamic", "frames")}
+    for p in targets.values():
+        if p.is_dir():
+            shutil.rmtree(p)
+        else:
+            p.unlink(missing_ok=True)
     try:
         spec = parse_split(split)
     except ValueError as exc:
@@ -130,21 +164,20 @@ def render_split(
         ) from None
     t0 = time.perf_counter()
     r = render_camera_path(system, path, chunk)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ext = "." + video_format
-    with io.atomic_dir(out_dir / split) as frames_dir:
+    videos = {
+        "depth": colorize_depth(r.depth),
+        "static": to_uint8(r.static_rgb),
+        "dynamic": to_uint8(r.dynamic_rgb),
+    }
+    # the contexts rename on a clean exit, last in first out: the rgb video comes last
+    with contextlib.ExitStack() as stack:
+        video = stack.enter_context(io.atomic_file(targets["video"]))
+        frames_dir = stack.enter_context(io.atomic_dir(targets["frames"]))
         for i, img in enumerate(r.rgb):
             io.write_image(frames_dir / io.frame_name(i), to_uint8(img))
-    videos = {
-        f"{split}{ext}": to_uint8(r.rgb),
-        f"{split}_depth{ext}": colorize_depth(r.depth),
-        f"{split}_static{ext}": to_uint8(r.static_rgb),
-        f"{split}_dynamic{ext}": to_uint8(r.dynamic_rgb),
-    }
-    for name, frames in videos.items():
-        with io.atomic_file(out_dir / name) as tmp:
-            io.write_video(tmp, frames, fps)
+        io.write_video(video, to_uint8(r.rgb), fps)
+        for name, frames in videos.items():
+            io.write_video(stack.enter_context(io.atomic_file(targets[name])), frames, fps)
     summary = {"split": split, "frames": len(path), "seconds": time.perf_counter() - t0}
     log.info("render: done %s", summary)
     return summary

@@ -202,6 +202,13 @@ class NSFFSystem(pl.LightningModule):
         #: (N, H, W, 3) training frames in [0, 1], for the hard-sampling weights (set by the
         #: trainer)
         self.training_frames: Tensor | None = None
+        #: factor on both learning rates (``lr``, ``grid_lr``): 0.5 after a divergence retry
+        #: (set by the trainer; not a hyper-parameter, so rendering never depends on it)
+        self.lr_scale = 1.0
+        #: every loss term of the last training step by name (as :func:`loss_terms`, plus
+        #: ``field_regularization`` and ``total``), detached; the mean over the ranks under
+        #: DDP, so that every rank sees the same values (read by the divergence guard)
+        self.step_losses: dict[str, Tensor] = {}
         K_t = torch.as_tensor(np.asarray(K), dtype=torch.float32)
         self.register_buffer("K", K_t, persistent=False)
         self.register_buffer("P", projection_matrices(K_t, torch.as_tensor(c2w).float()), False)
@@ -238,6 +245,8 @@ class NSFFSystem(pl.LightningModule):
             values = torch.stack(list(logs.values()))
             torch.distributed.all_reduce(values)
             logs = dict(zip(logs, values / world, strict=True))
+        # a NaN on any rank makes the mean NaN: all ranks see the same divergence
+        self.step_losses = {k.removeprefix("loss/"): v for k, v in logs.items()}
         logs["train/psnr"] = psnr(logs["loss/color"])
         self.log_dict(logs, on_step=True, prog_bar=False, batch_size=len(batch.t))
         return loss
@@ -257,6 +266,7 @@ class NSFFSystem(pl.LightningModule):
         Under DDP (called on every rank) ``pixel_sampler`` is rank 0's, and ``ddp`` holds
         ``world_size`` and, per rank, its sampler state and :meth:`state_digest`.
         """
+        checkpoint["lr_scale"] = self.lr_scale
         sampler = self.pixel_sampler
         if sampler is None:
             return
@@ -274,7 +284,11 @@ class NSFFSystem(pl.LightningModule):
             log.warning("train: the DDP ranks' weights differ at step %d", self.global_step)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore this rank's pixel-sampler state (rank r of a DDP run: the r-th saved)."""
+        """Restore this rank's pixel-sampler state (rank r of a DDP run: the r-th saved), and
+        bring the saved learning rates to :attr:`lr_scale` (see :func:`rescale_learning_rates`)."""
+        ratio = self.lr_scale / float(checkpoint.get("lr_scale", 1.0))
+        if ratio != 1.0:
+            rescale_learning_rates(checkpoint, ratio)
         if self.pixel_sampler is None:
             return
         rank, world = dist_world()
@@ -366,10 +380,27 @@ class NSFFSystem(pl.LightningModule):
         grid_ids = {id(p) for p in grids}
         groups = [{"params": [p for p in self.parameters() if id(p) not in grid_ids]}]
         if grids:
-            groups.append({"params": grids, "lr": self.cfg.grid_lr})
-        opt = torch.optim.Adam(groups, lr=self.cfg.lr, eps=1e-8)
+            groups.append({"params": grids, "lr": self.cfg.grid_lr * self.lr_scale})
+        opt = torch.optim.Adam(groups, lr=self.cfg.lr * self.lr_scale, eps=1e-8)
         total = max(1, self.trainer.max_steps if self.trainer.max_steps > 0 else 1)
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
         )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def rescale_learning_rates(checkpoint: dict[str, Any], factor: float) -> None:
+    """Multiply the learning rates saved in a Lightning checkpoint dict by ``factor``, in place:
+    every optimizer parameter group's ``lr`` and ``initial_lr`` and every scheduler's
+    ``base_lrs`` and ``_last_lr``, so that the restored cosine schedule continues at the new
+    scale (Lightning restores the optimizer and scheduler from this dict after the module's
+    ``on_load_checkpoint``)."""
+    for opt in checkpoint.get("optimizer_states", []):
+        for group in opt.get("param_groups", []):
+            for key in ("lr", "initial_lr"):
+                if key in group:
+                    group[key] = group[key] * factor
+    for sched in checkpoint.get("lr_schedulers", []):
+        for key in ("base_lrs", "_last_lr"):
+            if key in sched:
+                sched[key] = [v * factor for v in sched[key]]

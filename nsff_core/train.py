@@ -11,6 +11,19 @@ pytest): each worker gets the environment of an externally launched job (``MASTE
 The parent decides what to resume and writes ``config.json`` before the workers start, and moves
 the files into ``out_dir`` after they all succeeded; inside the run only rank 0 writes (Lightning's
 checkpoints and CSV log). Backend nccl on CUDA, gloo on the CPU (N CPU processes, for tests).
+
+Divergence: :class:`DivergenceGuard` checks every step, before the optimizer step, that every
+loss term and every gradient is finite, and stops the run otherwise (:class:`Diverged`), so the
+weights never take a non-finite update; a checkpoint is never written with non-finite values
+(:mod:`nsff_core.checkpoint`). ``train.on_divergence: retry`` resumes once from the last good
+checkpoint at half the learning rates; otherwise, or when that diverges too, the run stops with
+a :class:`~nsff_core.errors.StageError` naming the step and the term. Under DDP every rank sees
+the same loss means and the same all-reduced gradients, so all ranks stop at the same step.
+
+The check reads one flag per step on the host (a device synchronisation on a GPU). The CSV
+logger already reads the logged losses to the host at every step (``log_every_n_steps=1``), so
+the guard adds no stall of its own; it only ends the overlap of the optimizer's kernel launches
+with the end of the backward pass.
 """
 
 from __future__ import annotations
@@ -38,9 +51,16 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 
+from .checkpoint import (
+    LAST,
+    PREVIOUS,
+    NonFiniteStateError,
+    VerifiedCheckpointIO,
+    load_checkpoint,
+)
 from .config import TrainConfig, from_dict, to_dict
 from .data import FrameSampler, SceneData, load_scene, make_batch
-from .errors import ConfigError
+from .errors import ConfigError, CorruptFileError, StageError
 from .system import NSFFSystem
 
 log = logging.getLogger(__name__)
@@ -99,11 +119,10 @@ def device_settings(precision: str = "auto", devices: int = 1) -> dict[str, Any]
     if torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-        bf16 = precision == "bf16" or (precision == "auto" and torch.cuda.is_bf16_supported())
         return {
             "accelerator": "gpu",
             "devices": devices,
-            "precision": "bf16-mixed" if bf16 else "32",
+            "precision": "bf16-mixed" if uses_bf16(precision) else "32",
         }
     if devices > 1:
         warnings.warn(
@@ -113,8 +132,18 @@ def device_settings(precision: str = "auto", devices: int = 1) -> dict[str, Any]
         )
     else:
         warnings.warn("no GPU found: training runs on the CPU (slow)", stacklevel=2)
-    bf16 = precision == "bf16" or (precision == "auto" and cpu_has_fast_bf16())
+    bf16 = uses_bf16(precision)
     return {"accelerator": "cpu", "devices": devices, "precision": "bf16-mixed" if bf16 else "32"}
+
+
+def uses_bf16(precision: str) -> bool:
+    """Whether ``train.precision`` trains with bf16 autocast on this machine (see
+    :func:`device_settings`)."""
+    if precision != "auto":
+        return precision == "bf16"
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return cpu_has_fast_bf16()
 
 
 class ProgressLog(pl.Callback):
@@ -147,30 +176,126 @@ class ProgressLog(pl.Callback):
         self.t0, self.step0 = now, step
 
 
+class Diverged(RuntimeError):
+    """Training produced a non-finite loss term, gradient or weight.
+
+    Args:
+        step: the training step (``global_step``) whose update was refused.
+        what: the first non-finite quantity, e.g. ``loss term 'color' is nan`` or
+            ``the gradient of static_field.density.0.weight is not finite``.
+    """
+
+    def __init__(self, step: int, what: str) -> None:
+        self.step, self.what = int(step), what
+        super().__init__(f"training diverged at step {self.step}: {what}")
+
+
+def _first_nonfinite(losses: dict[str, torch.Tensor], params: list[tuple[str, Any]]) -> str:
+    """The first non-finite loss term (in ``losses`` order), else the first parameter with a
+    non-finite gradient, in words (only called once the step is known to be non-finite)."""
+    for name, value in losses.items():
+        if not bool(torch.isfinite(value).all()):
+            return f"loss term '{name}' is {float(value)}"
+    for name, grad in params:
+        bad = int((~torch.isfinite(grad)).sum())
+        if bad:
+            return f"the gradient of {name} is not finite ({bad} of {grad.numel()} values)"
+    return "a loss term or gradient is not finite"
+
+
+class DivergenceGuard(pl.Callback):
+    """Stops training at the first step with a non-finite loss term or gradient, before the
+    optimizer applies it (:class:`Diverged`), so the weights and every later checkpoint stay
+    finite.
+
+    Reads ``pl_module.step_losses`` (every loss term of the step, set by
+    :meth:`~nsff_core.system.NSFFSystem.training_step`) and the gradients after backward (under
+    DDP after their all-reduce). One host read of one flag per step; the names are looked up
+    only when the flag is set.
+    """
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        losses = pl_module.step_losses
+        params = [(n, p.grad) for n, p in pl_module.named_parameters() if p.grad is not None]
+        checks = [v.detach().float().reshape(()) for v in losses.values()]
+        if params:
+            # the largest |g|: finite exactly when every gradient value is (NaN propagates)
+            norm = torch.nn.utils.get_total_norm([g for _, g in params], norm_type=math.inf)
+            checks.append(norm.float().reshape(()).to(checks[0].device if checks else norm.device))
+        if not checks or bool(torch.isfinite(torch.stack(checks)).all()):
+            return
+        raise Diverged(trainer.global_step, _first_nonfinite(losses, params))
+
+
 #: settings that change how long training runs, not what it trains: a checkpoint written under
 #: other values of these is still resumed
 BUDGET_KEYS = ("epochs", "max_steps", "max_time_minutes", "checkpoint_every", "log_every")
+#: settings that change neither what a run trains nor how long: also ignored on resume (a run
+#: stopped by divergence resumes when only on_divergence changed)
+HANDLING_KEYS = ("on_divergence",)
+#: facts that record what happened in a run (divergence retries), not its settings
+RUN_RECORD_KEYS = ("lr_scale", "divergence")
 
 
-def _resumable(run_dir: Path, facts: dict[str, Any]) -> Path | None:
-    """The checkpoint in ``run_dir`` if it was written for the same scene and settings.
+def _same_settings(old: dict[str, Any], facts: dict[str, Any]) -> bool:
+    """Whether ``old`` (a run's config.json) and ``facts`` describe the same training."""
+    ignored_train = BUDGET_KEYS + HANDLING_KEYS
+    ignored = ("train", "max_steps", *RUN_RECORD_KEYS)
+
+    def key(f: dict[str, Any]) -> dict[str, Any]:
+        train = {k: v for k, v in f["train"].items() if k not in ignored_train}
+        return {**{k: v for k, v in f.items() if k not in ignored}, "train": train}
+
+    return key(old) == key(facts)
+
+
+def _good_checkpoint(
+    candidates: list[Path], set_aside: bool, before_step: int | None = None
+) -> tuple[Path, int] | None:
+    """The first of ``candidates`` that loads and is finite (:func:`load_checkpoint`), and
+    with ``before_step`` was written before that step; with its ``global_step``.
+
+    A corrupt one is logged and, with ``set_aside``, renamed to ``<name>.corrupt`` (kept for
+    a look, never read again).
+    """
+    for ckpt in candidates:
+        if not ckpt.is_file():
+            continue
+        try:
+            step = int(load_checkpoint(ckpt)["global_step"])
+        except CorruptFileError as err:
+            if set_aside:
+                aside = ckpt.with_name(ckpt.name + ".corrupt")
+                os.replace(ckpt, aside)
+                log.warning("train: %s (set aside as %s)", err, aside.name)
+            else:
+                log.warning("train: %s (not resumed)", err)
+            continue
+        if before_step is None or step < before_step:
+            return ckpt, step
+    return None
+
+
+def _resumable(run_dir: Path, facts: dict[str, Any]) -> tuple[Path, dict[str, Any]] | None:
+    """The checkpoint in ``run_dir`` and its run's config.json, if it was written for the same
+    scene and settings and it loads; None otherwise.
 
     The number of processes (``train.gpus``, ``world_size``) is a setting: another value
-    changes the epoch length and the ray streams, so the run starts from scratch.
+    changes the epoch length and the ray streams, so the run starts from scratch. In a
+    ``running/`` folder a corrupt ``last.ckpt`` is set aside (``last.ckpt.corrupt``, with a
+    warning) and the run resumes from ``previous.ckpt``, the checkpoint it replaced, if that one
+    is good; a finished run (``out_dir``) has ``last.ckpt`` only.
     """
-    ckpt, meta = run_dir / "last.ckpt", run_dir / "config.json"
-    if not (ckpt.exists() and meta.exists()):
+    meta = run_dir / "config.json"
+    candidates = [run_dir / LAST] + ([run_dir / PREVIOUS] if run_dir.name == "running" else [])
+    if not (meta.exists() and any(c.exists() for c in candidates)):
         return None
     old = json.loads(meta.read_text())
     # written before train.gpus existed: one process
     old.setdefault("world_size", 1)
     old["train"].setdefault("gpus", 1)
-
-    def key(f: dict[str, Any]) -> dict[str, Any]:
-        train = {k: v for k, v in f["train"].items() if k not in BUDGET_KEYS}
-        return {**{k: v for k, v in f.items() if k not in ("train", "max_steps")}, "train": train}
-
-    if key(old) != key(facts):
+    ckpt = candidates[0] if candidates[0].exists() else candidates[-1]
+    if not _same_settings(old, facts):
         if old["world_size"] != facts["world_size"]:
             log.warning(
                 "train: %s was written by %d process(es), this run has %d (train.gpus);"
@@ -182,7 +307,13 @@ def _resumable(run_dir: Path, facts: dict[str, Any]) -> Path | None:
         else:
             log.warning("train: %s was written with other settings; starting from scratch", ckpt)
         return None
-    return ckpt
+    good = _good_checkpoint(candidates, set_aside=run_dir.name == "running")
+    if good is None:
+        log.warning("train: no good checkpoint left in %s; starting from scratch", run_dir)
+        return None
+    if good[0] != candidates[0]:
+        log.warning("train: resuming from the checkpoint before it, %s", good[0])
+    return good[0], old
 
 
 def train_scene(
@@ -193,7 +324,16 @@ def train_scene(
     While training, checkpoints, ``config.json`` and ``metrics.csv`` live in
     ``out_dir/running/``, which Snakemake does not know about and so does not delete when a job
     dies: a rerun resumes from ``running/last.ckpt`` when it was written for the same scene and
-    settings (the training budget may differ). On success the three files move to ``out_dir``.
+    settings (the training budget may differ); a corrupt one is set aside and the run resumes
+    from ``running/previous.ckpt`` or from scratch. On success the three files move to
+    ``out_dir``.
+
+    A divergence (:class:`Diverged`) stops the run with a :class:`StageError`; with
+    ``cfg.on_divergence == "retry"`` the run first resumes once from its last good checkpoint
+    (from scratch if it has none) with both learning rates halved. ``config.json`` records
+    each divergence (``divergence``: step, cause, action) and the factor on the learning rates
+    (``lr_scale``); a rerun that resumes the run keeps that factor, and a run that has retried
+    once does not retry again.
 
     ``cfg.gpus`` > 1: the training runs in that many DDP worker processes (see the module
     docstring); this process prepares the run, waits for them and then finishes the run.
@@ -208,7 +348,7 @@ def train_scene(
     data = load_scene(scene_dir, scene=scene)
     spe = steps_per_epoch(cfg, data, world)
     total = cfg.max_steps or cfg.epochs * spe
-    facts = {
+    facts: dict[str, Any] = {
         "train": to_dict(cfg),
         "num_frames": data.num_frames,
         "hw": list(data.hw),
@@ -218,7 +358,15 @@ def train_scene(
         "near_depth": data.near_depth,
         "normalization": data.normalization.to_dict(),
     }
-    resume = _resumable(run_dir, facts) or _resumable(out_dir, facts)
+    found = _resumable(run_dir, facts) or _resumable(out_dir, facts)
+    resume, old = found if found is not None else (None, {})
+    if resume is None or resume.parent != run_dir:
+        # of other settings: never to be resumed by mistake
+        _remove_checkpoints(run_dir, "of an earlier run (other settings)")
+    # what happened to the run so far: a resumed run keeps its learning-rate factor and the
+    # record of its retry
+    facts["lr_scale"] = float(old.get("lr_scale", 1.0))
+    facts["divergence"] = list(old.get("divergence", []))
     metrics = run_dir / "metrics.csv"
     if resume is not None and resume.parent == out_dir and (out_dir / "metrics.csv").exists():
         shutil.copy(out_dir / "metrics.csv", metrics)
@@ -227,6 +375,8 @@ def train_scene(
 
     if resume is not None:
         log.info("train: resuming from %s", resume)
+    if facts["lr_scale"] != 1.0:
+        log.info("train: learning rates x %g (after a divergence retry)", facts["lr_scale"])
     log.info(
         "train: %d frames %dx%d, %d steps (%d per epoch), %d rays per step%s",
         data.num_frames,
@@ -245,29 +395,133 @@ def train_scene(
         "steps_per_epoch": spe,
         "max_steps": total,
         "resume": str(resume) if resume is not None else None,
+        "lr_scale": facts["lr_scale"],
     }
-    if world == 1:
-        _fit(data, cfg, job)
-    else:
+    if world > 1:
         _check_devices(world)
         del data  # the workers load their own copy
-        _launch_workers(job, world)
+    while True:
+        try:
+            if world == 1:
+                _fit(data, cfg, job)
+            else:
+                _launch_workers(job, world)
+            break
+        except Diverged as err:
+            history = _merge_metrics(history, metrics)
+            job = _after_divergence(err, cfg, job, facts, scene)
+            if job["resume"] is None:
+                history = None  # from scratch: the steps before do not count
+            (run_dir / "config.json").write_text(json.dumps(facts, indent=2))
 
     if history is not None:
         # Lightning's CSV logger starts a new file on resume (and leaves none when the run was
         # already complete): keep the earlier steps in it
-        if metrics.exists():
-            new = pd.read_csv(metrics)
-            old = history[history["step"] < new["step"].min()]
-            history = pd.concat([old, new], ignore_index=True)
-        history.to_csv(metrics, index=False)
-    # copies first, the checkpoint moved last (it marks the run done): a kill in between leaves
-    # running/ complete, so the rerun resumes from it instead of starting again
+        _merge_metrics(history, metrics).to_csv(metrics, index=False)
+    # the checkpoint is checked (loads, finite) before it becomes the output; copies first, the
+    # checkpoint moved last (it marks the run done): a kill in between leaves running/
+    # complete, so the rerun resumes from it instead of starting again
+    load_checkpoint(run_dir / LAST)
     for name in ("config.json", "metrics.csv"):
         shutil.copy2(run_dir / name, out_dir / name)
-    os.replace(run_dir / "last.ckpt", out_dir / "last.ckpt")
+    os.replace(run_dir / LAST, out_dir / LAST)
     shutil.rmtree(run_dir)
-    return out_dir / "last.ckpt"
+    return out_dir / LAST
+
+
+def _remove_checkpoints(run_dir: Path, why: str) -> None:
+    """Delete the checkpoints in ``run_dir`` (a run that starts afresh there): a stale one must
+    never be resumed, nor be the "last good checkpoint" of a divergence retry."""
+    for name in (LAST, PREVIOUS):
+        if (run_dir / name).is_file():
+            log.info("train: removing %s %s", run_dir / name, why)
+            (run_dir / name).unlink()
+
+
+def _merge_metrics(history: pd.DataFrame | None, metrics: Path) -> pd.DataFrame | None:
+    """The steps of ``history`` before the first step in ``metrics`` (Lightning's CSV log of the
+    latest fit, which starts a new file), then that file's rows."""
+    if not metrics.exists():
+        return history
+    new = pd.read_csv(metrics)
+    if history is None or new.empty:
+        return new if history is None else history
+    old = history[history["step"] < new["step"].min()]
+    return pd.concat([old, new], ignore_index=True)
+
+
+def _after_divergence(
+    err: Diverged, cfg: TrainConfig, job: dict[str, Any], facts: dict[str, Any], scene: str | None
+) -> dict[str, Any]:
+    """Record a divergence in ``facts`` and return the job of the retry, or raise the
+    :class:`StageError` (stop, or the run already retried once)."""
+    run_dir = Path(job["run_dir"])
+    records = facts["divergence"]
+    retried = [r for r in records if r["action"] == "retry"]
+    record = {"step": err.step, "cause": err.what, "lr_scale": facts["lr_scale"]}
+    if cfg.on_divergence == "retry" and not retried:
+        # the newest checkpoint written before the diverged step (the state of that step
+        # itself produced the non-finite values): this run's, else the one it resumed from
+        good = _good_checkpoint([run_dir / LAST, run_dir / PREVIOUS], True, err.step)
+        if good is None and job["resume"] is not None:
+            good = _good_checkpoint([Path(job["resume"])], False, err.step)
+        start, from_step = good if good is not None else (None, 0)
+        # the checkpoints of the diverged steps go: a kill during the retry must not make the
+        # rerun resume from one of them
+        if start is not None and start.parent == run_dir:
+            if start.name != LAST:
+                os.replace(start, run_dir / LAST)
+                start = run_dir / LAST
+        else:
+            _remove_checkpoints(run_dir, f"(written at or after the diverged step {err.step})")
+        facts["lr_scale"] = facts["lr_scale"] / 2
+        records.append({**record, "action": "retry", "resumed_from_step": from_step})
+        log.warning(
+            "train: %s; retrying once (train.on_divergence: retry) from %s at half the"
+            " learning rates (lr %g, grid_lr %g)",
+            err,
+            f"{start} (step {from_step})" if start is not None else "scratch",
+            cfg.lr * facts["lr_scale"],
+            cfg.grid_lr * facts["lr_scale"],
+        )
+        return {
+            **job,
+            "resume": str(start) if start is not None else None,
+            "lr_scale": facts["lr_scale"],
+        }
+    records.append({**record, "action": "stop"})
+    (run_dir / "config.json").write_text(json.dumps(facts, indent=2))
+    cause = str(err)
+    if retried:
+        r = retried[-1]
+        cause += (
+            f"; it had diverged before at step {r['step']} ({r['cause']}) and retried once from"
+            f" step {r['resumed_from_step']} at half the learning rates (train.on_divergence:"
+            " retry)"
+        )
+    lower = f"lower train.lr (now {cfg.lr:g})"
+    if cfg.field == "planes":
+        lower += f" and train.grid_lr (now {cfg.grid_lr:g})"
+    hints = [lower + ", e.g. 10x"]
+    if uses_bf16(cfg.precision):
+        hints.append(f"train in full precision (train.precision: fp32, now {cfg.precision})")
+    if cfg.on_divergence != "retry":
+        hints.append(
+            "or set train.on_divergence: retry to resume once from the last good checkpoint"
+            " at half the learning rates"
+        )
+    last = run_dir / LAST if (run_dir / LAST).is_file() else None
+    hint = (
+        "; ".join(hints)
+        + ". No checkpoint with NaN or inf was written"
+        + (
+            f"; the last good one, {last}, is kept (a rerun with the same settings resumes from"
+            " it, other settings start afresh)"
+            if last is not None
+            else ""
+        )
+    )
+    raise StageError(scene, "train", cause, hint) from None
 
 
 def _fit(
@@ -275,7 +529,13 @@ def _fit(
 ) -> None:
     """Lightning fit in this process, rank ``rank`` of ``world``, then ``last.ckpt`` in
     ``job["run_dir"]``. Under DDP every rank runs this; only rank 0 writes files (Lightning's
-    checkpoints and CSV log are rank-zero only)."""
+    checkpoints and CSV log are rank-zero only).
+
+    Raises:
+        Diverged: a non-finite loss term or gradient (:class:`DivergenceGuard`), or weights that
+            became non-finite (found when a checkpoint was to be written).
+        StageError: a checkpoint could not be written.
+    """
     run_dir = Path(job["run_dir"])
     spe, total, resume = job["steps_per_epoch"], job["max_steps"], job["resume"]
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -295,6 +555,7 @@ def _fit(
     stream = RayBatchStream(data, cfg.batch_size, cfg.seed + rank)
     system.pixel_sampler = stream.sampler
     system.training_frames = data.rgb
+    system.lr_scale = float(job.get("lr_scale", 1.0))
     ckpt_cb = ModelCheckpoint(
         dirpath=run_dir,
         filename="step{step}",
@@ -302,6 +563,8 @@ def _fit(
         save_top_k=0,
         every_n_train_steps=cfg.checkpoint_every,
         save_on_train_epoch_end=False,
+        # always last.ckpt (never last-v1.ckpt next to an older file): the name resume reads
+        enable_version_counter=False,
     )
     distributed: dict[str, Any] = {}
     if world > 1:
@@ -324,7 +587,13 @@ def _fit(
         limit_train_batches=spe,
         max_epochs=-1,
         logger=CSVLogger(save_dir=run_dir, name="", version=""),
-        callbacks=[ckpt_cb, ProgressLog(cfg.log_every, cfg.batch_size * world, total)],
+        callbacks=[
+            DivergenceGuard(),
+            ckpt_cb,
+            ProgressLog(cfg.log_every, cfg.batch_size * world, total),
+        ],
+        # verified saves, and weights_only loads for the resume
+        plugins=[VerifiedCheckpointIO(job["scene"])],
         enable_progress_bar=False,
         enable_model_summary=False,
         log_every_n_steps=1,
@@ -333,8 +602,14 @@ def _fit(
         **distributed,
     )
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=0)
-    trainer.fit(system, train_dataloaders=loader, ckpt_path=resume)
-    trainer.save_checkpoint(run_dir / "last.ckpt")
+    try:
+        trainer.fit(system, train_dataloaders=loader, ckpt_path=resume, weights_only=True)
+        trainer.save_checkpoint(run_dir / LAST, weights_only=False)  # the full training state
+    except NonFiniteStateError as err:
+        raise Diverged(
+            err.step if err.step is not None else trainer.global_step,
+            f"the weights or optimizer state are not finite ({err.names[0]})",
+        ) from err
 
 
 def _no_buffer_sync() -> dict[str, bool]:
@@ -411,8 +686,15 @@ def _launch_workers(job: dict[str, Any], world: int) -> None:
     variables of an externally launched job, so Lightning starts no processes itself. When one
     fails, or this process is interrupted or terminated, the others are stopped; a worker whose
     parent dies (even killed) gets SIGTERM from the kernel (Linux).
+
+    Raises:
+        Diverged, StageError: as a worker raised it (passed on through a file, see
+            :func:`_write_worker_error`), so that the caller handles them as in one process.
+        RuntimeError: a worker failed otherwise.
     """
     job = {**job, "log_files": _log_files(), "parent_pid": os.getpid()}
+    run_dir = Path(job["run_dir"])
+    _read_worker_errors(run_dir, world)  # stale files of an earlier run
     env = {k: v for k, v in os.environ.items() if k not in _LAUNCHER_ENV}
     root = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
@@ -429,6 +711,7 @@ def _launch_workers(job: dict[str, Any], world: int) -> None:
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _raise_terminated)
     procs: list[subprocess.Popen] = []
+    failed: tuple[int, int | None] | None = None
     try:
         for rank in range(world):
             procs.append(
@@ -439,13 +722,10 @@ def _launch_workers(job: dict[str, Any], world: int) -> None:
             )
         while True:
             codes = [p.poll() for p in procs]
-            failed = [(r, c) for r, c in enumerate(codes) if c not in (None, 0)]
-            if failed:
-                rank, code = failed[0]
-                raise RuntimeError(
-                    f"train: DDP worker rank {rank} of {world} exited with code {code} (its"
-                    " error is in the log above); the other workers were stopped"
-                )
+            bad = [(r, c) for r, c in enumerate(codes) if c not in (None, 0)]
+            if bad:
+                failed = bad[0]
+                break
             if all(c == 0 for c in codes):
                 return
             time.sleep(0.2)
@@ -461,6 +741,56 @@ def _launch_workers(job: dict[str, Any], world: int) -> None:
                 p.wait()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+    error = _read_worker_errors(run_dir, world)
+    if error is not None:
+        raise error
+    rank, code = failed
+    raise RuntimeError(
+        f"train: DDP worker rank {rank} of {world} exited with code {code} (its error is in the"
+        " log above); the other workers were stopped"
+    )
+
+
+def _worker_error_file(run_dir: Path, rank: int) -> Path:
+    return run_dir / f".worker-error-{rank}.json"
+
+
+def _write_worker_error(run_dir: Path, rank: int, err: Exception) -> None:
+    """Hand a worker's :class:`Diverged` or :class:`StageError` to the parent (a JSON file in
+    ``run_dir``, written atomically), which raises it again."""
+    if isinstance(err, Diverged):
+        payload = {"type": "diverged", "step": err.step, "what": err.what}
+    elif isinstance(err, StageError):
+        payload = {"type": "stage", "scene": err.scene, "stage": err.stage}
+        payload.update(cause=err.cause, hint=err.hint)
+    else:
+        return
+    path = _worker_error_file(run_dir, rank)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload))
+    os.replace(tmp, path)
+
+
+def _read_worker_errors(run_dir: Path, world: int) -> Exception | None:
+    """The error handed over by the lowest rank that wrote one (the files are removed)."""
+    found: Exception | None = None
+    for rank in range(world):
+        path = _worker_error_file(run_dir, rank)
+        if not path.exists():
+            continue
+        err: Exception | None
+        try:
+            e = json.loads(path.read_text())
+            if e["type"] == "diverged":
+                err = Diverged(e["step"], e["what"])
+            else:
+                err = StageError(e["scene"], e["stage"], e["cause"], e["hint"])
+        except (ValueError, KeyError, OSError):
+            err = None  # half written (the worker was stopped): the exit code speaks
+        path.unlink(missing_ok=True)
+        if found is None and err is not None:
+            found = err
+    return found
 
 
 def _die_with_parent(parent: int) -> None:
@@ -502,6 +832,11 @@ def _ddp_worker(job_json: str) -> None:
             torch.set_num_threads(max(1, torch.get_num_threads() // world))
         data = load_scene(job["scene_dir"], scene=job["scene"])
         _fit(data, cfg, job, rank, world)
+    except (Diverged, StageError) as err:
+        # the parent reports it (the same on every rank for a divergence)
+        log.error("train: DDP worker rank %d of %d: %s", rank, world, err)
+        _write_worker_error(Path(job["run_dir"]), rank, err)
+        sys.exit(1)
     except Exception:
         log.exception("train: DDP worker rank %d of %d failed", rank, world)
         sys.exit(1)

@@ -54,7 +54,10 @@ def setup_logging(log_path: str | None = None, level: int = logging.INFO) -> Non
         force=True,
     )
     file_only = logging.getLogger(_FILE_ONLY)
-    file_only.handlers = [h for h in handlers if isinstance(h, logging.FileHandler)]
+    # no log file: a NullHandler, or Python's last-resort handler would print it on stderr
+    file_only.handlers = [h for h in handlers if isinstance(h, logging.FileHandler)] or [
+        logging.NullHandler()
+    ]
     file_only.propagate = False
 
 

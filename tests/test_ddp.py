@@ -6,6 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from nsff_core.checkpoint import load_checkpoint
 from nsff_core.config import TrainConfig
 from nsff_core.data import FrameSampler
 
@@ -53,7 +54,7 @@ def _draws(state, seed, limit=30):
 
 
 def _load(path):
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return load_checkpoint(path)
 
 
 def test_steps_per_epoch_is_the_same_rays_on_n_processes():

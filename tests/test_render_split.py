@@ -76,3 +76,45 @@ def test_render_errors_name_scene_and_rule(tiny_scene_dir, tiny_ckpt, tmp_path, 
         render_split(tiny_ckpt, tiny_scene_dir / "cameras.npz", split, tmp_path, scene="tiny")
     assert needle in str(err.value)
     assert not (tmp_path / f"{split}.mp4").exists() and not (tmp_path / split).exists()
+
+
+def test_a_failed_write_leaves_no_output_old_or_new(
+    tiny_scene_dir, tiny_ckpt, tmp_path, monkeypatch
+):
+    """Videos of an earlier model on disk, then the render fails while writing its second
+    video: neither the earlier files nor the new ones (nor scratch files) are left."""
+    from nsff_core.render_split import render_split
+
+    names = ("test.mp4", "test_depth.mp4", "test_static.mp4", "test_dynamic.mp4")
+    (tmp_path / "test").mkdir()
+    (tmp_path / "test" / "00000.png").write_bytes(b"old frame")
+    for name in names:
+        (tmp_path / name).write_bytes(b"old video")
+    calls = []
+    write_video = io.write_video
+
+    def failing(path, frames, fps):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        write_video(path, frames, fps)
+
+    monkeypatch.setattr(io, "write_video", failing)
+    with pytest.raises(OSError, match="No space left"):
+        render_split(tiny_ckpt, tiny_scene_dir / "cameras.npz", "test", tmp_path, scene="tiny")
+    assert len(calls) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_outputs_by_name(tiny_scene_dir, tiny_ckpt, tmp_path):
+    """The render rule passes its declared outputs: every file goes where it says, in the
+    format of its suffix."""
+    from nsff_core.render_split import render_split
+
+    outputs = {k: tmp_path / f"o_{k}.gif" for k in ("video", "depth", "static", "dynamic")}
+    outputs["frames"] = tmp_path / "o_frames"
+    split = "test_fixview3_interp0"
+    render_split(tiny_ckpt, tiny_scene_dir / "cameras.npz", split, None, outputs=outputs)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in outputs.values())
+    assert len(io.list_frames(outputs["frames"])) == 12
+    assert all(outputs[k].stat().st_size > 0 for k in ("video", "depth", "static", "dynamic"))

@@ -26,6 +26,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from nsff_core.checkpoint import load_checkpoint
+
 from .conftest import REPO
 from .test_workflow import SNAKEMAKE, TINY_TRAIN, make_workdir, snakemake
 
@@ -242,7 +244,6 @@ def test_kill_during_sfm_asks_for_rerun_incomplete_and_gives_the_same_cameras(
 def test_kill_during_train_resumes_from_the_last_checkpoint(reference, stall_hook, tmp_path):
     """Killed at step 26 of 30 (checkpoints every 10 steps): the rerun resumes at step 20 and
     ends with every step once in metrics.csv and a checkpoint at step 30."""
-    import torch
 
     wd = copy_workdir(reference, tmp_path / "wd")
     res = wd / "results" / "tiny"
@@ -255,7 +256,7 @@ def test_kill_during_train_resumes_from_the_last_checkpoint(reference, stall_hoo
     )
     running = res / "train" / "running"
     assert not (res / "train" / "last.ckpt").exists()  # outputs appear only at the end
-    saved = torch.load(running / "last.ckpt", map_location="cpu", weights_only=False)
+    saved = load_checkpoint(running / "last.ckpt")
     assert saved["global_step"] == 2 * every
 
     unlock(wd)
@@ -267,7 +268,7 @@ def test_kill_during_train_resumes_from_the_last_checkpoint(reference, stall_hoo
     assert "train: resuming from results/tiny/train/running/last.ckpt" in log
     logged = [int(s.split("/")[0]) for s in log.split("train: step ")[1:]]
     assert logged and min(logged) > 2 * every, log  # no step before the checkpoint again
-    final = torch.load(res / "train" / "last.ckpt", map_location="cpu", weights_only=False)
+    final = load_checkpoint(res / "train" / "last.ckpt")
     assert final["global_step"] == steps
     metrics = pd.read_csv(res / "train" / "metrics.csv")
     assert metrics["step"].tolist() == list(range(steps))  # every step exactly once

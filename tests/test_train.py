@@ -5,6 +5,7 @@ import csv
 import pytest
 import torch
 
+from nsff_core.checkpoint import load_checkpoint
 from nsff_core.config import TrainConfig
 from nsff_core.data import load_scene
 
@@ -39,13 +40,13 @@ def test_two_steps_then_resume(tiny_scene_dir, tmp_path):
     for r in rows:
         total = float(r["loss/total"])
         assert total == total and abs(total) < 1e3  # finite
-    ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    ckpt = load_checkpoint(last)
     assert ckpt["global_step"] == 2
     first = {k: v.clone() for k, v in ckpt["state_dict"].items()}
 
     # a rerun with a larger budget resumes at step 2 instead of starting again
     train_scene(tiny_scene_dir, out, TrainConfig(**TINY, max_steps=4), scene="tiny")
-    ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    ckpt = load_checkpoint(last)
     assert ckpt["global_step"] == 4
     steps = [int(r["step"]) for r in _rows(out / "metrics.csv")]
     assert steps == [0, 1, 2, 3], "metrics.csv keeps the steps before the resume"
@@ -56,7 +57,7 @@ def test_two_steps_then_resume(tiny_scene_dir, tmp_path):
 
     # the same budget again: nothing left to train, the finished run and its metrics stay
     train_scene(tiny_scene_dir, out, TrainConfig(**TINY, max_steps=4), scene="tiny")
-    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 4
+    assert load_checkpoint(last)["global_step"] == 4
     assert [int(r["step"]) for r in _rows(out / "metrics.csv")] == [0, 1, 2, 3]
 
 
@@ -70,13 +71,13 @@ def test_an_interrupted_run_resumes_and_other_settings_restart(tiny_scene_dir, t
     for name in ("last.ckpt", "config.json", "metrics.csv"):
         (out / name).rename(out / "running" / name)
     train_scene(tiny_scene_dir, out, TrainConfig(**TINY, max_steps=5), scene="tiny")
-    ckpt = torch.load(out / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = load_checkpoint(out / "last.ckpt")
     assert ckpt["global_step"] == 5
     assert [int(r["step"]) for r in _rows(out / "metrics.csv")] == [0, 1, 2, 3, 4]
     # a different model is not resumed from the old checkpoint
     other = dict(TINY, width=16)
     train_scene(tiny_scene_dir, out, TrainConfig(**other, max_steps=2), scene="tiny")
-    ckpt = torch.load(out / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = load_checkpoint(out / "last.ckpt")
     assert ckpt["global_step"] == 2
 
 
@@ -101,7 +102,7 @@ def test_hard_sampling_weights_follow_the_error_and_are_checkpointed(tiny_scene_
 
     cfg = TrainConfig(**TINY, max_steps=4, hard_sampling=True, hard_sampling_every=2)
     last = train_scene(tiny_scene_dir, tmp_path, cfg, scene="tiny")
-    ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    ckpt = load_checkpoint(last)
     w = ckpt["state_dict"]["hard_weights"]
     assert w.shape == (12, 90 * 160)
     assert not torch.all(w == 1), "the weights were refreshed from the SSIM maps"
