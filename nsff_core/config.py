@@ -37,6 +37,25 @@ class SyntheticConfig:
     #: held-out cameras per time step, as offsets (x, y, z) in metres in the camera frame of
     #: the training camera at that time
     novel_offsets: tuple[tuple[float, float, float], ...] = ((0.0, -0.15, 0.0),)
+    #: static geometry: boxes (the demo's fixed room of boxes) or mixed (a room of boxes, tilted
+    #: slabs, pillars and spheres laid out from the seed around the movers)
+    layout: str = "boxes"
+    #: texture frequency of every surface: smooth, medium (the demo's) or high
+    texture: str = "medium"
+    #: moving objects, 0 to 3 of: cube (the demo's tumbling cube), sphere (bouncing, spinning
+    #: ball), box (slides over the floor and turns), walker (articulated figure: torso, head,
+    #: swinging arms and legs), stop (a ball that rolls, stops for the middle 30 % of the clip,
+    #: rolls on), epipolar (a box sliding back and forth along the camera's translation)
+    movers: tuple[str, ...] = ("cube",)
+    #: camera path: sweep (the demo's sideways arc looking at the scene centre), sideways
+    #: (straight, panning to keep the centre in view), dolly (straight forward, panning a few
+    #: degrees), arc (orbit about the centre), handheld (sideways walk with position and
+    #: rotation jitter). A straight path without any rotation would leave the focal length
+    #: undetermined for SfM (pure translation), so every path turns a little
+    camera: str = "sweep"
+    #: degradations of the source video only (ground truth stays clean): blur (motion blur over
+    #: half the frame interval), noise (signal-dependent sensor noise), jpeg70 (JPEG quality 70)
+    degrade: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -61,8 +80,16 @@ class FlowConfig:
     backend: str = "dis"
     #: raft: refinement iterations
     raft_iters: int = 20
-    #: OpenCV DIS preset: ultrafast, fast or medium
-    dis_preset: str = "medium"
+    #: dis: OpenCV DIS preset ultrafast, fast or medium, or fine (medium refined down to full
+    #: resolution, with a smoother variational refinement)
+    dis_preset: str = "fine"
+    #: dis: frames DIS runs on: auto (the source frames when the frames rule enlarged them,
+    #: else the training frames), training or source (long side capped at 1280x720); the
+    #: field is resized to the training size
+    dis_scale: str = "auto"
+    #: dis: pixels failing the forward-backward test take the colour-weighted mean flow of the
+    #: consistent pixels within this many pixels (training size); 0 = keep DIS's flow
+    dis_fill_radius: int = 16
     #: forward-backward consistency test |f + b(x+f)|^2 < alpha1 (|f|^2 + |b|^2) + alpha2
     consistency_alpha1: float = 0.01
     consistency_alpha2: float = 0.5
@@ -70,16 +97,23 @@ class FlowConfig:
 
 @dataclass(frozen=True)
 class MasksConfig:
-    #: epipolar (flow against camera motion), none, maskrcnn (torchvision COCO Mask R-CNN v2)
-    #: or detectron2 (R50-FPN 3x, when detectron2 is installed)
-    backend: str = "epipolar"
+    #: rigidity (flow against the SfM cameras and depth), epipolar (flow against the camera
+    #: motion between two frames), none, maskrcnn (torchvision COCO Mask R-CNN v2) or detectron2
+    #: (R50-FPN 3x, when detectron2 is installed)
+    backend: str = "rigidity"
     #: maskrcnn/detectron2: COCO classes that move (names, or the groups people, animals,
     #: vehicles)
     classes: tuple[str, ...] = ("people", "animals", "vehicles")
     #: maskrcnn/detectron2: instance score threshold
     score_threshold: float = 0.5
-    #: maskrcnn/detectron2: also mark the epipolar masks dynamic (movers outside COCO)
-    union_epipolar: bool = False
+    #: maskrcnn/detectron2: also mark the weights-free motion masks (motion_backend) dynamic
+    #: (movers outside the COCO classes)
+    union_motion: bool = True
+    #: maskrcnn/detectron2: keep an instance only when at least this fraction of its pixels is
+    #: dynamic in the weights-free motion masks (a seated person is not masked); 0 keeps all
+    min_moving_fraction: float = 0.25
+    #: maskrcnn/detectron2: the weights-free backend that says which pixels move
+    motion_backend: str = "rigidity"
     #: Sampson distance (pixels) above which a pixel disagrees with the camera motion
     sampson_threshold: float = 1.0
     #: RANSAC reprojection threshold (pixels) of the fundamental-matrix fit
@@ -89,6 +123,23 @@ class MasksConfig:
     #: pixels whose 7x7 structure tensor has a smaller eigenvalue than this (grey in [0, 1])
     #: are too flat for their flow to be trusted and never vote dynamic; 0 = no texture test
     min_texture: float = 1e-4
+    #: rigidity: flow residual (px) against the best static point that counts as motion
+    rigidity_threshold: float = 1.0
+    #: rigidity: distance (px) between the best static point and the point at the depth
+    #: prior's depth (within rigidity_depth_ratio) that counts as motion
+    rigidity_depth_threshold: float = 2.0
+    #: rigidity: disparities within this factor of the (aligned) depth prior agree with it
+    rigidity_depth_ratio: float = 2.0
+    #: rigidity: frames on each side whose flow (chained through the frames between) is tested
+    rigidity_neighbours: int = 2
+    #: rigidity: a frame's threshold rises to this many times its median score when that is
+    #: larger (noisy flow or poses need stronger evidence)
+    rigidity_noise_factor: float = 4.0
+    #: rigidity: Felzenszwalb segmentation scale for pooling the scores (larger = larger
+    #: segments); 0 = no pooling
+    segment_scale: float = 100.0
+    #: rigidity: hysteresis, pixels above this share of the threshold join a moving region
+    hysteresis_low: float = 0.7
     #: morphological opening (removes speckle) and closing (fills holes), kernel sizes in px
     open_size: int = 3
     close_size: int = 7
@@ -96,8 +147,9 @@ class MasksConfig:
     fill_holes: bool = True
     #: connected components smaller than this fraction of the image are dropped
     min_area_fraction: float = 0.001
-    #: final dilation in pixels (a margin around movers, as nsff_pl's 15x15 erosion)
-    dilate: int = 3
+    #: final dilation in pixels (a margin around movers; the rigidity masks follow colour
+    #: edges, so a small one suffices)
+    dilate: int = 1
 
 
 @dataclass(frozen=True)
@@ -119,6 +171,12 @@ class SfmConfig:
     num_threads: int = -1
     #: seed of COLMAP's RANSAC and mapper (-1 = random); fixed for reproducible models
     random_seed: int = 0
+    #: SfM runs on the source frames with the long side capped at this many pixels (None =
+    #: the training frames); K is scaled to the training size afterwards
+    max_size: int | None = 1280
+    #: horizontal field of view (degrees) to initialise the focal length with, for clips with
+    #: little parallax; None = COLMAP's default guess
+    focal_prior_fov: float | None = None
 
 
 @dataclass(frozen=True)
@@ -143,6 +201,36 @@ class DepthConfig:
     edge_sigma: float = 0.03
     #: linear: Gaussian blur (pixels) after interpolation
     smooth_sigma: float = 2.0
+
+
+@dataclass(frozen=True)
+class DiagnosticsConfig:
+    """Checks of a scene's priors before training (rule ``diagnose``).
+
+    A check fails when its measured value is outside these bounds; a failed check is a warning
+    in the rule's log and in the ``warnings`` column of ``summary.csv`` (an error under
+    ``strict``). A bound at the end of its range turns its check off (e.g.
+    ``min_mask_coverage: 0`` for a scene without movers).
+    """
+
+    #: turn the warnings of the checks into errors that stop the scene before training
+    strict: bool = False
+    #: horizontal field of view (degrees) of the SfM camera: warn outside [min_fov, max_fov]
+    min_fov: float = 30.0
+    max_fov: float = 110.0
+    #: warn when fewer of the frames than this fraction have an SfM pose of their own
+    min_registered_fraction: float = 1.0
+    #: dynamic share of a frame: warn when most frames are above max_mask_coverage (static
+    #: parts marked) or below min_mask_coverage (movers missed)
+    max_mask_coverage: float = 0.4
+    min_mask_coverage: float = 0.005
+    #: warn when the forward-backward consistent share of the flow is below this
+    min_flow_consistent: float = 0.5
+    #: warn when the mean over frames of the Spearman rank correlation between the disparity
+    #: maps and the disparities of the static SfM points a frame sees is below this
+    min_depth_spearman: float = 0.7
+    #: frames shown in the contact sheet (evenly spaced)
+    contact_sheet_frames: int = 6
 
 
 @dataclass(frozen=True)
@@ -254,6 +342,7 @@ STAGES: dict[str, type] = {
     "train": TrainConfig,
     "render": RenderSplitConfig,
     "weights": WeightsConfig,
+    "diagnostics": DiagnosticsConfig,
     "synthetic": SyntheticConfig,
 }
 
@@ -291,6 +380,7 @@ def stage_config(stage: str, values: dict[str, Any] | None) -> Any:
 
 __all__ = [
     "DepthConfig",
+    "DiagnosticsConfig",
     "FlowConfig",
     "FramesConfig",
     "MasksConfig",

@@ -20,6 +20,12 @@ first of these rules that applies gives the scene's status:
 4. ``missing``: not evaluated yet, and no job of the scene failed or was cut short (a scene
    that never ran included).
 
+**Warnings.** The ``warnings`` column lists the checks of the scene's priors that failed
+(rule ``diagnose``; short names such as ``fov`` or ``masks_small``, joined by ``;``), read from
+``diagnostics/diagnostics.json``: empty when every check passed or the checks have not run, and
+shown whatever the status (a failed training may be explained by them). See
+:mod:`nsff_core.diagnose` for the checks.
+
 The ``log`` column names the log behind the status: the newest failed or cut-short log, the
 evaluate log for ``ok``, else the scene's newest log (empty when there is none). With
 ``splits`` given, the render logs of other splits (ones removed from the scene) are ignored.
@@ -51,6 +57,7 @@ log = logging.getLogger(__name__)
 COLUMNS = (
     "scene",
     "status",
+    "warnings",
     "frames",
     "psnr",
     "ssim",
@@ -71,6 +78,8 @@ COLUMNS = (
     "eval",
     "log",
 )
+#: The rule diagnose's verdict on a scene's priors, relative to the scene's folder.
+DIAGNOSTICS_JSON = Path("diagnostics") / "diagnostics.json"
 #: Bytes read from the end of a log to find its end line (run_stage writes nothing after it).
 _TAIL_BYTES = 64 * 1024
 
@@ -115,6 +124,22 @@ def _train_fields(scene_dir: Path) -> dict:
         if "s" in b and len(b):
             row["train_seconds"] = float(b["s"].mean())  # mean over --benchmark-repeats
     return row
+
+
+def diagnostic_warnings(scene_dir: str | Path) -> str:
+    """The failed checks of the scene's priors, joined by ``;`` (``""`` when none failed, and
+    when ``diagnostics/diagnostics.json`` is missing or unreadable: logged)."""
+    path = Path(scene_dir) / DIAGNOSTICS_JSON
+    if not path.is_file():
+        return ""
+    try:
+        failed = json.loads(path.read_text())["failed"]
+        if not isinstance(failed, list):
+            raise TypeError(f"'failed' is a {type(failed).__name__}, not a list")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("summary: %s is unreadable (%s)", path, exc)
+        return ""
+    return ";".join(str(name) for name in failed)
 
 
 def job_outcome(log_path: str | Path) -> str | None:
@@ -174,6 +199,7 @@ def summary_row(
     eval_json = scene_dir / "eval" / "metrics.json"
     status, log_path = scene_status(scene_dir, splits)
     row: dict = {"scene": scene, "status": status, "eval": str(eval_json), "log": log_path}
+    row["warnings"] = diagnostic_warnings(scene_dir)
     if status == "ok":
         try:
             row.update(_eval_fields(json.loads(eval_json.read_text())))
@@ -212,6 +238,9 @@ def write_summary(
             r.get("psnr", "-"),
             r.get("novel_psnr", "-"),
         )
+    warned = [f"{r['scene']} ({r['warnings']})" for r in rows if r["warnings"]]
+    if warned:
+        log.warning("summary: failed checks of the priors: %s", ", ".join(warned))
     bad = [f"{r['scene']} ({r['status']})" for r in rows if r["status"] != "ok"]
     if bad:
         log.warning("summary: not ok: %s (see the log column)", ", ".join(bad))

@@ -114,6 +114,7 @@ def preprocess_targets(scene):
         f"{d}/masks",
         f"{d}/cameras.npz",
         f"{d}/disp",
+        f"{d}/diagnostics/diagnostics.json",
     ]
     if not KEEP_INTERMEDIATES:
         targets += [t for t in intermediate_outputs(scene) if t not in targets]

@@ -6,7 +6,7 @@ rule depth:
         frames="results/{scene}/frames",
         frames_json="results/{scene}/frames.json",
         weights="results/{scene}/weights.json",
-        masks="results/{scene}/masks",
+        masks="results/{scene}/sfm_masks",
         sfm="results/{scene}/sfm",
         cameras="results/{scene}/cameras.npz",
     output:

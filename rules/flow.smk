@@ -1,4 +1,6 @@
 # Optical flow between neighbouring frames, with forward-backward consistency masks.
+# frames.json locates the source frames: raft always runs on them, dis when the frames rule
+# enlarged them (flow.dis_scale: auto) or when flow.dis_scale is source.
 
 
 rule flow:

@@ -8,6 +8,8 @@ rule summary:
         evals=expand("results/{scene}/eval/metrics.json", scene=list(SCENES)),
         train=expand("results/{scene}/train/metrics.csv", scene=list(SCENES)),
         renders=[video for scene in SCENES for video in render_targets(scene)],
+        # the warnings column: a rerun of diagnose alone (new thresholds) updates the table
+        diagnostics=expand("results/{scene}/diagnostics/diagnostics.json", scene=list(SCENES)),
     output:
         "results/summary.csv",
     log:

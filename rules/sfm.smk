@@ -1,10 +1,12 @@
-# Structure from motion with COLMAP (pycolmap); dynamic pixels are masked out of the features.
+# Structure from motion with COLMAP (pycolmap) on the source frames (long side capped at
+# sfm.max_size; frames.json says where they are); dynamic pixels are masked out of the features.
 
 
 rule sfm:
     input:
         frames="results/{scene}/frames",
-        masks="results/{scene}/masks",
+        frames_json="results/{scene}/frames.json",
+        masks="results/{scene}/sfm_masks",
     output:
         sfm=intermediate(directory("results/{scene}/sfm")),
         cameras="results/{scene}/cameras.npz",

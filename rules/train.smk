@@ -12,6 +12,9 @@ rule train:
         sfm="results/{scene}/sfm",
         cameras="results/{scene}/cameras.npz",
         disp="results/{scene}/disp",
+        # train waits for the checks (and a strict failure stops it); ancient: a rerun of
+        # diagnose alone (new thresholds) does not retrain
+        diagnostics=ancient("results/{scene}/diagnostics/diagnostics.json"),
     output:
         ckpt="results/{scene}/train/last.ckpt",
         config="results/{scene}/train/config.json",

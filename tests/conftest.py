@@ -49,7 +49,7 @@ def tiny_scene_dir(tmp_path_factory) -> Path:
     from nsff_core.config import DepthConfig, FlowConfig, MasksConfig, SfmConfig
     from nsff_core.priors.depth import compute_depth
     from nsff_core.priors.flow import compute_flow
-    from nsff_core.priors.masks import compute_masks
+    from nsff_core.priors.masks import compute_masks, sfm_masks_config
     from nsff_core.priors.sfm import run_sfm
     from nsff_core.synthetic import render_scene
 
@@ -60,10 +60,12 @@ def tiny_scene_dir(tmp_path_factory) -> Path:
         write_image(d / "frames" / frame_name(i), img)
     flow_dirs = d / "flow_fw", d / "flow_bw", d / "flow_ok"
     compute_flow(d / "frames", *flow_dirs, FlowConfig(), scene="tiny")
-    compute_masks(d / "frames", *flow_dirs, d / "masks", MasksConfig(), scene="tiny")
+    # as the workflow: masks for SfM and depth from the flow, the final masks after them
+    sfm_masks = sfm_masks_config(MasksConfig())
+    compute_masks(d / "frames", *flow_dirs, d / "sfm_masks", sfm_masks, scene="tiny")
     run_sfm(
         d / "frames",
-        d / "masks",
+        d / "sfm_masks",
         d / "sfm",
         d / "cameras.npz",
         d / "poses_bounds.npy",
@@ -71,6 +73,21 @@ def tiny_scene_dir(tmp_path_factory) -> Path:
         scene="tiny",
     )
     compute_depth(
-        d / "frames", d / "masks", d / "sfm", d / "cameras.npz", d / "disp", DepthConfig(), "tiny"
+        d / "frames",
+        d / "sfm_masks",
+        d / "sfm",
+        d / "cameras.npz",
+        d / "disp",
+        DepthConfig(),
+        "tiny",
+    )
+    compute_masks(
+        d / "frames",
+        *flow_dirs,
+        d / "masks",
+        MasksConfig(),
+        scene="tiny",
+        cameras=d / "cameras.npz",
+        disp_dir=d / "disp",
     )
     return d

@@ -119,7 +119,13 @@ def test_epipolar_masks_iou(synthetic_scene, synthetic_flow, tmp_path):
     fw_dir, bw_dir, ok_dir, _ = synthetic_flow
     frames_dir = fw_dir.parent / "frames"
     summary = compute_masks(
-        frames_dir, fw_dir, bw_dir, ok_dir, tmp_path / "masks", MasksConfig(), scene="synthetic"
+        frames_dir,
+        fw_dir,
+        bw_dir,
+        ok_dir,
+        tmp_path / "masks",
+        MasksConfig(backend="epipolar", dilate=3),
+        scene="synthetic",
     )
     masks = [read_mask(p) for p in list_frames(tmp_path / "masks")]
     assert len(masks) == len(synthetic_scene.images)
@@ -160,7 +166,7 @@ def test_flow_and_masks_run_at_the_minimum_frame_size(tmp_path, w, h):
     for preset in ("ultrafast", "medium"):
         compute_flow(frames, *dirs, FlowConfig(dis_preset=preset), scene="s")
     assert read_flo(dirs[0] / frame_name(0, ".flo")).shape == (h, w, 2)
-    compute_masks(frames, *dirs, tmp_path / "masks", MasksConfig(), scene="s")
+    compute_masks(frames, *dirs, tmp_path / "masks", MasksConfig(backend="epipolar"), scene="s")
     assert read_mask(tmp_path / "masks" / frame_name(0)).shape == (h, w)
 
 
@@ -175,7 +181,7 @@ def test_masks_report_a_truncated_flow_file_and_the_folder_to_delete(tmp_path):
     bad = dirs[1] / "00001.flo"
     bad.write_bytes(bad.read_bytes()[:-40])
     with pytest.raises(CorruptFileError) as info:
-        compute_masks(frames, *dirs, tmp_path / "masks", MasksConfig(), scene="s")
+        compute_masks(frames, *dirs, tmp_path / "masks", MasksConfig(backend="epipolar"), scene="s")
     assert info.value.path == str(bad) and info.value.made_by == "flow"
     msg = str(info.value.to_stage_error("s", "masks"))
     assert "rule 'masks'" in msg and str(bad) in msg and "truncated" in msg, msg

@@ -1,6 +1,7 @@
-"""Mask R-CNN masks backend: class filtering, dilation, union, output format. Random weights or a
-stand-in network only, nothing downloaded."""
+"""Mask R-CNN masks backend: class filtering, the moving-instance filter, dilation, union, output
+format. Random weights or a stand-in network only, nothing downloaded."""
 
+import logging
 import sys
 
 import numpy as np
@@ -169,12 +170,252 @@ def test_union_with_a_folder_of_epipolar_masks(tmp_path):
         frames, tmp_path / "masks", out_hw, dilate_px=0, union_with=epi_dir, model=FakeMaskRCNN()
     )
     assert read_mask(tmp_path / "masks" / "00001.png")[1, 1]
-    with pytest.raises(StageError, match="3 epipolar masks"):
+    with pytest.raises(StageError, match="2 frames but 3 motion masks"):
         write_mask(epi_dir / frame_name(2), np.zeros(out_hw, bool))
         compute_masks_maskrcnn(
             frames, tmp_path / "m2", out_hw, union_with=epi_dir, model=FakeMaskRCNN()
         )
     assert not (tmp_path / "m2").exists()
+
+
+# --------------------------------------------------------------------------- moving instances
+
+# training resolution of the moving-instance tests; the frames are twice as large
+HW = (40, 60)
+
+
+def _box(y0, y1, x0, x1, hw=HW):
+    m = np.zeros(hw, bool)
+    m[y0:y1, x0:x1] = True
+    return m
+
+
+# two people at training resolution: one walks (left), one sits still (right)
+WALKER = _box(10, 30, 0, 15)
+SITTER = _box(10, 30, 45, 60)
+
+
+def _motion_masks(n=3):
+    """Per frame: the walker's upper half moves (150 of its 300 pixels), and a mover outside
+    the COCO classes touches the sitter's left edge (a dilated sitter would overlap it)."""
+    m = _box(10, 20, 0, 15) | _box(12, 28, 40, 45)
+    return [m.copy() for _ in range(n)]
+
+
+class StubMaskRCNN(torch.nn.Module):
+    """Stand-in with torchvision's detection interface that returns the given instances
+    (bool masks at training resolution, scaled up to the image) on every image."""
+
+    def __init__(self, instances):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+        self.roi_heads = type("RoiHeads", (), {"score_thresh": 0.05})()
+        self.instances = instances  # [(label, score, (H, W) bool at HW)]
+
+    def forward(self, images):
+        out = []
+        for img in images:
+            h, w = img.shape[-2:]
+            masks = [
+                np.kron(m, np.ones((h // m.shape[0], w // m.shape[1])))
+                for _, _, m in self.instances
+            ]
+            out.append(
+                {
+                    "labels": torch.tensor([lab for lab, _, _ in self.instances]),
+                    "scores": torch.tensor([s for _, s, _ in self.instances]),
+                    "masks": torch.from_numpy(np.stack(masks)[:, None].astype(np.float32)),
+                    "boxes": torch.zeros(len(self.instances), 4),
+                }
+            )
+        return out
+
+
+def _people():
+    return StubMaskRCNN([(PERSON, 0.9, WALKER), (PERSON, 0.8, SITTER)])
+
+
+def _frames(n=3):
+    return [np.full((2 * HW[0], 2 * HW[1], 3), 10 * i, np.uint8) for i in range(n)]
+
+
+def _written(folder, n=3):
+    return [read_mask(folder / frame_name(i)) for i in range(n)]
+
+
+def test_a_still_person_is_dropped_and_a_moving_one_kept(tmp_path, caplog):
+    """Before: every person was masked, the seated one too (and no motion argument existed)."""
+    caplog.set_level(logging.INFO, logger="nsff_core.priors.maskrcnn")
+    summary = compute_masks_maskrcnn(
+        _frames(),
+        tmp_path / "masks",
+        HW,
+        classes=["people"],
+        dilate_px=2,
+        model=_people(),
+        batch_size=2,
+        motion=_motion_masks(),
+        min_moving_fraction=0.25,
+    )
+    for got in _written(tmp_path / "masks"):
+        # the walker is kept whole (not only its moving half), dilated; the sitter is dropped
+        # although its dilated ring would overlap the other mover; no motion union asked
+        np.testing.assert_array_equal(got, dilate(WALKER, 2))
+    assert summary["instances_detected"] == {"person": 6}
+    assert summary["instances_kept"] == {"person": 3}
+    assert summary["instances_dropped_static"] == {"person": 3}
+    assert summary["min_moving_fraction"] == 0.25 and summary["union_motion"] is False
+    assert "kept 3 of 6 instance(s); dropped 3 as static" in caplog.text
+    assert "fewer than 25% of their pixels moving): person 3" in caplog.text
+
+
+@pytest.mark.parametrize("threshold, kept", [(0.5, True), (0.51, False)])
+def test_the_moving_fraction_threshold_is_inclusive(tmp_path, threshold, kept):
+    # half of the walker's pixels move: kept at 0.5, dropped above it
+    summary = compute_masks_maskrcnn(
+        _frames(1),
+        tmp_path / "masks",
+        HW,
+        dilate_px=0,
+        model=_people(),
+        motion=_motion_masks(1),
+        min_moving_fraction=threshold,
+    )
+    got = _written(tmp_path / "masks", 1)[0]
+    np.testing.assert_array_equal(got, WALKER if kept else np.zeros(HW, bool))
+    assert summary["instances_kept"] == ({"person": 1} if kept else {})
+
+
+@pytest.mark.parametrize("motion_given", [True, False])
+def test_fraction_zero_or_no_motion_keeps_every_instance(tmp_path, motion_given):
+    summary = compute_masks_maskrcnn(
+        _frames(),
+        tmp_path / "masks",
+        HW,
+        dilate_px=1,
+        model=_people(),
+        motion=_motion_masks() if motion_given else None,
+        min_moving_fraction=0.0 if motion_given else 0.9,
+    )
+    for got in _written(tmp_path / "masks"):
+        np.testing.assert_array_equal(got, dilate(WALKER | SITTER, 1))
+    assert summary["instances_kept"] == summary["instances_detected"] == {"person": 6}
+    assert summary["instances_dropped_static"] == {}
+
+
+def test_union_motion_adds_the_moving_pixels_outside_instances(tmp_path):
+    motion = _motion_masks()
+    motion[1] = motion[1] | _box(0, 3, 25, 30)  # another mover in frame 1 only
+    summary = compute_masks_maskrcnn(
+        _frames(),
+        tmp_path / "masks",
+        HW,
+        dilate_px=2,
+        model=_people(),
+        motion=motion,
+        min_moving_fraction=0.25,
+        union_motion=True,
+    )
+    for i, got in enumerate(_written(tmp_path / "masks")):
+        # instances dilated, the motion mask OR-ed in as it is (not dilated); the sitter's
+        # own pixels stay unmasked
+        np.testing.assert_array_equal(got, dilate(WALKER, 2) | motion[i])
+        assert not got[SITTER & ~motion[i]].any()
+    assert summary["union_motion"] is True and summary["mean_motion_fraction"] > 0
+
+
+def test_motion_masks_from_a_folder_and_the_older_union_with(tmp_path):
+    folder = tmp_path / "motion"
+    folder.mkdir()
+    for i, m in enumerate(_motion_masks()):
+        write_mask(folder / frame_name(i), m)
+    compute_masks_maskrcnn(
+        _frames(), tmp_path / "a", HW, dilate_px=0, model=_people(), motion=folder,
+        min_moving_fraction=0.25, union_motion=True,
+    )  # fmt: skip
+    for i, got in enumerate(_written(tmp_path / "a")):
+        np.testing.assert_array_equal(got, WALKER | _motion_masks()[i])
+    # union_with=X is motion=X with union_motion, without the filter
+    compute_masks_maskrcnn(
+        _frames(), tmp_path / "b", HW, dilate_px=0, model=_people(), union_with=folder
+    )
+    for i, got in enumerate(_written(tmp_path / "b")):
+        np.testing.assert_array_equal(got, WALKER | SITTER | _motion_masks()[i])
+    with pytest.raises(ValueError, match="not both"):
+        compute_masks_maskrcnn(
+            _frames(), tmp_path / "c", HW, model=_people(), union_with=folder, motion=folder
+        )
+    with pytest.raises(ValueError, match="needs the motion masks"):
+        compute_masks_maskrcnn(_frames(), tmp_path / "c", HW, model=_people(), union_motion=True)
+
+
+def _bad_motion(kind, tmp_path):
+    if kind == "short list":
+        return _motion_masks(2), "2 motion mask"
+    if kind == "wrong size":
+        return [
+            np.zeros((20, 30), bool)
+        ] * 3, "motion mask 0 is 30x20, the training resolution 60x40"
+    folder = tmp_path / "motion"
+    folder.mkdir()
+    n = 4 if kind == "extra file" else 2
+    for i in range(n):
+        write_mask(folder / frame_name(i), np.zeros(HW, bool))
+    return folder, ("3 frames but 4 motion masks" if n == 4 else "00002.png of frame 2 is missing")
+
+
+@pytest.mark.parametrize("kind", ["short list", "wrong size", "missing file", "extra file"])
+@pytest.mark.parametrize("union_motion", [False, True])
+def test_bad_motion_masks_name_the_scene_and_the_rule(tmp_path, kind, union_motion):
+    motion, cause = _bad_motion(kind, tmp_path)
+    with pytest.raises(StageError, match=cause) as info:
+        compute_masks_maskrcnn(
+            _frames(), tmp_path / "masks", HW, model=_people(), scene="cafe", motion=motion,
+            min_moving_fraction=0.0 if union_motion else 0.25, union_motion=union_motion,
+        )  # fmt: skip
+    err = info.value
+    assert err.scene == "cafe" and err.stage == "masks"
+    assert "scene 'cafe', rule 'masks'" in str(err) and "rerun the 'flow' and 'masks'" in str(err)
+    assert "snakemake --forcerun flow results/cafe/masks" in str(err)
+    assert not (tmp_path / "masks").exists()  # nothing half-written
+
+
+def test_predict_instances_returns_each_instance(tmp_path):
+    from nsff_core.priors.maskrcnn import predict_instances, predict_masks
+
+    ids = torchvision_label_ids(["people"])
+    model = StubMaskRCNN([(PERSON, 0.9, WALKER), (CHAIR, 0.9, SITTER), (PERSON, 0.7, SITTER)])
+    rgb = _frames(1)[0]
+    [(masks, labels)] = predict_instances(model, [rgb], ids, 0.5)
+    assert labels == [PERSON, PERSON] and masks.shape == (2, 80, 120) and masks.dtype == bool
+    np.testing.assert_array_equal(masks[0][::2, ::2], WALKER)
+    np.testing.assert_array_equal(masks[1][::2, ::2], SITTER)
+    [(union, labels)] = predict_masks(model, [rgb], ids, 0.5)
+    np.testing.assert_array_equal(union, masks.any(0))
+
+
+def test_detectron2_backend_filters_static_instances(tmp_path):
+    from types import SimpleNamespace
+
+    def predictor(bgr):
+        h, w = bgr.shape[:2]
+        masks = np.stack([np.kron(m, np.ones((h // HW[0], w // HW[1]))) for m in (WALKER, SITTER)])
+        inst = SimpleNamespace(
+            pred_classes=torch.tensor([0, 0]),  # detectron2's person
+            scores=torch.tensor([0.9, 0.9]),
+            pred_masks=torch.from_numpy(masks > 0),
+        )
+        return {"instances": inst}
+
+    predictor.cfg = SimpleNamespace(MODEL=SimpleNamespace(DEVICE="cpu"))
+    summary = compute_masks_detectron2(
+        _frames(), tmp_path / "masks", HW, dilate_px=0, predictor=predictor,
+        motion=_motion_masks(), min_moving_fraction=0.25,
+    )  # fmt: skip
+    for got in _written(tmp_path / "masks"):
+        np.testing.assert_array_equal(got, WALKER)
+    assert summary["backend"] == "detectron2"
+    assert summary["instances_dropped_static"] == {"person": 3}
 
 
 def test_random_weight_maskrcnn_runs_end_to_end(tmp_path):

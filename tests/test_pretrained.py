@@ -89,12 +89,15 @@ def test_masks_and_depth_dispatch(scene, monkeypatch):
         p.write_bytes(b"x")
     marker = _marker(scene / "weights.json", ck)
     kw = dict(frames_json=scene / "frames.json", weights=marker)
-    cfg = MasksConfig(backend="maskrcnn", classes=("person",), dilate=2)
+    # no motion masks (they need the flow): every instance is kept, nothing is united
+    cfg = MasksConfig(
+        backend="maskrcnn", classes=("person",), dilate=2, union_motion=False, min_moving_fraction=0
+    )
     compute_masks(scene / "frames", None, None, None, scene / "masks", cfg, "s", **kw)
     shapes, hw, _, kwargs = calls["masks"]
     assert shapes == [(96, 160, 3)] * 3 and hw == (48, 80)  # source frames in, training size out
     assert kwargs["classes"] == ("person",) and kwargs["dilate_px"] == 2
-    assert kwargs["checkpoint"] == ck["maskrcnn_v2_coco"] and kwargs["union_with"] is None
+    assert kwargs["checkpoint"] == ck["maskrcnn_v2_coco"] and kwargs["motion"] is None
     compute_depth(
         scene / "frames", None, scene, scene / "cameras.npz", scene / "disp",
         DepthConfig(backend="dpt", dpt_model="dpt_hybrid"), "s", **kw,

@@ -261,3 +261,41 @@ def test_summary_one_row_per_scene(tmp_path):
     assert np.isnan(a["lpips"]) and a["lpips_state"] == "unavailable" and a["frames"] == 4
     assert np.isnan(b["novel_psnr"]) and np.isnan(b["train_psnr"]) and b["psnr_dynamic"] == 22
     assert c["log"] == str(res / "c" / "logs" / "evaluate.log") and np.isnan(c["psnr"])
+
+
+# --------------------------------------------------------------------------- warnings column
+
+
+def _diagnostics(scene_dir: Path, failed) -> None:
+    """A diagnostics/diagnostics.json as rule diagnose writes it (the fields the summary
+    reads)."""
+    path = scene_dir / "diagnostics" / "diagnostics.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"scene": scene_dir.name, "failed": failed, "checks": {}}))
+
+
+def test_warnings_column_lists_the_failed_checks(tmp_path):
+    """The failed checks of rule diagnose, joined by ';', whatever the status; empty when none
+    failed, when the checks have not run, or when their file is unreadable."""
+    _finished_run(tmp_path / "warned")
+    _diagnostics(tmp_path / "warned", ["fov", "masks_small"])
+    _finished_run(tmp_path / "clean")
+    _diagnostics(tmp_path / "clean", [])
+    _finished_run(tmp_path / "unchecked")
+    _job_log(tmp_path / "failed", "train", FAILED, T0)
+    _diagnostics(tmp_path / "failed", ["flow_consistency"])
+    _finished_run(tmp_path / "garbled")
+    (tmp_path / "garbled" / "diagnostics").mkdir()
+    (tmp_path / "garbled" / "diagnostics" / "diagnostics.json").write_text("{not json")
+    scenes = ["warned", "clean", "unchecked", "failed", "garbled"]
+    write_summary(scenes, tmp_path / "summary.csv", tmp_path)
+    df = pd.read_csv(tmp_path / "summary.csv", keep_default_na=False).set_index("scene")
+    assert list(df.columns) == list(COLUMNS)[1:] and "warnings" in COLUMNS
+    assert df["warnings"].to_dict() == {
+        "warned": "fov;masks_small",
+        "clean": "",
+        "unchecked": "",
+        "failed": "flow_consistency",
+        "garbled": "",
+    }
+    assert df.loc["warned", "status"] == "ok" and df.loc["failed", "status"] == "failed"

@@ -245,3 +245,388 @@ def test_write_scene_fails_cleanly(tmp_path):
     with pytest.raises(ValueError, match="even"):
         write_scene(odd, tmp_path / "v.mp4", tmp_path / "gt.npz")
     assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- the demo is fixed
+
+#: sha256 of the rendered frames, depth (float32 bytes) and masks of the config.yaml presets
+#: ``demo`` and ``tiny``: the demo's documented numbers depend on these exact scenes. A change
+#: of the renderer that moves them must be deliberate (update the README's demo numbers too).
+DEMO_HASHES = {
+    "demo": ("842fc5f5dae745f1", "80d122cf5fd2a2f1", "437221dd56bc3e71"),
+    "tiny": ("288a13e69ffebf22", "7c81d1f759dab5e9", "b5d707129e78b6ac"),
+}
+
+
+def _hash(a: np.ndarray) -> str:
+    import hashlib
+
+    a = np.asarray(a)
+    return hashlib.sha256(a.tobytes() + str(a.dtype).encode() + str(a.shape).encode()).hexdigest()[
+        :16
+    ]
+
+
+def _presets() -> dict:
+    import yaml
+
+    from .conftest import REPO
+
+    return yaml.safe_load((REPO / "config.yaml").read_text())["synthetic"]
+
+
+def test_demo_and_tiny_scenes_unchanged(synthetic_scene):
+    from nsff_core.config import stage_config
+
+    presets = _presets()
+    # the session fixture is the demo preset (SyntheticConfig's defaults)
+    assert stage_config("synthetic", presets["demo"]) == SyntheticConfig()
+    tiny = render_scene(stage_config("synthetic", presets["tiny"]))
+    for name, scene in (("demo", synthetic_scene), ("tiny", tiny)):
+        got = (_hash(scene.images), _hash(scene.depth), _hash(scene.dynamic_mask))
+        assert got == DEMO_HASHES[name], name
+
+
+# --------------------------------------------------------------------------- the suite
+
+
+def test_suite_presets_in_config_yaml_cover_every_value():
+    import yaml
+
+    from nsff_core import sheet
+    from nsff_core.config import stage_config
+    from nsff_core.synthetic import (
+        CAMERAS,
+        DEGRADATIONS,
+        MOVERS,
+        SUITE_PRESETS,
+        TEXTURES,
+        suite_config,
+    )
+
+    from .conftest import REPO
+
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    sheet.validate_config(cfg, REPO / "rules" / "schemas" / "config.schema.yaml")
+    presets = cfg["synthetic"]
+    suite = {n: stage_config("synthetic", p) for n, p in presets.items() if n.startswith("suite")}
+    assert set(suite) == set(SUITE_PRESETS) and len(suite) >= 6
+    for name, cfg in suite.items():
+        assert cfg == suite_config(name), name
+        assert (cfg.width, cfg.height, cfg.layout) == (854, 480, "mixed"), name
+    assert {c.texture for c in suite.values()} == set(TEXTURES)
+    assert {c.camera for c in suite.values()} >= set(CAMERAS) - {"sweep"}
+    assert {m for c in suite.values() for m in c.movers} >= set(MOVERS) - {"cube"}
+    assert {d for c in suite.values() for d in c.degrade} == set(DEGRADATIONS)
+    assert any(len(c.movers) >= 2 for c in suite.values())
+    assert len({c.seed for c in suite.values()}) == len(suite)
+
+
+#: sha256 of each suite preset's geometry, motions and camera path (rounded to 1e-9): the
+#: suite is a benchmark, so tables from different commits compare only if these stay put
+SUITE_GEOMETRY = {
+    "suite_ball": "fa936cf37615a1f5",
+    "suite_walker": "dbc9ad881b1b4ea2",
+    "suite_dolly": "8fe59fd929894287",
+    "suite_pair": "69ddc28ae46eeed6",
+    "suite_stop": "bac1a130f68dce4a",
+    "suite_epipolar": "098fe45daaacc45f",
+    "suite_phone": "8cb141ad123ff825",
+}
+
+
+def test_suite_geometry_is_frozen():
+    import hashlib
+
+    from nsff_core.synthetic import SUITE_PRESETS, build_layout, camera_path, suite_config
+
+    assert set(SUITE_GEOMETRY) == set(SUITE_PRESETS)
+    s = np.linspace(0, 1, 5)
+    for name, expected in SUITE_GEOMETRY.items():
+        cfg = suite_config(name)
+        lay = build_layout(cfg)
+        path = camera_path(cfg.camera, cfg.seed)
+        parts = [lay.kind, lay.half, lay.texel, lay.dynamic, lay.hidden, lay.static_poses]
+        parts += [np.stack([lay.mover_poses(x) for x in s]), np.stack([path(x) for x in s])]
+        h = hashlib.sha256()
+        for a in parts:
+            h.update(np.round(np.asarray(a, np.float64), 9).tobytes())
+        assert h.hexdigest()[:16] == expected, name
+
+
+def test_schema_lists_every_synthetic_key():
+    import yaml
+
+    from .conftest import REPO
+
+    schema = yaml.safe_load((REPO / "rules" / "schemas" / "config.schema.yaml").read_text())
+    keys = schema["properties"]["synthetic"]["additionalProperties"]["properties"]
+    assert set(keys) == {f.name for f in dataclasses.fields(SyntheticConfig)}
+
+
+def test_bad_scene_keys_are_refused(variants):
+    from nsff_core.synthetic import build_layout, source_frames
+
+    for bad in (
+        dict(texture="shiny"),
+        dict(layout="forest"),
+        dict(camera="drone"),
+        dict(movers=("ufo",)),
+        dict(movers=("sphere",) * 4),
+    ):
+        with pytest.raises(ValueError, match="synthetic|camera"):
+            build_layout(dataclasses.replace(TINY, **bad))
+    with pytest.raises(ValueError, match="degradation"):
+        source_frames(variants["arc"], dataclasses.replace(TINY, degrade=("sepia",)))
+
+
+#: small scenes that together use every new primitive, mover, camera path and texture
+VARIANTS = {
+    "handheld": SyntheticConfig(
+        num_frames=6, width=160, height=90, seed=11, novel_offsets=(), layout="mixed",
+        texture="smooth", movers=("sphere", "walker"), camera="handheld",
+    ),
+    "dolly": SyntheticConfig(
+        num_frames=8, width=160, height=90, seed=12, novel_offsets=(), layout="mixed",
+        texture="high", movers=("stop", "box"), camera="dolly",
+    ),
+    "epipolar": SyntheticConfig(
+        num_frames=6, width=160, height=90, seed=13, novel_offsets=(), layout="mixed",
+        texture="medium", movers=("epipolar",), camera="sideways",
+    ),
+    "arc": SyntheticConfig(
+        num_frames=5, width=160, height=90, seed=14, novel_offsets=(), layout="boxes",
+        texture="medium", movers=("sphere", "box", "walker"), camera="arc",
+    ),
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def variants() -> dict[str, SyntheticScene]:
+    return {name: render_scene(cfg) for name, cfg in VARIANTS.items()}
+
+
+def _surface_distance(local: np.ndarray, kind: int, half: np.ndarray) -> np.ndarray:
+    """|signed distance| (...) of points (..., 3) in a primitive's frame to its surface."""
+    from nsff_core.synthetic import SPHERE
+
+    if kind == SPHERE:
+        return np.abs(np.linalg.norm(local, axis=-1) - half[0])
+    q = np.abs(local) - half
+    outside = np.linalg.norm(np.maximum(q, 0), axis=-1)
+    return np.abs(outside + np.minimum(q.max(axis=-1), 0))
+
+
+def _movers_at(scene: SyntheticScene, cfg: SyntheticConfig, t: int):
+    """Per pixel of frame t: distance (H, W) of its surface point to the nearest mover part,
+    that part's index (H, W), and the point in each part's frame (M, H, W, 3)."""
+    from nsff_core.synthetic import backproject, build_layout
+
+    layout = build_layout(cfg)
+    kinds, halves = layout.kind[layout.dynamic], layout.half[layout.dynamic]
+    world = backproject(scene.depth[t].astype(np.float64), scene.K, scene.c2w[t])
+    local, dist = [], []
+    for m, pose in enumerate(scene.object_poses[t]):
+        loc = (world - pose[:3, 3]) @ pose[:3, :3]
+        local.append(loc)
+        dist.append(_surface_distance(loc, kinds[m], halves[m]))
+    dist = np.stack(dist)
+    return dist.min(axis=0), dist.argmin(axis=0), np.stack(local)
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_static_flow_of_new_scenes_is_reprojection(variants, name):
+    scene = variants[name]
+    assert np.isfinite(scene.flow_fw).all() and np.isfinite(scene.flow_bw).all()
+    for i in range(scene.num_frames - 1):
+        for a, b, flow in ((i, i + 1, scene.flow_fw[i]), (i + 1, i, scene.flow_bw[i])):
+            static = ~scene.dynamic_mask[a]
+            pred = _reproject(scene.depth[a], scene.K, scene.c2w[a], scene.c2w[b])
+            pred -= _grid(*scene.hw)
+            assert np.abs(pred - flow)[static].max() < 1e-3, (name, a, b)
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_masks_are_the_movers_and_their_flow_is_their_rigid_motion(variants, name):
+    """Every pixel whose surface point lies on a mover part is in the mask and no other; the
+    forward flow of a mask pixel is its point moved with its part and projected."""
+    scene, cfg = variants[name], VARIANTS[name]
+    n_movers = len(cfg.movers)
+    assert scene.object_poses.shape[1] >= n_movers
+    for t in range(scene.num_frames - 1):
+        dist, part, local = _movers_at(scene, cfg, t)
+        on_mover = dist < 2e-5
+        assert np.array_equal(on_mover, scene.dynamic_mask[t]), (name, t)
+        assert scene.dynamic_mask[t].sum() > 20, (name, t)  # the movers are in view
+        m = scene.dynamic_mask[t]
+        idx = np.flatnonzero(m.ravel())
+        loc = local.reshape(local.shape[0], -1, 3)[part.ravel()[idx], idx]
+        pose = scene.object_poses[t + 1][part.ravel()[idx]]
+        moved = np.einsum("pij,pj->pi", pose[:, :3, :3], loc) + pose[:, :3, 3]
+        w2c = np.linalg.inv(scene.c2w[t + 1])
+        cam = moved @ w2c[:3, :3].T + w2c[:3, 3]
+        xy = cam[:, :2] / cam[:, 2:] * np.diag(scene.K)[:2] + scene.K[:2, 2]
+        expected = xy - _grid(*scene.hw)[m]
+        assert np.abs(expected - scene.flow_fw[t][m]).max() < 1e-3, (name, t)
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_new_scenes_are_photometrically_consistent(variants, name):
+    """Sampling frame i+1 at p + flow_fw[i] reproduces frame i on the movers too (textures of
+    spheres and boxes move with their surfaces)."""
+    scene = variants[name]
+    for i in range(scene.num_frames - 1):
+        vis = _visible_fw(scene, i)
+        img0 = scene.images[i].astype(np.float64)
+        warped = _bilinear(scene.images[i + 1], _grid(*scene.hw) + scene.flow_fw[i])
+        err = np.abs(warped - img0).mean(axis=-1)
+        err_zero = np.abs(scene.images[i + 1].astype(np.float64) - img0).mean(axis=-1)
+        dyn = vis & scene.dynamic_mask[i]
+        assert err[vis].mean() < 0.35 * err_zero[vis].mean(), (name, i)
+        assert err[dyn].mean() < 0.5 * err_zero[dyn].mean(), (name, i)
+
+
+def test_stopped_mover_rests_exactly(variants):
+    """The stop ball's pose is constant for clip phases in [0.35, 0.65] and changes outside;
+    during the rest its flow is that of a static surface."""
+    scene, cfg = variants["dolly"], VARIANTS["dolly"]
+    phases = np.arange(scene.num_frames) / (scene.num_frames - 1)
+    resting = np.flatnonzero((phases >= 0.35) & (phases <= 0.65))
+    assert len(resting) >= 2
+    ball = scene.object_poses[:, 0]  # the first mover: one part
+    for a, b in zip(resting[:-1], resting[1:], strict=True):
+        assert np.array_equal(ball[a], ball[b])
+        _, part, _ = _movers_at(scene, cfg, a)
+        on_ball = scene.dynamic_mask[a] & (part == 0)
+        assert on_ball.sum() > 20
+        pred = _reproject(scene.depth[a], scene.K, scene.c2w[a], scene.c2w[b]) - _grid(*scene.hw)
+        assert np.abs(pred - scene.flow_fw[a])[on_ball].max() < 1e-3
+    moving = [i for i in range(scene.num_frames - 1) if i not in resting or i + 1 not in resting]
+    for i in moving:
+        assert not np.allclose(ball[i], ball[i + 1])
+    assert not np.allclose(scene.object_poses[resting[0], 1], scene.object_poses[resting[1], 1])
+
+
+def test_epipolar_mover_flow_lies_on_epipolar_lines(variants):
+    """The epipolar box moves (its flow is not a static surface's), yet every point's flow lies
+    on the epipolar line of the camera motion: the epipolar test cannot see it."""
+    scene = variants["epipolar"]
+    h, w = scene.hw
+    Kinv = np.linalg.inv(scene.K)
+    p = _grid(h, w)
+    centres = scene.c2w[:, :3, 3]
+    path = centres - centres[0]
+    assert np.allclose(np.cross(path, path[-1]), 0, atol=1e-12)  # a straight camera path
+    assert not np.allclose(scene.c2w[0, :3, :3], scene.c2w[-1, :3, :3])  # that turns
+    for i in range(scene.num_frames - 1):
+        m = scene.dynamic_mask[i]
+        rel = np.linalg.inv(scene.c2w[i + 1]) @ scene.c2w[i]
+        R, t = rel[:3, :3], rel[:3, 3]
+        tx = np.array([[0, -t[2], t[1]], [t[2], 0, -t[0]], [-t[1], t[0], 0]])
+        F = Kinv.T @ tx @ R @ Kinv
+        d = _sampson(p, p + scene.flow_fw[i], F)
+        assert np.max(d[m]) < 1e-3 and np.max(d[~m]) < 1e-3
+        pred = _reproject(scene.depth[i], scene.K, scene.c2w[i], scene.c2w[i + 1]) - p
+        assert np.median(np.linalg.norm(scene.flow_fw[i] - pred, axis=-1)[m]) > 0.3
+
+
+def test_walker_is_articulated(variants):
+    """The walker's six parts each move rigidly, but not together: the pose of a leg relative
+    to the torso changes (a non-rigid mover with exact flow)."""
+    scene = variants["handheld"]
+    torso, leg = scene.object_poses[:, 1], scene.object_poses[:, 3]  # sphere, then walker parts
+    rel = np.linalg.inv(torso) @ leg
+    assert scene.object_poses.shape[1] == 7
+    assert np.abs(rel - rel[0]).max() > 0.05
+
+
+def test_camera_paths():
+    """sideways and dolly are straight lines (x, z), arc keeps its distance to the scene centre,
+    handheld jitters in rotation; every path turns (pure translation hides the focal length)."""
+    from nsff_core.synthetic import CAMERAS, camera_path
+
+    s = np.linspace(0, 1, 25)
+    paths = {name: np.stack([camera_path(name, seed=3)(x) for x in s]) for name in CAMERAS}
+    for name, c2w in paths.items():
+        R = c2w[:, :3, :3]
+        assert np.allclose(R @ R.transpose(0, 2, 1), np.eye(3), atol=1e-12), name
+        cos = (np.trace(R[0].T @ R, axis1=1, axis2=2) - 1) / 2
+        assert np.degrees(np.arccos(np.clip(cos, -1, 1))).max() > 2.0, name
+    side, dolly = paths["sideways"][:, :3, 3], paths["dolly"][:, :3, 3]
+    assert np.ptp(side[:, 0]) > 1.0 and np.ptp(side[:, 1:], axis=0).max() == 0
+    assert np.ptp(dolly[:, 2]) > 1.0 and np.ptp(dolly[:, :2], axis=0).max() == 0
+    radius = np.linalg.norm(paths["arc"][:, :3, 3] - [0.0, 0.0, 5.0], axis=1)
+    assert np.allclose(radius, 5.0)
+    # hand-held: frame-to-frame rotation beyond the smooth look-at turn, and seeded
+    hh = paths["handheld"]
+    steps = [hh[i, :3, :3].T @ hh[i + 1, :3, :3] for i in range(24)]
+    angles = np.degrees([np.arccos(np.clip((np.trace(r) - 1) / 2, -1, 1)) for r in steps])
+    assert angles.max() > 0.3 and np.ptp(angles) > 0.1
+    other = np.stack([camera_path("handheld", seed=4)(x) for x in s])
+    assert not np.allclose(hh, other)
+
+
+def test_sampling_at_another_size(variants):
+    """``size`` samples the same cameras on another pixel grid: coarse pixel x is fine pixel
+    3x + 1 at three times the size, so depth and masks agree there and K is scaled exactly."""
+    cfg = dataclasses.replace(VARIANTS["epipolar"], num_frames=2, width=64, height=36)
+    coarse = render_scene(cfg)
+    fine = render_scene(cfg, size=(192, 108))
+    assert fine.hw == (108, 192) and coarse.hw == (36, 64)
+    assert np.allclose(fine.K[:2, :2], 3 * coarse.K[:2, :2])
+    assert np.allclose(fine.K[:2, 2], (coarse.K[:2, 2] + 0.5) * 3 - 0.5)
+    sub = fine.depth[:, 1::3, 1::3]
+    assert np.median(np.abs(sub - coarse.depth)) < 1e-5
+    assert (fine.dynamic_mask[:, 1::3, 1::3] == coarse.dynamic_mask).mean() > 0.995
+    same = coarse.dynamic_mask[:-1] == fine.dynamic_mask[:-1, 1::3, 1::3]
+    close = np.abs(fine.flow_fw[:, 1::3, 1::3] - 3 * coarse.flow_fw).max(axis=-1) < 0.05
+    assert close[same].mean() > 0.99
+
+
+def test_degradations_touch_the_video_only(variants):
+    from nsff_core.synthetic import source_frames
+
+    cfg = VARIANTS["handheld"]
+    scene = variants["handheld"]
+    clean = scene.images.copy()
+    assert source_frames(scene, cfg) is scene.images
+    out = {}
+    for d in ("blur", "noise", "jpeg70"):
+        c = dataclasses.replace(cfg, degrade=(d,))
+        out[d] = source_frames(scene, c)
+        assert np.array_equal(out[d], source_frames(scene, c)), d  # deterministic
+        diff = np.abs(out[d].astype(float) - clean).mean()
+        assert 0.3 < diff < 12.0, (d, diff)
+    assert np.array_equal(scene.images, clean)  # the ground truth stays clean
+    # noise is independent per frame and pixel; blur smooths along the motion
+    noise = out["noise"].astype(float) - clean
+    assert abs(np.corrcoef(noise[0].ravel(), noise[1].ravel())[0, 1]) < 0.05
+
+    def grad(x):
+        return np.abs(np.diff(x.astype(float), axis=2)).mean()
+
+    assert grad(out["blur"]) < 0.9 * grad(clean)
+    both = source_frames(scene, dataclasses.replace(cfg, degrade=("blur", "noise", "jpeg70")))
+    assert (
+        np.abs(both.astype(float) - clean).mean() > np.abs(out["blur"].astype(float) - clean).mean()
+    )
+
+
+def test_write_scene_puts_degraded_frames_in_the_video(variants, tmp_path):
+    import imageio_ffmpeg
+
+    from nsff_core.synthetic import source_frames
+
+    cfg = dataclasses.replace(VARIANTS["handheld"], degrade=("noise",))
+    scene = variants["handheld"]
+    frames = source_frames(scene, cfg)
+    write_scene(scene, tmp_path / "v.mp4", tmp_path / "gt.npz", frames)
+    reader = imageio_ffmpeg.read_frames(str(tmp_path / "v.mp4"))
+    next(reader)
+    h, w = scene.hw
+    decoded = np.stack([np.frombuffer(f, np.uint8).reshape(h, w, 3) for f in reader])
+    luma = np.array([0.299, 0.587, 0.114])
+    to_noisy = np.abs(decoded @ luma - frames @ luma).mean()
+    to_clean = np.abs(decoded @ luma - scene.images @ luma).mean()
+    assert to_noisy < to_clean
+    assert np.array_equal(load_ground_truth(tmp_path / "gt.npz").images, scene.images)

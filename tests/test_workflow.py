@@ -166,7 +166,8 @@ def test_tiny_end_to_end(tmp_path):
     assert list(summary["scene"]) == ["tiny"]
     assert summary.loc[0, "psnr"] == pytest.approx(metrics["test"]["mean"]["psnr"], abs=1e-3)
     assert np.isfinite(summary.loc[0, "novel_psnr"]) and summary.loc[0, "status"] == "ok"
-    for rule in ("synthetic", "frames", "flow", "masks", "sfm", "depth", "train", "evaluate"):
+    rules = ("synthetic", "frames", "flow", "sfm_masks", "masks", "sfm", "depth", "train")
+    for rule in (*rules, "evaluate"):
         assert (res / "logs" / f"{rule}.log").stat().st_size > 0
     # a finished workflow has nothing left to do
     again = snakemake(wd, "-n", "--cores", "2")
@@ -176,11 +177,11 @@ def test_tiny_end_to_end(tmp_path):
 def test_pretrained_backends_plan_the_weights_rule_and_a_gpu(tmp_path):
     sheet = "scene\tsource\tflow\tmasks\tdepth\na\tsynthetic:tiny\traft\tmaskrcnn\tdpt\n"
     wd = make_workdir(tmp_path, sheet)
-    r = snakemake(wd, "-n", "--cores", "2", "results/a/disp", "-p")
+    r = snakemake(wd, "-n", "--cores", "2", "results/a/masks", "-p")
     out = r.stdout + r.stderr
     assert r.returncode == 0, out
     assert "rule weights:" in out or "localrule weights:" in out
-    for rule in ("flow", "masks", "depth"):
+    for rule in ("flow", "sfm_masks", "masks", "depth"):
         block = out.split(f"rule {rule}:")[1].split("\n\n")[0]
         assert "gpu=1" in block, (rule, block)
 
@@ -333,10 +334,12 @@ def earlier_run(tmp_path: Path) -> Path:
         train_presets={"tiny": TINY_TRAIN},
     )
     res = wd / "results" / "tiny"
-    for name in ("frames", "flow_fw", "flow_bw", "flow_ok", "masks", "sfm", "disp"):
+    for name in ("frames", "flow_fw", "flow_bw", "flow_ok", "sfm_masks", "masks", "sfm", "disp"):
         (res / name).mkdir(parents=True)
         (res / name / "00000.x").write_bytes(b"input")
     (res / "cameras.npz").write_bytes(b"input")
+    (res / "diagnostics").mkdir()
+    (res / "diagnostics" / "diagnostics.json").write_text('{"failed": []}')
     for name in OLD_TRAIN:
         (res / "train").mkdir(exist_ok=True)
         (res / "train" / name).write_bytes(b"old model")

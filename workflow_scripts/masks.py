@@ -1,4 +1,4 @@
-"""Rule masks: motion masks (255 = dynamic)."""
+"""Rule masks: the final motion masks (255 = dynamic), after SfM and depth."""
 
 import sys
 
@@ -22,4 +22,6 @@ with run_stage(snakemake):
         scene=snakemake.wildcards.scene,
         frames_json=snakemake.input.frames_json,
         weights=snakemake.input.weights,
+        cameras=snakemake.input.cameras,
+        disp_dir=snakemake.input.disp,
     )

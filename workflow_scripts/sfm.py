@@ -1,4 +1,5 @@
-"""Rule sfm: COLMAP structure from motion on the static pixels; writes cameras.npz."""
+"""Rule sfm: COLMAP structure from motion on the static pixels of the source frames (long side
+capped at sfm.max_size); writes cameras.npz at training resolution."""
 
 import sys
 
@@ -20,4 +21,5 @@ with run_stage(snakemake):
         snakemake.output.poses_bounds,
         stage_config("sfm", snakemake.params.cfg),
         scene=snakemake.wildcards.scene,
+        frames_json=snakemake.input.frames_json,
     )

@@ -10,9 +10,20 @@ from nsff_core.workflow import run_stage
 
 with run_stage(snakemake) as log:
     from nsff_core.config import stage_config
-    from nsff_core.synthetic import render_scene, write_scene
+    from nsff_core.synthetic import render_scene, source_frames, write_scene
 
     cfg = stage_config("synthetic", snakemake.params.cfg)
     scene = render_scene(cfg)
-    write_scene(scene, snakemake.output.video, snakemake.output.gt)
-    log.info("wrote %d frames of %dx%d", cfg.num_frames, cfg.width, cfg.height)
+    # the video gets the degraded frames (cfg.degrade); the ground truth stays clean
+    write_scene(scene, snakemake.output.video, snakemake.output.gt, source_frames(scene, cfg))
+    log.info(
+        "wrote %d frames of %dx%d (layout %s, texture %s, movers %s, camera %s, degrade %s)",
+        cfg.num_frames,
+        cfg.width,
+        cfg.height,
+        cfg.layout,
+        cfg.texture,
+        ",".join(cfg.movers) or "none",
+        cfg.camera,
+        ",".join(cfg.degrade) or "none",
+    )

@@ -1,17 +1,35 @@
 """Optical-flow prior between neighbouring frames, with forward-backward consistency masks.
 
-Outputs (DESIGN.md section 3), all at training resolution (the frames' resolution):
+Outputs, all at training resolution (the frames' resolution):
 
 - ``flow_fw/{i:05d}.flo``: flow from frame i to i+1, for i = 0 .. N-2
 - ``flow_bw/{i:05d}.flo``: flow from frame i to i-1, for i = 1 .. N-1
 - ``flow_ok/{i:05d}_fw.png`` / ``{i:05d}_bw.png``: 255 where the flow passes the
   forward-backward test of Sundaram et al. (ECCV 2010) and lands inside the image.
 
-Backends: ``dis`` (OpenCV DIS, weights-free). RAFT is added by the pretrained-backend work.
+Backends: ``dis`` (OpenCV DIS, weights-free) and ``raft`` (pretrained, :mod:`.raft`).
+
+The ``dis`` backend, step by step (defaults in brackets):
+
+1. Size (``flow.dis_scale``, ``auto``): DIS runs on the training frames, or on the source frames
+   (read through ``frames.json``, long side capped at 1280x720) when those are smaller, i.e.
+   when the frames rule enlarged them; ``training`` and ``source`` force one. Enlarged frames
+   hold no more detail than their source, only interpolation that DIS's finest patches would
+   fit to. A field computed at another size is resized to the training size with
+   :func:`resize_flow` (vectors scaled, pixel centres kept).
+2. DIS (``flow.dis_preset``, ``fine``): OpenCV's presets, plus ``fine`` = ``medium`` with its
+   finest pyramid level at full resolution (``medium`` stops at half resolution) and a
+   smoother variational refinement (alpha 40 instead of 20).
+3. Fill (``flow.dis_fill_radius``, 16 px): pixels that fail the forward-backward test (occluded
+   pixels and the halo that the patches smear around a mover's edge) get the colour- and
+   distance-weighted mean flow of the consistent pixels within that radius
+   (:func:`fill_inconsistent`), so a background pixel takes its background's flow and not the
+   mover's. The consistency masks are then computed on the final fields.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -25,7 +43,14 @@ from . import pretrained as P
 
 log = logging.getLogger(__name__)
 
-_DIS_PRESETS = ("ultrafast", "fast", "medium")
+#: OpenCV's DIS presets, and fine: medium refined down to full resolution, smoother refinement
+_DIS_PRESETS = ("ultrafast", "fast", "medium", "fine")
+#: dis_scale values: auto = the source frames when the frames rule enlarged them, else training
+_DIS_SCALES = ("auto", "training", "source")
+#: fine: finest pyramid level (0 = full resolution; medium's is 1, half resolution) and the
+#: variational refinement's smoothness weight (OpenCV's default 20)
+_FINE_FINEST_SCALE = 0
+_FINE_REFINE_ALPHA = 40.0
 
 
 def sample_flow(field: np.ndarray, flow: np.ndarray) -> np.ndarray:
@@ -67,10 +92,105 @@ def consistency_mask(
     return (err < bound) & inside
 
 
-class DisFlow:
-    """OpenCV's Dense Inverse Search optical flow on grey images (Kroeger et al., ECCV 2016)."""
+def resize_flow(flow: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+    """Resize a flow field (H, W, 2) in pixels to ``out_hw = (H', W')``, scaling the vectors.
 
-    def __init__(self, preset: str = "medium") -> None:
+    Both grids put pixel centres at integers and the image edges at -0.5 and W - 0.5, so output
+    pixel x' sits at input coordinate ``(x' + 0.5) W / W' - 0.5`` (cv2.resize's mapping) and a
+    displacement scales exactly by W'/W: u is multiplied by W'/W and v by H'/H. Bilinear
+    interpolation (as the raft backend's resize): an affine field comes out exactly affine,
+    except the outermost pixels when enlarging, which replicate the border. (INTER_AREA would
+    shift the samples by up to 1/12 input pixel at non-integer factors, and measured no better.)
+    Example: a constant (3, 2) at 100 x 50 (W x H) becomes (1.5, 1) at 50 x 25.
+    Returns (H', W', 2) float32.
+    """
+    import cv2
+
+    h, w = flow.shape[:2]
+    oh, ow = (int(v) for v in out_hw)
+    if (oh, ow) == (h, w):
+        return np.array(flow, dtype=np.float32)
+    out = cv2.resize(flow.astype(np.float32), (ow, oh), interpolation=cv2.INTER_LINEAR)
+    out[..., 0] *= ow / w
+    out[..., 1] *= oh / h
+    return out
+
+
+def fill_inconsistent(
+    flow: np.ndarray,
+    ok: np.ndarray,
+    guide: np.ndarray,
+    radius: int = 16,
+    sigma_colour: float = 12.0,
+    iterations: int = 2,
+) -> np.ndarray:
+    """Replace the flow at pixels where ``ok`` is False by a weighted mean of ok neighbours.
+
+    A joint (cross) bilateral fill: pixel p takes ``sum_q w_q f(q) / sum_q w_q`` over the ok
+    pixels q within ``radius`` px, sampled every ``max(1, radius // 4)`` px, with
+    ``w_q = exp(-|I(p) - I(q)|^2 / (2 sigma_colour^2) - |p - q|^2 / (2 (radius / 2)^2))`` and I
+    the ``guide`` image. Occluded pixels and the halo DIS smears around a moving object's edge
+    thus take the flow of the nearby surface of their own colour. ``iterations`` passes: pixels
+    filled in one pass count as ok in the next, which reaches further into large holes; a pixel
+    without an ok pixel in reach keeps its flow. (OpenCV's joint bilateral filter lives in the
+    contrib package, which the workflow does not install.)
+
+    Args:
+        flow: (H, W, 2) flow in pixels.
+        ok: (H, W) bool, True where the flow is trusted (e.g. :func:`consistency_mask`).
+        guide: (H, W) or (H, W, C) image of the flow's source frame (uint8 RGB: sigma_colour
+            is in its units).
+        radius: reach in pixels (>= 1).
+    Returns:
+        (H, W, 2) float32; equal to ``flow`` wherever ``ok``.
+    """
+    h, w = ok.shape
+    r = max(1, int(radius))
+    step = max(1, r // 4)
+    g = guide.astype(np.float32).reshape(h, w, -1)
+    # pad by the radius (flow 0, not ok) so every neighbour index is valid: out-of-image
+    # neighbours then simply carry no weight
+    wp = w + 2 * r
+    g = np.pad(g, ((r, r), (r, r), (0, 0)), mode="edge").reshape(-1, g.shape[2])
+    f = np.pad(flow.astype(np.float32), ((r, r), (r, r), (0, 0))).reshape(-1, 2)
+    valid = np.pad(np.asarray(ok, bool), r).reshape(-1)
+    offsets = [
+        (dy, dx)
+        for dy in range(-(r // step) * step, r + 1, step)
+        for dx in range(-(r // step) * step, r + 1, step)
+        if 0 < dy * dy + dx * dx <= r * r
+    ]
+    shifts = [dy * wp + dx for dy, dx in offsets]
+    spatial = [(dy * dy + dx * dx) / (2 * (r / 2) ** 2) for dy, dx in offsets]
+    inv_2c2 = 1.0 / (2 * float(sigma_colour) ** 2)
+    for _ in range(iterations):
+        ys, xs = np.nonzero(~valid.reshape(h + 2 * r, wp)[r:-r, r:-r])
+        if ys.size == 0:
+            break
+        p = (ys + r) * wp + (xs + r)
+        colour = g[p]
+        acc = np.zeros((p.size, 2), np.float32)
+        total = np.zeros(p.size, np.float32)
+        for shift, sp in zip(shifts, spatial, strict=True):
+            q = p + shift
+            wq = np.exp(-(np.square(g[q] - colour).sum(axis=1) * inv_2c2 + sp)) * valid[q]
+            acc += wq[:, None] * f[q]
+            total += wq
+        # 1e-6: at least one neighbour of similar colour or nearby; else keep the DIS flow
+        done = total > 1e-6
+        f[p[done]] = acc[done] / total[done, None]
+        valid[p[done]] = True
+    return f.reshape(h + 2 * r, wp, 2)[r:-r, r:-r].copy()
+
+
+class DisFlow:
+    """OpenCV's Dense Inverse Search optical flow on grey images (Kroeger et al., ECCV 2016).
+
+    ``preset``: OpenCV's ``ultrafast``, ``fast`` or ``medium``, or ``fine`` (= medium with the
+    finest pyramid level at full resolution and refinement alpha 40).
+    """
+
+    def __init__(self, preset: str = "fine") -> None:
         import cv2
 
         if preset not in _DIS_PRESETS:
@@ -79,8 +199,12 @@ class DisFlow:
             "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
             "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
             "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
+            "fine": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
         }[preset]
         self._dis = cv2.DISOpticalFlow_create(code)
+        if preset == "fine":
+            self._dis.setFinestScale(_FINE_FINEST_SCALE)
+            self._dis.setVariationalRefinementAlpha(_FINE_REFINE_ALPHA)
 
     def __call__(self, rgb_a: np.ndarray, rgb_b: np.ndarray) -> np.ndarray:
         """Flow (H, W, 2) float32 in pixels from image a to image b (RGB uint8)."""
@@ -98,6 +222,59 @@ def make_flow_backend(cfg: FlowConfig):
     raise ValueError(f"unknown flow backend {cfg.backend!r}")
 
 
+def dis_scale(cfg: FlowConfig, frames_json: str | Path | None, scene: str | None = None) -> str:
+    """Where DIS runs for ``cfg.dis_scale``: ``"training"`` or ``"source"`` frames.
+
+    ``auto`` picks the source frames when ``frames.json`` records that the frames rule enlarged
+    them (source smaller than the training size on either side), else the training frames;
+    without ``frames_json`` (a library call on a bare frames folder) it keeps the training
+    frames. ``source`` needs ``frames_json``.
+    """
+    if cfg.dis_scale not in _DIS_SCALES:
+        raise StageError(
+            scene,
+            "flow",
+            f"unknown flow.dis_scale {cfg.dis_scale!r}",
+            f"set flow.dis_scale to one of {', '.join(_DIS_SCALES)}",
+        )
+    if cfg.dis_scale == "training":
+        return "training"
+    if frames_json is None:
+        if cfg.dis_scale == "source":
+            P.require(frames_json, "frames.json (flow.dis_scale: source)", "flow", scene)
+        return "training"
+    if cfg.dis_scale == "source":
+        return "source"
+    info = json.loads(Path(frames_json).read_text())
+    (sw, sh), (w, h) = info["source_size"], info["size"]
+    return "source" if sw < w or sh < h else "training"
+
+
+def dis_pair(
+    estimator,
+    src_a: np.ndarray,
+    src_b: np.ndarray,
+    img_a: np.ndarray,
+    img_b: np.ndarray,
+    cfg: FlowConfig,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Forward and backward flow (H, W, 2) float32 at the training size of one frame pair.
+
+    ``src_a``/``src_b``: the images the estimator runs on (training or source frames, RGB
+    uint8); ``img_a``/``img_b``: the training frames (H, W, 3), which set the output size and
+    guide the fill of inconsistent pixels (``cfg.dis_fill_radius``, 0 = no fill).
+    """
+    hw = img_a.shape[:2]
+    fw = resize_flow(estimator(src_a, src_b), hw)
+    bw = resize_flow(estimator(src_b, src_a), hw)
+    if cfg.dis_fill_radius > 0:
+        a1, a2 = cfg.consistency_alpha1, cfg.consistency_alpha2
+        ok_fw, ok_bw = consistency_mask(fw, bw, a1, a2), consistency_mask(bw, fw, a1, a2)
+        fw = fill_inconsistent(fw, ok_fw, img_a, cfg.dis_fill_radius)
+        bw = fill_inconsistent(bw, ok_bw, img_b, cfg.dis_fill_radius)
+    return fw, bw
+
+
 def compute_flow(
     frames_dir: str | Path,
     flow_fw_dir: str | Path,
@@ -112,9 +289,10 @@ def compute_flow(
     """Compute forward and backward flow for all neighbouring frames of ``frames_dir``.
 
     Writes the three output folders atomically (all or nothing) and returns a summary with the
-    fraction of consistent pixels and the mean flow magnitude. The pretrained backend (raft)
-    reads the source frames through ``frames_json`` and its checkpoint through the ``weights``
-    marker (:mod:`nsff_core.priors.pretrained`).
+    fraction of consistent pixels and the mean flow magnitude. ``frames_json`` locates the
+    source frames, which the pretrained backend (raft) always reads and ``dis`` reads when
+    ``flow.dis_scale`` asks for them (see the module docstring); raft takes its checkpoint
+    from the ``weights`` marker (:mod:`nsff_core.priors.pretrained`).
     """
     if cfg.backend == "raft":
         return pretrained_flow(
@@ -132,8 +310,13 @@ def compute_flow(
         estimator = make_flow_backend(cfg)
     except ValueError as exc:
         raise StageError(scene, "flow", str(exc), "set flow.backend / flow.dis_preset") from exc
+    scale = dis_scale(cfg, frames_json, scene)
 
     n = len(frames)
+    if scale == "source":
+        sources = _source_frames(frames_json, n, scene)
+    else:
+        sources = None
     t0 = time.perf_counter()
     consistent, magnitude = [], []
     with (
@@ -142,6 +325,7 @@ def compute_flow(
         atomic_dir(flow_ok_dir) as ok_dir,
     ):
         img_a = read_image(frames[0], made_by="frames")
+        src_a = next(sources) if sources is not None else img_a
         for i in range(n - 1):
             img_b = read_image(frames[i + 1], made_by="frames")
             if img_b.shape != img_a.shape:
@@ -152,8 +336,8 @@ def compute_flow(
                     f"{frames[i].name} is {img_a.shape[1]}x{img_a.shape[0]}",
                     "rerun the 'frames' rule, which resizes every frame to one size",
                 )
-            fw = estimator(img_a, img_b)
-            bw = estimator(img_b, img_a)
+            src_b = next(sources) if sources is not None else img_b
+            fw, bw = dis_pair(estimator, src_a, src_b, img_a, img_b, cfg)
             ok_fw = consistency_mask(fw, bw, cfg.consistency_alpha1, cfg.consistency_alpha2)
             ok_bw = consistency_mask(bw, fw, cfg.consistency_alpha1, cfg.consistency_alpha2)
             write_flo(fw_dir / frame_name(i, ".flo"), fw)
@@ -164,9 +348,12 @@ def compute_flow(
             magnitude.append(float(np.linalg.norm(fw, axis=-1).mean()))
             if (i + 1) % max(1, (n - 1) // 10) == 0 or i == n - 2:
                 log.info("flow: pair %d/%d (%.1f s)", i + 1, n - 1, time.perf_counter() - t0)
-            img_a = img_b
+            img_a, src_a = img_b, src_b
     summary = {
         "backend": cfg.backend,
+        "preset": cfg.dis_preset,
+        "scale": scale,
+        "fill_radius": cfg.dis_fill_radius,
         "pairs": n - 1,
         "consistent_fraction": float(np.mean(consistent)),
         "mean_magnitude_px": float(np.mean(magnitude)),
@@ -174,6 +361,22 @@ def compute_flow(
     }
     log.info("flow: done %s", summary)
     return summary
+
+
+def _source_frames(frames_json: str | Path, n: int, scene: str | None):
+    """Iterator over the ``n`` source frames (RGB uint8, capped at 1280x720) of ``frames_json``
+    that the ``n`` training frames were made from; StageError when their number differs."""
+    from .frames import read_source_frames
+
+    count = len(json.loads(Path(frames_json).read_text())["source_indices"])
+    if count != n:
+        raise StageError(
+            scene,
+            "flow",
+            f"{frames_json} lists {count} source frames but the frames folder holds {n}",
+            "rerun the 'frames' rule (delete frames/ and frames.json)",
+        )
+    return read_source_frames(frames_json, scene=scene, stage="flow")
 
 
 def pretrained_flow(

@@ -1,13 +1,16 @@
 """Semantic motion masks from COCO Mask R-CNN: the pretrained backends of the ``masks`` stage.
 
-Output as the ``epipolar`` backend (DESIGN.md section 3): ``masks/{i:05d}.png``, 8-bit, 255 =
-dynamic, at training resolution, dilated.
+Output as the ``epipolar`` backend: ``masks/{i:05d}.png``, 8-bit, 255 = dynamic, at training
+resolution, dilated.
 
 Per frame, every detected instance of a configured ("dynamic") COCO class whose score reaches
-the threshold is kept; the union of the kept instance masks (mask probability > 0.5) is resized
-to the training resolution (nearest), dilated by ``dilate_px`` pixels (a disk, as the epipolar
-backend's final dilation) and optionally OR-ed with the epipolar masks of the same frame, which
-catch movers outside the COCO classes (NSFF's original ``motion_masks`` were such a union).
+the threshold is a candidate (mask probability > 0.5); its mask is resized to the training
+resolution (nearest). With weights-free motion masks of the same frames (``motion``), a
+candidate is kept only when at least ``min_moving_fraction`` of its pixels move: a person who
+sits still in a cafe is part of the static scene, not a mover. The kept instances are united,
+dilated by ``dilate_px`` pixels (a disk, as the epipolar backend's final dilation) and, with
+``union_motion``, OR-ed with the motion mask, which catches movers outside the COCO classes
+(NSFF's original ``motion_masks`` were such a union).
 
 Backends:
 
@@ -17,11 +20,11 @@ Backends:
   is installed.
 
 Classes are COCO names (:data:`COCO_CLASSES`) or the groups of :data:`CLASS_GROUPS`; the default
-is people, animals and vehicles. nsff_pl's defaults differ (NSFF_SPEC.md 1.2 step 2): {person,
-book, remote, parking meter} at a score threshold of 0.05. Here the threshold defaults to 0.5, as
-in the original NSFF: at 0.05 low-confidence false positives (reflections, posters, parked-car
-fragments) cover static background, which the SfM and the static field then never see, and the
-epipolar union is the safety net for the movers a higher threshold misses.
+is people, animals and vehicles. nsff_pl's defaults differ: {person, book, remote, parking meter}
+at a score threshold of 0.05. Here the threshold defaults to 0.5, as in the original NSFF: at
+0.05 low-confidence false positives (reflections, posters, parked-car fragments) cover static
+background, which the SfM and the static field then never see, and the motion union is the
+safety net for the movers a higher threshold misses.
 """
 
 from __future__ import annotations
@@ -168,6 +171,40 @@ def kept_instances(labels, scores, classes: Iterable[int], score_threshold: floa
     return np.nonzero(np.isin(labels, ids) & (scores >= score_threshold))[0]
 
 
+def instance_masks(
+    labels,
+    scores,
+    masks,
+    classes: Iterable[int],
+    score_threshold: float,
+    mask_threshold: float = 0.5,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The kept instances and their bool masks.
+
+    Args:
+        labels, scores: (N,) label ids and scores (numpy or torch).
+        masks: (N, H, W) or (N, 1, H, W) mask probabilities or bools (numpy or torch).
+        classes: label ids to keep (same label space as ``labels``).
+        score_threshold: keep instances with score >= this.
+        mask_threshold: a pixel belongs to an instance where its mask is > this.
+
+    Returns:
+        ``(keep, m)``: (K,) int64 indices of the kept instances into the N, and (K, H, W) bool
+        numpy masks of them (thresholded on the masks' device, then copied).
+    """
+    h, w = masks.shape[-2:]
+    keep = kept_instances(labels, scores, classes, score_threshold)
+    if keep.size == 0:
+        return keep, np.zeros((0, h, w), bool)
+    if hasattr(masks, "detach"):
+        import torch
+
+        sel = masks[torch.as_tensor(keep, device=masks.device)]
+    else:
+        sel = np.asarray(masks)[keep]
+    return keep, _to_numpy((sel > mask_threshold).reshape(-1, h, w)).astype(bool)
+
+
 def instances_to_mask(
     labels,
     scores,
@@ -176,27 +213,18 @@ def instances_to_mask(
     score_threshold: float,
     mask_threshold: float = 0.5,
 ) -> np.ndarray:
-    """Union (H, W) bool of the kept instances' masks.
+    """Union (H, W) bool of the kept instances' masks (arguments as :func:`instance_masks`)."""
+    _, sel = instance_masks(labels, scores, masks, classes, score_threshold, mask_threshold)
+    return sel.any(0)
 
-    Args:
-        labels, scores: (N,) label ids and scores (numpy or torch).
-        masks: (N, H, W) or (N, 1, H, W) mask probabilities or bools (numpy or torch).
-        classes: label ids to keep (same label space as ``labels``).
-        score_threshold: keep instances with score >= this.
-        mask_threshold: a pixel belongs to an instance where its mask is > this.
+
+def moving_fraction(instance: np.ndarray, motion: np.ndarray) -> float:
+    """Fraction of an instance's pixels that are moving: |instance & motion| / |instance|.
+
+    Both are bool (H, W) at the same resolution; an empty instance has fraction 0.
     """
-    h, w = masks.shape[-2:]
-    keep = kept_instances(labels, scores, classes, score_threshold)
-    if keep.size == 0:
-        return np.zeros((h, w), bool)
-    if hasattr(masks, "detach"):
-        import torch
-
-        sel = masks[torch.as_tensor(keep, device=masks.device)]
-    else:
-        sel = np.asarray(masks)[keep]
-    union = (sel > mask_threshold).reshape(-1, h, w).any(0)
-    return _to_numpy(union).astype(bool)
+    area = int(np.count_nonzero(instance))
+    return float(np.count_nonzero(instance & motion)) / area if area else 0.0
 
 
 def dilate(mask: np.ndarray, px: int) -> np.ndarray:
@@ -264,7 +292,7 @@ def _model_device(model):
     return next(model.parameters()).device
 
 
-def predict_masks(
+def predict_instances(
     model,
     rgbs: Sequence[np.ndarray],
     classes: Iterable[int],
@@ -272,11 +300,11 @@ def predict_masks(
     mask_threshold: float = 0.5,
     amp: bool | None = None,
 ) -> list[tuple[np.ndarray, list[int]]]:
-    """Dynamic masks of RGB uint8 images with a torchvision Mask R-CNN, in one batch.
+    """Instances of RGB uint8 images with a torchvision Mask R-CNN, in one batch.
 
-    Returns per image the bool (H, W) union of the kept instances (at the image's size) and the
-    kept instances' label ids. ``classes`` are torchvision label ids. ``amp`` (float16 autocast)
-    defaults to on for CUDA.
+    Returns per image the (K, H, W) bool masks of the kept instances (configured ``classes``,
+    score >= ``score_threshold``; at the image's size) and their K label ids. ``classes`` are
+    torchvision label ids. ``amp`` (float16 autocast) defaults to on for CUDA.
     """
     import torch
 
@@ -291,12 +319,28 @@ def predict_masks(
     with torch.inference_mode(), fp16_autocast(device, amp):
         preds = model(imgs)
     for p in preds:
-        keep = kept_instances(p["labels"], p["scores"], classes, score_threshold)
-        mask = instances_to_mask(
+        keep, masks = instance_masks(
             p["labels"], p["scores"], p["masks"], classes, score_threshold, mask_threshold
         )
-        out.append((mask, [int(v) for v in _to_numpy(p["labels"])[keep]]))
+        out.append((masks, [int(v) for v in _to_numpy(p["labels"]).reshape(-1)[keep]]))
     return out
+
+
+def predict_masks(
+    model,
+    rgbs: Sequence[np.ndarray],
+    classes: Iterable[int],
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD,
+    mask_threshold: float = 0.5,
+    amp: bool | None = None,
+) -> list[tuple[np.ndarray, list[int]]]:
+    """Dynamic masks of RGB uint8 images with a torchvision Mask R-CNN, in one batch.
+
+    Returns per image the bool (H, W) union of the kept instances (at the image's size) and the
+    kept instances' label ids (see :func:`predict_instances`).
+    """
+    res = predict_instances(model, rgbs, classes, score_threshold, mask_threshold, amp)
+    return [(masks.any(0), labels) for masks, labels in res]
 
 
 def predict_mask(
@@ -323,35 +367,63 @@ def _load_frame(item) -> np.ndarray:
     return item if isinstance(item, np.ndarray) else read_image(item, made_by="frames")
 
 
-def _union_mask(union_with, i: int, out_hw: tuple[int, int], scene: str | None) -> np.ndarray:
-    if isinstance(union_with, (str, Path)):
-        path = Path(union_with) / frame_name(i)
+def _motion_hint(scene: str | None) -> str:
+    return (
+        "recompute the motion masks from this scene's flow at the training resolution: rerun "
+        "the 'flow' and 'masks' rules for this scene (snakemake --forcerun flow "
+        f"results/{scene or '<scene>'}/masks)"
+    )
+
+
+def _resolve_motion(motion, union_with, union_motion: bool, min_moving_fraction: float):
+    """``(motion, union_motion)`` after folding the older ``union_with`` argument in.
+
+    ``union_with=X`` is ``motion=X, union_motion=True``; the two cannot be given together.
+    """
+    if union_with is not None:
+        if motion is not None:
+            raise ValueError("give motion (with union_motion=True) or union_with, not both")
+        motion, union_motion = union_with, True
+    if not 0.0 <= float(min_moving_fraction) <= 1.0:
+        raise ValueError(f"min_moving_fraction must be in [0, 1], got {min_moving_fraction}")
+    if union_motion and motion is None:
+        raise ValueError("union_motion=True needs the motion masks (motion=...)")
+    return motion, bool(union_motion)
+
+
+def _motion_mask(motion, i: int, out_hw: tuple[int, int], scene: str | None) -> np.ndarray:
+    """Motion mask of frame ``i`` (bool (H, W) at ``out_hw``) from a folder or a sequence."""
+    if isinstance(motion, (str, Path)):
+        path = Path(motion) / frame_name(i)
         if not path.is_file():
             raise StageError(
-                scene,
-                STAGE,
-                f"epipolar mask {path} is missing for the union",
-                "recompute the epipolar masks for this scene's frames",
+                scene, STAGE, f"motion mask {path} of frame {i} is missing", _motion_hint(scene)
             )
         m = read_mask(path)
     else:
-        if i >= len(union_with):
+        if i >= len(motion):
             raise StageError(
                 scene,
                 STAGE,
-                f"{len(union_with)} epipolar mask(s) for the union but frame {i} exists",
-                "recompute the epipolar masks for this scene's frames",
+                f"{len(motion)} motion mask(s) for the instance filter but frame {i} exists",
+                _motion_hint(scene),
             )
-        m = np.asarray(union_with[i], bool)
+        m = np.asarray(motion[i], bool)
     if m.shape != tuple(out_hw):
         raise StageError(
             scene,
             STAGE,
-            f"epipolar mask {i} is {m.shape[1]}x{m.shape[0]}, the training resolution "
+            f"motion mask {i} is {m.shape[1]}x{m.shape[0]}, the training resolution "
             f"{out_hw[1]}x{out_hw[0]}",
-            "recompute the epipolar masks from this scene's flow",
+            _motion_hint(scene),
         )
     return m
+
+
+def _count_motion_masks(motion) -> int:
+    if isinstance(motion, (str, Path)):
+        return len(list(Path(motion).glob("*.png")))
+    return len(motion)
 
 
 def _run_masks(
@@ -361,26 +433,52 @@ def _run_masks(
     predict: Callable[[list[np.ndarray]], list[tuple[np.ndarray, list[str]]]],
     batch_size: int,
     dilate_px: int,
-    union_with,
+    motion,
+    min_moving_fraction: float,
+    union_motion: bool,
     scene: str | None,
     summary: dict,
 ) -> dict:
-    """Shared loop: predict per batch, resize, dilate, union, write; fills ``summary``."""
+    """Shared loop: predict per batch, resize each instance, keep the moving ones, unite,
+    dilate, unite with the motion mask, write; fills ``summary``.
+
+    ``predict`` maps a batch of RGB uint8 images to, per image, the (K, H, W) bool masks of its
+    candidate instances at the image's size and their K class names. ``motion`` is None or a
+    folder / sequence of bool masks at ``out_hw``, one per frame (see :func:`_motion_mask`).
+    """
     out_hw = (int(out_hw[0]), int(out_hw[1]))
+    # the motion masks are read only where they are used
+    filter_on = motion is not None and min_moving_fraction > 0
+    use_motion = motion is not None and (filter_on or union_motion)
     t0 = time.perf_counter()
-    semantic, final = [], []
-    counts: Counter[str] = Counter()
+    semantic, moving, final = [], [], []
+    detected: Counter[str] = Counter()
+    kept: Counter[str] = Counter()
     n = 0
     with atomic_dir(masks_dir) as out:
 
         def flush(batch: list[np.ndarray]) -> None:
             nonlocal n
-            for mask, names in predict(batch):
-                m = dilate(resize_mask(mask, out_hw), dilate_px)
+            for inst, names in predict(batch):
+                mot = _motion_mask(motion, n, out_hw, scene) if use_motion else None
+                union = np.zeros(out_hw, bool)
+                for m, name in zip(inst, names, strict=True):
+                    # measured on the instance's own pixels, before the dilation: the added
+                    # ring is background, whose motion says nothing about the instance
+                    m = resize_mask(np.asarray(m, bool), out_hw)
+                    detected[name] += 1
+                    if filter_on:
+                        frac = moving_fraction(m, mot)
+                        log.debug("masks: frame %d %s moving fraction %.3f", n, name, frac)
+                        if frac < min_moving_fraction:
+                            continue
+                    kept[name] += 1
+                    union |= m
+                m = dilate(union, dilate_px)
                 semantic.append(float(m.mean()))
-                counts.update(names)
-                if union_with is not None:
-                    m = m | _union_mask(union_with, n, out_hw, scene)
+                if union_motion:
+                    moving.append(float(mot.mean()))
+                    m = m | mot
                 write_mask(out / frame_name(n), m)
                 final.append(float(m.mean()))
                 n += 1
@@ -400,25 +498,44 @@ def _run_masks(
             raise StageError(
                 scene, STAGE, "no frames to mask", "rerun the 'frames' rule for this scene"
             )
-        if isinstance(union_with, (str, Path)):
-            extra = len(list(Path(union_with).glob("*.png"))) - n
-        else:
-            extra = 0 if union_with is None else len(union_with) - n
-        if extra > 0:
+        if use_motion and _count_motion_masks(motion) > n:
             raise StageError(
                 scene,
                 STAGE,
-                f"{n} frames but {n + extra} epipolar masks for the union",
-                "recompute the epipolar masks for this scene's frames",
+                f"{n} frames but {_count_motion_masks(motion)} motion masks",
+                _motion_hint(scene),
             )
+    dropped = detected - kept
     summary.update(
         frames=n,
         mean_semantic_fraction=float(np.mean(semantic)),
+        mean_motion_fraction=float(np.mean(moving)) if moving else None,
         mean_dynamic_fraction=float(np.mean(final)),
-        instances=dict(sorted(counts.items())),
-        union_epipolar=union_with is not None,
+        min_moving_fraction=float(min_moving_fraction) if filter_on else 0.0,
+        instances_detected=dict(sorted(detected.items())),
+        instances_kept=dict(sorted(kept.items())),
+        instances_dropped_static=dict(sorted(dropped.items())),
+        instances=dict(sorted(kept.items())),  # older name of instances_kept
+        union_motion=union_motion,
         seconds=time.perf_counter() - t0,
     )
+    if filter_on:
+        log.info(
+            "masks (%s): kept %d of %d instance(s); dropped %d as static (fewer than %.0f%% of "
+            "their pixels moving)%s",
+            summary["backend"],
+            kept.total(),
+            detected.total(),
+            dropped.total(),
+            100 * min_moving_fraction,
+            (": " + ", ".join(f"{k} {v}" for k, v in sorted(dropped.items()))) if dropped else "",
+        )
+    else:
+        log.info(
+            "masks (%s): kept all %d instance(s) (no motion filter)",
+            summary["backend"],
+            detected.total(),
+        )
     log.info("masks (%s): done %s", summary["backend"], summary)
     return summary
 
@@ -446,6 +563,10 @@ def compute_masks_maskrcnn(
     batch_size: int | None = None,
     scene: str | None = None,
     model=None,
+    *,
+    motion: str | Path | Sequence[np.ndarray] | None = None,
+    min_moving_fraction: float = 0.0,
+    union_motion: bool = False,
 ) -> dict:
     """Write ``masks_dir/{i:05d}.png`` (255 = dynamic) from torchvision's Mask R-CNN.
 
@@ -459,11 +580,27 @@ def compute_masks_maskrcnn(
         dilate_px: dilation at training resolution, in pixels.
         checkpoint: torchvision COCO_V1 state dict (:func:`load_maskrcnn`).
         device: torch device; default CUDA when available, else CPU.
-        union_with: epipolar masks at training resolution to OR in after the dilation: a folder
-            of ``{i:05d}.png`` or a sequence of bool arrays, one per frame.
+        union_with: older form of ``motion=..., union_motion=True`` (not with ``motion``).
         batch_size: images per network call; default 4 on CUDA, 1 on the CPU.
         model: an already loaded model (skips :func:`load_maskrcnn`).
+        motion: weights-free motion masks at training resolution (255 / True = moving): a
+            folder of ``{i:05d}.png`` or a sequence of bool (H, W) arrays, one per frame.
+            None turns the instance filter off.
+        min_moving_fraction: keep an instance (its mask resized to the training resolution,
+            before the dilation) when at least this fraction of its pixels moves in
+            ``motion``; 0 keeps every instance.
+        union_motion: OR the motion mask into the written mask, after the dilation.
+
+    Returns:
+        A summary: frames, instances_detected / instances_kept / instances_dropped_static
+        (counts per class name), mean_semantic_fraction (kept instances, dilated),
+        mean_motion_fraction, mean_dynamic_fraction (what was written), seconds, settings.
+
+    Raises:
+        StageError: unknown classes, bad weights, no frames, or motion masks missing, of
+            another size or more than the frames (nothing is written then).
     """
+    motion, union_motion = _resolve_motion(motion, union_with, union_motion, min_moving_fraction)
     names = _classes_or_error(classes, scene)
     ids = torchvision_label_ids(names)
     if model is None:
@@ -472,11 +609,11 @@ def compute_masks_maskrcnn(
     if batch_size is None:
         batch_size = 4 if device.type == "cuda" else 1
     # boxes below the threshold never reach the mask head and the pasting (the model's own
-    # default is 0.05; the threshold is applied again in instances_to_mask)
+    # default is 0.05; the threshold is applied again in instance_masks)
     model.roi_heads.score_thresh = score_threshold
 
     def predict(batch):
-        res = predict_masks(model, batch, ids, score_threshold, mask_threshold)
+        res = predict_instances(model, batch, ids, score_threshold, mask_threshold)
         return [(m, [TORCHVISION_COCO_CATEGORIES[i] for i in labels]) for m, labels in res]
 
     summary = {
@@ -487,7 +624,17 @@ def compute_masks_maskrcnn(
         "device": str(device),
     }
     return _run_masks(
-        frames, masks_dir, out_hw, predict, batch_size, dilate_px, union_with, scene, summary
+        frames,
+        masks_dir,
+        out_hw,
+        predict,
+        batch_size,
+        dilate_px,
+        motion,
+        min_moving_fraction,
+        union_motion,
+        scene,
+        summary,
     )
 
 
@@ -617,21 +764,30 @@ def compute_masks_detectron2(
     device: Any = None,
     union_with: str | Path | Sequence[np.ndarray] | None = None,
     scene: str | None = None,
+    *,
+    motion: str | Path | Sequence[np.ndarray] | None = None,
+    min_moving_fraction: float = 0.0,
+    union_motion: bool = False,
+    predictor=None,
 ) -> dict:
-    """As :func:`compute_masks_maskrcnn`, with detectron2's R50-FPN 3x (one frame per call)."""
+    """As :func:`compute_masks_maskrcnn`, with detectron2's R50-FPN 3x (one frame per call).
+
+    ``predictor``: an already loaded ``DefaultPredictor`` (skips :func:`load_detectron2`).
+    """
+    motion, union_motion = _resolve_motion(motion, union_with, union_motion, min_moving_fraction)
     names = _classes_or_error(classes, scene)
-    require_detectron2(scene)
     ids = detectron2_label_ids(names)
-    predictor = load_detectron2(checkpoint, device, score_threshold, scene)
+    if predictor is None:
+        require_detectron2(scene)
+        predictor = load_detectron2(checkpoint, device, score_threshold, scene)
 
     def predict(batch):
         out = []
         for rgb in batch:
             inst = predictor(np.ascontiguousarray(rgb[..., ::-1]))["instances"]  # BGR input
-            labels, scores = inst.pred_classes, inst.scores
-            mask = instances_to_mask(labels, scores, inst.pred_masks, ids, score_threshold)
-            keep = kept_instances(labels, scores, ids, score_threshold)
-            out.append((mask, [COCO_CLASSES[int(i)] for i in _to_numpy(labels)[keep]]))
+            labels = inst.pred_classes
+            keep, masks = instance_masks(labels, inst.scores, inst.pred_masks, ids, score_threshold)
+            out.append((masks, [COCO_CLASSES[int(i)] for i in _to_numpy(labels).reshape(-1)[keep]]))
         return out
 
     summary = {
@@ -641,4 +797,16 @@ def compute_masks_detectron2(
         "dilate_px": dilate_px,
         "device": str(predictor.cfg.MODEL.DEVICE),
     }
-    return _run_masks(frames, masks_dir, out_hw, predict, 1, dilate_px, union_with, scene, summary)
+    return _run_masks(
+        frames,
+        masks_dir,
+        out_hw,
+        predict,
+        1,
+        dilate_px,
+        motion,
+        min_moving_fraction,
+        union_motion,
+        scene,
+        summary,
+    )

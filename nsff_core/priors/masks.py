@@ -160,6 +160,33 @@ def epipolar_motion_mask(
     return raw, residuals
 
 
+def sfm_masks_config(cfg: MasksConfig) -> MasksConfig:
+    """Settings of the masks that SfM and the depth prior see (rule ``sfm_masks``).
+
+    They are made before SfM, so the rigidity test (which needs the SfM cameras) is replaced by
+    the epipolar one, and a semantic backend masks every instance of its classes (no motion
+    filter: a static person left out of SfM costs a few features, a moving one put in breaks
+    it) united with the epipolar masks.
+    """
+    margin = max(cfg.dilate, SFM_MASK_MIN_DILATE)
+    if cfg.backend in SEMANTIC_BACKENDS:
+        return dataclasses.replace(
+            cfg, min_moving_fraction=0.0, motion_backend="epipolar", dilate=margin
+        )
+    if cfg.backend == "rigidity":
+        return dataclasses.replace(cfg, backend="epipolar", dilate=margin)
+    return dataclasses.replace(cfg, dilate=margin)
+
+
+#: the masks SfM sees keep at least this margin (px) around movers: a feature on a mover's edge
+#: costs SfM more than a lost background feature
+SFM_MASK_MIN_DILATE = 3
+#: backends that run a pretrained instance-segmentation model
+SEMANTIC_BACKENDS = ("maskrcnn", "detectron2")
+#: the weights-free backends
+MOTION_BACKENDS = ("rigidity", "epipolar", "none")
+
+
 def compute_masks(
     frames_dir: str | Path,
     flow_fw_dir: str | Path | None,
@@ -171,14 +198,17 @@ def compute_masks(
     *,
     frames_json: str | Path | None = None,
     weights: str | Path | None = None,
+    cameras: str | Path | None = None,
+    disp_dir: str | Path | None = None,
 ) -> dict:
     """Write ``masks_dir/{i:05d}.png`` (255 = dynamic) for every frame; returns a summary.
 
-    The semantic backends (maskrcnn, detectron2) read the source frames through
-    ``frames_json`` and their checkpoint through the ``weights`` marker
-    (:mod:`nsff_core.priors.pretrained`).
+    The ``rigidity`` backend (and a semantic backend whose ``motion_backend`` is rigidity)
+    needs the SfM ``cameras`` (cameras.npz) and the depth prior ``disp_dir``. The semantic
+    backends (maskrcnn, detectron2) read the source frames through ``frames_json`` and their
+    checkpoint through the ``weights`` marker (:mod:`nsff_core.priors.pretrained`).
     """
-    if cfg.backend in ("maskrcnn", "detectron2"):
+    if cfg.backend in SEMANTIC_BACKENDS:
         return pretrained_masks(
             frames_dir,
             flow_fw_dir,
@@ -189,21 +219,28 @@ def compute_masks(
             frames_json,
             weights,
             scene,
+            cameras=cameras,
+            disp_dir=disp_dir,
         )
     frames = list_frames(frames_dir)
     if not frames:
         raise StageError(
             scene, "masks", f"no frames in {frames_dir}", "rerun the 'frames' rule for this scene"
         )
-    if cfg.backend not in ("epipolar", "none"):
+    if cfg.backend not in MOTION_BACKENDS:
         raise StageError(
             scene,
             "masks",
             f"unknown masks backend {cfg.backend!r}",
-            "set masks.backend to 'epipolar' or 'none' (config.yaml or the scene sheet)",
+            "set masks.backend to one of rigidity, epipolar, none, maskrcnn, detectron2 "
+            "(config.yaml or the scene sheet)",
         )
     h, w = read_image(frames[0], made_by="frames").shape[:2]
     n = len(frames)
+    flows = _FlowCache(flow_fw_dir, flow_bw_dir, flow_ok_dir)
+    geometry = None
+    if cfg.backend == "rigidity":
+        geometry = _rigidity_inputs(cameras, disp_dir, n, (h, w), scene)
     rng = np.random.default_rng(0)
     t0 = time.perf_counter()
     fractions, residuals = [], []
@@ -212,18 +249,23 @@ def compute_masks(
             if cfg.backend == "none":
                 mask = np.zeros((h, w), bool)
             else:
-                flows, oks = [], []
-                if i < n - 1:
-                    flows.append(read_flo(Path(flow_fw_dir) / frame_name(i, ".flo")))
-                    oks.append(read_mask(Path(flow_ok_dir) / f"{i:05d}_fw.png", made_by="flow"))
-                if i > 0:
-                    flows.append(read_flo(Path(flow_bw_dir) / frame_name(i, ".flo")))
-                    oks.append(read_mask(Path(flow_ok_dir) / f"{i:05d}_bw.png", made_by="flow"))
-                if cfg.min_texture > 0:
-                    tex = textured(read_image(frames[i], made_by="frames"), cfg.min_texture)
-                    oks = [ok & tex for ok in oks]
-                raw, res = epipolar_motion_mask(flows, oks, cfg, rng)
-                residuals += res
+                rgb = read_image(frames[i], made_by="frames")
+                if cfg.backend == "rigidity":
+                    from .rigidity import frame_motion_mask
+
+                    K, c2w, disp = geometry
+                    neighbours = flows.neighbours(i, n, cfg.rigidity_neighbours)
+                    raw, res = frame_motion_mask(rgb, K, c2w, i, neighbours, disp(i), cfg)
+                    residuals.append(res)
+                else:
+                    pairs = flows.neighbours(i, n, 1)
+                    flow_list = [f for _, f, _ in pairs]
+                    oks = [ok for _, _, ok in pairs]
+                    if cfg.min_texture > 0:
+                        tex = textured(rgb, cfg.min_texture)
+                        oks = [ok & tex for ok in oks]
+                    raw, res = epipolar_motion_mask(flow_list, oks, cfg, rng)
+                    residuals += res
                 mask = clean_mask(raw, cfg)
             write_mask(out / frame_name(i), mask)
             fractions.append(float(mask.mean()))
@@ -233,18 +275,93 @@ def compute_masks(
         "backend": cfg.backend,
         "frames": n,
         "mean_dynamic_fraction": float(np.mean(fractions)),
-        "median_sampson_residual_px": float(np.nanmedian(residuals)) if residuals else None,
+        "median_residual_px": float(np.nanmedian(residuals)) if residuals else None,
         "seconds": time.perf_counter() - t0,
     }
-    if cfg.backend == "epipolar" and summary["mean_dynamic_fraction"] > 0.5:
+    if cfg.backend != "none" and summary["mean_dynamic_fraction"] > 0.5:
         log.warning(
             "masks: on average %.0f%% of each frame is marked dynamic; the camera motion may be "
-            "too small or too rotational for the epipolar test (try masks.sampson_threshold or "
-            "a semantic backend)",
+            "too small or too rotational for the %s test (try masks.%s or a semantic backend)",
             100 * summary["mean_dynamic_fraction"],
+            cfg.backend,
+            "rigidity_threshold" if cfg.backend == "rigidity" else "sampson_threshold",
         )
     log.info("masks: done %s", summary)
     return summary
+
+
+class _FlowCache:
+    """The flows of a scene, read on demand and kept for the few frames a window needs."""
+
+    def __init__(self, fw_dir, bw_dir, ok_dir) -> None:
+        self.fw_dir, self.bw_dir, self.ok_dir = fw_dir, bw_dir, ok_dir
+        self._cache: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
+
+    def step(self, i: int, direction: int) -> tuple[np.ndarray, np.ndarray]:
+        """(flow, ok) from frame i to i + direction (+1 or -1)."""
+        key = ("fw" if direction > 0 else "bw", i)
+        if key not in self._cache:
+            folder = self.fw_dir if direction > 0 else self.bw_dir
+            flow = read_flo(Path(folder) / frame_name(i, ".flo"))
+            ok = read_mask(Path(self.ok_dir) / f"{i:05d}_{key[0]}.png", made_by="flow")
+            self._cache[key] = (flow, ok)
+            for old in [k for k in self._cache if k[1] < i - 4]:
+                del self._cache[old]
+        return self._cache[key]
+
+    def neighbours(self, i: int, n: int, reach: int) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        """``(j, flow i->j, ok)`` for j = i +- 1 .. i +- reach inside [0, n), nearest first;
+        flows to farther frames are chained through the frames between."""
+        from .rigidity import chain_flow
+
+        out = []
+        for direction in (1, -1):
+            flow = ok = None
+            for k in range(1, max(1, reach) + 1):
+                j = i + direction * k
+                if not 0 <= j < n:
+                    break
+                f, o = self.step(j - direction, direction)
+                flow, ok = (f, o) if flow is None else chain_flow(flow, ok, f, o)
+                out.append((j, flow, ok))
+        return sorted(out, key=lambda t: abs(t[0] - i))
+
+
+def _rigidity_inputs(cameras, disp_dir, n: int, hw: tuple[int, int], scene: str | None):
+    """(K, c2w, disparity(i)) for the rigidity test, checked against the frames."""
+    from ..io import read_cameras, read_disparity
+
+    if cameras is None or disp_dir is None:
+        raise StageError(
+            scene,
+            "masks",
+            "the rigidity backend needs the SfM cameras and the depth prior",
+            "run it through the workflow (rule masks runs after sfm and depth), or set "
+            "masks.backend: epipolar",
+        )
+    cams = read_cameras(cameras)
+    c2w, K = np.asarray(cams["c2w"], np.float64), np.asarray(cams["K"], np.float64)
+    if len(c2w) != n or tuple(int(v) for v in cams["hw"]) != tuple(hw):
+        raise StageError(
+            scene,
+            "masks",
+            f"{cameras} holds {len(c2w)} cameras at {tuple(cams['hw'])} but there are {n} "
+            f"frames at {hw}",
+            "rerun sfm for this scene (delete its cameras.npz)",
+        )
+
+    def disparity(i: int) -> np.ndarray:
+        d = read_disparity(Path(disp_dir) / frame_name(i, ".npy"))
+        if d.shape != tuple(hw):
+            raise StageError(
+                scene,
+                "masks",
+                f"disparity {i} is {d.shape[1]}x{d.shape[0]}, the frames {hw[1]}x{hw[0]}",
+                "rerun the depth rule for this scene",
+            )
+        return d
+
+    return K, c2w, disparity
 
 
 def pretrained_masks(
@@ -257,19 +374,36 @@ def pretrained_masks(
     frames_json: str | Path | None,
     weights: str | Path | None,
     scene: str | None = None,
+    *,
+    cameras: str | Path | None = None,
+    disp_dir: str | Path | None = None,
 ) -> dict:
-    """COCO instance masks of the configured classes (union with the epipolar masks when
-    ``cfg.union_epipolar``), dilated, at training resolution."""
+    """COCO instance masks of the configured classes at training resolution.
+
+    With ``cfg.min_moving_fraction`` > 0 an instance is kept only when that share of its pixels
+    is dynamic in the weights-free motion masks (``cfg.motion_backend``), so a seated person is
+    not masked; with ``cfg.union_motion`` the motion masks are united with the kept instances
+    (movers outside the COCO classes)."""
     P.require(frames_json, "frames.json", "masks", scene)
     P.require(weights, "the weights.json marker", "masks", scene)
     from . import maskrcnn
 
     with tempfile.TemporaryDirectory(dir=Path(masks_dir).parent) as tmp:
-        union = None
-        if cfg.union_epipolar:
-            union = Path(tmp) / "epipolar"
-            epipolar = dataclasses.replace(cfg, backend="epipolar")
-            compute_masks(frames_dir, flow_fw_dir, flow_bw_dir, flow_ok_dir, union, epipolar, scene)
+        motion = None
+        if cfg.union_motion or cfg.min_moving_fraction > 0:
+            motion = Path(tmp) / "motion"
+            motion_cfg = dataclasses.replace(cfg, backend=cfg.motion_backend)
+            compute_masks(
+                frames_dir,
+                flow_fw_dir,
+                flow_bw_dir,
+                flow_ok_dir,
+                motion,
+                motion_cfg,
+                scene,
+                cameras=cameras,
+                disp_dir=disp_dir,
+            )
         if cfg.backend == "maskrcnn":
             fn, name = maskrcnn.compute_masks_maskrcnn, "maskrcnn_v2_coco"
         else:
@@ -283,6 +417,8 @@ def pretrained_masks(
             score_threshold=cfg.score_threshold,
             dilate_px=cfg.dilate,
             checkpoint=P.checkpoint(weights, name, "masks", scene),
-            union_with=union,
+            motion=motion,
+            min_moving_fraction=cfg.min_moving_fraction,
+            union_motion=cfg.union_motion,
             scene=scene,
         )

@@ -35,7 +35,7 @@ import numpy as np
 
 from ..errors import StageError
 from ..io import atomic_dir, frame_name, list_frames, read_image, write_flo, write_mask
-from .flow import consistency_mask
+from .flow import consistency_mask, resize_flow
 from .frames import cap_size
 from .pretrained import fp16_autocast, load_state_dict_file
 
@@ -220,24 +220,6 @@ def raft_flow(
 ) -> np.ndarray:
     """Flow (H, W, 2) float32 in pixels from RGB uint8 ``img1`` to ``img2``, at their size."""
     return raft_flows(model, [img1], [img2], iters, device)[0]
-
-
-def resize_flow(flow: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
-    """Resize a flow field (H, W, 2) to ``out_hw = (H', W')`` bilinearly, scaling the vectors.
-
-    u is multiplied by W'/W and v by H'/H, so the flow stays in pixels of the new grid.
-    Example: a constant (3, 2) at 100 x 50 (W x H) becomes (1.5, 1) at 50 x 25.
-    """
-    import cv2
-
-    h, w = flow.shape[:2]
-    oh, ow = (int(v) for v in out_hw)
-    if (oh, ow) == (h, w):
-        return np.array(flow, dtype=np.float32)
-    out = cv2.resize(flow.astype(np.float32), (ow, oh), interpolation=cv2.INTER_LINEAR)
-    out[..., 0] *= ow / w
-    out[..., 1] *= oh / h
-    return out
 
 
 # --------------------------------------------------------------------------- the stage

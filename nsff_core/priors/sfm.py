@@ -1,15 +1,56 @@
 """Structure from motion with COLMAP (pycolmap): camera poses, intrinsics and scene bounds.
 
-Pipeline (rule ``sfm``): dynamic pixels are masked out of SIFT extraction, one camera is shared
-by all frames, features are matched exhaustively or sequentially, and the incremental mapper
-reconstructs the scene; the model with the most registered frames is kept. Outputs:
+Pipeline (rule ``sfm``):
 
-- ``sfm_dir/database.db``, ``sfm_dir/sparse/0/*.bin`` (the COLMAP model),
-  ``sfm_dir/colmap_masks/<frame>.png.png`` (COLMAP masks: 0 = ignore),
-  ``sfm_dir/summary.json`` (registration, reprojection error, timings);
-- ``cameras.npz`` and ``poses_bounds.npy`` (see :mod:`nsff_core.io`, :mod:`nsff_core.cameras`).
+1. **Images.** With ``sfm.max_size`` set (default 1280) and the scene's ``frames.json`` given,
+   SfM runs on the selected *source* frames (:func:`~nsff_core.priors.frames.read_source_frames`),
+   scaled down so that the long side is at most ``max_size`` (INTER_AREA). Small training
+   frames (e.g. 320 wide) leave SIFT too few features for a stable focal length, and the focal
+   length then depends on the training width; at source resolution every training width sees
+   the same SfM. When that size equals the training size, or ``max_size`` is null, the
+   training frames are used as they are.
+2. **Masks.** Dynamic pixels (training-resolution masks, 255 = dynamic) are resized to the SfM
+   size conservatively (:func:`resize_mask_conservative`: an SfM pixel is dynamic when its
+   footprint touches a dynamic training pixel) and given to SIFT extraction as COLMAP masks.
+3. **Features and matching:** one camera shared by all frames (``sfm.camera_model``), exhaustive
+   or sequential matching.
+4. **Mapping with retries** (:func:`_map_with_retries`). The incremental mapper starts from the
+   default options. When its largest model misses frames (the mapper split the sequence, or
+   gave up on frames), mapping continues from that model with relaxed registration options
+   (:data:`RELAXED_MAPPER`), which registers the frames of the other models into it; if frames
+   are still missing, mapping restarts with relaxed initialisation options and is continued
+   the same way. The model with the most registered frames (then the lowest reprojection
+   error) is kept. pycolmap 4.2.1 exposes no model merger, so split models are joined by
+   registering their frames into the largest model, not by aligning the models.
+5. **Focal length.** Without a prior, COLMAP starts at 1.2 x the long side and bundle adjustment
+   refines it (as before). With ``sfm.focal_prior_fov`` (horizontal field of view, degrees),
+   the shared camera starts at that focal length, marked as a prior, and mapping keeps it
+   fixed (a calibrated start: essential matrices instead of fundamental ones). Afterwards a
+   global bundle adjustment with the focal length free is tried only when the model has
+   enough parallax (the median over 3D points of the largest angle between their viewing rays
+   is at least :data:`REFINE_MIN_PARALLAX_DEG`), and its result is kept only when it lowers
+   the mean reprojection error by at least :data:`REFINE_MIN_ERROR_GAIN`. Otherwise the focal
+   length is poorly constrained (a panning, slowly drifting or sideways-translating camera:
+   the reprojection error barely changes over a wide range of focal lengths, and a free
+   focal length drifts with the noise) and the prior is kept. Either way a horizontal field
+   of view outside :data:`FOV_RANGE_DEG` is logged as a warning.
+6. **Export.** K is scaled from the SfM size to the training size with the pixel-centre
+   convention (:func:`training_intrinsics`): pixel (x, y) at integer coordinates is a pixel
+   centre, so ``x_train = (x_sfm + 0.5) * W_train / W_sfm - 0.5`` (and the same in y with the
+   heights). The training size is rounded to even numbers, so its aspect ratio can differ
+   slightly from the source's: fx and fy are then scaled by their own factors and differ.
 
-COLMAP images are mapped to frames **by file name**, never by image id.
+Outputs:
+
+- ``sfm_dir/database.db``, ``sfm_dir/sparse/0/*.bin`` (the COLMAP model, at the SfM size),
+  ``sfm_dir/colmap_masks/<frame>.png.png`` (COLMAP masks at the SfM size: 0 = ignore),
+  ``sfm_dir/summary.json`` (registration, SfM size, focal length and field of view, mapping
+  attempts, reprojection error, timings);
+- ``cameras.npz`` and ``poses_bounds.npy`` at training resolution (see :mod:`nsff_core.io`,
+  :mod:`nsff_core.cameras`).
+
+COLMAP images are mapped to frames **by file name**, never by image id: the SfM images carry
+the training frames' names (``00000.png`` ...).
 
 ``pycolmap`` is imported inside the functions, after every PNG of the stage is written. pycolmap
 4.2.1's extension exports its own zlib symbols; when it is loaded before numpy and OpenCV
@@ -22,6 +63,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -44,6 +86,27 @@ MATCHING_MODES = ("auto", "exhaustive", "sequential")
 CAMERA_MODELS = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV")
 #: frames that see fewer points than this get the global near/far percentiles
 MIN_POINTS_FOR_BOUNDS = 20
+#: horizontal fields of view (degrees) outside this range are implausible for video: warned
+FOV_RANGE_DEG = (30.0, 110.0)
+#: with a focal prior, bundle adjustment refines the focal length only when the median (over
+#: 3D points) of the largest angle between a point's viewing rays reaches this, in degrees
+REFINE_MIN_PARALLAX_DEG = 3.0
+#: ... and keeps the refined focal length only when that lowers the mean reprojection error by
+#: at least this fraction. Measured on synthetic sideways clips whose focal length the data do
+#: not fix: 0.1-1 % (while the focal length moved 6-16 %); with a 15 deg wrong prior on a
+#: hand-held clip with rotation: 8 %
+REFINE_MIN_ERROR_GAIN = 0.02
+#: mapper options of the retries (COLMAP defaults in comments): a smaller initial triangulation
+#: angle and fewer inliers for the initial pair (short baselines of video), and fewer, less
+#: clean 2D-3D inliers with more trials for registering the next frame (masked movers, blur)
+RELAXED_MAPPER = {
+    "init_min_num_inliers": 50,  # 100
+    "init_min_tri_angle": 4.0,  # 16
+    "init_max_reg_trials": 4,  # 2
+    "abs_pose_min_num_inliers": 15,  # 30
+    "abs_pose_min_inlier_ratio": 0.15,  # 0.25
+    "max_reg_trials": 6,  # 3
+}
 
 
 def run_sfm(
@@ -54,24 +117,31 @@ def run_sfm(
     poses_bounds_path: str | os.PathLike,
     cfg: SfmConfig = SfmConfig(),  # noqa: B008 (frozen dataclass)
     scene: str | None = None,
+    *,
+    frames_json: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
-    """Run COLMAP on ``frames_dir`` and write the model, ``cameras.npz`` and ``poses_bounds.npy``.
+    """Run COLMAP on the scene's frames and write the model, ``cameras.npz`` and
+    ``poses_bounds.npy``.
 
     Args:
         frames_dir: ``00000.png ...`` RGB frames at training resolution (lexical order = time).
-        masks_dir: same-named 8-bit masks, 255 = dynamic (ignored by feature extraction);
-            ``None`` = use every pixel.
+        masks_dir: same-named 8-bit masks at training resolution, 255 = dynamic (ignored by
+            feature extraction); ``None`` = use every pixel.
         sfm_dir: folder for the COLMAP database, model and ``summary.json`` (replaced
             atomically: written only when SfM succeeds).
-        cameras_path, poses_bounds_path: the camera files (written atomically, last).
+        cameras_path, poses_bounds_path: the camera files, at training resolution (written
+            atomically, last).
         cfg: SfM settings.
         scene: scene name for error messages.
+        frames_json: the frames rule's record of the source; with ``cfg.max_size`` set, SfM
+            runs on the source frames capped to ``max_size`` (long side). ``None`` = on the
+            training frames.
 
     Returns:
         The summary dict also written to ``sfm_dir/summary.json``.
 
     Raises:
-        StageError: no frames, bad masks or settings, or fewer than
+        StageError: no frames, bad masks or settings, a changed source, or fewer than
             ``cfg.min_registered_fraction`` of the frames registered (naming the failed frames).
     """
     t_start = time.perf_counter()
@@ -89,13 +159,26 @@ def run_sfm(
 
     with io.atomic_dir(sfm_dir) as tmp:
         t0 = time.perf_counter()
+        images_dir, sfm_hw = _sfm_images(frames, frames_json, tmp / "images", cfg, scene)
+        timings["images"] = time.perf_counter() - t0
+        if sfm_hw != hw:
+            log.info(
+                "SfM on the source frames at %dx%d (training frames %dx%d)",
+                sfm_hw[1],
+                sfm_hw[0],
+                hw[1],
+                hw[0],
+            )
+
+        t0 = time.perf_counter()
         colmap_masks = None
         if masks_dir is not None:
             colmap_masks = tmp / "colmap_masks"
-            _write_colmap_masks(frames, Path(masks_dir), colmap_masks, hw, scene)
+            _write_colmap_masks(frames, Path(masks_dir), colmap_masks, hw, sfm_hw, scene)
         timings["masks"] = time.perf_counter() - t0
 
-        rec, info = _reconstruct(frames_dir, names, colmap_masks, tmp, cfg, timings)
+        rec, info = _reconstruct(images_dir, names, colmap_masks, tmp, cfg, sfm_hw, timings)
+        shutil.rmtree(tmp / "images", ignore_errors=True)  # a copy of the source frames
         registered = _registered_by_name(rec, names)
         n_reg = int(registered.sum())
         failed = [n for n, r in zip(names, registered, strict=True) if not r]
@@ -106,12 +189,13 @@ def run_sfm(
                 scene,
                 STAGE,
                 f"only {n_reg} of {len(names)} frames registered in the SfM model "
-                f"(need {cfg.min_registered_fraction:.0%}); frames that failed: "
-                f"{_short_list(failed)}",
+                f"(need {cfg.min_registered_fraction:.0%}) after {len(info['attempts'])} "
+                f"mapping attempt(s); frames that failed: {_short_list(failed)}",
                 hint="the frames need more texture and more camera parallax (a camera that only "
                 "rotates or barely moves cannot be reconstructed); check that the dynamic masks "
                 "do not cover most of the image; take every k-th frame (frames stride) for more "
-                "motion between frames; or lower sfm.min_registered_fraction to accept "
+                "motion between frames; give the lens's horizontal field of view as "
+                "sfm.focal_prior_fov; or lower sfm.min_registered_fraction to accept "
                 "interpolated poses for the failed frames.",
             )
         if failed:
@@ -129,6 +213,7 @@ def run_sfm(
         timings["export"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - t_start
 
+        hfov = horizontal_fov_deg(geom["K"], hw[1])
         summary = {
             "scene": scene,
             "num_frames": len(names),
@@ -140,8 +225,11 @@ def run_sfm(
             "mean_track_length": float(rec.compute_mean_track_length()),
             "mean_observations_per_image": float(rec.compute_mean_observations_per_reg_image()),
             "focal_px": float(0.5 * (geom["K"][0, 0] + geom["K"][1, 1])),
+            "hfov_deg": hfov,
             "K": geom["K"].tolist(),
             "hw": list(hw),
+            "sfm_size": [int(sfm_hw[1]), int(sfm_hw[0])],
+            "sfm_images": "training frames" if images_dir == frames_dir else "source frames",
             "camera_model": cfg.camera_model,
             **info,
             "timings_s": {k: round(v, 3) for k, v in timings.items()},
@@ -155,15 +243,79 @@ def run_sfm(
             p, geom["c2w"], geom["K"], hw, geom["near"], geom["far"], names, registered
         )
     log.info(
-        "SfM done in %.1f s: %d/%d registered, reprojection error %.3f px, %d points, f = %.1f px",
+        "SfM done in %.1f s: %d/%d registered, reprojection error %.3f px, %d points, "
+        "f = %.1f px at %dx%d (horizontal field of view %.1f deg)",
         timings["total"],
         n_reg,
         len(names),
         summary["mean_reprojection_error_px"],
         summary["num_points3D"],
         summary["focal_px"],
+        hw[1],
+        hw[0],
+        hfov,
     )
+    _warn_fov(hfov, cfg, scene)
     return summary
+
+
+# --------------------------------------------------------------------------- intrinsics
+
+
+def training_intrinsics(
+    focal_xy: tuple[float, float],
+    principal_point_colmap: tuple[float, float],
+    sfm_hw: tuple[int, int],
+    hw: tuple[int, int],
+) -> np.ndarray:
+    """K (3, 3) at the training size ``hw`` (H, W), OpenCV pixel convention, from a COLMAP
+    camera of an image of ``sfm_hw`` (H, W).
+
+    COLMAP puts pixel centres at ``c + 0.5``; the result has them at integers. Both images span
+    the same field of view edge to edge, so ``x_train = (x_sfm + 0.5) * W / W_sfm - 0.5`` and
+    ``y_train = (y_sfm + 0.5) * H / H_sfm - 0.5``; fx and fy scale by their own factors (the
+    training size is rounded to even numbers, so its aspect ratio can differ from the SfM
+    image's).
+
+    Args:
+        focal_xy: (fx, fy) in SfM pixels.
+        principal_point_colmap: (cx, cy) in SfM pixels, COLMAP convention.
+    """
+    cx, cy = cam.colmap_to_opencv_pixels(principal_point_colmap)
+    K = cam.intrinsics_matrix(focal_xy[0], focal_xy[1], cx, cy)
+    return cam.scale_intrinsics(K, sfm_hw, hw)
+
+
+def horizontal_fov_deg(K: np.ndarray, width: int) -> float:
+    """Horizontal field of view in degrees of an image ``width`` pixels wide with focal
+    length ``K[0, 0]`` (pixels), edge to edge."""
+    return float(np.degrees(2.0 * np.arctan(0.5 * width / K[0, 0])))
+
+
+def focal_from_fov(fov_deg: float, width: int) -> float:
+    """Focal length in pixels giving a horizontal field of view ``fov_deg`` over ``width``."""
+    return 0.5 * width / math.tan(math.radians(fov_deg) / 2.0)
+
+
+def _warn_fov(hfov: float, cfg: SfmConfig, scene: str | None) -> None:
+    lo, hi = FOV_RANGE_DEG
+    if lo <= hfov <= hi:
+        return
+    what = (
+        "give the lens's horizontal field of view as sfm.focal_prior_fov"
+        if cfg.focal_prior_fov is None
+        else f"check sfm.focal_prior_fov ({cfg.focal_prior_fov:g} deg)"
+    )
+    log.warning(
+        "scene %s: the SfM focal length gives a horizontal field of view of %.1f deg, outside "
+        "the plausible %g-%g deg: the focal length is probably wrong (too little camera "
+        "translation to measure it); %s, or use a clip in which the camera moves sideways",
+        scene,
+        hfov,
+        lo,
+        hi,
+        what,
+    )
 
 
 # --------------------------------------------------------------------------- steps
@@ -191,6 +343,21 @@ def _check_inputs(frames: list[Path], cfg: SfmConfig, scene: str | None, frames_
             f"unsupported sfm.camera_model '{cfg.camera_model}'",
             hint=f"use one of {list(CAMERA_MODELS)} (SIMPLE_PINHOLE is recommended)",
         )
+    if cfg.max_size is not None and not 32 <= cfg.max_size <= 8192:
+        raise StageError(
+            scene,
+            STAGE,
+            f"sfm.max_size must be 32 to 8192 pixels or null, got {cfg.max_size}",
+            hint="set sfm.max_size to the long side SfM should work at (default 1280)",
+        )
+    if cfg.focal_prior_fov is not None and not 1 < cfg.focal_prior_fov < 179:
+        raise StageError(
+            scene,
+            STAGE,
+            f"sfm.focal_prior_fov must be a horizontal field of view between 1 and 179 "
+            f"degrees or null, got {cfg.focal_prior_fov}",
+            hint="give the lens's horizontal field of view in degrees (phones: about 65-75)",
+        )
     if cfg.camera_model not in ("SIMPLE_PINHOLE", "PINHOLE"):
         log.warning(
             "camera model %s has distortion parameters; they are fitted but dropped from K",
@@ -198,10 +365,96 @@ def _check_inputs(frames: list[Path], cfg: SfmConfig, scene: str | None, frames_
         )
 
 
+def capped_size(wh: tuple[int, int], max_size: int) -> tuple[int, int]:
+    """(w, h) of a (w, h) frame scaled down so that its long side is at most ``max_size``:
+    the size :func:`~nsff_core.priors.frames.cap_size` gives with ``(max_size, max_size)``."""
+    w, h = wh
+    s = max(w, h) / max_size
+    if s <= 1:
+        return w, h
+    return max(1, int(w / s)), max(1, int(h / s))
+
+
+def _sfm_images(
+    frames: list[Path],
+    frames_json: str | os.PathLike | None,
+    out_dir: Path,
+    cfg: SfmConfig,
+    scene: str | None,
+) -> tuple[Path, tuple[int, int]]:
+    """The folder of the images SfM runs on, and their (H, W).
+
+    The source frames capped to ``cfg.max_size``, written to ``out_dir`` under the training
+    frames' names; or the training frames' folder when ``max_size`` is null, no
+    ``frames_json`` is given, or the capped source has the training size (the frames rule
+    then made the same pixels).
+    """
+    from .frames import read_source_frames
+
+    frames_dir = frames[0].parent
+    hw = io.read_image(frames[0], made_by="frames").shape[:2]
+    if cfg.max_size is None or frames_json is None:
+        return frames_dir, hw
+    try:
+        info = json.loads(Path(frames_json).read_text())
+        source_wh = (int(info["source_size"][0]), int(info["source_size"][1]))
+        count = int(info["count"])
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as err:
+        raise StageError(
+            scene,
+            STAGE,
+            f"cannot read the source record {frames_json}: {err}",
+            hint=f"delete {frames_json} and rerun: rule 'frames' writes it again",
+        ) from err
+    w, h = capped_size(source_wh, cfg.max_size)
+    if (h, w) == hw:
+        return frames_dir, hw
+    if count != len(frames):
+        raise StageError(
+            scene,
+            STAGE,
+            f"{frames_json} lists {count} frames but {frames_dir} holds {len(frames)}",
+            hint="rerun the frames rule",
+        )
+    out_dir.mkdir(parents=True)
+    cap = (cfg.max_size, cfg.max_size)
+    for p, rgb in zip(frames, read_source_frames(frames_json, cap, scene, STAGE), strict=True):
+        io.write_image(out_dir / p.name, rgb)
+    return out_dir, (h, w)
+
+
+def resize_mask_conservative(mask: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """Resize a bool (H, W) mask to ``hw`` so that every output pixel whose footprint touches
+    a True input pixel is True (no dynamic pixel is lost).
+
+    Enlarging: nearest neighbour with pixel-centre alignment, then a 3x3 dilation. An input
+    pixel spans at least one output pixel, and an output pixel that overlaps it without having
+    its centre in it is the neighbour (also diagonally) of one that has. Shrinking: area
+    averaging, any share > 0 counts.
+    """
+    import cv2
+
+    h0, w0 = mask.shape
+    h, w = hw
+    if (h, w) == (h0, w0):
+        return mask.copy()
+    m = mask.astype(np.uint8)
+    if h >= h0 and w >= w0:
+        up = cv2.resize(m, (w, h), interpolation=cv2.INTER_NEAREST_EXACT)
+        return cv2.dilate(up, np.ones((3, 3), np.uint8)) > 0
+    return cv2.resize(m.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA) > 0
+
+
 def _write_colmap_masks(
-    frames: list[Path], masks_dir: Path, out_dir: Path, hw: tuple[int, int], scene: str | None
+    frames: list[Path],
+    masks_dir: Path,
+    out_dir: Path,
+    hw: tuple[int, int],
+    sfm_hw: tuple[int, int],
+    scene: str | None,
 ) -> None:
-    """Write COLMAP masks ``out_dir/<frame name>.png`` (255 = use, 0 = ignore = dynamic)."""
+    """Write COLMAP masks ``out_dir/<frame name>.png`` at ``sfm_hw`` (255 = use, 0 = ignore =
+    dynamic) from the training-resolution masks (``hw``)."""
     out_dir.mkdir(parents=True)
     missing = [p.name for p in frames if not (masks_dir / p.name).is_file()]
     if missing:
@@ -221,18 +474,19 @@ def _write_colmap_masks(
                 f"frames are {hw[1]}x{hw[0]}",
                 hint="masks must be at training resolution; rerun the masks rule",
             )
-        io.write_mask(out_dir / f"{p.name}.png", ~dynamic)
+        io.write_mask(out_dir / f"{p.name}.png", ~resize_mask_conservative(dynamic, sfm_hw))
 
 
 def _reconstruct(
-    frames_dir: Path,
+    images_dir: Path,
     names: list[str],
     mask_dir: Path | None,
     work: Path,
     cfg: SfmConfig,
+    sfm_hw: tuple[int, int],
     timings: dict[str, float],
 ) -> tuple[Any, dict[str, Any]]:
-    """Extract, match and map; return the largest model (or None) and facts for the summary."""
+    """Extract, match and map; return the best model (or None) and facts for the summary."""
     import pycolmap
 
     db = work / "database.db"
@@ -249,7 +503,7 @@ def _reconstruct(
     log.info("extracting SIFT features from %d frames (masks: %s)", n, mask_dir is not None)
     pycolmap.extract_features(
         db,
-        frames_dir,
+        images_dir,
         image_names=names,
         camera_mode=pycolmap.CameraMode.SINGLE,
         reader_options=reader,
@@ -258,6 +512,18 @@ def _reconstruct(
     )
     timings["extract"] = time.perf_counter() - t0
     log.info("feature extraction: %.1f s", timings["extract"])
+
+    focal: dict[str, Any] = {"prior_fov_deg": cfg.focal_prior_fov, "prior_px": None}
+    if cfg.focal_prior_fov is not None:
+        f0 = focal_from_fov(cfg.focal_prior_fov, sfm_hw[1])
+        _set_focal_prior(db, f0)
+        focal["prior_px"] = f0
+        log.info(
+            "focal length prior: %.1f px at %d px wide (horizontal field of view %g deg)",
+            f0,
+            sfm_hw[1],
+            cfg.focal_prior_fov,
+        )
 
     t0 = time.perf_counter()
     mode = cfg.matching
@@ -279,23 +545,195 @@ def _reconstruct(
     log.info("matching: %.1f s", timings["match"])
 
     t0 = time.perf_counter()
+    fixed = cfg.focal_prior_fov is not None
+    best, attempts = _map_with_retries(db, images_dir, work / "models", n, cfg, fixed)
+    timings["map"] = time.perf_counter() - t0
+    shutil.rmtree(work / "models", ignore_errors=True)
+
+    if best is not None:
+        focal["parallax_deg"] = median_parallax_deg(best)
+        focal["refined"] = not fixed
+        focal["error_gain"] = None
+        if fixed and focal["parallax_deg"] >= REFINE_MIN_PARALLAX_DEG:
+            t0 = time.perf_counter()
+            refined, gain = _refine_focal(best, cfg)
+            focal["error_gain"] = gain
+            if gain >= REFINE_MIN_ERROR_GAIN:
+                best = refined
+                focal["refined"] = True
+            timings["refine_focal"] = time.perf_counter() - t0
+        if fixed:
+            log.info(
+                "median parallax %.2f deg (threshold %g), reprojection error gain of a free "
+                "focal length %s (threshold %g): focal length %s at %.1f px",
+                focal["parallax_deg"],
+                REFINE_MIN_PARALLAX_DEG,
+                "not tried" if focal["error_gain"] is None else f"{focal['error_gain']:.2%}",
+                REFINE_MIN_ERROR_GAIN,
+                "refined by bundle adjustment" if focal["refined"] else "kept at the prior",
+                _camera(best).mean_focal_length(),
+            )
+    last = attempts[-1]["model_sizes"] if attempts else []
+    return best, {
+        "matching": mode,
+        "model_sizes": {str(i): s for i, s in enumerate(last)},
+        "num_models": len(last),
+        "attempts": attempts,
+        "focal": focal,
+    }
+
+
+def _set_focal_prior(db_path: Path, focal_px: float) -> None:
+    """Start every camera of the database at ``focal_px`` and mark it as a prior."""
+    import pycolmap
+
+    db = pycolmap.Database.open(db_path)
+    try:
+        for camera in db.read_all_cameras():
+            params = np.array(camera.params)
+            params[list(camera.focal_length_idxs())] = focal_px
+            camera.params = params
+            camera.has_prior_focal_length = True
+            db.update_camera(camera)
+    finally:
+        db.close()
+
+
+def _mapping_options(cfg: SfmConfig, relaxed: bool, fixed_focal: bool) -> Any:
+    import pycolmap
+
     opts = pycolmap.IncrementalPipelineOptions()
     opts.num_threads = cfg.num_threads
     opts.random_seed = cfg.random_seed
     opts.mapper.random_seed = cfg.random_seed
     opts.triangulation.random_seed = cfg.random_seed
     opts.ba_refine_principal_point = False
-    models_dir = work / "models"
-    models_dir.mkdir()
-    log.info("incremental mapping")
-    models = pycolmap.incremental_mapping(db, frames_dir, models_dir, options=opts)
-    timings["map"] = time.perf_counter() - t0
-    log.info("mapping: %.1f s, %d model(s)", timings["map"], len(models))
-    shutil.rmtree(models_dir, ignore_errors=True)
+    if fixed_focal:
+        opts.ba_refine_focal_length = False
+        opts.mapper.abs_pose_refine_focal_length = False
+    if relaxed:
+        for key, value in RELAXED_MAPPER.items():
+            setattr(opts.mapper, key, value)
+        # keep the small models of a split sequence: their frames are registered into the
+        # largest one afterwards, and a small model can be the largest of a short clip
+        opts.min_model_size = 3
+    return opts
 
-    sizes = {int(k): int(r.num_reg_images()) for k, r in models.items()}
-    best = max(models.values(), key=lambda r: r.num_reg_images()) if models else None
-    return best, {"matching": mode, "model_sizes": sizes, "num_models": len(models)}
+
+def _map_with_retries(
+    db: Path, images_dir: Path, work: Path, n: int, cfg: SfmConfig, fixed_focal: bool
+) -> tuple[Any, list[dict[str, Any]]]:
+    """Map; while the best model misses frames, extend it with relaxed options, then restart
+    with relaxed options (and extend that). Returns the best model and one record per mapper
+    run: ``{"attempt", "model_sizes" (registered frames per model, largest first),
+    "registered"}``."""
+    import pycolmap
+
+    attempts: list[dict[str, Any]] = []
+    candidates: list[Any] = []
+
+    def run(label: str, relaxed: bool, start: Any = None) -> Any:
+        t0 = time.perf_counter()
+        input_path = ""
+        if start is not None:
+            input_path = work / f"{len(attempts)}_input"
+            input_path.mkdir(parents=True)
+            start.write(str(input_path))
+        out = work / str(len(attempts))
+        out.mkdir(parents=True)
+        opts = _mapping_options(cfg, relaxed, fixed_focal)
+        models = pycolmap.incremental_mapping(
+            db, images_dir, out, options=opts, input_path=input_path
+        )
+        sizes = sorted((int(r.num_reg_images()) for r in models.values()), reverse=True)
+        best = _best_model(list(models.values()))
+        attempts.append(
+            {
+                "attempt": label,
+                "model_sizes": sizes,
+                "registered": sizes[0] if sizes else 0,
+                "seconds": round(time.perf_counter() - t0, 3),
+            }
+        )
+        log.info(
+            "mapping (%s): %d model(s) with %s frames, %.1f s",
+            label,
+            len(sizes),
+            sizes or "no",
+            attempts[-1]["seconds"],
+        )
+        if best is not None:
+            candidates.append(best)
+        return best
+
+    for start, relaxed in (("default", False), ("relaxed", True)):
+        model = run(start, relaxed)
+        if _num_reg(model) == n:
+            break
+        if _num_reg(model) >= 2:
+            log.info(
+                "%d of %d frames in the largest model: registering the others into it "
+                "with relaxed options",
+                _num_reg(model),
+                n,
+            )
+            model = run(f"{start}, extended", True, start=model)
+            if _num_reg(model) == n:
+                break
+    return _best_model(candidates), attempts
+
+
+def _num_reg(rec: Any) -> int:
+    return 0 if rec is None else int(rec.num_reg_images())
+
+
+def _best_model(models: list[Any]) -> Any:
+    """Most registered frames, then most 3D points; None for no model."""
+    if not models:
+        return None
+    return max(models, key=lambda r: (int(r.num_reg_images()), int(r.num_points3D())))
+
+
+def _camera(rec: Any) -> Any:
+    return next(iter(rec.cameras.values()))
+
+
+def median_parallax_deg(rec: Any) -> float:
+    """Median over the model's 3D points of the largest angle (degrees) between the rays from
+    the registered cameras that observe the point; 0 for a model without such points."""
+    centres = {i: img.projection_center() for i, img in rec.images.items() if img.has_pose}
+    angles = []
+    for point in rec.points3D.values():
+        ids = {el.image_id for el in point.track.elements if el.image_id in centres}
+        if len(ids) < 2:
+            continue
+        rays = point.xyz - np.array([centres[i] for i in ids])
+        rays /= np.linalg.norm(rays, axis=1, keepdims=True)
+        angles.append(np.degrees(np.arccos(np.clip((rays @ rays.T).min(), -1.0, 1.0))))
+    return float(np.median(angles)) if angles else 0.0
+
+
+def _refine_focal(rec: Any, cfg: SfmConfig) -> tuple[Any, float]:
+    """Global bundle adjustment of a copy of ``rec`` with the focal length free.
+
+    Returns the adjusted copy and the relative reduction of the mean reprojection error
+    (``1 - after / before``; ``rec`` was adjusted with the focal length fixed).
+    """
+    import copy
+
+    import pycolmap
+
+    before = float(rec.compute_mean_reprojection_error())
+    rec = copy.deepcopy(rec)
+
+    opts = pycolmap.BundleAdjustmentOptions()
+    opts.refine_focal_length = True
+    opts.refine_principal_point = False
+    opts.print_summary = False
+    opts.ceres.solver_options.num_threads = cfg.num_threads
+    pycolmap.bundle_adjustment(rec, opts)
+    after = float(rec.compute_mean_reprojection_error())
+    return rec, (1.0 - after / before) if before > 0 else 0.0
 
 
 def _registered_by_name(rec: Any, names: list[str]) -> np.ndarray:
@@ -311,10 +749,13 @@ def _cameras_from_reconstruction(
 ) -> dict[str, np.ndarray]:
     """c2w (N,4,4) OpenCV axes, K (3,3) at ``hw``, near/far (N,) from a COLMAP model."""
     by_name = {img.name: img for img in rec.images.values() if img.has_pose}
-    camera = next(iter(rec.cameras.values()))
-    cx, cy = cam.colmap_to_opencv_pixels([camera.principal_point_x, camera.principal_point_y])
-    K = cam.intrinsics_matrix(camera.focal_length_x, camera.focal_length_y, cx, cy)
-    K = cam.scale_intrinsics(K, (camera.height, camera.width), hw)
+    camera = _camera(rec)
+    K = training_intrinsics(
+        (camera.focal_length_x, camera.focal_length_y),
+        (camera.principal_point_x, camera.principal_point_y),
+        (camera.height, camera.width),
+        hw,
+    )
 
     n = len(names)
     c2w = np.zeros((n, 4, 4))

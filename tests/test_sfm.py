@@ -1,0 +1,339 @@
+"""SfM on source-resolution frames, intrinsics at the training size, mapping retries for split
+models, the focal-length prior and the field-of-view warning (synthetic data only)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nsff_core import cameras as cam
+from nsff_core import io
+from nsff_core.config import FramesConfig, SfmConfig
+from nsff_core.errors import StageError
+from nsff_core.priors import sfm
+
+#: training width of the source test: 320x180 source frames give 242x136 training frames, whose
+#: rounded height makes the x and y scales differ (242/320 = 0.75625, 136/180 = 0.7556)
+TRAIN_WIDTH = 242
+#: frames of the short sequence used by the prior and split tests (every 2nd synthetic frame)
+SHORT = list(range(0, 24, 2))
+
+
+def _dilated(mask: np.ndarray) -> np.ndarray:
+    import cv2
+
+    return cv2.dilate(mask.astype(np.uint8), np.ones((7, 7), np.uint8)) > 0
+
+
+@pytest.fixture(scope="module")
+def inputs(synthetic_scene, synthetic_frames_dir, tmp_path_factory):
+    """Every 2nd frame of the synthetic scene with frames.json and true dynamic masks (dilated):
+    ``small`` at 242x136 from its 320x180 frames as the source, ``short`` at 320x180.
+
+    Every PNG of this module is written here, before pycolmap is first used (see sfm.py).
+    """
+    import cv2
+
+    from nsff_core.priors.frames import extract_frames
+
+    root = tmp_path_factory.mktemp("sfm")
+    small = root / "small"
+    extract_frames(
+        synthetic_frames_dir,
+        small / "frames",
+        small / "frames.json",
+        FramesConfig(width=TRAIN_WIDTH, stride=2),
+        scene="synthetic",
+    )
+    hw = io.read_image(small / "frames" / "00000.png").shape[:2]
+    (small / "masks").mkdir()
+    for j, i in enumerate(SHORT):
+        m = synthetic_scene.dynamic_mask[i]
+        # any training pixel that overlaps the mover counts (area share > 0), then a margin
+        down = cv2.resize(m.astype(np.float32), hw[::-1], interpolation=cv2.INTER_AREA) > 0
+        io.write_mask(small / "masks" / io.frame_name(j), _dilated(down))
+
+    short = root / "short"
+    (short / "frames").mkdir(parents=True)
+    (short / "masks").mkdir()
+    for j, i in enumerate(SHORT):
+        io.write_image(short / "frames" / io.frame_name(j), synthetic_scene.images[i])
+        io.write_mask(short / "masks" / io.frame_name(j), _dilated(synthetic_scene.dynamic_mask[i]))
+    return {"root": root, "small": small, "short": short, "hw": hw}
+
+
+def _run(data: Path, out: Path, cfg: SfmConfig, frames_json: bool = False) -> dict:
+    return sfm.run_sfm(
+        data / "frames",
+        data / "masks",
+        out / "sfm",
+        out / "cameras.npz",
+        out / "poses_bounds.npy",
+        cfg,
+        scene="synthetic",
+        **({"frames_json": data / "frames.json"} if frames_json else {}),
+    )
+
+
+# --------------------------------------------------------------------------- intrinsics math
+
+
+@pytest.mark.parametrize(
+    "sfm_hw, hw", [((480, 854), (288, 512)), ((180, 320), (136, 242)), ((540, 960), (720, 1280))]
+)
+def test_training_intrinsics_maps_pixel_centres_exactly(sfm_hw, hw):
+    """A 3D point projects to x_train = (x_sfm + 0.5) * W / W_sfm - 0.5 (and so in y), also
+    when the x and y scales differ (training sizes are rounded to even numbers)."""
+    rng = np.random.default_rng(0)
+    f, pp = 0.9 * sfm_hw[1], (0.5 * sfm_hw[1] + 3.25, 0.5 * sfm_hw[0] - 1.5)  # COLMAP pixels
+    K = sfm.training_intrinsics((f, f), pp, sfm_hw, hw)
+    # the same camera at the SfM size, OpenCV pixel convention (centre of pixel c at x = c)
+    K_sfm = cam.intrinsics_matrix(f, f, pp[0] - 0.5, pp[1] - 0.5)
+    pts = rng.uniform([-2, -1, 2], [2, 1, 6], (50, 3))
+    xy_sfm, _ = cam.project(K_sfm, np.eye(4), pts)
+    xy, _ = cam.project(K, np.eye(4), pts)
+    sx, sy = hw[1] / sfm_hw[1], hw[0] / sfm_hw[0]
+    np.testing.assert_allclose(xy[:, 0], (xy_sfm[:, 0] + 0.5) * sx - 0.5, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(xy[:, 1], (xy_sfm[:, 1] + 0.5) * sy - 0.5, rtol=0, atol=1e-9)
+    assert K[0, 0] / K[1, 1] == pytest.approx(sx / sy, rel=1e-12)
+    # a principal point at the centre of the SfM image stays at the centre of the training one
+    Kc = sfm.training_intrinsics((f, f), (sfm_hw[1] / 2, sfm_hw[0] / 2), sfm_hw, hw)
+    np.testing.assert_allclose(Kc[:2, 2], [(hw[1] - 1) / 2, (hw[0] - 1) / 2], atol=1e-12)
+
+
+def test_fov_and_focal_conversions():
+    assert sfm.horizontal_fov_deg(cam.intrinsics_matrix(160, 160, 0, 0), 320) == pytest.approx(90)
+    assert sfm.focal_from_fov(90, 320) == pytest.approx(160)
+    assert sfm.capped_size((1920, 1080), 1280) == (1280, 720)
+    assert sfm.capped_size((1080, 1920), 1280) == (720, 1280)
+    assert sfm.capped_size((854, 480), 1280) == (854, 480)
+
+
+@pytest.mark.parametrize("from_hw, to_hw", [((18, 32), (48, 85)), ((45, 80), (18, 32))])
+def test_resize_mask_conservative_keeps_every_dynamic_pixel(from_hw, to_hw):
+    """Every output pixel whose footprint overlaps a dynamic input pixel is dynamic, and the
+    result is at most one pixel wider than that exact cover."""
+    import cv2
+
+    rng = np.random.default_rng(1)
+    mask = rng.random(from_hw) < 0.03
+    mask[5:9, 10:17] = True
+
+    def overlap(n_out: int, n_in: int) -> np.ndarray:  # (n_out, n_in): the pixels' spans meet
+        scale = n_in / n_out
+        i = np.arange(n_out)[:, None]
+        j = np.arange(n_in)[None, :]
+        return (j < (i + 1) * scale - 1e-9) & (j + 1 > i * scale + 1e-9)
+
+    exact = (overlap(to_hw[0], from_hw[0]) @ mask @ overlap(to_hw[1], from_hw[1]).T) > 0
+    out = sfm.resize_mask_conservative(mask, to_hw)
+    assert out.shape == to_hw and out.dtype == bool
+    assert not (exact & ~out).any(), "a dynamic pixel was lost"
+    grown = cv2.dilate(exact.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+    assert not (out & ~grown).any()
+
+
+def test_fov_warning(caplog):
+    for fov, warned in ((29.0, True), (31.0, False), (109.0, False), (111.0, True)):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger=sfm.log.name):
+            sfm._warn_fov(fov, SfmConfig(), "clip")
+        assert any("field of view" in r.getMessage() for r in caplog.records) == warned, fov
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger=sfm.log.name):
+        sfm._warn_fov(20.0, SfmConfig(focal_prior_fov=20.0), "clip")
+    (record,) = caplog.records
+    assert "clip" in record.getMessage() and "sfm.focal_prior_fov (20 deg)" in record.getMessage()
+
+
+@pytest.mark.parametrize(
+    "cfg, key",
+    [(SfmConfig(max_size=16), "sfm.max_size"), (SfmConfig(focal_prior_fov=180), "focal_prior")],
+)
+def test_bad_settings_name_the_key(tmp_path, cfg, key):
+    (tmp_path / "frames").mkdir()
+    for i in range(2):
+        io.write_image(tmp_path / "frames" / io.frame_name(i), np.zeros((40, 60, 3), np.uint8))
+    with pytest.raises(StageError, match=key) as info:
+        sfm.run_sfm(
+            tmp_path / "frames",
+            None,
+            tmp_path / "sfm",
+            tmp_path / "c.npz",
+            tmp_path / "pb.npy",
+            cfg,
+            scene="synthetic",
+        )
+    assert info.value.scene == "synthetic" and info.value.stage == "sfm"
+    assert not (tmp_path / "sfm").exists()
+
+
+def test_schema_rejects_bad_sfm_settings():
+    import yaml
+
+    from nsff_core.errors import ConfigError
+    from nsff_core.sheet import validate_config
+
+    from .conftest import REPO
+
+    for key, value in (("max_size", 8), ("focal_prior_fov", 0), ("focal_prior_fov", "wide")):
+        cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+        cfg["sfm"][key] = value
+        with pytest.raises(ConfigError, match=f"sfm.{key}"):
+            validate_config(cfg, REPO / "rules" / "schemas" / "config.schema.yaml")
+
+
+# --------------------------------------------------------------------------- source frames
+
+
+@pytest.mark.stage
+def test_sfm_on_source_frames_gives_k_at_training_size(inputs, synthetic_scene, tmp_path):
+    """SfM runs on the 320x180 source, the cameras come out at 242x136 with the exact K."""
+    small, hw = inputs["small"], inputs["hw"]
+    assert hw == (136, TRAIN_WIDTH)
+    s = _run(small, tmp_path, SfmConfig(), frames_json=True)
+    assert s["sfm_size"] == [320, 180] and s["sfm_images"] == "source frames"
+    assert s["num_registered"] == len(SHORT) and s["hw"] == list(hw)
+    assert not (tmp_path / "sfm" / "images").exists()  # the source copy is removed
+    for j, i in enumerate(SHORT):  # COLMAP masks (0 = ignore) at the SfM size cover the mover
+        cm = io.read_mask(tmp_path / "sfm" / "colmap_masks" / f"{io.frame_name(j)}.png")
+        assert cm.shape == (180, 320) and not (cm & synthetic_scene.dynamic_mask[i]).any()
+
+    c = io.read_cameras(tmp_path / "cameras.npz")
+    assert tuple(c["hw"]) == hw
+    K = c["K"]
+    sx, sy = hw[1] / 320, hw[0] / 180
+    assert K[0, 0] / K[1, 1] == pytest.approx(sx / sy, rel=1e-12)  # fx != fy, exactly
+    np.testing.assert_allclose(K[:2, 2], [(hw[1] - 1) / 2, (hw[0] - 1) / 2], atol=1e-9)
+    K_true = cam.scale_intrinsics(synthetic_scene.K, (180, 320), hw)
+    assert abs(K[0, 0] / K_true[0, 0] - 1) <= 0.02 and abs(K[1, 1] / K_true[1, 1] - 1) <= 0.02
+    assert s["hfov_deg"] == pytest.approx(60, abs=1.5)
+    err = cam.pose_error(c["c2w"], synthetic_scene.c2w[SHORT])
+    assert err["centre_rms_rel"] <= 0.01
+
+    pb = np.load(tmp_path / "poses_bounds.npy")
+    _, hwf, _ = cam.c2w_from_poses_bounds(pb)
+    np.testing.assert_allclose(hwf[0, :2], hw)
+
+    # the SfM points, projected with the training K, land on their observations (scaled)
+    import pycolmap
+
+    rec = pycolmap.Reconstruction(str(tmp_path / "sfm" / "sparse" / "0"))
+    index = {str(n): i for i, n in enumerate(c["names"])}
+    errs = []
+    for img in rec.images.values():
+        obs = img.get_observation_points2D()
+        xyz = np.array([rec.points3D[p.point3D_id].xyz for p in obs])
+        seen = np.array([p.xy for p in obs]) * [sx, sy] - 0.5  # COLMAP pixels to training
+        xy, _ = cam.project(K, c["c2w"][index[img.name]], xyz)
+        errs.append(np.linalg.norm(xy - seen, axis=1))
+    assert np.mean(np.concatenate(errs)) < 1.0
+
+
+@pytest.mark.stage
+def test_sfm_without_max_size_uses_training_frames(inputs, tmp_path):
+    s = _run(inputs["small"], tmp_path, SfmConfig(max_size=None), frames_json=True)
+    assert s["sfm_size"] == [TRAIN_WIDTH, 136] and s["sfm_images"] == "training frames"
+
+
+# --------------------------------------------------------------------------- focal prior
+
+
+@pytest.mark.stage
+def test_focal_prior_is_refined_with_parallax_and_kept_without(
+    inputs, synthetic_scene, tmp_path, monkeypatch, caplog
+):
+    """A 50 deg prior on a 60 deg scene: with the synthetic camera's ample parallax bundle
+    adjustment moves it to the truth (and lowers the reprojection error clearly); when the
+    parallax counts as too small, or the error gain as too small, it stays at the prior
+    exactly. The field-of-view warning fires from run_sfm."""
+    import pycolmap
+
+    short, f_true = inputs["short"], synthetic_scene.K[0, 0]
+    f_prior = sfm.focal_from_fov(50.0, 320)
+    s = _run(short, tmp_path / "a", SfmConfig(focal_prior_fov=50.0))
+    assert s["focal"]["prior_px"] == pytest.approx(f_prior)
+    assert s["focal"]["refined"] and s["focal"]["parallax_deg"] >= sfm.REFINE_MIN_PARALLAX_DEG
+    assert s["focal"]["error_gain"] >= sfm.REFINE_MIN_ERROR_GAIN
+    assert s["num_registered"] == len(SHORT)
+    assert abs(s["focal_px"] / f_true - 1) <= 0.02
+    db = pycolmap.Database.open(tmp_path / "a" / "sfm" / "database.db")
+    (camera,) = db.read_all_cameras()
+    db.close()
+    assert camera.has_prior_focal_length and camera.focal_length == pytest.approx(f_prior)
+
+    monkeypatch.setattr(sfm, "REFINE_MIN_PARALLAX_DEG", 90.0)
+    monkeypatch.setattr(sfm, "FOV_RANGE_DEG", (55.0, 110.0))
+    with caplog.at_level(logging.WARNING, logger=sfm.log.name):
+        s = _run(short, tmp_path / "b", SfmConfig(focal_prior_fov=50.0))
+    assert not s["focal"]["refined"] and s["num_registered"] == len(SHORT)
+    assert s["focal_px"] == pytest.approx(f_prior, rel=1e-9)
+    assert s["hfov_deg"] == pytest.approx(50.0)
+    assert any("field of view of 50.0 deg" in r.getMessage() for r in caplog.records)
+
+    # enough parallax, but a free focal length must lower the error more than it can
+    monkeypatch.setattr(sfm, "REFINE_MIN_PARALLAX_DEG", 3.0)
+    monkeypatch.setattr(sfm, "REFINE_MIN_ERROR_GAIN", 1.0)
+    s = _run(short, tmp_path / "c", SfmConfig(focal_prior_fov=50.0))
+    assert s["focal"]["error_gain"] is not None and not s["focal"]["refined"]
+    assert s["focal_px"] == pytest.approx(f_prior, rel=1e-9)
+
+
+# --------------------------------------------------------------------------- split models
+
+
+@pytest.mark.stage
+def test_split_models_are_joined(inputs, synthetic_scene, tmp_path, monkeypatch):
+    """The mapper's first run returns the sequence in two models (first and second half); the
+    frames of the smaller one are registered into the larger, and the cameras are right."""
+    import pycolmap
+
+    real = pycolmap.incremental_mapping
+    calls = []
+
+    def split_once(db, images_dir, out, options, input_path=""):
+        calls.append(str(input_path))
+        if len(calls) > 1:
+            return real(db, images_dir, out, options=options, input_path=input_path)
+        names = [io.frame_name(j) for j in range(len(SHORT))]
+        models = {}
+        for k, part in enumerate((names[:7], names[7:])):
+            options.image_names = part
+            (Path(out) / f"part{k}").mkdir(parents=True)
+            got = real(db, images_dir, Path(out) / f"part{k}", options=options)
+            models[k] = max(got.values(), key=lambda r: r.num_reg_images())
+        options.image_names = []
+        return models
+
+    monkeypatch.setattr(pycolmap, "incremental_mapping", split_once)
+    s = _run(inputs["short"], tmp_path, SfmConfig())
+    first, second = s["attempts"][:2]
+    assert first["attempt"] == "default" and first["model_sizes"] == [7, 5]
+    assert second["attempt"] == "default, extended" and calls[1] != ""
+    assert s["num_registered"] == len(SHORT) and s["unregistered"] == []
+    c = io.read_cameras(tmp_path / "cameras.npz")
+    err = cam.pose_error(c["c2w"], synthetic_scene.c2w[SHORT])
+    assert err["centre_rms_rel"] <= 0.01 and err["rot_mean_deg"] <= 0.5
+
+
+@pytest.mark.stage
+def test_unjoinable_split_names_the_missing_frames(inputs, tmp_path, monkeypatch):
+    """When no retry registers a frame, the error names it and the attempts are counted."""
+    import pycolmap
+
+    real = pycolmap.incremental_mapping
+
+    def without_last(db, images_dir, out, options, input_path=""):
+        options.image_names = [io.frame_name(j) for j in range(len(SHORT) - 1)]
+        return real(db, images_dir, out, options=options, input_path=input_path)
+
+    monkeypatch.setattr(pycolmap, "incremental_mapping", without_last)
+    with pytest.raises(StageError) as info:
+        _run(inputs["short"], tmp_path, SfmConfig())
+    last = io.frame_name(len(SHORT) - 1)
+    assert f"only {len(SHORT) - 1} of {len(SHORT)}" in info.value.cause
+    assert last in info.value.cause and "4 mapping attempt(s)" in info.value.cause
+    assert not (tmp_path / "sfm").exists() and not (tmp_path / "cameras.npz").exists()

@@ -1,0 +1,26 @@
+"""Rule sfm_masks: the masks that SfM and the depth prior ignore (255 = dynamic), from the flow
+alone (see nsff_core.priors.masks.sfm_masks_config)."""
+
+import sys
+
+sys.path.insert(0, f"{snakemake.scriptdir}/..")
+
+# nsff_core.workflow imports the standard library only; all else is imported inside run_stage,
+# which logs any failure and claims the job's GPU slots first (so before torch is imported)
+from nsff_core.workflow import run_stage
+
+with run_stage(snakemake):
+    from nsff_core.config import stage_config
+    from nsff_core.priors.masks import compute_masks, sfm_masks_config
+
+    compute_masks(
+        snakemake.input.frames,
+        snakemake.input.fw,
+        snakemake.input.bw,
+        snakemake.input.ok,
+        snakemake.output.masks,
+        sfm_masks_config(stage_config("masks", snakemake.params.cfg)),
+        scene=snakemake.wildcards.scene,
+        frames_json=snakemake.input.frames_json,
+        weights=snakemake.input.weights,
+    )
