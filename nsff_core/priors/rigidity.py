@@ -137,7 +137,11 @@ def rigidity_residuals(
     # align the prior to the triangulated disparity where the flow fits a static point well
     fits = valid & (r_flow <= np.quantile(r_flow[valid], 0.5)) if valid.any() else valid
     Da = align_prior(D0, D, fits)
-    Da = np.maximum(Da, np.quantile(Da, 0.01) if Da.size else _EPS)
+    # an aligned prior can dip to or below zero where the fit extrapolates (far background of a
+    # relative prior): floor it at its 1st percentile, and above zero
+    positive = Da[Da > 0]
+    floor = max(np.quantile(Da, 0.01), 0.05 * np.median(positive)) if positive.size else _EPS
+    Da = np.maximum(Da, floor)
     lo, hi = Da / depth_ratio, Da * depth_ratio
     Dc = np.clip(D, np.minimum(lo, hi), np.maximum(lo, hi))
     r_depth = np.zeros((h, w))
