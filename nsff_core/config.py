@@ -333,6 +333,16 @@ class RenderSplitConfig:
     splits: tuple[str, ...] = ("test", "test_spiral")
 
 
+@dataclass(frozen=True)
+class EvalConfig:
+    """Evaluation of a trained scene (rules ``train`` and ``evaluate``)."""
+
+    #: k >= 2: frames k-1, 2k-1, ... (never the first or last) are left out of training and
+    #: scored at their own pose and time against the real frame (0 = off); see
+    #: :mod:`nsff_core.holdout`
+    holdout_every: int = 0
+
+
 STAGES: dict[str, type] = {
     "frames": FramesConfig,
     "flow": FlowConfig,
@@ -343,6 +353,7 @@ STAGES: dict[str, type] = {
     "render": RenderSplitConfig,
     "weights": WeightsConfig,
     "diagnostics": DiagnosticsConfig,
+    "eval": EvalConfig,
     "synthetic": SyntheticConfig,
 }
 
@@ -381,6 +392,7 @@ def stage_config(stage: str, values: dict[str, Any] | None) -> Any:
 __all__ = [
     "DepthConfig",
     "DiagnosticsConfig",
+    "EvalConfig",
     "FlowConfig",
     "FramesConfig",
     "MasksConfig",

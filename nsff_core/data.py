@@ -9,6 +9,7 @@ that scenes with fewer than 12 frames train (nsff_pl crashed there, spec 8.1 #5)
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from functools import partial
@@ -41,6 +42,8 @@ class SceneData:
         c2w: (N, 4, 4) float64 NSFF world, NSFF (OpenGL) camera axes.
         normalization: SfM world -> NSFF world similarity.
         near_depth: SfM units, the scale of the normalisation (see :mod:`nsff_core.rays`).
+        frame_ids: (N,) source frame of each training frame: ``0 .. N - 1``, or the training
+            frames of a run with held-out frames (:mod:`nsff_core.holdout`).
     """
 
     rgb: Tensor
@@ -54,6 +57,11 @@ class SceneData:
     c2w: np.ndarray
     normalization: SceneNormalization
     near_depth: float
+    frame_ids: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.frame_ids is None:
+            self.frame_ids = np.arange(self.num_frames, dtype=np.int64)
 
     @property
     def num_frames(self) -> int:
@@ -176,8 +184,43 @@ def _read_stack(paths: list[Path], read, hw: tuple[int, int] | None, made_by: st
     return np.stack(arrays)
 
 
-def load_scene(scene_dir: str | Path, scene: str | None = None) -> SceneData:
+def _holdout_ids(d: Path, n: int, every: int, scene: str | None) -> np.ndarray:
+    """The training frames of a run with held-out frames, checked against what rule
+    ``flow_holdout`` wrote (its flow links exactly these frames)."""
+    from .holdout import training_frames
+    from .priors.flow import HOLDOUT_JSON
+
+    try:
+        ids = training_frames(n, every)
+    except ValueError as exc:
+        raise StageError(scene, "train", str(exc), "set eval.holdout_every") from None
+    facts_path = d / "flow_holdout" / HOLDOUT_JSON
+    try:
+        facts = json.loads(facts_path.read_text())
+        written = [int(i) for i in facts["frame_ids"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CorruptFileError(
+            facts_path, f"unreadable ({exc})", "flow_holdout", output=facts_path.parent
+        ) from None
+    if written != ids.tolist():
+        raise CorruptFileError(
+            facts_path,
+            f"it links frames {written[:6]}... but eval.holdout_every {every} of {n} frames "
+            f"trains on {ids.tolist()[:6]}...",
+            "flow_holdout",
+            output=facts_path.parent,
+        )
+    return ids
+
+
+def load_scene(
+    scene_dir: str | Path, scene: str | None = None, holdout_every: int = 0
+) -> SceneData:
     """Read frames, flows, masks, disparities and cameras of ``results/<scene>/``.
+
+    ``holdout_every`` k >= 2: only the training frames of :mod:`nsff_core.holdout` are read,
+    renumbered 0 .. M - 1, with the flow between them from ``flow_holdout/``; the held-out
+    frames' images and priors are not read at all.
 
     Raises:
         StageError: cameras and frames disagree in number.
@@ -188,15 +231,30 @@ def load_scene(scene_dir: str | Path, scene: str | None = None) -> SceneData:
 
     d = Path(scene_dir)
     frames = io.list_frames(d / "frames")
-    n = len(frames)
+    n_all = len(frames)
     cams = io.read_cameras(d / "cameras.npz")
-    if len(cams["c2w"]) != n:
+    if len(cams["c2w"]) != n_all:
         raise StageError(
             scene,
             "train",
-            f"{d / 'cameras.npz'} has {len(cams['c2w'])} cameras for {n} frames",
+            f"{d / 'cameras.npz'} has {len(cams['c2w'])} cameras for {n_all} frames",
             "rerun the sfm rule (delete its outputs) so that cameras and frames match",
         )
+    ids = np.arange(n_all, dtype=np.int64)
+    flow_dir = d
+    if holdout_every:
+        ids = _holdout_ids(d, n_all, holdout_every, scene)
+        flow_dir = d / "flow_holdout"
+        log.info(
+            "scene %s: training on %d of %d frames (eval.holdout_every %d holds out %s)",
+            scene,
+            len(ids),
+            n_all,
+            holdout_every,
+            ", ".join(str(i) for i in sorted(set(range(n_all)) - set(ids.tolist()))),
+        )
+    frames = [frames[i] for i in ids]
+    n = len(frames)
     rgb = _read_stack(frames, partial(io.read_image, made_by="frames"), None, "frames")
     hw = rgb.shape[1:3]
     if tuple(int(v) for v in cams["hw"]) != hw:
@@ -206,19 +264,26 @@ def load_scene(scene_dir: str | Path, scene: str | None = None) -> SceneData:
             "sfm",
         )
 
-    def stack(folder: str, names: list[str], read, made_by: str) -> np.ndarray:
-        return _read_stack([d / folder / name for name in names], read, hw, made_by)
+    def stack(folder: Path, names: list[str], read, made_by: str) -> np.ndarray:
+        return _read_stack([folder / name for name in names], read, hw, made_by)
 
     pairs = range(n - 1)
-    flow_ok = partial(io.read_mask, made_by="flow")
-    disp = stack("disp", [io.frame_name(i, ".npy") for i in range(n)], io.read_disparity, "depth")
-    fw = stack("flow_fw", [io.frame_name(i, ".flo") for i in pairs], io.read_flo, "flow")
-    bw = stack("flow_bw", [io.frame_name(i + 1, ".flo") for i in pairs], io.read_flo, "flow")
-    fw_ok = stack("flow_ok", [f"{i:05d}_fw.png" for i in pairs], flow_ok, "flow")
-    bw_ok = stack("flow_ok", [f"{i + 1:05d}_bw.png" for i in pairs], flow_ok, "flow")
-    dynamic = stack("masks", [io.frame_name(i) for i in range(n)], io.read_mask, "masks")
+    flow_rule = "flow_holdout" if holdout_every else "flow"
+    flow_ok = partial(io.read_mask, made_by=flow_rule)
+    disp_names = [io.frame_name(int(i), ".npy") for i in ids]
+    disp = stack(d / "disp", disp_names, io.read_disparity, "depth")
+    fw = stack(
+        flow_dir / "flow_fw", [io.frame_name(i, ".flo") for i in pairs], io.read_flo, flow_rule
+    )
+    bw_names = [io.frame_name(i + 1, ".flo") for i in pairs]
+    bw = stack(flow_dir / "flow_bw", bw_names, io.read_flo, flow_rule)
+    fw_ok = stack(flow_dir / "flow_ok", [f"{i:05d}_fw.png" for i in pairs], flow_ok, flow_rule)
+    bw_ok = stack(flow_dir / "flow_ok", [f"{i + 1:05d}_bw.png" for i in pairs], flow_ok, flow_rule)
+    mask_names = [io.frame_name(int(i)) for i in ids]
+    dynamic = stack(d / "masks", mask_names, io.read_mask, "masks")
 
     per_frame = sparse_points(d / "sfm", cams, min_track_length=2, scene=scene)
+    per_frame = [per_frame[int(i)] for i in ids]
     depths, at_points = [], []
     for (xy, pdisp), dmap in zip(per_frame, disp, strict=True):
         depths.append(1.0 / np.maximum(pdisp, 1e-12))
@@ -228,9 +293,11 @@ def load_scene(scene_dir: str | Path, scene: str | None = None) -> SceneData:
         at_points.append(dmap[ij[:, 1], ij[:, 0]])
     content = nearest_content_depth(depths, at_points, list(disp))
     log.info("scene %s: %d frames, nearest content at %.3f SfM units", scene, n, content)
-    return scene_data_from_arrays(
-        rgb, disp, fw, bw, fw_ok, bw_ok, dynamic, cams["K"], cams["c2w"], content
+    data = scene_data_from_arrays(
+        rgb, disp, fw, bw, fw_ok, bw_ok, dynamic, cams["K"], cams["c2w"][ids], content
     )
+    data.frame_ids = ids
+    return data
 
 
 @dataclass

@@ -16,6 +16,13 @@ Two parts, both written to ``eval/metrics.json``:
    baseline**: each held-out image scored against the training frame of the same time, which
    is what a method that ignores the viewpoint change would get.
 
+3. **Held-out frames** (``eval.holdout_every`` k >= 2, :mod:`nsff_core.holdout`; any video).
+   The frames left out of training are in the ``test`` split too (rendered at their own pose
+   and at their time, by time interpolation between their training neighbours); they are
+   scored apart as ``holdout`` (full frame and dynamic region), beside the **nearest-frame
+   baseline**: the nearest training frame scored against the held-out frame. ``test`` then
+   scores the training frames only.
+
 LPIPS needs local weights (never downloaded, see :func:`nsff_core.metrics.lpips_weight_files`);
 without them its values are null and ``lpips_state`` says ``"unavailable: <reason>"``.
 
@@ -241,8 +248,17 @@ def score_test_split(
     test_dir: Path,
     scorer: Scorer,
     scene: str | None = None,
-) -> dict:
-    """Scores of the ``test`` split renders against the training frames (full and dynamic)."""
+    holdout_every: int = 0,
+) -> tuple[dict, dict | None]:
+    """Scores of the ``test`` split renders against the real frames (full and dynamic).
+
+    Returns ``(test, holdout)``: ``test`` over the training frames; ``holdout`` over the
+    frames left out of training (``holdout_every`` k >= 2, :mod:`nsff_core.holdout`; None
+    when k is 0), with the **nearest-frame baseline** beside it: each held-out frame scored
+    against the nearest training frame, which is what showing the video without a model gives.
+    """
+    from .holdout import held_out_frames, nearest_training_frame, training_frames
+
     frames = _read_frames(frames_dir, "training frames", scene, "rerun the frames rule")
     renders = _read_frames(
         test_dir,
@@ -258,7 +274,12 @@ def score_test_split(
             f"{test_dir} has {len(renders)} frames but {frames_dir} has {len(frames)}",
             "rerun the render rule for split 'test' (delete its outputs) after training",
         )
-    rows = []
+    try:
+        held = set(held_out_frames(len(frames), holdout_every).tolist())
+    except ValueError as exc:
+        raise StageError(scene, STAGE, str(exc), "set eval.holdout_every") from None
+    kept = training_frames(len(frames), holdout_every)
+    rows, held_rows, base_rows, nearest = [], [], [], []
     t0 = time.perf_counter()
     for i, (fp, rp) in enumerate(zip(frames, renders, strict=True)):
         target, pred = io.read_image(fp, made_by="frames"), io.read_image(rp, made_by="render")
@@ -274,15 +295,15 @@ def score_test_split(
         if not mask_path.is_file():
             raise StageError(scene, STAGE, f"mask {mask_path} is missing", "rerun the masks rule")
         mask = io.read_mask(mask_path)
-        full = scorer.score(pred, target)
-        dyn = scorer.score(pred, target, mask)
-        rows.append(
-            {
-                **full,
-                **{f"{k}_dynamic": v for k, v in dyn.items()},
-                "dynamic_fraction": float(mask.mean()),
-            }
-        )
+        row = _row(scorer, pred, target, mask)
+        if i in held:
+            j = nearest_training_frame(i, kept)
+            near = io.read_image(frames[j], made_by="frames")
+            held_rows.append(row)
+            base_rows.append(_row(scorer, near, target, mask))
+            nearest.append(j)
+        else:
+            rows.append(row)
         if (i + 1) % max(1, len(frames) // 5) == 0 or i == len(frames) - 1:
             log.info(
                 "evaluate: test split %d/%d frames scored (%.1f s)",
@@ -292,9 +313,30 @@ def score_test_split(
             )
     keys = [*METRICS, *(f"{k}_dynamic" for k in METRICS), "dynamic_fraction"]
     out = _summarise(rows, keys)
-    out["frames"] = len(frames)
-    out["names"] = [p.name for p in frames]
-    return out
+    out["frames"] = len(rows)
+    out["names"] = [p.name for i, p in enumerate(frames) if i not in held]
+    holdout = None
+    if held:
+        order = sorted(held)
+        holdout = {
+            "every": int(holdout_every),
+            "frames": len(order),
+            "names": [frames[i].name for i in order],
+            **_summarise(held_rows, keys),
+            "baseline": {"nearest": nearest, **_summarise(base_rows, keys)},
+        }
+    return out, holdout
+
+
+def _row(scorer: Scorer, pred: np.ndarray, target: np.ndarray, mask: np.ndarray) -> dict:
+    """Full-image and dynamic-region scores of one image pair, and the mask's share."""
+    full = scorer.score(pred, target)
+    dyn = scorer.score(pred, target, mask)
+    return {
+        **full,
+        **{f"{k}_dynamic": v for k, v in dyn.items()},
+        "dynamic_fraction": float(mask.mean()),
+    }
 
 
 def evaluate_novel_views(
@@ -403,6 +445,7 @@ def evaluate_scene(
     chunk: int = 4096,
     scene: str | None = None,
     lpips_weights: str | Path | None = None,
+    holdout_every: int = 0,
 ) -> dict:
     """Evaluate one trained scene and write ``out_json`` (see the module docstring).
 
@@ -418,6 +461,8 @@ def evaluate_scene(
         chunk: rays per forward pass when rendering.
         scene: scene name for error messages.
         lpips_weights: local LPIPS weights (see :class:`Scorer`).
+        holdout_every: config ``eval.holdout_every`` of the training run (0: no held-out
+            frames); the held-out frames are scored apart (module docstring, part 3).
     Returns:
         the dict written to ``out_json`` (with NaN where the file has null).
     Raises:
@@ -429,15 +474,28 @@ def evaluate_scene(
     frames_dir, masks_dir, test_dir = Path(frames_dir), Path(masks_dir), Path(test_dir)
     scorer = Scorer(lpips_weights, scene)
     log.info("evaluate: LPIPS %s", scorer.lpips_state)
-    test = score_test_split(frames_dir, masks_dir, test_dir, scorer, scene)
+    test, holdout = score_test_split(frames_dir, masks_dir, test_dir, scorer, scene, holdout_every)
     mean = test["mean"]
     log.info(
-        "evaluate: test split PSNR %.2f SSIM %.4f; dynamic region PSNR %.2f SSIM %.4f",
+        "evaluate: training frames PSNR %.2f SSIM %.4f; dynamic region PSNR %.2f SSIM %.4f",
         mean["psnr"],
         mean["ssim"],
         mean["psnr_dynamic"],
         mean["ssim_dynamic"],
     )
+    if holdout is not None:
+        m, b = holdout["mean"], holdout["baseline"]["mean"]
+        log.info(
+            "evaluate: %d held-out frames PSNR %.2f SSIM %.4f (dynamic region PSNR %.2f); "
+            "nearest-frame baseline PSNR %.2f SSIM %.4f (dynamic %.2f)",
+            holdout["frames"],
+            m["psnr"],
+            m["ssim"],
+            m["psnr_dynamic"],
+            b["psnr"],
+            b["ssim"],
+            b["psnr_dynamic"],
+        )
     novel = None
     if gt is not None:
         if not Path(gt).is_file():
@@ -462,6 +520,7 @@ def evaluate_scene(
         "lpips_state": scorer.lpips_state,
         "frames": test["frames"],
         "test": test,
+        "holdout": holdout,
         "novel": novel,
         "novel_dir": str(novel_dir) if has_views else None,
         "seconds": time.perf_counter() - t0,

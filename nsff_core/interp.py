@@ -52,8 +52,9 @@ lands on pixels that also receive samples of empty space that stay put (zero flo
 average dilutes its opacity (two equal shares: half). The premultiplied colour is diluted by the
 same factor, so colours stay right; a thick object spans several planes and stays nearly opaque.
 
-Not done (as nsff_pl): the static part is not splatted (it does not move), no "bullet time"
-(pose and time interpolation are independent: the camera of the frame is used as given).
+Not done (as nsff_pl): the static part is not splatted (it does not move). Pose and time are
+independent here: the camera is used as given, so bullet time (split ``bullet<T>``, see
+:mod:`nsff_core.paths`) is a camera path with every time equal to T.
 """
 
 from __future__ import annotations

@@ -16,8 +16,14 @@ One parser, :func:`parse_split`, turns a split name into a typed :class:`SplitSp
 - ``test``: the training poses, times 0..N-1.
 - ``test_spiral``: 6N poses over the whole trajectory plus a small circle (4 turns).
 - ``test_spiral{X}``: time fixed to X, 60 poses wandering around training pose X.
+- ``test_spiral_time``: the poses of ``test_spiral`` with the time moving on with the camera,
+  evenly from 0 to N-1 (most frames at fractional times, so interpolated).
 - ``test_fixview{X}_interp{Y}``: pose of view X, times k/Y from 0 to N-1 ((N-1)Y+1 frames;
   Y = 0 gives the N integer times).
+- ``bullet{T}``: bullet time: the time frozen at T (an integer or a decimal such as 7.5;
+  fractional times are interpolated) while the camera sweeps along the training cameras'
+  path from the first to the last camera and back (:data:`BULLET_POSES` poses, eased at the
+  turning points).
 - ``path_{name}``: the camera-path file ``{paths_dir}/{name}.npz``.
 
 Times are in frame units; fractional times are rendered by time interpolation (spec 7.3).
@@ -53,13 +59,18 @@ SPIRAL_MIN_RADIUS_FRAC = 1e-3
 #: Poses of ``test_spiral{X}`` (nsff_pl / orig).
 WANDER_POSES = 60
 
-SPLIT_KINDS = ("test", "spiral", "spiral_at", "fixview_interp", "path")
+#: Poses of ``bullet{T}`` (there and back along the training cameras' path).
+BULLET_POSES = 60
+
+SPLIT_KINDS = ("test", "spiral", "spiral_time", "spiral_at", "fixview_interp", "bullet", "path")
 
 VALID_FORMS = (
     "test",
     "test_spiral",
+    "test_spiral_time",
     "test_spiral{X}",
     "test_fixview{X}_interp{Y}",
+    "bullet{T}",
     "path_{name}",
 )
 
@@ -242,12 +253,19 @@ class SplitSpec:
         view: training view X (``spiral_at``, ``fixview_interp``), else None.
         interp: frames per integer time step Y (``fixview_interp``), else None.
         path_name: camera-path file stem (``path``), else None.
+        time: the frozen time T in frame units (``bullet``), else None; ``time_text`` is T as
+            written in the name (so that the name round-trips exactly).
     """
 
     kind: str
     view: int | None = None
     interp: int | None = None
     path_name: str | None = None
+    time_text: str | None = None
+
+    @property
+    def time(self) -> float | None:
+        return None if self.time_text is None else float(self.time_text)
 
     def __post_init__(self) -> None:
         if self.kind not in SPLIT_KINDS:
@@ -273,6 +291,16 @@ class SplitSpec:
             raise ValueError(
                 f"split kind {self.kind!r}: path_name must {'' if need_name else 'not '}be set"
             )
+        need_time = self.kind == "bullet"
+        if need_time != (self.time_text is not None):
+            raise ValueError(
+                f"split kind {self.kind!r}: time must {'' if need_time else 'not '}be set"
+            )
+        if self.time_text is not None and not _TIME.fullmatch(self.time_text):
+            raise ValueError(
+                f"bad bullet time {self.time_text!r}: a non-negative number such as 7 or 7.5 "
+                "(no leading zeros, no trailing zeros after the point)"
+            )
         if self.path_name is not None and not _PATH_NAME.fullmatch(self.path_name):
             raise ValueError(
                 f"bad camera-path name {self.path_name!r}: use letters, digits, '_' and '-'"
@@ -281,11 +309,14 @@ class SplitSpec:
 
 _PATH_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 _INT = r"(?:0|[1-9][0-9]*)"  # no leading zeros, so split_name(parse_split(s)) == s
+_TIME = re.compile(rf"{_INT}(?:\.[0-9]*[1-9])?")
 _SPLIT_RE = re.compile(
     r"(?P<test>test)"
     r"|(?P<spiral>test_spiral)"
+    r"|(?P<spiral_time>test_spiral_time)"
     rf"|test_spiral(?P<spiral_at>{_INT})"
     rf"|test_fixview(?P<fix_view>{_INT})_interp(?P<fix_interp>{_INT})"
+    rf"|bullet(?P<bullet>{_TIME.pattern})"
     rf"|path_(?P<path>{_PATH_NAME.pattern})"
 )
 
@@ -300,13 +331,17 @@ def parse_split(name: str) -> SplitSpec:
     if m is None:
         raise ValueError(
             f"unknown render split {name!r}; valid forms: {', '.join(VALID_FORMS)} "
-            "(X, Y non-negative integers without leading zeros; name of letters, digits, "
-            "'_' and '-')"
+            "(X, Y non-negative integers without leading zeros; T such a number with an "
+            "optional decimal part, e.g. 7.5; name of letters, digits, '_' and '-')"
         )
     if m["test"]:
         return SplitSpec("test")
     if m["spiral"]:
         return SplitSpec("spiral")
+    if m["spiral_time"]:
+        return SplitSpec("spiral_time")
+    if m["bullet"] is not None:
+        return SplitSpec("bullet", time_text=m["bullet"])
     if m["spiral_at"] is not None:
         return SplitSpec("spiral_at", view=int(m["spiral_at"]))
     if m["fix_view"] is not None:
@@ -320,6 +355,10 @@ def split_name(spec: SplitSpec) -> str:
         return "test"
     if spec.kind == "spiral":
         return "test_spiral"
+    if spec.kind == "spiral_time":
+        return "test_spiral_time"
+    if spec.kind == "bullet":
+        return f"bullet{spec.time_text}"
     if spec.kind == "spiral_at":
         return f"test_spiral{spec.view}"
     if spec.kind == "fixview_interp":
@@ -385,6 +424,21 @@ def spiral_path(c2w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     poses[:, :3, 3] += r * (np.cos(theta)[:, None] * x_avg + np.sin(theta)[:, None] * up_avg)
     times = np.floor(np.arange(m) / SPIRAL_POSES_PER_FRAME)
     return poses, times
+
+
+def bullet_path(c2w: np.ndarray, time: float) -> tuple[np.ndarray, np.ndarray]:
+    """``bullet{T}``: (BULLET_POSES, 4, 4) poses and times all equal to T.
+
+    The camera runs along the training trajectory (centres lerped, rotations slerped, as
+    ``test_spiral``) from the first camera to the last and back, with a cosine ease so that it
+    slows down at both ends: trajectory parameter ``(N - 1)(1 - cos 2 pi s) / 2`` for s in
+    [0, 1). It sweeps the span the training cameras cover, where the scene was seen.
+    """
+    n = len(c2w)
+    s = np.arange(BULLET_POSES, dtype=np.float64) / BULLET_POSES
+    query = (n - 1) * (1.0 - np.cos(2.0 * math.pi * s)) / 2.0
+    poses = interpolate_poses(np.arange(n, dtype=np.float64), c2w, query)
+    return poses, np.full(BULLET_POSES, float(time))
 
 
 def wander_offsets(c2w: np.ndarray) -> np.ndarray:
@@ -458,6 +512,16 @@ def make_path(
         poses, times = c2w.copy(), np.arange(n, dtype=np.float64)
     elif spec.kind == "spiral":
         poses, times = spiral_path(c2w)
+    elif spec.kind == "spiral_time":
+        poses, _ = spiral_path(c2w)
+        times = np.linspace(0.0, n - 1, len(poses))
+    elif spec.kind == "bullet":
+        if spec.time > n - 1:
+            raise ValueError(
+                f"split {name!r}: time {spec.time_text} is after the last frame; the scene has "
+                f"{n} frames (times 0 to {n - 1})"
+            )
+        poses, times = bullet_path(c2w, spec.time)
     elif spec.kind == "spiral_at":
         poses, times = wander_path(c2w, spec.view)
     elif spec.kind == "fixview_interp":

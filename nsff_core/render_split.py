@@ -26,6 +26,7 @@ import torch
 
 from . import io
 from .errors import StageError
+from .holdout import model_times, source_frame_count
 from .interp import render_view, split_time
 from .paths import CameraPath, make_path, parse_split
 from .rays import SceneNormalization
@@ -64,14 +65,21 @@ def render_camera_path(system, path: CameraPath, chunk: int) -> RenderedPath:
     frames t and t + 1 by splatting (spec 7.3, :mod:`nsff_core.interp`). Every image has the
     four streams (rgb, depth, static-only, dynamic-only with dynamicness).
 
+    The path's times are source frame times; a run with held-out frames maps them to its
+    own frame numbering first (:func:`nsff_core.holdout.model_times`), so a held-out frame is
+    a fractional time between its two training neighbours.
+
     Raises:
-        ValueError: a time outside [0, N - 1] of the system's N frames.
+        ValueError: a time outside [0, N - 1] of the source video's N frames.
     """
-    path.check_times(int(system.hparams["num_frames"]))
+    frame_ids = system.hparams.get("frame_ids")
+    num_frames = int(system.hparams["num_frames"])
+    path.check_times(source_frame_count(frame_ids, num_frames))
+    times = model_times(path.times, frame_ids)
     norm = SceneNormalization.from_dict(system.hparams["normalization"])
     h, w = (int(v) for v in path.hw)
     c2w_nsff = norm.apply_c2w(path.c2w)
-    num_interp = sum(split_time(t, int(system.hparams["num_frames"]))[1] > 0 for t in path.times)
+    num_interp = sum(split_time(t, num_frames)[1] > 0 for t in times)
     if num_interp:
         log.info(
             "render: %d of %d frames at fractional times (interpolated)", num_interp, len(path)
@@ -79,7 +87,7 @@ def render_camera_path(system, path: CameraPath, chunk: int) -> RenderedPath:
     out = {k: [] for k in ("rgb", "depth", "static_rgb", "dynamic_rgb", "dynamicness")}
     t0 = time.perf_counter()
     for m in range(len(path)):
-        img = render_view(system, c2w_nsff[m], path.K, (h, w), float(path.times[m]), chunk)
+        img = render_view(system, c2w_nsff[m], path.K, (h, w), float(times[m]), chunk)
         out["rgb"].append(img.rgb.reshape(h, w, 3))
         out["depth"].append(img.depth.reshape(h, w))
         out["static_rgb"].append(img.static_rgb.reshape(h, w, 3))
@@ -157,7 +165,8 @@ def render_split(
     device = "cuda" if torch.cuda.is_available() else "cpu"
     system = load_system(ckpt, device)
     try:
-        path.check_times(int(system.hparams["num_frames"]))
+        hp = system.hparams
+        path.check_times(source_frame_count(hp.get("frame_ids"), int(hp["num_frames"])))
     except ValueError as exc:
         raise StageError(
             scene, "render", f"split {split}: {exc}", "the checkpoint does not match the scene"

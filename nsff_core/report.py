@@ -29,8 +29,9 @@ shown whatever the status (a failed training may be explained by them). See
 The ``log`` column names the log behind the status: the newest failed or cut-short log, the
 evaluate log for ``ok``, else the scene's newest log (empty when there is none). With
 ``splits`` given, the render logs of other splits (ones removed from the scene) are ignored.
-Only ``ok`` rows carry the evaluation's values (``frames``, ``psnr`` ... ``align_rms_pct``,
-``lpips_state``): no row shows the scores of an earlier model beside a newer failure. The train
+Only ``ok`` rows carry the evaluation's values (``frames``, ``psnr`` ...
+``holdout_baseline_psnr_dynamic``, ``lpips_state``; the ``holdout_*`` columns for a run with
+held-out frames, ``eval.holdout_every``): no row shows the scores of an earlier model beside a newer failure. The train
 columns come from ``train/metrics.csv``, which Snakemake deletes when a train job starts.
 
 When a run stops on an error, the workflow's ``onerror`` handler writes the table anyway, so a
@@ -71,6 +72,13 @@ COLUMNS = (
     "baseline_psnr",
     "baseline_ssim",
     "align_rms_pct",
+    "holdout_psnr",
+    "holdout_ssim",
+    "holdout_lpips",
+    "holdout_psnr_dynamic",
+    "holdout_baseline_psnr",
+    "holdout_baseline_ssim",
+    "holdout_baseline_psnr_dynamic",
     "train_psnr",
     "train_steps",
     "train_seconds",
@@ -103,6 +111,13 @@ def _eval_fields(metrics: dict) -> dict:
         for k in ("psnr", "ssim"):
             row[f"baseline_{k}"] = _num(novel["baseline"]["mean"].get(k))
         row["align_rms_pct"] = _num(novel["alignment"].get("centre_rms_pct_path"))
+    holdout = metrics.get("holdout") or {}
+    if holdout.get("frames"):
+        mean, base = holdout["mean"], holdout["baseline"]["mean"]
+        for k in ("psnr", "ssim", "lpips", "psnr_dynamic"):
+            row[f"holdout_{k}"] = _num(mean.get(k))
+        for k in ("psnr", "ssim", "psnr_dynamic"):
+            row[f"holdout_baseline_{k}"] = _num(base.get(k))
     return row
 
 

@@ -42,6 +42,7 @@ OVERRIDES: dict[str, tuple[str, str]] = {
     "masks": ("masks", "backend"),
     "depth": ("depth", "backend"),
     "dynamic_classes": ("masks", "classes"),
+    "holdout_every": ("eval", "holdout_every"),
 }
 
 SYNTHETIC_PREFIX = "synthetic:"

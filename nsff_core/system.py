@@ -158,6 +158,8 @@ class NSFFSystem(pl.LightningModule):
         steps_per_epoch: for the loss schedule.
         normalization: ``SceneNormalization.to_dict()`` (kept in the checkpoint for rendering).
         hw: (H, W) of the training frames (needed by hard sampling).
+        frame_ids: (N,) source frame of each training frame, for a run with held-out frames
+            (:mod:`nsff_core.holdout`); None: frame i is source frame i.
     """
 
     def __init__(
@@ -169,6 +171,7 @@ class NSFFSystem(pl.LightningModule):
         steps_per_epoch: int,
         normalization: dict[str, Any] | None = None,
         hw: list[int] | None = None,
+        frame_ids: list[int] | None = None,
     ) -> None:
         super().__init__()
         self.cfg = from_dict(TrainConfig, cfg)

@@ -317,7 +317,11 @@ def _resumable(run_dir: Path, facts: dict[str, Any]) -> tuple[Path, dict[str, An
 
 
 def train_scene(
-    scene_dir: str | Path, out_dir: str | Path, cfg: TrainConfig, scene: str | None = None
+    scene_dir: str | Path,
+    out_dir: str | Path,
+    cfg: TrainConfig,
+    scene: str | None = None,
+    holdout_every: int = 0,
 ) -> Path:
     """Train NSFF on the preprocessed scene in ``scene_dir``; returns ``out_dir/last.ckpt``.
 
@@ -337,6 +341,10 @@ def train_scene(
 
     ``cfg.gpus`` > 1: the training runs in that many DDP worker processes (see the module
     docstring); this process prepares the run, waits for them and then finishes the run.
+
+    ``holdout_every`` (config ``eval.holdout_every``) k >= 2: frames k-1, 2k-1, ... are left
+    out (:mod:`nsff_core.holdout`); the checkpoint keeps the source frame of each training
+    frame (``frame_ids``).
     """
     out_dir = Path(out_dir)
     run_dir = out_dir / "running"
@@ -345,7 +353,7 @@ def train_scene(
         raise ConfigError(f"train.gpus must be at least 1, got {world}")
     run_dir.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    data = load_scene(scene_dir, scene=scene)
+    data = load_scene(scene_dir, scene=scene, holdout_every=holdout_every)
     spe = steps_per_epoch(cfg, data, world)
     total = cfg.max_steps or cfg.epochs * spe
     facts: dict[str, Any] = {
@@ -358,6 +366,9 @@ def train_scene(
         "near_depth": data.near_depth,
         "normalization": data.normalization.to_dict(),
     }
+    if holdout_every:
+        facts["holdout_every"] = int(holdout_every)
+        facts["frame_ids"] = data.frame_ids.tolist()
     found = _resumable(run_dir, facts) or _resumable(out_dir, facts)
     resume, old = found if found is not None else (None, {})
     if resume is None or resume.parent != run_dir:
@@ -396,6 +407,7 @@ def train_scene(
         "max_steps": total,
         "resume": str(resume) if resume is not None else None,
         "lr_scale": facts["lr_scale"],
+        "holdout_every": int(holdout_every),
     }
     if world > 1:
         _check_devices(world)
@@ -547,6 +559,7 @@ def _fit(
         spe,
         normalization=data.normalization.to_dict(),
         hw=list(data.hw),
+        frame_ids=data.frame_ids.tolist() if job.get("holdout_every") else None,
     )
     if rank:
         # its own density noise (DDP starts every rank from rank 0's weights); seed_everything,
@@ -830,7 +843,9 @@ def _ddp_worker(job_json: str) -> None:
         cfg = from_dict(TrainConfig, job["cfg"])
         if not torch.cuda.is_available():  # share the cores
             torch.set_num_threads(max(1, torch.get_num_threads() // world))
-        data = load_scene(job["scene_dir"], scene=job["scene"])
+        data = load_scene(
+            job["scene_dir"], scene=job["scene"], holdout_every=job.get("holdout_every", 0)
+        )
         _fit(data, cfg, job, rank, world)
     except (Diverged, StageError) as err:
         # the parent reports it (the same on every rank for a divergence)

@@ -98,10 +98,29 @@ def intermediate(path):
     return path if KEEP_INTERMEDIATES else temp(path)
 
 
+def scene_holdout_every(scene):
+    """The scene's eval.holdout_every (sheet column holdout_every): 0 = no held-out frames."""
+    values = _sheet.scene_stage_config(config, SCENES[scene], "eval")
+    return int(values.get("holdout_every") or 0)
+
+
+def holdout_every(wc):
+    """Params function: :func:`scene_holdout_every` of the job's scene."""
+    return scene_holdout_every(wc.scene)
+
+
+def holdout_flow(wc):
+    """The flow between training frames, for a scene with held-out frames; else none."""
+    return f"results/{wc.scene}/flow_holdout" if holdout_every(wc) else []
+
+
 def intermediate_outputs(scene):
     """The outputs that :func:`intermediate` marks, of one scene."""
     d = scene_dir(scene)
-    return [f"{d}/{name}" for name in ("flow_fw", "flow_bw", "flow_ok", "sfm", "disp")]
+    names = ["flow_fw", "flow_bw", "flow_ok", "sfm", "disp"]
+    if scene_holdout_every(scene):
+        names.append("flow_holdout")
+    return [f"{d}/{name}" for name in names]
 
 
 def preprocess_targets(scene):

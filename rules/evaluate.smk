@@ -27,5 +27,6 @@ rule evaluate:
     params:
         # the scene's train setting (its train_preset applied), nothing else of train
         chunk=lambda wc: stage_cfg("train")(wc).get("chunk", 4096),
+        holdout_every=holdout_every,
     script:
         "../workflow_scripts/evaluate.py"

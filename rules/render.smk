@@ -19,7 +19,7 @@ rule render:
     benchmark:
         "results/{scene}/benchmarks/render_{split}.tsv"
     wildcard_constraints:
-        split=r"test|test_spiral\d*|test_fixview\d+_interp\d+|path_[A-Za-z0-9_-]+",
+        split=r"test|test_spiral\d*|test_spiral_time|test_fixview\d+_interp\d+|bullet\d+(\.\d+)?|path_[A-Za-z0-9_-]+",
     conda:
         "../envs/nsff.yaml"
     threads: 2

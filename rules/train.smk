@@ -12,6 +12,8 @@ rule train:
         sfm="results/{scene}/sfm",
         cameras="results/{scene}/cameras.npz",
         disp="results/{scene}/disp",
+        # flow between training frames, with eval.holdout_every only
+        flow_holdout=holdout_flow,
         # train waits for the checks (and a strict failure stops it); ancient: a rerun of
         # diagnose alone (new thresholds) does not retrain
         diagnostics=ancient("results/{scene}/diagnostics/diagnostics.json"),
@@ -33,5 +35,6 @@ rule train:
     params:
         cfg=stage_cfg("train"),
         scene_dir=lambda wc: f"results/{wc.scene}",
+        holdout_every=holdout_every,
     script:
         "../workflow_scripts/train.py"

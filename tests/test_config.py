@@ -28,7 +28,8 @@ def _sheet(tmp_path, text):
 def test_config_yaml_is_valid_and_matches_dataclass_defaults():
     cfg = _config()
     sheet.validate_config(cfg, SCHEMAS / "config.schema.yaml")
-    for stage in ("frames", "flow", "masks", "sfm", "depth", "train", "render", "weights"):
+    stages = ("frames", "flow", "masks", "sfm", "depth", "train", "render", "weights", "eval")
+    for stage in (*stages, "diagnostics"):
         assert C.to_dict(C.stage_config(stage, cfg[stage])) == C.to_dict(C.STAGES[stage]()), stage
         names = {f.name for f in dataclasses.fields(C.STAGES[stage])}
         assert set(cfg[stage]) == names, f"config.yaml section {stage} lists every setting"
@@ -38,7 +39,8 @@ def test_config_yaml_is_valid_and_matches_dataclass_defaults():
 
 def test_schema_covers_every_dataclass_field():
     schema = yaml.safe_load((SCHEMAS / "config.schema.yaml").read_text())
-    for stage in ("frames", "flow", "masks", "sfm", "depth", "train", "render", "weights"):
+    stages = ("frames", "flow", "masks", "sfm", "depth", "train", "render", "weights", "eval")
+    for stage in (*stages, "diagnostics"):
         names = {f.name for f in dataclasses.fields(C.STAGES[stage])}
         section = schema["properties"][stage]
         if "$ref" in section:  # train: shared with train_presets
@@ -55,6 +57,9 @@ def test_schema_covers_every_dataclass_field():
         (lambda c: c["sfm"].update(min_registered_fraction=1.5), "sfm.min_registered_fraction"),
         (lambda c: c.update(depht={}), "depht"),
         (lambda c: c["depth"].update(backnd="sparse"), "backnd"),
+        (lambda c: c["eval"].update(holdout_every=1), "eval.holdout_every"),
+        (lambda c: c["eval"].update(holdout_every=-2), "eval.holdout_every"),
+        (lambda c: c["render"].update(splits=["bullet3.x"]), "render.splits"),
     ],
 )
 def test_config_errors_name_the_key(edit, needle):
@@ -62,6 +67,18 @@ def test_config_errors_name_the_key(edit, needle):
     edit(cfg)
     with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
         sheet.validate_config(cfg, SCHEMAS / "config.schema.yaml")
+
+
+def test_holdout_and_bullet_splits_in_the_sheet(tmp_path):
+    scenes = _sheet(
+        tmp_path,
+        "scene\tsource\tholdout_every\tsplits\tmasks\n"
+        "a\tsynthetic:demo\t2\ttest,bullet7.5,test_spiral_time\trigidity\n",
+    )
+    assert sheet.scene_stage_config(_config(), scenes["a"], "eval") == {"holdout_every": 2}
+    sheet.check_splits(_config(), scenes)
+    with pytest.raises(ConfigError, match="holdout_every"):
+        _sheet(tmp_path, "scene\tsource\tholdout_every\na\tsynthetic:demo\t1\n")
 
 
 def test_stage_config_rejects_unknown_keys():

@@ -8,6 +8,7 @@ import pytest
 from nsff_core.cameras import camera_centres, interpolate_poses, path_length
 from nsff_core.config import MAX_FRAME_SIDE
 from nsff_core.paths import (
+    BULLET_POSES,
     MAX_INTERP,
     WANDER_POSES,
     CameraPath,
@@ -50,6 +51,9 @@ def _assert_rotations(c2w: np.ndarray) -> None:
         ("test_fixview2_interp4", SplitSpec("fixview_interp", view=2, interp=4)),
         ("test_fixview0_interp0", SplitSpec("fixview_interp", view=0, interp=0)),
         ("path_orbit_2-b", SplitSpec("path", path_name="orbit_2-b")),
+        ("test_spiral_time", SplitSpec("spiral_time")),
+        ("bullet7", SplitSpec("bullet", time_text="7")),
+        ("bullet0.25", SplitSpec("bullet", time_text="0.25")),
     ],
 )
 def test_parse_round_trip(name, spec):
@@ -72,6 +76,12 @@ def test_parse_round_trip(name, spec):
         "test_spiralx",
         "test_spiral07",
         "test_fixview1_interp01",
+        "bullet",
+        "bullet07",
+        "bullet7.50",
+        "bullet7.",
+        "bullet-1",
+        "test_spiral_times",
     ],
 )
 def test_parse_errors(bad):
@@ -165,6 +175,38 @@ def test_spiral(traj):
     cen = camera_centres(c2w)
     d = np.linalg.norm(p.c2w[:, None, :3, 3] - cen[None], axis=-1).min(1)
     assert d.max() <= r + path_length(cen) / (N - 1) + 1e-9
+
+
+def test_spiral_time_moves_time_with_the_camera(traj):
+    c2w, K = traj
+    p = make_path(parse_split("test_spiral_time"), c2w, K, HW)
+    spiral = make_path(parse_split("test_spiral"), c2w, K, HW)
+    np.testing.assert_array_equal(p.c2w, spiral.c2w)
+    np.testing.assert_allclose(p.times, np.linspace(0, N - 1, 6 * N))
+    assert np.mean(p.times != np.round(p.times)) > 0.5  # mostly interpolated
+
+
+def test_bullet_time_sweeps_the_training_span_at_a_fixed_time(traj):
+    c2w, K = traj
+    p = make_path(parse_split("bullet4.5"), c2w, K, HW)
+    assert len(p) == BULLET_POSES and np.all(p.times == 4.5)
+    _assert_rotations(p.c2w)
+    # first camera, last camera half-way, and back towards the first
+    np.testing.assert_allclose(p.c2w[0], c2w[0], atol=1e-9)
+    np.testing.assert_allclose(p.c2w[BULLET_POSES // 2], c2w[-1], atol=1e-9)
+    cen = camera_centres(p.c2w)
+    first = camera_centres(c2w)[0]
+    dist = np.linalg.norm(cen - first, axis=1)
+    assert np.argmax(dist) == BULLET_POSES // 2
+    assert dist[-1] < dist[BULLET_POSES // 2] / 10
+    # eased: the steps are smallest at the turning points
+    steps = np.linalg.norm(np.diff(cen, axis=0), axis=1)
+    assert (
+        steps[0] < steps[BULLET_POSES // 4] and steps[BULLET_POSES // 2] < steps[BULLET_POSES // 4]
+    )
+    with pytest.raises(ValueError, match="after the last frame"):
+        make_path(parse_split(f"bullet{N - 1}.5"), c2w, K, HW)
+    assert make_path(parse_split(f"bullet{N - 1}"), c2w, K, HW).times[0] == N - 1
 
 
 def test_spiral_static_camera(traj):

@@ -174,6 +174,35 @@ def test_tiny_end_to_end(tmp_path):
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
 
 
+def test_held_out_frames_end_to_end(tmp_path):
+    """eval.holdout_every through Snakemake: flow between training frames, training without
+    the held-out frames, their renders in the test split, their scores in metrics.json and
+    summary.csv, and a bullet-time split at a fractional time."""
+    wd = make_workdir(
+        tmp_path,
+        "scene\tsource\ttrain_preset\tsplits\tholdout_every\n"
+        "tiny\tsynthetic:tiny\ttiny\ttest,bullet4.5\t3\n",
+        train_presets={"tiny": TINY_TRAIN},
+    )
+    r = snakemake(wd, "--cores", "2")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    res = wd / "results" / "tiny"
+    n = len(io.list_frames(res / "frames"))
+    kept = [i for i in range(n) if i % 3 != 2 or i == n - 1]
+    facts = json.loads((res / "flow_holdout" / "training_frames.json").read_text())
+    assert facts["frame_ids"] == kept
+    assert json.loads((res / "train" / "config.json").read_text())["num_frames"] == len(kept)
+    assert len(io.list_frames(res / "render" / "test")) == n
+    assert len(io.list_frames(res / "render" / "bullet4.5")) == 60
+    holdout = json.loads((res / "eval" / "metrics.json").read_text())["holdout"]
+    assert holdout["frames"] == n - len(kept)
+    summary = pd.read_csv(wd / "results" / "summary.csv")
+    assert summary.loc[0, "holdout_psnr"] == pytest.approx(holdout["mean"]["psnr"], abs=1e-3)
+    assert np.isfinite(summary.loc[0, "holdout_baseline_psnr"])
+    again = snakemake(wd, "-n", "--cores", "2")
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+
+
 def test_pretrained_backends_plan_the_weights_rule_and_a_gpu(tmp_path):
     sheet = "scene\tsource\tflow\tmasks\tdepth\na\tsynthetic:tiny\traft\tmaskrcnn\tdpt\n"
     wd = make_workdir(tmp_path, sheet)

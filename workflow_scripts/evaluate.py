@@ -23,4 +23,5 @@ with run_stage(snakemake):
         novel_dir=snakemake.output.novel,
         chunk=snakemake.params.chunk,
         scene=snakemake.wildcards.scene,
+        holdout_every=snakemake.params.holdout_every,
     )

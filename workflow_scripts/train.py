@@ -19,4 +19,5 @@ with run_stage(snakemake):
         Path(snakemake.output.ckpt).parent,
         stage_config("train", snakemake.params.cfg),
         scene=snakemake.wildcards.scene,
+        holdout_every=snakemake.params.holdout_every,
     )

@@ -285,8 +285,13 @@ def compute_flow(
     *,
     frames_json: str | Path | None = None,
     weights: str | Path | None = None,
+    indices: list[int] | None = None,
 ) -> dict:
     """Compute forward and backward flow for all neighbouring frames of ``frames_dir``.
+
+    ``indices`` (increasing frame numbers): the flow of that subsequence instead, its pairs
+    numbered 0, 1, ... as if it were the whole video (rule ``flow_holdout``: the training
+    frames of a run with held-out frames, :mod:`nsff_core.holdout`).
 
     Writes the three output folders atomically (all or nothing) and returns a summary with the
     fraction of consistent pixels and the mean flow magnitude. ``frames_json`` locates the
@@ -296,9 +301,12 @@ def compute_flow(
     """
     if cfg.backend == "raft":
         return pretrained_flow(
-            flow_fw_dir, flow_bw_dir, flow_ok_dir, cfg, frames_json, weights, scene
+            flow_fw_dir, flow_bw_dir, flow_ok_dir, cfg, frames_json, weights, scene, indices
         )
     frames = list_frames(frames_dir)
+    n_all = len(frames)
+    if indices is not None:
+        frames = [frames[i] for i in _check_indices(indices, n_all, scene)]
     if len(frames) < 2:
         raise StageError(
             scene,
@@ -314,7 +322,7 @@ def compute_flow(
 
     n = len(frames)
     if scale == "source":
-        sources = _source_frames(frames_json, n, scene)
+        sources = _subsequence(_source_frames(frames_json, n_all, scene), indices)
     else:
         sources = None
     t0 = time.perf_counter()
@@ -363,6 +371,82 @@ def compute_flow(
     return summary
 
 
+#: written by :func:`compute_holdout_flow` beside its flow folders: which frames they link
+HOLDOUT_JSON = "training_frames.json"
+
+
+def compute_holdout_flow(
+    frames_dir: str | Path,
+    out_dir: str | Path,
+    cfg: FlowConfig,
+    every: int,
+    scene: str | None = None,
+    *,
+    frames_json: str | Path | None = None,
+    weights: str | Path | None = None,
+) -> dict:
+    """Flow between consecutive training frames of a run with held-out frames (rule
+    ``flow_holdout``, :mod:`nsff_core.holdout`).
+
+    Writes ``out_dir/{flow_fw,flow_bw,flow_ok}`` in the layout of :func:`compute_flow`, pairs
+    numbered by training frame (pair j links training frames j and j + 1), and
+    ``out_dir/training_frames.json`` (``holdout_every``, ``num_frames``, ``frame_ids``: the
+    source frame of each training frame); all or nothing.
+    """
+    from ..holdout import training_frames
+
+    n = len(list_frames(frames_dir))
+    try:
+        ids = training_frames(n, every)
+    except ValueError as exc:
+        raise StageError(
+            scene, "flow_holdout", str(exc), "set eval.holdout_every (or the sheet column)"
+        ) from None
+    log.info(
+        "flow_holdout: %d of %d frames are training frames (eval.holdout_every %d)",
+        len(ids),
+        n,
+        every,
+    )
+    with atomic_dir(out_dir) as tmp:
+        summary = compute_flow(
+            frames_dir,
+            tmp / "flow_fw",
+            tmp / "flow_bw",
+            tmp / "flow_ok",
+            cfg,
+            scene,
+            frames_json=frames_json,
+            weights=weights,
+            indices=ids.tolist(),
+        )
+        facts = {"holdout_every": int(every), "num_frames": n, "frame_ids": ids.tolist()}
+        (tmp / HOLDOUT_JSON).write_text(json.dumps(facts) + "\n")
+    return summary
+
+
+def _check_indices(indices: list[int], n: int, scene: str | None) -> list[int]:
+    """``indices`` as a list, checked to be increasing frame numbers below ``n``."""
+    idx = [int(i) for i in indices]
+    steps = np.diff(idx) if len(idx) > 1 else np.zeros(0)
+    if len(idx) < 2 or (steps <= 0).any() or idx[0] < 0 or idx[-1] >= n:
+        raise StageError(
+            scene,
+            "flow",
+            f"frame subsequence {idx[:5]}... is not increasing within the {n} frames",
+            "rerun the 'frames' rule (delete its outputs)",
+        )
+    return idx
+
+
+def _subsequence(frames, indices: list[int] | None):
+    """The items of the iterator ``frames`` at ``indices`` (all of them when None)."""
+    if indices is None:
+        return frames
+    wanted = set(int(i) for i in indices)
+    return (f for i, f in enumerate(frames) if i in wanted)
+
+
 def _source_frames(frames_json: str | Path, n: int, scene: str | None):
     """Iterator over the ``n`` source frames (RGB uint8, capped at 1280x720) of ``frames_json``
     that the ``n`` training frames were made from; StageError when their number differs."""
@@ -387,14 +471,19 @@ def pretrained_flow(
     frames_json: str | Path | None,
     weights: str | Path | None,
     scene: str | None = None,
+    indices: list[int] | None = None,
 ) -> dict:
-    """RAFT-Large flow at source resolution, resized to the training size (vectors scaled)."""
+    """RAFT-Large flow at source resolution, resized to the training size (vectors scaled);
+    ``indices``: of that subsequence of the frames only (see :func:`compute_flow`)."""
     P.require(frames_json, "frames.json", "flow", scene)
     P.require(weights, "the weights.json marker", "flow", scene)
     from .raft import compute_flow_raft
 
+    if indices is not None:
+        count = len(json.loads(Path(frames_json).read_text())["source_indices"])
+        indices = _check_indices(indices, count, scene)
     return compute_flow_raft(
-        P.source_frames(frames_json, "flow", scene),
+        _subsequence(P.source_frames(frames_json, "flow", scene), indices),
         flow_fw_dir,
         flow_bw_dir,
         flow_ok_dir,

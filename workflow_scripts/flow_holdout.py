@@ -1,0 +1,23 @@
+"""Rule flow_holdout: flow between consecutive training frames of a run with held-out frames."""
+
+import sys
+
+sys.path.insert(0, f"{snakemake.scriptdir}/..")
+
+# nsff_core.workflow imports the standard library only; all else is imported inside run_stage,
+# which logs any failure and claims the job's GPU slots first (so before torch is imported)
+from nsff_core.workflow import run_stage
+
+with run_stage(snakemake):
+    from nsff_core.config import stage_config
+    from nsff_core.priors.flow import compute_holdout_flow
+
+    compute_holdout_flow(
+        snakemake.input.frames,
+        snakemake.output.flow,
+        stage_config("flow", snakemake.params.cfg),
+        snakemake.params.holdout_every,
+        scene=snakemake.wildcards.scene,
+        frames_json=snakemake.input.frames_json,
+        weights=snakemake.input.weights,
+    )
