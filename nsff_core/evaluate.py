@@ -13,8 +13,9 @@ Two parts, both written to ``eval/metrics.json``:
    centre ``s R c + t``), rendered at its time, and scored against the held-out image. Reported
    beside it: the alignment residual (camera-centre RMS as % of the SfM path length, and the
    mean angle between the mapped true rotations and the SfM rotations), and the **trivial
-   baseline**: each held-out image scored against the training frame of the same time, which
-   is what a method that ignores the viewpoint change would get.
+   baseline**: each held-out image scored against the training frame of the same time (the
+   nearest training frame when that frame is held out, part 3), which is what a method that
+   ignores the viewpoint change would get.
 
 3. **Held-out frames** (``eval.holdout_every`` k >= 2, :mod:`nsff_core.holdout`; any video).
    The frames left out of training are in the ``test`` split too (rendered at their own pose
@@ -348,10 +349,15 @@ def evaluate_novel_views(
     scorer: Scorer,
     chunk: int,
     scene: str | None = None,
+    holdout_every: int = 0,
 ) -> dict:
-    """Render the held-out ground-truth cameras in the SfM frame and score them (module doc)."""
+    """Render the held-out ground-truth cameras in the SfM frame and score them (module doc).
+
+    With held-out frames (``holdout_every``) the trivial baseline of a held-out time is the
+    nearest training frame, since the frame of that time was not trained on."""
     import torch
 
+    from .holdout import nearest_training_frame, training_frames
     from .paths import CameraPath
     from .render_split import load_system, render_camera_path, to_uint8
     from .synthetic import load_ground_truth
@@ -404,11 +410,12 @@ def evaluate_novel_views(
             io.write_image(tmp / f"{k // views:05d}_v{k % views}.png", img)
     rows, base = [], []
     train_imgs = [io.read_image(p, made_by="frames") for p in frames]
+    kept = training_frames(len(frames), holdout_every)
     for k, img in enumerate(rendered):
         t, v = divmod(k, views)
         truth = gt.novel_images[t, v]
         rows.append({"time": t, "view": v, **scorer.score(img, truth)})
-        base.append(scorer.score(train_imgs[t], truth))
+        base.append(scorer.score(train_imgs[nearest_training_frame(t, kept)], truth))
     out = {
         "views": views,
         "count": len(rows),
@@ -503,7 +510,7 @@ def evaluate_scene(
         cams = io.read_cameras(cameras)
         frames = io.list_frames(frames_dir)
         novel = evaluate_novel_views(
-            Path(ckpt), cams, frames, Path(gt), novel_dir, scorer, chunk, scene
+            Path(ckpt), cams, frames, Path(gt), novel_dir, scorer, chunk, scene, holdout_every
         )
     has_views = bool(novel and novel["views"])
     readme = (

@@ -38,6 +38,11 @@ def held_out_frames(num_frames: int, every: int) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     if every < 2:
         raise ValueError(f"eval.holdout_every must be 0 (off) or at least 2, got {every}")
+    if num_frames < 3:
+        raise ValueError(
+            f"a {num_frames}-frame video is too short to hold out a frame (the first and last "
+            "frames are always trained): set eval.holdout_every to 0"
+        )
     idx = np.arange(every - 1, num_frames - 1, every, dtype=np.int64)
     if idx.size == 0:
         raise ValueError(

@@ -199,3 +199,8 @@ def test_a_render_time_past_the_source_video_is_refused(holdout_scene, holdout_c
     # 11 is the source video's last frame (the model has 9 frames): allowed
     summary = render_split(holdout_ckpt, cams, "bullet10.5", tmp_path, scene="tiny")
     assert summary["frames"] == 60
+
+
+def test_a_video_too_short_to_hold_out_a_frame():
+    with pytest.raises(ValueError, match="too short"):
+        held_out_frames(2, 2)
