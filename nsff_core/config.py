@@ -140,6 +140,16 @@ class MasksConfig:
     segment_scale: float = 100.0
     #: rigidity: hysteresis, pixels above this share of the threshold join a moving region
     hysteresis_low: float = 0.7
+    #: rigidity: colour segments next to a mover whose median flow (to the neighbour frames)
+    #: differs from the mover's by at most this many px, and from the static scene next to them
+    #: by this many px more, join it (a torso between detected legs and head); 0 = off
+    join_flow_px: float = 3.0
+    #: rigidity: mover components of at least this share of the frame seed the join (smaller
+    #: ones may be false positives, which must not grow)
+    join_min_area: float = 0.004
+    #: rigidity: segments whose median score is below this share of the threshold are static
+    #: for the join (a mover's ambiguous parts score between this and hysteresis_low)
+    join_static_score: float = 0.15
     #: morphological opening (removes speckle) and closing (fills holes), kernel sizes in px
     open_size: int = 3
     close_size: int = 7
@@ -177,6 +187,10 @@ class SfmConfig:
     #: horizontal field of view (degrees) to initialise the focal length with, for clips with
     #: little parallax; None = COLMAP's default guess
     focal_prior_fov: float | None = None
+    #: extract features, map and bundle-adjust on one thread (with random_seed >= 0): the same
+    #: frames and masks give the same model (multi-threaded, COLMAP numbers the images in the
+    #: order its threads finish and the model changes from run to run); False = num_threads
+    deterministic: bool = True
 
 
 @dataclass(frozen=True)
@@ -273,6 +287,9 @@ class TrainConfig:
     grid_hidden: int = 64
     grid_lr: float = 0.02
     grid_tv: float = 1e-4
+    #: planes: the NDC box the planes cover: rays (fitted to every training ray's samples,
+    #: so turned or moved cameras do not read the border) | ndc (the NDC cube, as before)
+    grid_bounds: str = "rays"
     #: bound of the scene flow per frame (NDC units)
     flow_scale: float = 0.2
     #: samples per ray (linear in NDC depth)

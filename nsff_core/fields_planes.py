@@ -17,8 +17,13 @@ Why: on a CPU the MLP fields of nsff_pl spend ~1 MFLOP per sample and need 10^5 
 textured scene; a plane lookup is a few hundred FLOPs, the decoders are 64 wide, and the
 features are learned directly (at a higher learning rate, ``train.grid_lr``), so a scene
 converges in a few thousand steps. Lookups use ``torch.nn.functional.grid_sample`` (plain torch;
-CPU and GPU). NDC positions live in [-1, 1]^3; outside that cube the border row is used, and a
-NaN position reads the centre (it never reaches ``grid_sample``, see :func:`safe_grid_coords`).
+CPU and GPU). The planes cover the NDC box [-ex, ex] x [-ey, ey] x [-1, 1]: NDC is the frustum
+of one average camera, and the training cameras that turn or move away from it see beyond
+x, y in [-1, 1] (1.5 on the demo's sweep), so with ``train.grid_bounds: rays`` the box is fitted
+to every training ray's samples (:func:`nsff_core.rays.ndc_extent`); ``ndc`` keeps the cube.
+Outside the box the border row is used (that is what draws straight streaks across the parts of
+a frame beyond it), and a NaN position reads the centre (it never reaches ``grid_sample``, see
+:func:`safe_grid_coords`).
 
 Spatial planes are initialised uniformly in [0.1, 0.5] and time planes to 1, so that at the start
 every product is non-zero and the dynamic field starts time-invariant.
@@ -61,8 +66,13 @@ class PlaneFieldConfig:
     use_viewdir: bool = TrainConfig.use_viewdir
     #: bound of each scene-flow component, in NDC units per frame
     flow_scale: float = TrainConfig.flow_scale
+    #: NDC half-widths (x, y) that the planes cover: [-ex, ex] x [-ey, ey] (z always [-1, 1]);
+    #: (1, 1) is the NDC cube, see :func:`nsff_core.rays.ndc_extent` for a scene's own
+    extent: tuple[float, float] = (1.0, 1.0)
 
     def __post_init__(self) -> None:
+        if len(self.extent) != 2 or not all(e >= 1.0 for e in self.extent):
+            raise ConfigError(f"plane field extent must be two values >= 1, got {self.extent}")
         if min(self.levels, self.dynamic_levels, self.channels, self.hidden) < 1 or (
             self.base_resolution < 2
         ):
@@ -136,6 +146,11 @@ def safe_grid_coords(grid: Tensor) -> Tensor:
     return torch.nan_to_num(grid, nan=0.0, posinf=1.0, neginf=-1.0).clamp(-1.0, 1.0)
 
 
+def _extent_scale(cfg: PlaneFieldConfig) -> Tensor:
+    """(3,) factors that map the covered NDC box onto the planes' [-1, 1]."""
+    return torch.tensor([1.0 / cfg.extent[0], 1.0 / cfg.extent[1], 1.0])
+
+
 def total_variation(plane: Tensor) -> Tensor:
     """Mean squared difference of neighbouring cells along both plane axes."""
     dh = (plane[..., 1:, :] - plane[..., :-1, :]).square().mean()
@@ -172,6 +187,8 @@ class PlaneStaticField(nn.Module):
             self.dir_encoding = PositionalEncoding(cfg.dir_freqs)
             dir_dim = self.dir_encoding.out_dim
         self.color = _mlp(self.GEO_FEATURES + dir_dim, cfg.hidden, 3, 1)
+        # not persistent: it follows from the config, which the checkpoint keeps
+        self.register_buffer("scale", _extent_scale(cfg), persistent=False)
 
     def grid_parameters(self) -> list[nn.Parameter]:
         return [level.planes for level in self.levels]
@@ -183,7 +200,7 @@ class PlaneStaticField(nn.Module):
     def forward(self, x: Tensor, d: Tensor | None = None) -> StaticFieldOutput:
         """Same contract as :meth:`nsff_core.fields.StaticField.forward`."""
         lead = x.shape[:-1]
-        coords = x.reshape(-1, 3).float()
+        coords = x.reshape(-1, 3).float() * self.scale
         feat = torch.cat([level(coords) for level in self.levels], dim=-1)
         raw_sigma, geo = self.density(feat).split([1, self.GEO_FEATURES], dim=-1)
         if self.cfg.use_viewdir:
@@ -215,6 +232,7 @@ class PlaneDynamicField(nn.Module):
             for r in cfg.dynamic_resolutions
         )
         self.decoder = _mlp(cfg.channels * cfg.dynamic_levels, cfg.hidden, 1 + 3 + 3 + 3, 2)
+        self.register_buffer("scale", _extent_scale(cfg), persistent=False)
 
     def grid_parameters(self) -> list[nn.Parameter]:
         return [level.planes for level in [*self.levels, *self.time_levels]]
@@ -238,7 +256,7 @@ class PlaneDynamicField(nn.Module):
         if not ok:
             raise ValueError(f"times of shape {tuple(t.shape)} do not broadcast to {tuple(lead)}")
         tc = self._time_coord(t).expand(lead).reshape(-1, 1)
-        coords = torch.cat([x.reshape(-1, 3).float(), tc], dim=-1)  # [x, y, z, t]
+        coords = torch.cat([x.reshape(-1, 3).float() * self.scale, tc], dim=-1)  # [x, y, z, t]
         feat = torch.cat(
             [s(coords) * tl(coords) for s, tl in zip(self.levels, self.time_levels, strict=True)],
             dim=-1,

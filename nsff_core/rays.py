@@ -374,6 +374,41 @@ def rays_to_ndc(origins: Tensor, dirs: Tensor, K: Any, near: float = 1.0) -> tup
     return o_ndc, d_ndc
 
 
+def ndc_extent(K: Any, c2w_nsff: Any, hw: tuple[int, int]) -> tuple[float, float]:
+    """Largest |x| and |y| (NDC) that a sample of a training ray reaches.
+
+    NDC is the frustum of one average camera; a camera turned or moved away from it sees
+    beyond x, y in [-1, 1]. Samples are ``o' + t d'`` with t in [0, 1] (:func:`rays_to_ndc`),
+    linear in t, so the extremes over a ray are at its two ends, and over an image on its
+    border pixels (x_ndc is monotonic along the image rows and columns for points at one
+    depth). Returns at least 1 on each axis.
+
+    Args:
+        K: (3, 3) training intrinsics; c2w_nsff: (N, 4, 4) training poses (NSFF world, axes).
+        hw: (H, W) of the training frames.
+    """
+    c2w = torch.as_tensor(np.asarray(c2w_nsff), dtype=torch.float64)
+    h, w = int(hw[0]), int(hw[1])
+    xs, ys = torch.arange(w, dtype=torch.float64), torch.arange(h, dtype=torch.float64)
+    border = torch.cat(
+        [
+            torch.stack([xs, torch.zeros_like(xs)], -1),
+            torch.stack([xs, torch.full_like(xs, h - 1)], -1),
+            torch.stack([torch.zeros_like(ys), ys], -1),
+            torch.stack([torch.full_like(ys, w - 1), ys], -1),
+        ]
+    )
+    ex, ey = 1.0, 1.0
+    for pose in c2w:
+        o, d = get_rays_at(K, pose, border)
+        o_ndc, d_ndc = rays_to_ndc(o, d, K)
+        ends = torch.cat([o_ndc[:, :2], (o_ndc + d_ndc)[:, :2]]).abs()
+        ends = ends[torch.isfinite(ends).all(-1)]
+        if len(ends):
+            ex, ey = max(ex, float(ends[:, 0].max())), max(ey, float(ends[:, 1].max()))
+    return ex, ey
+
+
 # --------------------------------------------------------------------------- projection (torch)
 
 

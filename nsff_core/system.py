@@ -28,7 +28,7 @@ from .data import RayBatch
 from .errors import ConfigError
 from .fields import DynamicField, FieldConfig, StaticField
 from .fields_planes import PlaneDynamicField, PlaneFieldConfig, PlaneStaticField
-from .rays import ndc_to_world, projection_matrices
+from .rays import ndc_extent, ndc_to_world, projection_matrices
 from .render import RenderConfig, RenderOutput, render_rays
 
 Tensor = torch.Tensor
@@ -56,7 +56,9 @@ def field_config(cfg: TrainConfig) -> FieldConfig:
     )
 
 
-def plane_field_config(cfg: TrainConfig) -> PlaneFieldConfig:
+def plane_field_config(
+    cfg: TrainConfig, extent: tuple[float, float] = (1.0, 1.0)
+) -> PlaneFieldConfig:
     return PlaneFieldConfig(
         base_resolution=cfg.grid_base_resolution,
         levels=cfg.grid_levels,
@@ -66,16 +68,20 @@ def plane_field_config(cfg: TrainConfig) -> PlaneFieldConfig:
         dir_freqs=cfg.dir_freqs,
         use_viewdir=cfg.use_viewdir,
         flow_scale=cfg.flow_scale,
+        extent=tuple(extent),
     )
 
 
-def make_fields(cfg: TrainConfig, num_frames: int) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """The static and dynamic field of ``cfg.field`` ("mlp" or "planes")."""
+def make_fields(
+    cfg: TrainConfig, num_frames: int, extent: tuple[float, float] = (1.0, 1.0)
+) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The static and dynamic field of ``cfg.field`` ("mlp" or "planes"); ``extent``: the NDC
+    half-widths the planes cover (planes only)."""
     if cfg.field == "mlp":
         fcfg = field_config(cfg)
         return StaticField(fcfg), DynamicField(fcfg, num_frames)
     if cfg.field == "planes":
-        pcfg = plane_field_config(cfg)
+        pcfg = plane_field_config(cfg, extent)
         return PlaneStaticField(pcfg), PlaneDynamicField(pcfg, num_frames)
     raise ConfigError(f"train.field must be mlp or planes, got {cfg.field!r}")
 
@@ -174,10 +180,16 @@ class NSFFSystem(pl.LightningModule):
         frame_ids: list[int] | None = None,
     ) -> None:
         super().__init__()
+        if "grid_bounds" not in cfg:  # a checkpoint from before train.grid_bounds: the cube
+            cfg = {**cfg, "grid_bounds": "ndc"}
         self.cfg = from_dict(TrainConfig, cfg)
         # every argument is plain data (lists, dicts), so checkpoints reload without our types
         self.save_hyperparameters()
-        self.static_field, self.dynamic_field = make_fields(self.cfg, num_frames)
+        #: NDC half-widths (x, y) the plane fields cover (train.grid_bounds)
+        self.extent = (1.0, 1.0)
+        if self.cfg.field == "planes" and self.cfg.grid_bounds == "rays" and hw is not None:
+            self.extent = ndc_extent(K, np.asarray(c2w, np.float64), (int(hw[0]), int(hw[1])))
+        self.static_field, self.dynamic_field = make_fields(self.cfg, num_frames, self.extent)
         self.render_cfg = render_config(self.cfg)
         self.loss_weights = L.LossWeights(
             lambda_geo_init=self.cfg.lambda_geo_init,

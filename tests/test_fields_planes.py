@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from nsff_core.config import TrainConfig, to_dict
+from nsff_core.errors import ConfigError
 from nsff_core.fields_planes import (
     PlaneDynamicField,
     PlaneFieldConfig,
@@ -110,3 +111,39 @@ def test_system_gives_the_planes_their_own_learning_rate():
     assert n_grid == sum(
         p.numel() for f in (system.static_field, system.dynamic_field) for p in f.grid_parameters()
     )
+
+
+def test_planes_cover_their_extent_instead_of_reading_the_border():
+    """With extent (2, 1) the static field tells x = 1.2 from x = 1.8 (inside its box); with the
+    NDC cube both read the border cells and are the same."""
+    from nsff_core.fields_planes import PlaneFieldConfig, PlaneStaticField
+
+    torch.manual_seed(0)
+    pts = torch.tensor([[1.2, 0.0, 0.0], [1.8, 0.0, 0.0]])
+    cube = PlaneStaticField(PlaneFieldConfig(use_viewdir=False))
+    wide = PlaneStaticField(PlaneFieldConfig(use_viewdir=False, extent=(2.0, 1.0)))
+    wide.load_state_dict(cube.state_dict())
+    a = cube(pts).raw_sigma
+    assert a[0] == a[1]
+    b = wide(pts).raw_sigma
+    assert b[0] != b[1]
+    # the box maps onto the planes: x = 2 in the wide field is x = 1 in the cube
+    edge = torch.tensor([[2.0, 0.3, -0.2]])
+    assert torch.allclose(wide(edge).raw_sigma, cube(torch.tensor([[1.0, 0.3, -0.2]])).raw_sigma)
+    with pytest.raises(ConfigError, match="extent"):
+        PlaneFieldConfig(extent=(0.5, 1.0))
+
+
+def test_the_system_fits_the_planes_to_its_rays_and_old_checkpoints_keep_the_cube():
+    from nsff_core.system import NSFFSystem
+
+    k = [[40.0, 0.0, 31.5], [0.0, 40.0, 23.5], [0.0, 0.0, 1.0]]
+    moved = torch.eye(4)
+    moved[0, 3] = 0.5
+    c2w = torch.stack([torch.eye(4), moved]).tolist()
+    cfg = to_dict(TrainConfig(field="planes", grid_levels=1, grid_dynamic_levels=1))
+    fitted = NSFFSystem(cfg, 2, k, c2w, 10, hw=[48, 64])
+    assert fitted.extent[0] > 1.5 and fitted.static_field.scale[0] < 0.7
+    assert NSFFSystem({**cfg, "grid_bounds": "ndc"}, 2, k, c2w, 10, hw=[48, 64]).extent == (1, 1)
+    old = {key: value for key, value in cfg.items() if key != "grid_bounds"}
+    assert NSFFSystem(old, 2, k, c2w, 10, hw=[48, 64]).extent == (1.0, 1.0)

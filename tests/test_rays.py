@@ -207,3 +207,27 @@ def test_rays_to_ndc_shift_and_points_on_ray(oz):
     o2, d2 = rays.rays_to_ndc(o, 3.0 * d, K)
     np.testing.assert_allclose(o2.numpy(), o_ndc.numpy(), atol=1e-12)
     np.testing.assert_allclose(d2.numpy(), d_ndc.numpy(), atol=1e-12)
+
+
+def test_ndc_extent_covers_turned_and_moved_cameras():
+    """The NDC box of the training rays: 1 for the reference camera itself; tan(fov/2 + yaw)
+    over tan(fov/2) in x for a camera turned by yaw (its rays' far ends); larger for a camera
+    moved sideways (its near ends shift)."""
+    w, h = 64, 48
+    k = cam.intrinsics_matrix(40.0, 40.0, (w - 1) / 2, (h - 1) / 2)
+    eye = np.eye(4)
+    assert rays.ndc_extent(k, eye[None], (h, w)) == (1.0, 1.0)
+    yaw = np.deg2rad(15.0)
+    turned = eye.copy()
+    turned[:3, :3] = Rotation.from_rotvec([0.0, yaw, 0.0]).as_matrix()
+    ex, ey = rays.ndc_extent(k, np.stack([eye, turned]), (h, w))
+    half = np.arctan(((w - 1) / 2) / 40.0)  # the border pixel centre's angle
+    want = np.tan(half + yaw) / (32.0 / 40.0)  # ax = fx / (cx + 0.5)
+    assert ex == pytest.approx(want, rel=1e-6)
+    assert ey > 1.0  # a turned camera's corner rays also climb in y
+    moved = eye.copy()
+    moved[0, 3] = 0.5
+    ex_moved, ey_moved = rays.ndc_extent(k, np.stack([eye, moved]), (h, w))
+    # the near end of its border ray: x = 0.5 + 31.5 / 40 on the near plane, times ax = 40 / 32
+    assert ex_moved == pytest.approx((0.5 + 31.5 / 40.0) * 40.0 / 32.0, rel=1e-9)
+    assert ey_moved == 1.0

@@ -97,6 +97,71 @@ def test_pool_segments_takes_the_median_of_the_trusted_pixels():
     assert np.all(pooled.flat[75:] == 0.0)
 
 
+def test_join_by_flow_grows_true_movers_only():
+    """A segment that moves with a big mover joins it; one that moves with the static scene, a
+    flat one, and the neighbours of a small (possibly false) detection do not."""
+    labels = np.zeros((60, 100), int)
+    labels[10:50, 10:30] = 1  # the mover's detected part (800 px)
+    labels[10:50, 30:50] = 2  # moves with it, ambiguous residual
+    labels[10:50, 50:70] = 3  # next to 2, but moves with the background
+    labels[52:58, 80:86] = 4  # a small detection (36 px)
+    labels[50:60, 70:100] = 5  # next to the small detection, moves like it
+    labels[0:10, 10:30] = 6  # flat (no trusted pixel), next to the mover, moves like it
+    flow = np.zeros((60, 100, 2))
+    for seg, u in ((1, 6.0), (2, 5.0), (4, 4.0), (5, 4.0), (6, 6.0)):
+        flow[labels == seg, 0] = u
+    raw = np.isin(labels, (1, 4))
+    valid = labels != 6
+    static = np.isin(labels, (0, 3))  # clear static evidence
+    joined = R.join_by_flow(raw, static, valid, labels, [flow, -flow], 3.0, 0.004)
+    assert joined[labels == 2].all()
+    assert not joined[np.isin(labels, (0, 1, 3, 4, 5, 6))].any()
+    # a segment must move clearly differently from the static scene: with a margin larger than
+    # its separation from the background (2 px per flow) it stays static
+    flow[labels == 3, 0] = 3.0
+    assert not R.join_by_flow(raw, static, valid, labels, [flow, -flow], 3.0, 0.004).any()
+
+
+def _torso_scene(h: int = 120, w: int = 160):
+    """Frame 1 of a sideways camera (:func:`_two_cameras`): a background plane at depth 4, a
+    mover's "legs" that leave the epipolar lines by 1.5 px (clearly moving) and its "torso"
+    above them, whose flow looks like a static point at depth 2.2 (its residual only 0.4 px,
+    within the depth prior's factor 2). Returns (rgb, K, c2w, neighbours, prior, torso, legs)."""
+    K, c2w = _two_cameras()
+    depth = np.full((h, w), 4.0)
+    torso = np.zeros((h, w), bool)
+    torso[25:65, 60:100] = True
+    legs = np.zeros((h, w), bool)
+    legs[65:105, 65:95] = True
+    depth[torso | legs] = 2.2
+    fw, bw = _static_flow(K, c2w, 1, 2, depth), _static_flow(K, c2w, 1, 0, depth)
+    fw[torso, 1] += 0.4
+    bw[torso, 1] -= 0.4
+    fw[legs, 1] += 1.5
+    bw[legs, 1] -= 1.5
+    rng = np.random.default_rng(0)
+    rgb = np.empty((h, w, 3))
+    rgb[:] = (120, 140, 110)
+    rgb[torso] = (40, 60, 200)
+    rgb[legs] = (200, 50, 40)
+    rgb += rng.normal(0, 6, rgb.shape)  # texture: every pixel's flow is trusted
+    rgb = np.clip(rgb, 0, 255).astype(np.uint8)
+    ok = np.ones((h, w), bool)
+    return rgb, K, c2w, [(2, fw, ok), (0, bw, ok)], np.full((h, w), 0.25), torso, legs
+
+
+def test_the_join_covers_a_torso_that_moves_with_detected_legs():
+    """The torso's residual is at the noise level, so the rigidity votes alone miss it; it moves
+    with the legs (1.1 px apart) and not with the background (4 px), so the join adds it."""
+    rgb, K, c2w, neighbours, prior, torso, legs = _torso_scene()
+    off = dataclasses.replace(MasksConfig(), join_flow_px=0.0)
+    raw, _ = R.frame_motion_mask(rgb, K, c2w, 1, neighbours, prior, off)
+    assert raw[legs].mean() > 0.9 and raw[torso].mean() < 0.1
+    raw, _ = R.frame_motion_mask(rgb, K, c2w, 1, neighbours, prior, MasksConfig())
+    assert raw[legs].mean() > 0.9 and raw[torso].mean() > 0.9
+    assert raw[~(torso | legs)].mean() < 0.01
+
+
 def _write_scene(tmp_path, preset: str, size=(256, 144), frames=8):
     """A suite scene written as the workflow's priors: frames, exact flows with their
     forward-backward masks, cameras and disparity (ground truth), and its true masks."""

@@ -179,7 +179,13 @@ def test_schema_rejects_bad_sfm_settings():
 
     from .conftest import REPO
 
-    for key, value in (("max_size", 8), ("focal_prior_fov", 0), ("focal_prior_fov", "wide")):
+    bad = (
+        ("max_size", 8),
+        ("focal_prior_fov", 0),
+        ("focal_prior_fov", "wide"),
+        ("deterministic", 1),
+    )
+    for key, value in bad:
         cfg = yaml.safe_load((REPO / "config.yaml").read_text())
         cfg["sfm"][key] = value
         with pytest.raises(ConfigError, match=f"sfm.{key}"):
@@ -282,13 +288,117 @@ def test_focal_prior_is_refined_with_parallax_and_kept_without(
     assert s["focal_px"] == pytest.approx(f_prior, rel=1e-9)
 
 
+@pytest.mark.stage
+def test_free_focal_failure_is_mapped_again_with_the_focal_held(
+    inputs, synthetic_scene, tmp_path, monkeypatch
+):
+    """Without a prior, when mapping with a free focal length leaves frames out (as on a
+    short-baseline clip whose focal length drifts), a restart with the focal length held at
+    COLMAP's guess (1.2 x the long side) registers every frame; the final bundle adjustment
+    then frees the focal length (ample parallax here) and finds the true one. The database
+    camera is a guess again afterwards."""
+    import pycolmap
+
+    real = pycolmap.incremental_mapping
+    held = []
+
+    def free_focal_fails(db, images_dir, out, options, input_path=""):
+        held.append(not options.ba_refine_focal_length)
+        if options.ba_refine_focal_length:
+            options.image_names = [io.frame_name(j) for j in range(len(SHORT) - 3)]
+        return real(db, images_dir, out, options=options, input_path=input_path)
+
+    monkeypatch.setattr(pycolmap, "incremental_mapping", free_focal_fails)
+    s = _run(inputs["short"], tmp_path, SfmConfig())
+    labels = [a["attempt"] for a in s["attempts"]]
+    assert labels == ["default", "focal held"]
+    assert held == [False, True]
+    assert s["num_registered"] == len(SHORT) and s["unregistered"] == []
+    assert s["focal"]["held"] and s["focal"]["refined"] and s["focal"]["prior_px"] is None
+    assert abs(s["focal_px"] / synthetic_scene.K[0, 0] - 1) <= 0.02
+    db = pycolmap.Database.open(tmp_path / "sfm" / "database.db")
+    (camera,) = db.read_all_cameras()
+    db.close()
+    assert not camera.has_prior_focal_length
+    assert camera.focal_length == pytest.approx(1.2 * 320)
+
+
+# --------------------------------------------------------------------------- repeatability
+
+
+@pytest.mark.stage
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_deterministic_runs_schedule_sensitive_steps_on_one_thread(
+    inputs, tmp_path, monkeypatch, deterministic
+):
+    """Feature extraction (COLMAP numbers the images as its threads finish), the mapper and
+    bundle adjustment run on one thread when deterministic (matching keeps num_threads, its
+    RANSAC seeded); num_threads everywhere otherwise."""
+    import pycolmap
+
+    seen: dict[str, list[int]] = {"extract": [], "match": [], "map": [], "seed": []}
+    extract, match, mapping = (
+        pycolmap.extract_features,
+        pycolmap.match_exhaustive,
+        pycolmap.incremental_mapping,
+    )
+
+    def spy_extract(*args, extraction_options, **kw):
+        seen["extract"].append(extraction_options.num_threads)
+        return extract(*args, extraction_options=extraction_options, **kw)
+
+    def spy_match(*args, matching_options, verification_options, **kw):
+        seen["match"].append(matching_options.num_threads)
+        seen["seed"].append(verification_options.ransac.random_seed)
+        return match(
+            *args,
+            matching_options=matching_options,
+            verification_options=verification_options,
+            **kw,
+        )
+
+    def spy_map(db, images_dir, out, options, input_path=""):
+        seen["map"] += [options.num_threads, options.mapper.num_threads]
+        return mapping(db, images_dir, out, options=options, input_path=input_path)
+
+    monkeypatch.setattr(pycolmap, "extract_features", spy_extract)
+    monkeypatch.setattr(pycolmap, "match_exhaustive", spy_match)
+    monkeypatch.setattr(pycolmap, "incremental_mapping", spy_map)
+    cfg = SfmConfig(num_threads=2, random_seed=3, deterministic=deterministic)
+    s = _run(inputs["short"], tmp_path, cfg)
+    assert s["num_registered"] == len(SHORT)
+    one = 1 if deterministic else 2
+    assert seen["extract"] == [one] and seen["match"] == [2] and seen["seed"] == [3]
+    assert seen["map"] == [one, one]
+    assert sfm.schedule_threads(cfg) == one
+
+
+@pytest.mark.stage
+def test_deterministic_runs_repeat_exactly(inputs, tmp_path):
+    """Two runs with 2 threads give the same cameras, and the database numbers the images in
+    the frames' order (not in the order extraction threads finish)."""
+    import pycolmap
+
+    got = []
+    for k in range(2):
+        _run(inputs["short"], tmp_path / str(k), SfmConfig(num_threads=2))
+        got.append(io.read_cameras(tmp_path / str(k) / "cameras.npz"))
+        db = pycolmap.Database.open(tmp_path / str(k) / "sfm" / "database.db")
+        ids = sorted((img.image_id, img.name) for img in db.read_all_images())
+        db.close()
+        assert [name for _, name in ids] == [io.frame_name(j) for j in range(len(SHORT))]
+    np.testing.assert_array_equal(got[0]["c2w"], got[1]["c2w"])
+    np.testing.assert_array_equal(got[0]["K"], got[1]["K"])
+
+
 # --------------------------------------------------------------------------- split models
 
 
 @pytest.mark.stage
 def test_split_models_are_joined(inputs, synthetic_scene, tmp_path, monkeypatch):
-    """The mapper's first run returns the sequence in two models (first and second half); the
-    frames of the smaller one are registered into the larger, and the cameras are right."""
+    """Every fresh mapper run (the default one and the one with the focal length held) returns
+    the sequence in two models (first and second half); the frames of the smaller one are
+    registered into the larger, and the cameras are right."""
     import pycolmap
 
     real = pycolmap.incremental_mapping
@@ -296,7 +406,7 @@ def test_split_models_are_joined(inputs, synthetic_scene, tmp_path, monkeypatch)
 
     def split_once(db, images_dir, out, options, input_path=""):
         calls.append(str(input_path))
-        if len(calls) > 1:
+        if input_path:
             return real(db, images_dir, out, options=options, input_path=input_path)
         names = [io.frame_name(j) for j in range(len(SHORT))]
         models = {}
@@ -310,9 +420,10 @@ def test_split_models_are_joined(inputs, synthetic_scene, tmp_path, monkeypatch)
 
     monkeypatch.setattr(pycolmap, "incremental_mapping", split_once)
     s = _run(inputs["short"], tmp_path, SfmConfig())
-    first, second = s["attempts"][:2]
+    first, second, third = s["attempts"]
     assert first["attempt"] == "default" and first["model_sizes"] == [7, 5]
-    assert second["attempt"] == "default, extended" and calls[1] != ""
+    assert second["attempt"] == "focal held" and second["model_sizes"] == [7, 5]
+    assert third["attempt"] == "focal held, extended" and calls[2] != ""
     assert s["num_registered"] == len(SHORT) and s["unregistered"] == []
     c = io.read_cameras(tmp_path / "cameras.npz")
     err = cam.pose_error(c["c2w"], synthetic_scene.c2w[SHORT])
@@ -335,5 +446,6 @@ def test_unjoinable_split_names_the_missing_frames(inputs, tmp_path, monkeypatch
         _run(inputs["short"], tmp_path, SfmConfig())
     last = io.frame_name(len(SHORT) - 1)
     assert f"only {len(SHORT) - 1} of {len(SHORT)}" in info.value.cause
-    assert last in info.value.cause and "4 mapping attempt(s)" in info.value.cause
+    # default (extended after focal held and its extension), relaxed and its extension
+    assert last in info.value.cause and "6 mapping attempt(s)" in info.value.cause
     assert not (tmp_path / "sfm").exists() and not (tmp_path / "cameras.npz").exists()

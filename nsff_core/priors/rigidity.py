@@ -17,10 +17,12 @@ prior) and reports two residuals in pixels:
   the triangulated depths of the frame). It catches movers whose flow looks like a static point
   at a wrong depth (e.g. a box sliding along the camera's path at a steady speed).
 
-:func:`rigidity_masks` turns the residuals into masks: a per-frame noise scale, votes pooled over
-colour segments (scikit-image's Felzenszwalb segmentation) so that a mover is covered up to its
-colour edges and not only at its textured spots, hysteresis, hole filling, and a hold along the
-flow for movers that pause (their flow is then static, but they are still movers).
+:func:`frame_motion_mask` turns the residuals into a mask: a per-frame noise scale, votes pooled
+over colour segments (scikit-image's Felzenszwalb segmentation) so that a mover is covered up to
+its colour edges and not only at its textured spots, and hysteresis. Parts of a mover whose
+residual stays at the noise level (a torso whose motion looks like a static point at another
+depth, next to swinging legs that are caught) are then joined to it by :func:`join_by_flow`:
+segments that move with a confident mover rather than with the static scene around them.
 """
 
 from __future__ import annotations
@@ -178,6 +180,115 @@ def pool_segments(
     return med[labels]
 
 
+def segment_adjacency(labels: np.ndarray) -> list[np.ndarray]:
+    """Neighbours of every segment of ``labels`` (H, W) int in [0, n): a list of n int arrays
+    (4-connectivity)."""
+    a = np.concatenate([labels[:, 1:].ravel(), labels[1:, :].ravel()])
+    b = np.concatenate([labels[:, :-1].ravel(), labels[:-1, :].ravel()])
+    differ = a != b
+    pairs = np.unique(np.stack([a[differ], b[differ]], 1), axis=0)
+    pairs = np.concatenate([pairs, pairs[:, ::-1]])
+    pairs = pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
+    n = int(labels.max()) + 1
+    bounds = np.searchsorted(pairs[:, 0], np.arange(n + 1))
+    return [np.unique(pairs[bounds[k] : bounds[k + 1], 1]) for k in range(n)]
+
+
+def join_by_flow(
+    raw: np.ndarray,
+    static: np.ndarray,
+    valid: np.ndarray,
+    labels: np.ndarray,
+    flows: list[np.ndarray],
+    max_flow_px: float,
+    min_area: float,
+) -> np.ndarray:
+    """Segments that move with a confident mover (H, W) bool, for a mask ``raw``.
+
+    Seeded region growing (Adams and Bischof) over the adjacency graph of the colour segments
+    ``labels``, with the segments' median flows as features. Seeds of the mover: segments
+    mostly inside a connected component of ``raw`` of at least ``min_area`` (share of the
+    frame; small components may be false positives, which must not grow). Seeds of the static
+    scene: segments whose trusted (``valid``) pixels are mostly clearly static (``static``),
+    and flat segments (under a fifth of their pixels trusted: their flow is interpolated, and
+    smeared across a mover's edge). The unlabelled segment closest in flow to a labelled
+    neighbour takes its label, nearest first, so an ambiguous segment goes to the side it moves
+    with. It joins the mover only when its median flow differs by at most ``max_flow_px`` from
+    the neighbour it is reached from (limbs swing, but a torso moves with the hips and head),
+    and by at least ``max_flow_px`` more from every static-labelled neighbour.
+
+    Args:
+        raw: (H, W) bool confident motion mask.
+        static: (H, W) bool pixels with clear static evidence (score far below threshold).
+        valid: (H, W) bool pixels whose residuals are trusted (flow consistent, textured).
+        labels: (H, W) int segments in [0, n).
+        flows: (H, W, 2) flows (px) from this frame to its nearest neighbour frames.
+        max_flow_px: largest median-flow difference (px) across which a segment joins, and the
+            margin by which it must be closer to the mover than to the static scene.
+        min_area: smallest mover component that seeds the growth, share of the frame.
+
+    Returns:
+        (H, W) bool: the pixels of the segments that joined (not those of ``raw``).
+    """
+    import heapq
+
+    import cv2
+    from scipy import ndimage
+
+    lab = labels.ravel()
+    n = int(lab.max()) + 1
+    size = np.bincount(lab, minlength=n).astype(np.float64)
+    min_px = min_area * raw.size
+    count, comp, stats, _ = cv2.connectedComponentsWithStats(raw.astype(np.uint8), connectivity=8)
+    big = np.zeros(count, bool)
+    big[1:] = stats[1:, cv2.CC_STAT_AREA] >= min_px
+    in_seed = np.bincount(lab, weights=big[comp].ravel(), minlength=n) / np.maximum(size, 1)
+    in_raw = np.bincount(lab, weights=raw.ravel(), minlength=n) / np.maximum(size, 1)
+    n_valid = np.bincount(lab, weights=valid.ravel(), minlength=n)
+    n_static = np.bincount(lab, weights=(valid & static).ravel(), minlength=n)
+    evidence = n_valid >= np.maximum(1, 0.2 * size)
+    label = np.full(n, -1)
+    label[in_seed >= 0.5] = 1
+    label[(label < 0) & (in_raw >= 0.5)] = 0  # small components: kept in raw, but no seeds
+    # flat segments (too few trusted pixels) stay static: their flow is interpolated from
+    # their surroundings (near a mover, smeared across its edge) and says nothing on its own
+    label[(label < 0) & (~evidence | (n_static >= 0.5 * n_valid))] = 0
+    if not (label == 1).any() or not (label < 0).any():
+        return np.zeros(raw.shape, bool)
+    index = np.arange(n)
+    feature = np.stack(
+        [ndimage.median(f[..., c], labels, index) for f in flows for c in range(2)], 1
+    )
+    neighbours = segment_adjacency(labels)
+
+    def distance(s: int, t: int) -> float:
+        return float(np.linalg.norm(feature[s] - feature[t]))
+
+    heap = [
+        (distance(s, t), int(s), int(label[t]))
+        for s in np.nonzero(label < 0)[0]
+        for t in neighbours[s]
+        if label[t] >= 0
+    ]
+    heapq.heapify(heap)
+    joined = np.zeros(n, bool)
+    while heap:
+        d, s, side = heapq.heappop(heap)
+        if label[s] >= 0:
+            continue
+        if side == 1:
+            # it must move with the mover, and clearly not with the static scene next to it:
+            # a false-positive seed (static, its flow like its surroundings') does not grow
+            d_static = min((distance(s, t) for t in neighbours[s] if label[t] == 0), default=np.inf)
+            side = int(d <= max_flow_px and d_static >= d + max_flow_px)
+        label[s] = side
+        joined[s] = side == 1
+        for t in neighbours[s]:
+            if label[t] < 0:
+                heapq.heappush(heap, (distance(t, s), int(t), int(label[s])))
+    return joined[labels]
+
+
 def warp_to(field: np.ndarray, flow: np.ndarray, nearest: bool = False) -> np.ndarray:
     """Sample ``field`` (H, W[, C]) of frame j at ``p + flow(p)`` for every pixel p of frame i
     (``flow``: i -> j, pixels); outside the image samples are 0."""
@@ -221,7 +332,9 @@ def frame_motion_mask(
     frame whose flow or pose is worse than usual needs stronger evidence). Scores are pooled
     over colour segments (median of the trusted pixels; ``cfg.segment_scale`` 0 = per pixel),
     then thresholded with hysteresis: pixels >= 1, grown through pixels >=
-    ``cfg.hysteresis_low``.
+    ``cfg.hysteresis_low``. With ``cfg.join_flow_px`` > 0, segments that move with a confident
+    mover join it (:func:`join_by_flow`, flows to the frames next to ``i``). Pixels with clear
+    static evidence (score below ``STATIC_SHARE`` x the hysteresis floor) stay static.
     """
     from skimage.filters import apply_hysteresis_threshold
 
@@ -238,15 +351,30 @@ def frame_motion_mask(
     median = float(np.median(score[valid])) if valid.any() else 0.0
     score = score / max(1.0, cfg.rigidity_noise_factor * median)
     pixel = np.where(valid, score, 0.0)
+    labels = None
     if cfg.segment_scale > 0:
-        score = pool_segments(score, valid, segment_labels(rgb, cfg.segment_scale))
+        labels = segment_labels(rgb, cfg.segment_scale)
+        score = pool_segments(score, valid, labels)
     else:
         score = pixel
     low = min(cfg.hysteresis_low, 1.0)
     raw = apply_hysteresis_threshold(score, low, 1.0) if low < 1.0 else score >= 1.0
-    if cfg.segment_scale > 0:
+    static = valid & (pixel < STATIC_SHARE * low)
+    if labels is not None:
         # a segment that leaks from a mover into the static scene (same colour, e.g. a car and
         # its track) keeps only its pixels without clear static evidence
-        raw &= ~(valid & (pixel < STATIC_SHARE * low))
+        raw &= ~static
+        nearest = [f for j, f, _ in neighbours if abs(j - i) == 1]
+        if cfg.join_flow_px > 0 and nearest:
+            joined = join_by_flow(
+                raw,
+                valid & (pixel < cfg.join_static_score),
+                valid,
+                labels,
+                nearest,
+                cfg.join_flow_px,
+                cfg.join_min_area,
+            )
+            raw |= joined & ~static
     median_flow = float(np.median(r_flow[valid])) if valid.any() else float("nan")
     return raw, median_flow

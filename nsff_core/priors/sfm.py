@@ -16,23 +16,29 @@ Pipeline (rule ``sfm``):
    or sequential matching.
 4. **Mapping with retries** (:func:`_map_with_retries`). The incremental mapper starts from the
    default options. When its largest model misses frames (the mapper split the sequence, or
-   gave up on frames), mapping continues from that model with relaxed registration options
-   (:data:`RELAXED_MAPPER`), which registers the frames of the other models into it; if frames
-   are still missing, mapping restarts with relaxed initialisation options and is continued
-   the same way. The model with the most registered frames (then the lowest reprojection
-   error) is kept. pycolmap 4.2.1 exposes no model merger, so split models are joined by
-   registering their frames into the largest model, not by aligning the models.
+   gave up on frames) and no focal prior is given, mapping restarts with relaxed options
+   (:data:`RELAXED_MAPPER`) and the focal length *held* at COLMAP's initial guess (1.2 x the
+   long side): on a short-baseline clip (a camera panning to follow a mover) a free focal
+   length drifts during mapping and later frames stop fitting, while a held one keeps the
+   model consistent; the final bundle adjustment of step 5 then decides whether the data fix
+   the focal length. A model that still misses frames is continued with relaxed
+   registration options, which registers the frames of the other models into it; then the
+   first model is continued the same way; last, mapping restarts with relaxed options (focal
+   as in the first run) and is continued. The model with the most registered frames (then
+   the most 3D points) is kept. pycolmap 4.2.1 exposes no model merger, so split models are
+   joined by registering their frames into the largest model, not by aligning the models.
 5. **Focal length.** Without a prior, COLMAP starts at 1.2 x the long side and bundle adjustment
-   refines it (as before). With ``sfm.focal_prior_fov`` (horizontal field of view, degrees),
-   the shared camera starts at that focal length, marked as a prior, and mapping keeps it
-   fixed (a calibrated start: essential matrices instead of fundamental ones). Afterwards a
-   global bundle adjustment with the focal length free is tried only when the model has
-   enough parallax (the median over 3D points of the largest angle between their viewing rays
-   is at least :data:`REFINE_MIN_PARALLAX_DEG`), and its result is kept only when it lowers
-   the mean reprojection error by at least :data:`REFINE_MIN_ERROR_GAIN`. Otherwise the focal
-   length is poorly constrained (a panning, slowly drifting or sideways-translating camera:
-   the reprojection error barely changes over a wide range of focal lengths, and a free
-   focal length drifts with the noise) and the prior is kept. Either way a horizontal field
+   refines it during mapping. With ``sfm.focal_prior_fov`` (horizontal field of view,
+   degrees), the shared camera starts at that focal length, marked as a prior, and mapping
+   keeps it fixed (a calibrated start: essential matrices instead of fundamental ones). When
+   the focal length was held during mapping (a prior, or the held retry of step 4), a global
+   bundle adjustment with the focal length free is tried only when the model has enough
+   parallax (the median over 3D points of the largest angle between their viewing rays is at
+   least :data:`REFINE_MIN_PARALLAX_DEG`), and its result is kept only when it lowers the mean
+   reprojection error by at least :data:`REFINE_MIN_ERROR_GAIN`. Otherwise the focal length
+   is poorly constrained (a panning, slowly drifting or sideways-translating camera: the
+   reprojection error barely changes over a wide range of focal lengths, and a free focal
+   length drifts with the noise) and the held value is kept. Either way a horizontal field
    of view outside :data:`FOV_RANGE_DEG` is logged as a warning.
 6. **Export.** K is scaled from the SfM size to the training size with the pixel-centre
    convention (:func:`training_intrinsics`): pixel (x, y) at integer coordinates is a pixel
@@ -498,7 +504,7 @@ def _reconstruct(
     if mask_dir is not None:
         reader.mask_path = str(mask_dir)
     extraction = pycolmap.FeatureExtractionOptions()
-    extraction.num_threads = cfg.num_threads
+    extraction.num_threads = schedule_threads(cfg)
     extraction.sift.max_num_features = cfg.max_num_features
     log.info("extracting SIFT features from %d frames (masks: %s)", n, mask_dir is not None)
     pycolmap.extract_features(
@@ -531,30 +537,43 @@ def _reconstruct(
         mode = "exhaustive" if n <= cfg.exhaustive_max_frames else "sequential"
     matching = pycolmap.FeatureMatchingOptions()
     matching.num_threads = cfg.num_threads
+    verification = pycolmap.TwoViewGeometryOptions()
+    verification.ransac.random_seed = cfg.random_seed
     log.info("%s matching of %d frames", mode, n)
     if mode == "exhaustive":
-        pycolmap.match_exhaustive(db, matching_options=matching, device=pycolmap.Device.cpu)
+        pycolmap.match_exhaustive(
+            db,
+            matching_options=matching,
+            verification_options=verification,
+            device=pycolmap.Device.cpu,
+        )
     else:
         pairing = pycolmap.SequentialPairingOptions()
         pairing.overlap = cfg.sequential_overlap
         pairing.num_threads = cfg.num_threads
         pycolmap.match_sequential(
-            db, matching_options=matching, pairing_options=pairing, device=pycolmap.Device.cpu
+            db,
+            matching_options=matching,
+            pairing_options=pairing,
+            verification_options=verification,
+            device=pycolmap.Device.cpu,
         )
     timings["match"] = time.perf_counter() - t0
     log.info("matching: %.1f s", timings["match"])
 
     t0 = time.perf_counter()
     fixed = cfg.focal_prior_fov is not None
-    best, attempts = _map_with_retries(db, images_dir, work / "models", n, cfg, fixed)
+    best, held, attempts = _map_with_retries(db, images_dir, work / "models", n, cfg, fixed)
     timings["map"] = time.perf_counter() - t0
     shutil.rmtree(work / "models", ignore_errors=True)
 
     if best is not None:
+        # held: the focal length stayed fixed while mapping (a prior, or the held fallback)
+        focal["held"] = held
         focal["parallax_deg"] = median_parallax_deg(best)
-        focal["refined"] = not fixed
+        focal["refined"] = not held
         focal["error_gain"] = None
-        if fixed and focal["parallax_deg"] >= REFINE_MIN_PARALLAX_DEG:
+        if held and focal["parallax_deg"] >= REFINE_MIN_PARALLAX_DEG:
             t0 = time.perf_counter()
             refined, gain = _refine_focal(best, cfg)
             focal["error_gain"] = gain
@@ -562,7 +581,7 @@ def _reconstruct(
                 best = refined
                 focal["refined"] = True
             timings["refine_focal"] = time.perf_counter() - t0
-        if fixed:
+        if held:
             log.info(
                 "median parallax %.2f deg (threshold %g), reprojection error gain of a free "
                 "focal length %s (threshold %g): focal length %s at %.1f px",
@@ -570,7 +589,9 @@ def _reconstruct(
                 REFINE_MIN_PARALLAX_DEG,
                 "not tried" if focal["error_gain"] is None else f"{focal['error_gain']:.2%}",
                 REFINE_MIN_ERROR_GAIN,
-                "refined by bundle adjustment" if focal["refined"] else "kept at the prior",
+                "refined by bundle adjustment"
+                if focal["refined"]
+                else f"kept at the {'prior' if fixed else 'initial guess'}",
                 _camera(best).mean_focal_length(),
             )
     last = attempts[-1]["model_sizes"] if attempts else []
@@ -583,8 +604,9 @@ def _reconstruct(
     }
 
 
-def _set_focal_prior(db_path: Path, focal_px: float) -> None:
-    """Start every camera of the database at ``focal_px`` and mark it as a prior."""
+def _set_focal_prior(db_path: Path, focal_px: float, prior: bool = True) -> None:
+    """Start every camera of the database at ``focal_px`` and mark it as a prior (or, with
+    ``prior=False``, as a guess again)."""
     import pycolmap
 
     db = pycolmap.Database.open(db_path)
@@ -593,7 +615,7 @@ def _set_focal_prior(db_path: Path, focal_px: float) -> None:
             params = np.array(camera.params)
             params[list(camera.focal_length_idxs())] = focal_px
             camera.params = params
-            camera.has_prior_focal_length = True
+            camera.has_prior_focal_length = prior
             db.update_camera(camera)
     finally:
         db.close()
@@ -603,7 +625,8 @@ def _mapping_options(cfg: SfmConfig, relaxed: bool, fixed_focal: bool) -> Any:
     import pycolmap
 
     opts = pycolmap.IncrementalPipelineOptions()
-    opts.num_threads = cfg.num_threads
+    opts.num_threads = schedule_threads(cfg)
+    opts.mapper.num_threads = schedule_threads(cfg)
     opts.random_seed = cfg.random_seed
     opts.mapper.random_seed = cfg.random_seed
     opts.triangulation.random_seed = cfg.random_seed
@@ -622,17 +645,34 @@ def _mapping_options(cfg: SfmConfig, relaxed: bool, fixed_focal: bool) -> Any:
 
 def _map_with_retries(
     db: Path, images_dir: Path, work: Path, n: int, cfg: SfmConfig, fixed_focal: bool
-) -> tuple[Any, list[dict[str, Any]]]:
-    """Map; while the best model misses frames, extend it with relaxed options, then restart
-    with relaxed options (and extend that). Returns the best model and one record per mapper
-    run: ``{"attempt", "model_sizes" (registered frames per model, largest first),
-    "registered"}``."""
+) -> tuple[Any, bool, list[dict[str, Any]]]:
+    """Map with retries until every frame is registered.
+
+    1. ``default``: the default options (the focal length held only with a prior);
+    2. without a prior, when the largest model misses frames: ``focal held``, a restart with
+       relaxed options and the focal length held at the database camera's initial value
+       (COLMAP's guess, 1.2 x the long side); when it misses frames, ``focal held,
+       extended``: mapping continued from it with relaxed registration options. A free focal
+       length is the usual cause of a short-baseline clip's split: with little parallax
+       bundle adjustment lets it drift, and the frames that follow no longer fit the model
+       (extending such a model registers them at a wrong focal length: on a panning clip
+       whose pure-rotation fit says f = 2000 px, the extended free model had 480 px). The
+       caller frees the focal length in a final bundle adjustment behind the parallax and
+       error gate, as for a prior;
+    3. when frames are still missing: ``default, extended``, the first model continued;
+    4. then ``relaxed``, a restart with relaxed options and the focal length as in 1,
+       extended the same way.
+
+    Returns the best model (most frames, then most points; None for none), whether its focal
+    length was held fixed during mapping, and one record per mapper run: ``{"attempt",
+    "model_sizes" (registered frames per model, largest first), "registered", "seconds"}``.
+    """
     import pycolmap
 
     attempts: list[dict[str, Any]] = []
-    candidates: list[Any] = []
+    candidates: list[tuple[Any, bool]] = []
 
-    def run(label: str, relaxed: bool, start: Any = None) -> Any:
+    def run(label: str, relaxed: bool, held: bool, start: Any = None) -> Any:
         t0 = time.perf_counter()
         input_path = ""
         if start is not None:
@@ -641,7 +681,9 @@ def _map_with_retries(
             start.write(str(input_path))
         out = work / str(len(attempts))
         out.mkdir(parents=True)
-        opts = _mapping_options(cfg, relaxed, fixed_focal)
+        opts = _mapping_options(cfg, relaxed, held)
+        if cfg.random_seed >= 0:
+            pycolmap.set_random_seed(cfg.random_seed)  # the same start for every attempt
         models = pycolmap.incremental_mapping(
             db, images_dir, out, options=opts, input_path=input_path
         )
@@ -663,24 +705,71 @@ def _map_with_retries(
             attempts[-1]["seconds"],
         )
         if best is not None:
-            candidates.append(best)
+            candidates.append((best, held))
         return best
 
-    for start, relaxed in (("default", False), ("relaxed", True)):
-        model = run(start, relaxed)
-        if _num_reg(model) == n:
-            break
-        if _num_reg(model) >= 2:
+    def extend(model: Any, label: str, held: bool) -> bool:
+        """Continue ``model`` when it misses frames; True when every frame registered."""
+        if 2 <= _num_reg(model) < n:
             log.info(
                 "%d of %d frames in the largest model: registering the others into it "
                 "with relaxed options",
                 _num_reg(model),
                 n,
             )
-            model = run(f"{start}, extended", True, start=model)
-            if _num_reg(model) == n:
-                break
-    return _best_model(candidates), attempts
+            model = run(f"{label}, extended", True, held, start=model)
+        return _num_reg(model) == n
+
+    first = run("default", False, fixed_focal)
+    done = _num_reg(first) == n
+    if not done and not fixed_focal:
+        guess = _initial_focal(db)
+        log.info(
+            "frames are missing: mapping again with the focal length held at %.1f px "
+            "(COLMAP's initial guess)",
+            guess,
+        )
+        _set_focal_prior(db, guess)
+        try:
+            done = extend(run("focal held", True, True), "focal held", True)
+        finally:
+            _set_focal_prior(db, guess, prior=False)
+    if not done:
+        done = extend(first, "default", fixed_focal)
+    if not done:
+        extend(run("relaxed", True, fixed_focal), "relaxed", fixed_focal)
+    if not candidates:
+        return None, fixed_focal, attempts
+    best = _best_model([m for m, _ in candidates])
+    held = next(h for m, h in candidates if m is best)
+    return best, held, attempts
+
+
+def _initial_focal(db_path: Path) -> float:
+    """The focal length (pixels) of the database's first camera: COLMAP's initial guess
+    (1.2 x the long side) when the camera has no prior."""
+    import pycolmap
+
+    db = pycolmap.Database.open(db_path)
+    try:
+        camera = db.read_all_cameras()[0]
+        return float(np.mean(np.array(camera.params)[list(camera.focal_length_idxs())]))
+    finally:
+        db.close()
+
+
+def schedule_threads(cfg: SfmConfig) -> int:
+    """Threads of the steps whose result depends on the threads' schedule: 1 with
+    ``cfg.deterministic``, ``cfg.num_threads`` otherwise.
+
+    These are feature extraction (COLMAP numbers the images in the order its threads finish
+    them, and the mapper's choices follow the numbering), the incremental mapper and bundle
+    adjustment. Matching keeps ``num_threads``: its pairs are independent and the RANSAC of
+    its geometric verification is seeded with ``cfg.random_seed``. Measured on a synthetic
+    smooth-texture clip: two runs with 2 threads gave focal lengths 1.6 % apart, two
+    deterministic runs the same model.
+    """
+    return 1 if cfg.deterministic else cfg.num_threads
 
 
 def _num_reg(rec: Any) -> int:
@@ -730,7 +819,7 @@ def _refine_focal(rec: Any, cfg: SfmConfig) -> tuple[Any, float]:
     opts.refine_focal_length = True
     opts.refine_principal_point = False
     opts.print_summary = False
-    opts.ceres.solver_options.num_threads = cfg.num_threads
+    opts.ceres.solver_options.num_threads = schedule_threads(cfg)
     pycolmap.bundle_adjustment(rec, opts)
     after = float(rec.compute_mean_reprojection_error())
     return rec, (1.0 - after / before) if before > 0 else 0.0
