@@ -9,6 +9,10 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
+# the description at the top of `snakemake --report report.html` (items: rules/report.smk)
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/weights.smk"
 include: "rules/frames.smk"
@@ -20,17 +24,23 @@ include: "rules/diagnose.smk"
 include: "rules/train.smk"
 include: "rules/render.smk"
 include: "rules/evaluate.smk"
+include: "rules/export.smk"
 include: "rules/report.smk"
 
 
 onerror:
     summary_after_error()
+    report_items_after_error(
+        {scene: _sheet.scene_splits(config, SCENES[scene]) for scene in SCENES}, video_format()
+    )
 
 
 rule all:
     default_target: True
     input:
         all_targets(),
+        # the items of `snakemake --report` (outputs of rule summary, see rules/report.smk)
+        expand("results/report/{section}", section=REPORT_SECTIONS),
 
 
 rule priors:

@@ -38,7 +38,7 @@ import pandas as pd
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-#: rules that run as SLURM jobs, once per scene (synthetic ... evaluate) or once (summary)
+#: rules that run as SLURM jobs, once per scene (synthetic ... export) or once (summary)
 SCENE_RULES = [
     "synthetic",
     "frames",
@@ -51,8 +51,10 @@ SCENE_RULES = [
     "train",
     "render",
     "evaluate",
+    "export_colmap",
+    "export",
 ]
-GPU_RULES = {"train", "render", "evaluate"}
+GPU_RULES = {"train", "render", "evaluate", "export"}
 NUM_FRAMES = 12  # config.yaml synthetic.tiny
 
 

@@ -52,6 +52,7 @@ from .cameras import (
     umeyama,
 )
 from .errors import StageError
+from .progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -281,7 +282,7 @@ def score_test_split(
         raise StageError(scene, STAGE, str(exc), "set eval.holdout_every") from None
     kept = training_frames(len(frames), holdout_every)
     rows, held_rows, base_rows, nearest = [], [], [], []
-    t0 = time.perf_counter()
+    progress = Progress("evaluate: test split, frame", len(frames), log)
     for i, (fp, rp) in enumerate(zip(frames, renders, strict=True)):
         target, pred = io.read_image(fp, made_by="frames"), io.read_image(rp, made_by="render")
         if pred.shape != target.shape:
@@ -305,13 +306,7 @@ def score_test_split(
             nearest.append(j)
         else:
             rows.append(row)
-        if (i + 1) % max(1, len(frames) // 5) == 0 or i == len(frames) - 1:
-            log.info(
-                "evaluate: test split %d/%d frames scored (%.1f s)",
-                i + 1,
-                len(frames),
-                time.perf_counter() - t0,
-            )
+        progress.update(i + 1)
     keys = [*METRICS, *(f"{k}_dynamic" for k in METRICS), "dynamic_fraction"]
     out = _summarise(rows, keys)
     out["frames"] = len(rows)
@@ -403,7 +398,8 @@ def evaluate_novel_views(
     device = "cuda" if torch.cuda.is_available() else "cpu"
     log.info("evaluate: rendering %d held-out views on %s", len(path), device)
     t0 = time.perf_counter()
-    rendered = to_uint8(render_camera_path(load_system(ckpt, device), path, chunk).rgb)
+    system = load_system(ckpt, device)
+    rendered = to_uint8(render_camera_path(system, path, chunk, what="evaluate: held-out view").rgb)
     seconds = time.perf_counter() - t0
     with io.atomic_dir(novel_dir) as tmp:
         for k, img in enumerate(rendered):

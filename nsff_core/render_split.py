@@ -29,6 +29,7 @@ from .errors import StageError
 from .holdout import model_times, source_frame_count
 from .interp import render_view, split_time
 from .paths import CameraPath, make_path, parse_split
+from .progress import Progress
 from .rays import SceneNormalization
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,9 @@ def load_system(ckpt: str | Path, device: str | torch.device):
     return load(ckpt, device)
 
 
-def render_camera_path(system, path: CameraPath, chunk: int) -> RenderedPath:
+def render_camera_path(
+    system, path: CameraPath, chunk: int, what: str = "render: frame"
+) -> RenderedPath:
     """Render every camera of ``path`` with the trained ``system``.
 
     Integer times use the ordinary render; fractional times t + dt are interpolated between
@@ -68,6 +71,8 @@ def render_camera_path(system, path: CameraPath, chunk: int) -> RenderedPath:
     The path's times are source frame times; a run with held-out frames maps them to its
     own frame numbering first (:func:`nsff_core.holdout.model_times`), so a held-out frame is
     a fractional time between its two training neighbours.
+
+    ``what`` starts the progress lines (done/total and an ETA, at least every 30 s).
 
     Raises:
         ValueError: a time outside [0, N - 1] of the source video's N frames.
@@ -85,7 +90,7 @@ def render_camera_path(system, path: CameraPath, chunk: int) -> RenderedPath:
             "render: %d of %d frames at fractional times (interpolated)", num_interp, len(path)
         )
     out = {k: [] for k in ("rgb", "depth", "static_rgb", "dynamic_rgb", "dynamicness")}
-    t0 = time.perf_counter()
+    progress = Progress(what, len(path), log)
     for m in range(len(path)):
         img = render_view(system, c2w_nsff[m], path.K, (h, w), float(times[m]), chunk)
         out["rgb"].append(img.rgb.reshape(h, w, 3))
@@ -93,8 +98,7 @@ def render_camera_path(system, path: CameraPath, chunk: int) -> RenderedPath:
         out["static_rgb"].append(img.static_rgb.reshape(h, w, 3))
         out["dynamic_rgb"].append(img.dynamic_rgb.reshape(h, w, 3))
         out["dynamicness"].append(img.dynamicness.reshape(h, w))
-        if (m + 1) % max(1, len(path) // 10) == 0 or m == len(path) - 1:
-            log.info("render: frame %d/%d (%.1f s)", m + 1, len(path), time.perf_counter() - t0)
+        progress.update(m + 1)  # the first frame, then at least every 30 s, and the last
     return RenderedPath(**{k: torch.stack(v).float().numpy() for k, v in out.items()})
 
 

@@ -28,7 +28,7 @@ MAX_GRID_FEATURES = 1 << 28
 MAX_SCENE_NAME_LENGTH = 100
 #: Names the workflow itself writes directly under results/ (rule summary's table, log and
 #: benchmark); a scene of that name would collide with them. Compared case-insensitively.
-RESERVED_SCENE_NAMES = ("summary.csv", "logs", "benchmarks")
+RESERVED_SCENE_NAMES = ("summary.csv", "logs", "benchmarks", "report")
 
 #: sheet columns that override a stage setting: column -> (stage, key)
 OVERRIDES: dict[str, tuple[str, str]] = {

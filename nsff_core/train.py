@@ -41,6 +41,7 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,7 @@ from .checkpoint import (
 from .config import TrainConfig, from_dict, to_dict
 from .data import FrameSampler, SceneData, load_scene, make_batch
 from .errors import ConfigError, CorruptFileError, StageError
+from .progress import EVERY_S, eta_seconds, format_duration
 from .system import NSFFSystem
 
 log = logging.getLogger(__name__)
@@ -147,33 +149,48 @@ def uses_bf16(precision: str) -> bool:
 
 
 class ProgressLog(pl.Callback):
-    """Logs a line every ``every`` steps: loss, PSNR and training rays/s (``batch_size``: the
-    rays of one step over all processes)."""
+    """Logs a line every ``every`` steps, and between them at least every ``every_s`` seconds
+    (a slow model on a CPU): step/total, loss, PSNR, training rays/s since the last line
+    (``batch_size``: the rays of one step over all processes), the elapsed time and an ETA.
+    The ETA counts this run's steps only (a resumed run starts at its checkpoint's step)."""
 
-    def __init__(self, every: int, batch_size: int, total: int) -> None:
+    def __init__(
+        self,
+        every: int,
+        batch_size: int,
+        total: int,
+        every_s: float = EVERY_S,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
         self.every, self.batch_size, self.total = every, batch_size, total
-        self.t0 = time.perf_counter()
-        self.step0 = 0
+        self.every_s, self.clock = every_s, clock
+        self.t0 = self.last = clock()
+        self.start = self.step0 = 0
 
     def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        self.t0, self.step0 = time.perf_counter(), trainer.global_step
+        self.t0 = self.last = self.clock()
+        self.start = self.step0 = trainer.global_step
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
-        if step % self.every and step != self.total:
+        now = self.clock()
+        on_step = step % self.every == 0 or step == self.total
+        if not on_step and now - self.last < self.every_s:
             return
-        now = time.perf_counter()
-        rays = (step - self.step0) * self.batch_size / max(now - self.t0, 1e-9)
+        rays = (step - self.step0) * self.batch_size / max(now - self.last, 1e-9)
+        eta = eta_seconds(step - self.start, self.total - self.start, now - self.t0)
         m = trainer.callback_metrics
         log.info(
-            "train: step %d/%d, loss %.4f, PSNR %.2f dB, %.0f rays/s",
+            "train: step %d/%d, loss %.4f, PSNR %.2f dB, %.0f rays/s, %s elapsed, ETA %s",
             step,
             self.total,
             float(m.get("loss/total", float("nan"))),
             float(m.get("train/psnr", float("nan"))),
             rays,
+            format_duration(now - self.t0),
+            format_duration(eta),
         )
-        self.t0, self.step0 = now, step
+        self.last, self.step0 = now, step
 
 
 class Diverged(RuntimeError):

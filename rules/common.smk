@@ -164,9 +164,16 @@ def evaluate_gt(wc):
     return []
 
 
+def export_targets(scene):
+    """The exports of a scene (rules export_colmap and export; each writes more files than
+    the one listed here)."""
+    d = scene_dir(scene)
+    return [f"{d}/export/colmap", f"{d}/export/transforms.json"]
+
+
 def all_targets():
-    """Everything for every scene: priors, trained model, render splits, evaluation, and the
-    summary table."""
+    """Everything for every scene: priors, trained model, render splits, evaluation, exports,
+    and the summary table."""
     targets = []
     for scene in SCENES:
         priors = preprocess_targets(scene)
@@ -174,6 +181,7 @@ def all_targets():
             priors = [t for t in priors if t not in intermediate_outputs(scene)]
         targets += priors + render_targets(scene)
         targets.append(f"{scene_dir(scene)}/eval/metrics.json")
+        targets += export_targets(scene)
     return targets + ["results/summary.csv"]
 
 

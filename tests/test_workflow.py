@@ -167,8 +167,15 @@ def test_tiny_end_to_end(tmp_path):
     assert summary.loc[0, "psnr"] == pytest.approx(metrics["test"]["mean"]["psnr"], abs=1e-3)
     assert np.isfinite(summary.loc[0, "novel_psnr"]) and summary.loc[0, "status"] == "ok"
     rules = ("synthetic", "frames", "flow", "sfm_masks", "masks", "sfm", "depth", "train")
-    for rule in (*rules, "evaluate"):
+    for rule in (*rules, "evaluate", "export_colmap", "export"):
         assert (res / "logs" / f"{rule}.log").stat().st_size > 0
+    # the exports are part of the default target (their formats: tests/test_export.py)
+    ex = res / "export"
+    assert (ex / "colmap" / "points3D.txt").is_file()
+    meta = json.loads((ex / "transforms.json").read_text())
+    assert len(meta["frames"]) == n and (ex / meta["frames"][0]["file_path"]).is_file()
+    assert len(list((ex / "depth").glob("*.png"))) == n
+    assert (ex / "points.ply").read_bytes().startswith(b"ply\nformat binary_little_endian 1.0\n")
     # a finished workflow has nothing left to do
     again = snakemake(wd, "-n", "--cores", "2")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr

@@ -1,4 +1,5 @@
-"""Rule summary: results/summary.csv, one row per scene."""
+"""Rule summary: results/summary.csv, one row per scene, and the items of the report page
+(results/report/<section>/, see nsff_core/report_page.py)."""
 
 import sys
 
@@ -12,6 +13,14 @@ with run_stage(snakemake):
     from pathlib import Path
 
     from nsff_core.report import write_summary
+    from nsff_core.report_page import SECTIONS, write_report_items
 
-    out = Path(snakemake.output[0])  # results/summary.csv: scenes live beside it
-    write_summary(snakemake.params.scenes, out, out.parent, splits=snakemake.params.splits)
+    out = Path(snakemake.output.csv)  # results/summary.csv: scenes live beside it
+    rows = write_summary(snakemake.params.scenes, out, out.parent, splits=snakemake.params.splits)
+    write_report_items(
+        rows,
+        {section: getattr(snakemake.output, section) for section in SECTIONS},
+        out.parent,
+        splits=snakemake.params.splits,
+        video_format=snakemake.params.video_format,
+    )

@@ -40,7 +40,7 @@ import math
 import os
 import pickle
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence, Sized
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,7 @@ from torch import nn
 
 from .. import io
 from ..errors import StageError
+from ..progress import Progress
 from .frames import cap_size
 from .pretrained import fp16_autocast, torch_load_weights
 
@@ -575,6 +576,9 @@ def write_dpt_disparities(
     net_sizes: set[tuple[int, int]] = set()
     stats: list[tuple[float, float]] = []
     pending: list[np.ndarray] = []
+    # done/total and an ETA at least every 30 s (no total for a generator of frames)
+    total = len(frames) if isinstance(frames, Sized) else None
+    progress = Progress("depth (dpt): frame", total, log)
 
     def flush() -> None:
         nonlocal n
@@ -583,8 +587,7 @@ def write_dpt_disparities(
             io.write_disparity(out_dir / io.frame_name(n, ".npy"), disp)
             stats.append((float(disp.min()), float(disp.max())))
             n += 1
-        dt = time.perf_counter() - t0
-        log.info("depth (dpt): %d frame(s) done (%.1f s, %.2f s/frame)", n, dt, dt / n)
+        progress.update(n, f"{(time.perf_counter() - t0) / n:.2f} s/frame")
         pending.clear()
 
     for i, item in enumerate(frames):

@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence, Sized
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ import numpy as np
 
 from ..errors import ConfigError, StageError
 from ..io import atomic_dir, frame_name, list_frames, read_image, read_mask, write_mask
+from ..progress import Progress
 from .pretrained import fp16_autocast, load_state_dict_file
 
 log = logging.getLogger(__name__)
@@ -455,6 +456,10 @@ def _run_masks(
     detected: Counter[str] = Counter()
     kept: Counter[str] = Counter()
     n = 0
+    frames = _frame_items(frames)
+    # done/total and an ETA at least every 30 s (no total for a generator of frames)
+    total = len(frames) if isinstance(frames, Sized) else None
+    progress = Progress(f"masks ({summary['backend']}): frame", total, log)
     with atomic_dir(masks_dir) as out:
 
         def flush(batch: list[np.ndarray]) -> None:
@@ -482,12 +487,10 @@ def _run_masks(
                 write_mask(out / frame_name(n), m)
                 final.append(float(m.mean()))
                 n += 1
-            log.info(
-                "masks (%s): %d frame(s) (%.1f s)", summary["backend"], n, time.perf_counter() - t0
-            )
+            progress.update(n)
 
         batch: list[np.ndarray] = []
-        for item in _frame_items(frames):
+        for item in frames:
             batch.append(_load_frame(item))
             if len(batch) == batch_size:
                 flush(batch)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Sequence, Sized
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ import numpy as np
 
 from ..errors import StageError
 from ..io import atomic_dir, frame_name, list_frames, read_image, write_flo, write_mask
+from ..progress import Progress
 from .flow import consistency_mask, resize_flow
 from .frames import cap_size
 from .pretrained import fp16_autocast, load_state_dict_file
@@ -290,6 +291,9 @@ def compute_flow_raft(
     stats: dict[str, list] = {"consistent": [], "magnitude": []}
     n_pairs = 0
     run_hw = None
+    # done/total and an ETA at least every 30 s (no total for a generator of frames)
+    total = len(frames) - 1 if isinstance(frames, Sized) else None
+    progress = Progress("flow (raft): pair", total, log)
     with (
         atomic_dir(flow_fw_dir) as fw_dir,
         atomic_dir(flow_bw_dir) as bw_dir,
@@ -312,9 +316,7 @@ def compute_flow_raft(
                 write_mask(ok_dir / f"{i + 1:05d}_bw.png", ok_bw)
                 stats["consistent"] += [ok_fw.mean(), ok_bw.mean()]
                 stats["magnitude"].append(float(np.linalg.norm(fw, axis=-1).mean()))
-            log.info(
-                "flow (raft): %d pair(s) done (%.1f s)", batch[-1][0] + 1, time.perf_counter() - t0
-            )
+            progress.update(batch[-1][0] + 1)
 
         prev = None
         pending: list[tuple[int, np.ndarray, np.ndarray]] = []
