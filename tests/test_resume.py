@@ -294,9 +294,11 @@ def edit_config(wd: Path, section: str, **values) -> None:
 
 # What depends on what: render reads train/last.ckpt and cameras.npz; evaluate reads the render
 # of the split `test` (its PSNR is computed on those frames), the checkpoint, cameras, frames and
-# masks; summary reads eval/metrics.json and train/metrics.csv; `all` asks for them all. Nothing
-# upstream of train reads a render or train setting.
+# masks; export reads the checkpoint (not the renders); summary reads eval/metrics.json,
+# train/metrics.csv and the exports; `all` asks for them all. Nothing upstream of train reads a
+# render or train setting.
 AFTER_RENDER = {"render": 1, "evaluate": 1, "summary": 1, "all": 1}
+AFTER_TRAIN = {"export": 1, **AFTER_RENDER}
 
 
 @pytest.mark.parametrize("setting", [{"fps": 24.0}, {"video_format": "gif"}])
@@ -312,7 +314,7 @@ def test_a_train_setting_replans_train_and_after_but_no_prior(reference, tmp_pat
     wd = copy_workdir(reference, tmp_path / "wd")
     edit_config(wd, "train", lr=1e-3)  # the tiny preset does not set lr
     plan, out = dry_run(wd)
-    assert plan == {"train": 1, **AFTER_RENDER}, out[-3000:]
+    assert plan == {"train": 1, **AFTER_TRAIN}, out[-3000:]
     assert "Params have changed since last execution" in out.split("rule train:")[1]
 
 
@@ -344,5 +346,14 @@ def test_keep_intermediates_false_deletes_them_once_trained(tmp_path):
     edit_config(wd, "train", lr=1e-3)
     plan, out = dry_run(wd)
     # train needs the flow again; the recomputed flow is newer than masks, and so on down
-    recomputed = {"flow", "sfm_masks", "masks", "sfm", "depth", "diagnose", "train"}
-    assert plan == {**dict.fromkeys(recomputed, 1), **AFTER_RENDER}, out[-3000:]
+    recomputed = {
+        "flow",
+        "sfm_masks",
+        "masks",
+        "sfm",
+        "export_colmap",
+        "depth",
+        "diagnose",
+        "train",
+    }
+    assert plan == {**dict.fromkeys(recomputed, 1), **AFTER_TRAIN}, out[-3000:]
