@@ -205,6 +205,39 @@ def test_evaluate_scene_end_to_end(scene_dir, gt_scene, tmp_path, offline_lpips)
     assert io.read_image(pngs[0]).shape == (*gt_scene.hw, 3)
 
 
+def test_held_out_views_of_a_larger_ground_truth_are_scaled(scene_dir, gt_scene, tmp_path):
+    """A synthetic scene rendered larger than its training frames (a suite preset at `width:
+    320`) scores its held-out views at the training size; another aspect ratio is refused."""
+    from nsff_core.evaluate import evaluate_novel_views
+    from nsff_core.synthetic import render_scene, write_scene
+
+    cams = io.read_cameras(scene_dir / "cameras.npz")
+    frames = io.list_frames(scene_dir / "frames")
+    ckpt = scene_dir / "train" / "last.ckpt"
+    for size, ok in (((96, 64), True), ((96, 48), False)):
+        cfg = SyntheticConfig(
+            num_frames=4, width=size[0], height=size[1], novel_offsets=((0.0, -0.15, 0.0),)
+        )
+        big = render_scene(cfg)
+        gt_path = tmp_path / f"{size[0]}x{size[1]}" / "scene.npz"
+        write_scene(big, gt_path.parent / "video.mp4", gt_path)
+        out = tmp_path / f"novel_{size[0]}x{size[1]}"
+        if not ok:
+            with pytest.raises(StageError, match="scene 's', rule 'evaluate'.*ground truth is"):
+                evaluate_novel_views(ckpt, cams, frames, gt_path, out, Scorer(), 2048, scene="s")
+            continue
+        m = evaluate_novel_views(ckpt, cams, frames, gt_path, out, Scorer(), 2048, scene="s")
+        assert m["count"] == gt_scene.num_frames
+        assert all(math.isfinite(v) for v in m["per_frame"]["psnr"])
+        # the baseline (the training frame of the same time) against the scaled truth is close
+        # to the one against the truth rendered at the training size
+        small = [
+            Scorer().score(gt_scene.images[t], gt_scene.novel_images[t, 0])["psnr"]
+            for t in range(gt_scene.num_frames)
+        ]
+        assert m["baseline"]["mean"]["psnr"] == pytest.approx(np.mean(small), abs=3.0)
+
+
 def test_trivial_baseline_compares_different_viewpoints(gt_scene):
     """The baseline compares the held-out view with the training frame of its time."""
     scorer = Scorer()
