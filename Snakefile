@@ -1,5 +1,6 @@
 # NSFF workflow: from a monocular video of a dynamic scene to priors, a trained Neural Scene
-# Flow Field and renders. See README.md; the layout is described in DESIGN.md.
+# Flow Field and renders. See README.md; docs/architecture.md describes the rules and the layout
+# of results/ (nsff_core/layout.py).
 
 from snakemake.utils import min_version
 
@@ -40,7 +41,7 @@ rule all:
     input:
         all_targets(),
         # the items of `snakemake --report` (outputs of rule summary, see rules/report.smk)
-        expand("results/report/{section}", section=REPORT_SECTIONS),
+        [BATCH.report_section(section) for section in REPORT_SECTIONS],
 
 
 rule priors:

@@ -1,6 +1,6 @@
 """Camera conventions and small pose helpers.
 
-Conventions used throughout the project (DESIGN.md section 3):
+Conventions used throughout the project (summed up in README.md, Conventions):
 
 - ``c2w`` (N, 4, 4) camera-to-world matrices in **OpenCV axes** (x right, y down, z forward),
   in the SfM world frame (arbitrary scale). COLMAP's camera axes are the same, so

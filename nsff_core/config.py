@@ -262,7 +262,7 @@ class WeightsConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """NSFF training (defaults = nsff_pl's README configuration, NSFF_SPEC section 6)."""
+    """NSFF training (defaults = nsff_pl's README configuration, see docs/method.md)."""
 
     #: field representation: "mlp" (nsff_pl's MLPs) or "planes" (plane-factorised features
     #: and small decoders, much faster; see nsff_core/fields_planes.py)
@@ -287,6 +287,10 @@ class TrainConfig:
     grid_hidden: int = 64
     grid_lr: float = 0.02
     grid_tv: float = 1e-4
+    #: compute the plane regulariser only every this many steps, weighted by that factor (the
+    #: same strength on average at 1/k of its cost: a full pass over every plane is about a
+    #: third of a cpu_demo step)
+    grid_tv_every: int = 1
     #: planes: the NDC box the planes cover: rays (fitted to every training ray's samples,
     #: so turned or moved cameras do not read the border) | ndc (the NDC cube, as before)
     grid_bounds: str = "rays"
@@ -320,6 +324,9 @@ class TrainConfig:
     #: (nsff_pl --hard_sampling); the weights are refreshed every hard_sampling_every steps
     hard_sampling: bool = False
     hard_sampling_every: int = 1000
+    #: share of every batch drawn from the frame's motion-mask pixels (grown by 4 px), the rest
+    #: as usual; movers cover a few % of a frame, so uniform pixels rarely train them (0 = off)
+    dynamic_sampling: float = 0.0
     #: numeric precision: auto (bf16 autocast where the device has fast bf16: CUDA with bf16,
     #: CPUs with AMX; fp32 otherwise), fp32, or bf16
     precision: str = "auto"
@@ -332,8 +339,6 @@ class TrainConfig:
     #: log a progress line every this many steps
     log_every: int = 50
     seed: int = 42
-    #: rays per forward pass at inference
-    chunk: int = 4096
     #: a non-finite loss or gradient: stop with an error (stop), or resume once from the last
     #: good checkpoint at half the learning rates (retry)
     on_divergence: str = "stop"
@@ -348,6 +353,9 @@ class RenderSplitConfig:
     fps: float = 10.0
     #: splits rendered for every scene by default (sheet column ``splits`` overrides)
     splits: tuple[str, ...] = ("test", "test_spiral")
+    #: rays per forward pass when rendering a trained model (rules render, evaluate and
+    #: export): memory against speed, the images are the same
+    chunk: int = 4096
 
 
 @dataclass(frozen=True)
@@ -374,12 +382,21 @@ STAGES: dict[str, type] = {
     "synthetic": SyntheticConfig,
 }
 
+#: settings that moved to another section: (old section, key) -> (new section, key). A user's
+#: config may still give the old key (nsff_core.sheet warns and uses it in its new place), and a
+#: stored config (a checkpoint's) may carry it: :func:`from_dict` ignores it there
+MOVED_KEYS: dict[tuple[str, str], tuple[str, str]] = {("train", "chunk"): ("render", "chunk")}
+
 T = TypeVar("T")
 
 
 def from_dict(cls: type[T], values: dict[str, Any] | None, where: str = "") -> T:
-    """Build dataclass ``cls`` from a dict; unknown keys raise :class:`ConfigError`."""
+    """Build dataclass ``cls`` from a dict; unknown keys raise :class:`ConfigError`, keys that
+    moved out of its section (:data:`MOVED_KEYS`) are dropped."""
     values = dict(values or {})
+    for section, key in MOVED_KEYS:
+        if STAGES.get(section) is cls:
+            values.pop(key, None)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
@@ -411,6 +428,7 @@ __all__ = [
     "DiagnosticsConfig",
     "EvalConfig",
     "FlowConfig",
+    "MOVED_KEYS",
     "FramesConfig",
     "MasksConfig",
     "SfmConfig",

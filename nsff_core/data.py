@@ -2,9 +2,9 @@
 
 A training batch is a set of rays of ONE frame t (as nsff_pl): the flow and depth losses
 compare with priors of that frame, and the disparity loss is scale/shift invariant per batch.
-Frames are drawn away from the previous draw (spec 2.6: outside +-5 frames) so that the static
+Frames are drawn away from the previous draw (as nsff_pl: outside +-5 frames) so that the static
 field does not absorb dynamic content early in training; the window shrinks for short clips so
-that scenes with fewer than 12 frames train (nsff_pl crashed there, spec 8.1 #5).
+that scenes with fewer than 12 frames train (nsff_pl crashed there).
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from . import io
-from .errors import CorruptFileError, StageError
+from .errors import ConfigError, CorruptFileError, StageError
 from .rays import SceneNormalization, get_rays_at, normalize_poses, rays_to_ndc
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,8 @@ def nearest_content_depth(
     prior_maps: list[np.ndarray] | None = None,
     min_r2: float = 0.9,
 ) -> float:
-    """Depth (SfM units) of the nearest scene content over all frames (spec 2.3, fixed).
+    """Depth (SfM units) of the nearest scene content over all frames (see docs/method.md,
+    "What differs from nsff_pl").
 
     Per frame, the disparity prior sampled at the SfM points is fitted as ``a / z + b``. When
     the fit explains it (r^2 > ``min_r2``) the frame's nearest content is the depth of the
@@ -360,13 +362,26 @@ class FrameSampler:
     """Draws (frame, pixels) for training batches.
 
     The first frame is uniform; each next frame is uniform among the frames farther than
-    :func:`exclusion_window` from the previous one (never the previous frame itself). Pixels are uniform, or proportional to
-    per-pixel weights (hard sampling, spec 2.7) when ``weights`` is set.
+    :func:`exclusion_window` from the previous one (never the previous frame itself). Pixels are
+    uniform, or proportional to per-pixel weights (hard sampling: ``weights``) when set.
+
+    With ``dynamic`` masks and ``dynamic_share`` > 0, the first ``round(share * batch_size)``
+    pixels of a frame's batch are drawn uniformly (with replacement) from its mask grown by
+    :data:`DYNAMIC_SAMPLING_GROW_PX`, and the rest as above; a frame without mask pixels draws
+    them all as above. Example: share 0.25, batch 1024 -> 256 mover pixels and 768 others.
     """
 
     def __init__(
-        self, num_frames: int, hw: tuple[int, int], batch_size: int, seed: int = 0
+        self,
+        num_frames: int,
+        hw: tuple[int, int],
+        batch_size: int,
+        seed: int = 0,
+        dynamic: Tensor | None = None,
+        dynamic_share: float = 0.0,
     ) -> None:
+        if not 0.0 <= dynamic_share < 1.0:
+            raise ConfigError(f"train.dynamic_sampling must be in [0, 1), got {dynamic_share}")
         self.num_frames = num_frames
         self.num_pixels = hw[0] * hw[1]
         self.batch_size = batch_size
@@ -375,6 +390,15 @@ class FrameSampler:
         self.previous: int | None = None
         #: (N, H*W) sampling weights, or None for uniform pixels
         self.weights: Tensor | None = None
+        #: per frame, the flat indices of its (grown) motion-mask pixels; None = off
+        self.dynamic_pixels: list[Tensor] | None = None
+        self.num_dynamic = 0
+        if dynamic is not None and dynamic_share > 0:
+            if tuple(dynamic.shape) != (num_frames, *hw):
+                raise ValueError(f"masks {tuple(dynamic.shape)} are not {(num_frames, *hw)}")
+            grown = grow_mask(dynamic, DYNAMIC_SAMPLING_GROW_PX)
+            self.dynamic_pixels = [m.reshape(-1).nonzero()[:, 0] for m in grown]
+            self.num_dynamic = min(batch_size, round(dynamic_share * batch_size))
 
     def next_frame(self) -> int:
         frames = torch.arange(self.num_frames)
@@ -385,8 +409,29 @@ class FrameSampler:
         return t
 
     def next_pixels(self, t: int) -> Tensor:
+        n_dyn = 0
+        if self.dynamic_pixels is not None and len(self.dynamic_pixels[t]):
+            n_dyn = self.num_dynamic
+        n = self.batch_size - n_dyn
         if self.weights is None:
-            return torch.randint(self.num_pixels, (self.batch_size,), generator=self.generator)
-        return torch.multinomial(
-            self.weights[t], self.batch_size, replacement=True, generator=self.generator
-        )
+            rest = torch.randint(self.num_pixels, (n,), generator=self.generator)
+        else:
+            rest = torch.multinomial(self.weights[t], n, replacement=True, generator=self.generator)
+        if not n_dyn:
+            return rest
+        pool = self.dynamic_pixels[t]
+        picks = pool[torch.randint(len(pool), (n_dyn,), generator=self.generator)]
+        return torch.cat([picks, rest])
+
+
+#: px by which the motion masks grow for :class:`FrameSampler`'s mover pixels: a mover's
+#: outline and the background right next to it are where its shape is decided
+DYNAMIC_SAMPLING_GROW_PX = 4
+
+
+def grow_mask(mask: Tensor, px: int) -> Tensor:
+    """(N, H, W) bool masks grown by ``px`` pixels (a (2 px + 1)^2 square max filter)."""
+    if px <= 0:
+        return mask.bool()
+    m = mask.float()[:, None]
+    return F.max_pool2d(m, 2 * px + 1, stride=1, padding=px)[:, 0] > 0.5

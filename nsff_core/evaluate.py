@@ -1,4 +1,4 @@
-"""Evaluation of a trained scene (rule ``evaluate``; spec 7.4, DESIGN.md section 3).
+"""Evaluation of a trained scene (rule ``evaluate``; what each score means: docs/evaluation.md).
 
 Two parts, both written to ``eval/metrics.json``:
 
@@ -51,6 +51,7 @@ from .cameras import (
     transform_c2w,
     umeyama,
 )
+from .config import RenderSplitConfig
 from .errors import StageError
 from .progress import Progress
 
@@ -462,7 +463,7 @@ def evaluate_scene(
     out_json: str | Path,
     gt: str | Path | None = None,
     novel_dir: str | Path | None = None,
-    chunk: int = 4096,
+    chunk: int = RenderSplitConfig.chunk,
     scene: str | None = None,
     lpips_weights: str | Path | None = None,
     holdout_every: int = 0,

@@ -63,6 +63,7 @@ import numpy as np
 
 from . import cameras as cam
 from . import io
+from .config import RenderSplitConfig
 from .errors import StageError
 from .progress import Progress
 
@@ -523,7 +524,7 @@ def export_scene(
     frames_dir: str | os.PathLike,
     masks_dir: str | os.PathLike,
     outputs: dict[str, str | os.PathLike],
-    chunk: int = 4096,
+    chunk: int = RenderSplitConfig.chunk,
     scene: str | None = None,
     stride: int = STRIDE,
     max_points: int = MAX_POINTS,

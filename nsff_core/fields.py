@@ -1,4 +1,4 @@
-"""Static and dynamic radiance fields of NSFF (the nsff_pl MLPs, spec section 3).
+"""Static and dynamic radiance fields of NSFF (the nsff_pl MLPs; docs/method.md, Fields).
 
 Both fields take sample positions in **NDC** (``x = o' + z d'``, see :mod:`nsff_core.rays`).
 

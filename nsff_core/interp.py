@@ -1,4 +1,4 @@
-"""Rendering at fractional times: time interpolation by splatting (NSFF_SPEC 7.3).
+"""Rendering at fractional times: time interpolation by splatting (as nsff_pl's ``interpolate``).
 
 A time ``t + dt`` (t an integer frame, 0 < dt < 1) has no time code of its own, so it is rendered
 from the two integer frames around it:
@@ -21,7 +21,7 @@ from the two integer frames around it:
    2D flow, whatever small error ``ndc_to_world``'s epsilon leaves near NDC infinity.
 3. The premultiplied dynamic colour and the dynamic opacity ``(alpha_d c_d, alpha_d)`` of each
    plane are forward-splatted along that flow with :func:`nsff_core.splat.splat` in ``"average"``
-   mode (bilinear splat, normalised by the splatted bilinear weights; spec 7.3). Splatting the
+   mode (bilinear splat, normalised by the splatted bilinear weights, as nsff_pl). Splatting the
    premultiplied colour and the opacity *together* means the splatted colour is the
    opacity-weighted average of the colours that land on a pixel, ``c = sum(a c) / sum(a)``,
    and ``a c`` is simply the first splatted channels; no division is needed.
@@ -29,16 +29,19 @@ from the two integer frames around it:
 
        a_d = (1 - dt) a_fw + dt a_bw              dynamic opacity at t + dt
        p_d = (1 - dt) (a c)_fw + dt (a c)_bw      premultiplied dynamic colour
-       C_s = p_d + a_st c_st                      (the NeRF-W "addition" colour of spec 4.2)
+       C_s = p_d + a_st c_st                      (the NeRF-W "addition" colour)
        A_s = 1 - (1 - a_d) (1 - a_st)
 
    and front-to-back compositing with T = 1 - acc: ``rgb += T C_s``, ``depth += T A_s z_s``,
-   ``T *= 1 - A_s``. The auxiliary images follow the integer render (spec 4.2): dynamicness
+   ``T *= 1 - A_s``. The auxiliary images follow the integer render: dynamicness
    ``sum T a_d``, dynamic-only ``sum T p_d + grey (1 - dynamicness)``, and the static field
-   alone (its own transmittance, at time t: identical to the integer render's).
+   alone (its own transmittance, at time t: identical to the integer render's). The weights
+   come from the integer render's functions (:func:`~nsff_core.render.composite_weights`,
+   :func:`~nsff_core.render.volume_weights`), a run of planes at a time, each run starting at
+   the transmittance the previous one left (:func:`~nsff_core.render.transmittance_after`).
 
    With dt -> 0 (or a zero scene flow) the splat is the identity and this is exactly the
-   integer render's composite (:func:`nsff_core.render.composite_weights`).
+   integer render's composite.
 
 Memory: the planes are processed a few at a time (``plane_chunk``, by default as many as keep
 one chunk at ~2^20 samples, e.g. 7 planes of a 512 x 288 image; such a chunk peaked at ~0.6 GB
@@ -65,14 +68,20 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .config import RenderSplitConfig
 from .rays import get_rays, ndc_to_world, project_points_depth, projection_matrices, rays_to_ndc
 from .render import (
     RenderConfig,
     RenderImage,
     alphas_from_sigma,
+    composite_rgb,
+    composite_weights,
+    over_background,
     ray_deltas,
     render_in_chunks,
     sample_along_rays,
+    transmittance_after,
+    volume_weights,
     zero_far_flow,
 )
 from .splat import splat
@@ -210,11 +219,6 @@ def _splat_planes(values: Tensor, flow: Tensor, hw: tuple[int, int]) -> Tensor:
     return out.reshape(n_planes, -1, hw[0] * hw[1]).permute(2, 0, 1)
 
 
-def _exclusive_cumprod(x: Tensor) -> Tensor:
-    """[1, x_0, x_0 x_1, ...] along the last axis."""
-    return torch.cumprod(torch.cat([torch.ones_like(x[..., :1]), x[..., :-1]], dim=-1), dim=-1)
-
-
 def interpolate_rays(
     static_field,
     dynamic_field,
@@ -226,10 +230,10 @@ def interpolate_rays(
     K_ndc: Tensor,
     t: int,
     dt: float,
-    chunk: int = 4096,
+    chunk: int = RenderSplitConfig.chunk,
     plane_chunk: int | None = None,
 ) -> RenderImage:
-    """Render the rays of one image at time t + dt by splatting frames t and t + 1 (spec 7.3).
+    """Render the rays of one image at time t + dt by splatting frames t and t + 1.
 
     See the module docstring for the method. Deterministic (regular samples, no noise); call
     under ``torch.inference_mode()`` (or ``no_grad``) for images.
@@ -322,24 +326,22 @@ def interpolate_rays(
         static_alpha, static_sample_rgb = q["static_alpha"], q["static_rgb"]
         del q, dyn
 
-        # composite: T_s = T_chunk * prod_{j<s} (1 - A_j) with 1 - A = (1 - a_d)(1 - a_st)
-        clear = (1.0 - dyn_alpha) * (1.0 - static_alpha)
-        trans = transmittance[:, None] * _exclusive_cumprod(clear)
-        colour = dyn_premult + static_alpha[..., None] * static_sample_rgb
-        rgb += (trans[..., None] * colour).sum(1)
-        depth += (trans * (1.0 - clear) * z).sum(1)
-        dynamicness += (trans * dyn_alpha).sum(1)
-        dynamic_rgb += (trans[..., None] * dyn_premult).sum(1)
-        transmittance = trans[:, -1] * clear[:, -1]
+        # composite this run of planes behind the previous ones (T starts at their exit value);
+        # the splatted dynamic colour is premultiplied, p_d = a_d c_d, so its weight is T alone
+        weights = composite_weights(static_alpha, dyn_alpha, start=transmittance)
+        rgb += composite_rgb(weights.static, static_sample_rgb, weights.transmittance, dyn_premult)
+        depth += (weights.total * z).sum(1)
+        dynamicness += weights.dynamic.sum(1)
+        dynamic_rgb += (weights.transmittance[..., None] * dyn_premult).sum(1)
+        transmittance = transmittance_after(weights.transmittance, static_alpha, dyn_alpha)
 
         # the static field alone (the background), as the integer render
-        s_trans = static_transmittance[:, None] * _exclusive_cumprod(1.0 - static_alpha)
-        s_weights = s_trans * static_alpha
+        s_weights, s_trans = volume_weights(static_alpha, start=static_transmittance)
         static_rgb += (s_weights[..., None] * static_sample_rgb).sum(1)
         static_depth += (s_weights * z).sum(1)
-        static_transmittance = s_trans[:, -1] * (1.0 - static_alpha[:, -1])
+        static_transmittance = transmittance_after(s_trans, static_alpha)
 
-    dynamic_rgb += cfg.dynamic_background * (1.0 - dynamicness[:, None])
+    dynamic_rgb = over_background(dynamic_rgb, dynamicness, cfg.dynamic_background)
     return RenderImage(
         rgb=rgb,
         depth=depth,
@@ -356,12 +358,12 @@ def render_view(
     K: np.ndarray,
     hw: tuple[int, int],
     time: float,
-    chunk: int = 4096,
+    chunk: int = RenderSplitConfig.chunk,
     plane_chunk: int | None = None,
 ) -> RenderImage:
     """Render one camera of a trained system at a (possibly fractional) time.
 
-    Integer times (within :data:`TIME_TOL`) use the ordinary render (``system.render``, spec 4);
+    Integer times (within :data:`TIME_TOL`) use the ordinary render (``system.render``);
     fractional times t + dt use :func:`interpolate_rays`.
 
     Args:
@@ -394,7 +396,7 @@ def render_view(
         if dt == 0.0:
             times = torch.full((h * w,), t, dtype=torch.long, device=device)
             return render_in_chunks(
-                lambda o, d, t_: system.render(o, d, t_, training=False).image(),
+                lambda o, d, t_: system.render(o, d, t_, training=False).image,
                 rays_o,
                 rays_d,
                 times,

@@ -1,4 +1,4 @@
-"""Reading and writing the workflow's file formats (DESIGN.md section 3).
+"""Reading and writing the workflow's file formats (where each file lives: :mod:`.layout`).
 
 - frames: ``frames/{i:05d}.png``, 8-bit RGB; lexical order is time order.
 - optical flow: Middlebury ``.flo`` (float32 magic 202021.25, int32 width, int32 height, then
@@ -372,7 +372,7 @@ def write_cameras(
     names: list[str],
     registered: np.ndarray | None = None,
 ) -> None:
-    """Write ``cameras.npz`` (DESIGN.md section 3). ``c2w`` is (N,4,4) in OpenCV axes."""
+    """Write ``cameras.npz`` (see the module docstring). ``c2w`` is (N,4,4) in OpenCV axes."""
     n = len(names)
     c2w = np.asarray(c2w, dtype=np.float64)
     if c2w.shape != (n, 4, 4):

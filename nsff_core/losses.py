@@ -1,16 +1,16 @@
 """NSFF training losses: one function per term, plus an explicit schedule of their weights.
 
 Every function takes plain tensors (never a model-output object) and returns a scalar tensor.
-Unless stated otherwise a term is computed per ray and averaged over the batch (NSFF_SPEC
-section 5). Shapes use R = rays in the batch, S = samples per ray. Frames and units:
+Unless stated otherwise a term is computed per ray and averaged over the batch (the table in
+docs/method.md, Losses). Shapes use R = rays in the batch, S = samples per ray. Frames and units:
 
-- ``x`` (no suffix): NDC sample positions, the frame the fields live in (NSFF_SPEC 2.4);
+- ``x`` (no suffix): NDC sample positions, the frame the fields live in (:mod:`.rays`);
 - ``X_world``: the same points taken to the (normalised) world frame, world units;
 - pixel quantities (``pixel_xy``, ``flow_prior``): OpenCV pixel convention, pixel centres at
   integer (x, y) = (column, row), as in :mod:`nsff_core.cameras`.
 
 Terms that can be undefined for some rays take an explicit ``valid`` (R,) bool mask. Unlike
-nsff_pl (NSFF_SPEC 8.1 #10), the warped terms are meant to be masked where the neighbour frame
+nsff_pl, the warped terms are meant to be masked where the neighbour frame
 t+1 or t-1 does not exist, and the flow term where the flow prior fails its forward-backward
 test. A masked term with no valid ray returns 0 that still backpropagates (zero gradients).
 
@@ -299,9 +299,7 @@ def mask_dynamicness_loss(dynamicness: Tensor, dynamic_mask: Tensor) -> Tensor:
 
 TERMS = (
     "color",
-    "color_coarse",
     "disparity",
-    "disparity_coarse",
     "flow_fw",
     "flow_bw",
     "photometric_fw",
@@ -320,7 +318,7 @@ TERMS = (
 
 @dataclass(frozen=True)
 class LossWeights:
-    """Base weights and schedule constants (nsff_pl defaults, NSFF_SPEC section 5).
+    """Base weights and schedule constants (nsff_pl defaults; docs/method.md, Schedule).
 
     The geometric prior weight decays stepwise, ``lambda_geo(e) = lambda_geo_init *
     lambda_geo_decay ** floor(e / lambda_geo_decay_every)``; the disparity term gets
@@ -330,8 +328,6 @@ class LossWeights:
     """
 
     color: float = 1.0
-    #: relative to ``color``, for a coarse model's colour (nsff_pl: 0.1 x the same MSE)
-    color_coarse: float = 0.1
     photometric: float = 1.0
     cycle: float = 1.0
     temporal_smoothness: float = 0.1
@@ -392,9 +388,7 @@ def weights_at(
     geo = w.lambda_geo(epoch)
     return {
         "color": w.color,
-        "color_coarse": w.color * w.color_coarse,
         "disparity": geo,
-        "disparity_coarse": geo,
         "flow_fw": geo / 2,
         "flow_bw": geo / 2,
         "photometric_fw": w.photometric,

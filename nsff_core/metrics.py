@@ -197,7 +197,8 @@ def ssim(
     per channel, local means/variances/covariance from an 11x11 Gaussian window (sigma 1.5,
     population statistics), ``C1 = (k1 * 1)^2``, ``C2 = (k2 * 1)^2``; the SSIM map is averaged
     over the valid region (``window // 2`` pixels cropped at each border) and then over channels.
-    nsff_pl instead reported ``1 - kornia.ssim_loss = (1 + SSIM) / 2`` (spec 8.1 #6).
+    nsff_pl instead reported ``1 - kornia.ssim_loss = (1 + SSIM) / 2`` (kornia's loss is
+    ``(1 - SSIM) / 2``).
 
     Args:
         pred, target: (H, W, C) or (B, H, W, C) in [0, 1]; H, W > ``window - 1``.

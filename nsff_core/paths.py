@@ -1,4 +1,4 @@
-"""Camera/time paths for the render splits (spec 7.1) and camera-path files (DESIGN.md 3).
+"""Camera/time paths for the render splits and the camera-path files ``path_{name}`` reads.
 
 Frames
 ------
@@ -26,7 +26,8 @@ One parser, :func:`parse_split`, turns a split name into a typed :class:`SplitSp
   turning points).
 - ``path_{name}``: the camera-path file ``{paths_dir}/{name}.npz``.
 
-Times are in frame units; fractional times are rendered by time interpolation (spec 7.3).
+Times are in frame units; fractional times are rendered by time interpolation
+(:mod:`nsff_core.interp`).
 """
 
 from __future__ import annotations
@@ -310,7 +311,8 @@ class SplitSpec:
 _PATH_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 _INT = r"(?:0|[1-9][0-9]*)"  # no leading zeros, so split_name(parse_split(s)) == s
 _TIME = re.compile(rf"{_INT}(?:\.[0-9]*[1-9])?")
-_SPLIT_RE = re.compile(
+# the grammar of split names, its parts named for parse_split
+_SPLIT_GRAMMAR = (
     r"(?P<test>test)"
     r"|(?P<spiral>test_spiral)"
     r"|(?P<spiral_time>test_spiral_time)"
@@ -319,6 +321,12 @@ _SPLIT_RE = re.compile(
     rf"|bullet(?P<bullet>{_TIME.pattern})"
     rf"|path_(?P<path>{_PATH_NAME.pattern})"
 )
+_SPLIT_RE = re.compile(_SPLIT_GRAMMAR)
+#: The split grammar as a regular expression without named groups: exactly the names
+#: :func:`parse_split` accepts (with ``re.fullmatch``). The rules use it as the wildcard
+#: constraint of ``{split}`` and the config validator as the pattern of ``render.splits``, so
+#: a malformed name (``test_spiral01``) matches no rule instead of failing inside a job.
+SPLIT_PATTERN = re.sub(r"\(\?P<\w+>", "(?:", _SPLIT_GRAMMAR)
 
 
 def parse_split(name: str) -> SplitSpec:
@@ -481,7 +489,7 @@ def make_path(
     hw: tuple[int, int],
     paths_dir: str | os.PathLike | None = None,
 ) -> CameraPath:
-    """Build the cameras and times of a render split (spec 7.1).
+    """Build the cameras and times of a render split (the forms in the module docstring).
 
     Args:
         spec: the split (:func:`parse_split`).

@@ -6,14 +6,14 @@ Frames and axes
   **OpenCV camera axes** (x right, y down, z forward), arbitrary SfM units.
 - **NSFF world** (the "normalised" frame): what training, rendering and the fields see. It is
   obtained from the SfM world by :class:`SceneNormalization`, a similarity
-  ``X_nsff = s * R_avg^T (X_sfm - c_avg)`` (spec 2.2): the average camera sits at the origin
+  ``X_nsff = s * R_avg^T (X_sfm - c_avg)``: the average camera sits at the origin
   looking along -z, and ``s = 1 / near_depth``. Camera poses here use **NSFF camera axes** =
   OpenGL (x right, y up, z back; the camera looks along -z), as nsff_pl. Converting a pose's
   axes is an involution: negate the y and z columns of its rotation (:func:`flip_yz_axes`).
-- **NDC**: a global warp of the NSFF world (:func:`world_to_ndc`, spec 2.4), built from the
+- **NDC**: a global warp of the NSFF world (:func:`world_to_ndc`), built from the
   **reference (training) intrinsics** whatever camera renders a ray.
 
-Scale (spec 2.2/2.3): ``near_depth`` = 0.75 x the nearest scene-content depth (SfM units; the
+Scale: ``near_depth`` = 0.75 x the nearest scene-content depth (SfM units; the
 caller computes it). Dividing by it puts depth ``near_depth`` at 1 normalised unit, which is the
 NDC near plane (z = -1, NDC z = -1) for the average camera, and the nearest content at
 1 / 0.75 = 1.33 units. Camera-z depths scale by ``s``; rotations are unchanged by the scale.
@@ -74,7 +74,7 @@ def _normalize(v: np.ndarray) -> np.ndarray:
 
 
 def average_pose(c2w: np.ndarray) -> np.ndarray:
-    """Average camera pose (spec 2.2 step 3; LLFF ``poses_avg``), axes as given.
+    """Average camera pose (LLFF ``poses_avg``), axes as given.
 
     Centre = mean camera position; z = normalised mean z axis; x = normalise(mean y x z);
     y = z x x.
@@ -170,7 +170,7 @@ class SceneNormalization:
 def normalize_poses(
     c2w_opencv: np.ndarray, near_depth: float
 ) -> tuple[np.ndarray, SceneNormalization]:
-    """Training poses -> NSFF world and axes, and the similarity used (spec 2.2, 2.3).
+    """Training poses -> NSFF world and axes, and the similarity used (see the module docstring).
 
     Steps: flip to NSFF (OpenGL) camera axes; left-multiply by the inverse average pose
     (:func:`average_pose` of the flipped poses); divide translations by ``near_depth``.
@@ -307,7 +307,7 @@ def ndc_factors(K: Any, like: Tensor | None = None) -> Tensor:
 
 
 def world_to_ndc(points: Tensor, K: Any, near: float = 1.0) -> Tensor:
-    """Global NDC warp of NSFF-world points (spec 2.4).
+    """Global NDC warp of NSFF-world points.
 
     ``(-ax X / Z, -ay Y / Z, 1 + 2 near / Z)`` with ``(ax, ay) = ndc_factors(K)``. Defined for
     Z < 0 (in front of the average camera); Z = -near maps to NDC z = -1, Z -> -inf to 1.
@@ -344,7 +344,7 @@ def ndc_to_world(points_ndc: Tensor, K: Any, near: float = 1.0, eps: float = 1e-
 
 
 def rays_to_ndc(origins: Tensor, dirs: Tensor, K: Any, near: float = 1.0) -> tuple[Tensor, Tensor]:
-    """World rays -> NDC rays (spec 2.4, nsff_pl's shifted-origin rule).
+    """World rays -> NDC rays (nsff_pl's shifted-origin rule).
 
     Each origin first moves along its ray onto the plane ``Z = -max(near, -o_z)``: ordinary
     cameras (o_z > -near) land on the near plane Z = -near, a camera already past it (a
@@ -413,7 +413,7 @@ def ndc_extent(K: Any, c2w_nsff: Any, hw: tuple[int, int]) -> tuple[float, float
 
 
 def projection_matrices(K: Any, c2w_nsff: Any) -> Tensor:
-    """Per-frame projection matrices NSFF world -> OpenCV pixel coordinates (spec 2.2 step 5).
+    """Per-frame projection matrices NSFF world -> OpenCV pixel coordinates (for the flow loss).
 
     ``P = K [R | t]_w2c`` where ``[R | t]_w2c`` is the rigid inverse of ``c2w_nsff`` with its
     y and z rows negated (NSFF camera axes -> OpenCV camera axes, so ``(P X)_z`` is the camera
@@ -444,8 +444,8 @@ def project_points_depth(P: Tensor, X: Tensor) -> tuple[Tensor, Tensor]:
         X: (..., 3) NSFF-world points.
 
     Returns:
-        uv (..., 2): OpenCV pixel coordinates ``(P X)_xy / (|(P X)_z| + 1e-8)`` (spec 5 flow
-        loss; the absolute value keeps the sign of a point behind the camera from flipping
+        uv (..., 2): OpenCV pixel coordinates ``(P X)_xy / (|(P X)_z| + 1e-8)`` (as nsff_pl's
+        flow loss; the absolute value keeps the sign of a point behind the camera from flipping
         it); z (...,): camera depth ``(P X)_z``, normalised units, > 0 in front.
     """
     h = (P[..., :3] @ X.unsqueeze(-1)).squeeze(-1) + P[..., 3]

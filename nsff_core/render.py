@@ -1,20 +1,24 @@
 """Volume rendering of NSFF: samples, the static/dynamic composite, warped renders at t +- 1.
 
 Everything here works on NDC rays (``x = o' + z d'``, z in [0, 1], z = 1 is infinity; see
-:mod:`nsff_core.rays`) and "depth" is that ray parameter z. The pieces follow spec section 4:
+:mod:`nsff_core.rays`) and "depth" is that ray parameter z. The method is explained in
+docs/method.md, "Rendering"; the pieces:
 
 - :func:`sample_along_rays`, :func:`ray_deltas`, :func:`alphas_from_sigma`: samples and opacities
-  (4.1; intervals are in z, not scaled by |d'|, and the last one is 100 static / 1e-3 dynamic).
+  (intervals are in z, not scaled by |d'|, and the last one is 100 static / 1e-3 dynamic).
 - :func:`volume_weights`, :func:`composite_weights`, :func:`composite_rgb`: the classic NeRF
-  weights and the NeRF-W "addition" composite of static and dynamic (4.2).
-- :func:`neighbour_frames`, :func:`disocclusion`: helpers of the warped renders (4.3).
-- :func:`rendered_correspondences`: 3D points and their scene-flow targets (4.4).
-- :func:`render_rays`: the whole pipeline on a batch of rays; :func:`render_in_chunks` for images.
+  weights and the NeRF-W "addition" composite of static and dynamic; with
+  :func:`transmittance_after` a ray can be composited in runs of samples (time interpolation,
+  :mod:`nsff_core.interp`, does so plane run by plane run); :func:`over_background`.
+- :func:`neighbour_frames`, :func:`disocclusion`: helpers of the warped renders.
+- :func:`rendered_correspondences`: 3D points and their scene-flow targets.
+- :func:`render_rays`: the whole pipeline on a batch of rays (a :class:`RenderOutput`, whose
+  per-ray images are a :class:`RenderImage`); :func:`render_in_chunks` for images.
 
 Compositing always runs in float32 (field outputs are cast up), so the renderer can be called
 under ``torch.autocast`` with bfloat16 MLPs.
 
-Not done here: the test-time visibility trick of nsff_pl's eval (spec 4.5: dynamic density of
+Not done here: the test-time visibility trick of nsff_pl's eval (dynamic density of
 samples outside the frame-t camera frustum set to -10). It needs the frame-t projection from
 :mod:`nsff_core.rays` and belongs in the inference path, as a mask on the dynamic raw density.
 """
@@ -65,7 +69,7 @@ class RenderConfig:
 
 
 # ---------------------------------------------------------------------------------------------
-# Samples and opacities (spec 4.1)
+# Samples and opacities
 
 
 def sample_along_rays(
@@ -131,27 +135,46 @@ def alphas_from_sigma(
 
 
 # ---------------------------------------------------------------------------------------------
-# Weights and colour (spec 4.2)
+# Weights and colour
 
 
-def _exclusive_cumprod(x: Tensor) -> Tensor:
-    """[1, x_0, x_0 x_1, ...] along the last axis."""
-    return torch.cumprod(torch.cat([torch.ones_like(x[..., :1]), x[..., :-1]], dim=-1), dim=-1)
+def _exclusive_cumprod(x: Tensor, start: Tensor | None = None) -> Tensor:
+    """[s, s x_0, s x_0 x_1, ...] along the last axis; s = ``start`` (...,), or 1 if None."""
+    out = torch.cumprod(torch.cat([torch.ones_like(x[..., :1]), x[..., :-1]], dim=-1), dim=-1)
+    return out if start is None else start[..., None] * out
 
 
-def volume_weights(alpha: Tensor) -> tuple[Tensor, Tensor]:
-    """Classic NeRF weights w_i = alpha_i T_i with T_i = prod_{j<i} (1 - alpha_j).
+def volume_weights(alpha: Tensor, start: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Classic NeRF weights w_i = alpha_i T_i with T_i = T_start prod_{j<i} (1 - alpha_j).
 
     Args:
         alpha: (..., S) opacities.
+        start: (...,) transmittance in front of the first sample (default 1). Compositing a ray
+            in consecutive runs of samples passes the previous run's
+            :func:`transmittance_after` here.
 
     Returns:
         (weights (..., S), transmittance (..., S)).
 
-    Example: alpha = [0.5, 0.5, 1] -> T = [1, 0.5, 0.25], w = [0.5, 0.25, 0.25].
+    Example: alpha = [0.5, 0.5, 1] -> T = [1, 0.5, 0.25], w = [0.5, 0.25, 0.25]; the same
+    samples in two runs, [0.5] then [0.5, 1] with start = 0.5, give the same weights.
     """
-    transmittance = _exclusive_cumprod(1.0 - alpha)
+    transmittance = _exclusive_cumprod(1.0 - alpha, start)
     return alpha * transmittance, transmittance
+
+
+def transmittance_after(transmittance: Tensor, *alphas: Tensor) -> Tensor:
+    """Transmittance behind the last sample, T_{S-1} prod_k (1 - alpha_k,S-1): (..., S) -> (...).
+
+    ``alphas`` are the (..., S) opacities composited at each sample (one for
+    :func:`volume_weights`; static and dynamic for :func:`composite_weights`).
+
+    Example: alpha = [0.5, 0.5] -> T = [1, 0.5] -> 0.5 (1 - 0.5) = 0.25.
+    """
+    clear = 1.0 - alphas[0][..., -1]
+    for alpha in alphas[1:]:
+        clear = clear * (1.0 - alpha[..., -1])
+    return transmittance[..., -1] * clear
 
 
 class CompositeWeights(NamedTuple):
@@ -167,10 +190,12 @@ class CompositeWeights(NamedTuple):
     transmittance: Tensor
 
 
-def composite_weights(alpha_static: Tensor, alpha_dynamic: Tensor) -> CompositeWeights:
-    """NeRF-W "addition" composite of a static and a dynamic field along rays (spec 4.2).
+def composite_weights(
+    alpha_static: Tensor, alpha_dynamic: Tensor, start: Tensor | None = None
+) -> CompositeWeights:
+    """NeRF-W "addition" composite of a static and a dynamic field along rays.
 
-    alpha_i = 1 - (1 - a_s,i)(1 - a_d,i), T_i = prod_{j<i} (1 - alpha_j),
+    alpha_i = 1 - (1 - a_s,i)(1 - a_d,i), T_i = T_start prod_{j<i} (1 - alpha_j),
     w_s,i = a_s,i T_i, w_d,i = a_d,i T_i, w_i = alpha_i T_i. Note w_s + w_d >= w: the colour
     uses w_s and w_d, the depth uses w.
 
@@ -179,9 +204,11 @@ def composite_weights(alpha_static: Tensor, alpha_dynamic: Tensor) -> CompositeW
 
     Args:
         alpha_static, alpha_dynamic: (..., S) opacities.
+        start: (...,) transmittance in front of the first sample (default 1), as in
+            :func:`volume_weights`.
     """
     clear = (1.0 - alpha_static) * (1.0 - alpha_dynamic)
-    transmittance = _exclusive_cumprod(clear)
+    transmittance = _exclusive_cumprod(clear, start)
     return CompositeWeights(
         static=alpha_static * transmittance,
         dynamic=alpha_dynamic * transmittance,
@@ -203,13 +230,21 @@ def composite_rgb(
     ).sum(-2)
 
 
+def over_background(rgb: Tensor, coverage: Tensor, grey: float) -> Tensor:
+    """Colour (..., 3) of partial coverage (...,) put over a uniform grey: rgb + grey (1 - cov).
+
+    Example: rgb = (0.5, 0, 0) from coverage 0.5 over grey 0.8 -> (0.9, 0.4, 0.4).
+    """
+    return rgb + grey * (1.0 - coverage[..., None])
+
+
 def zero_far_flow(flow: Tensor, z: Tensor, z_far: float) -> Tensor:
     """Scene flow (..., S, 3) set to 0 at samples whose ray parameter z (..., S) exceeds z_far."""
     return torch.where((z > z_far)[..., None], torch.zeros_like(flow), flow)
 
 
 # ---------------------------------------------------------------------------------------------
-# Warped renders and correspondences (spec 4.3, 4.4)
+# Warped renders and correspondences
 
 
 def neighbour_frames(t: Tensor, step: int, num_frames: int) -> tuple[Tensor, Tensor]:
@@ -244,8 +279,8 @@ def rendered_correspondences(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Expected surface point and where it moves: X = sum w_i x_i, X_fw = X + sum w_i f_fw,i.
 
-    All in NDC, with the composite weights w (spec 4.4). Weights (..., S), points and flows
-    (..., S, 3) -> (X, X_fw, X_bw), each (..., 3).
+    All in NDC, with the composite weights w (not the dynamic ones). Weights (..., S), points
+    and flows (..., S, 3) -> (X, X_fw, X_bw), each (..., 3).
 
     Example: w = [0.25, 0.75], x = [(0,0,0), (0,0,1)], f_fw = [(1,0,0), (0,0,0)]
     -> X = (0, 0, 0.75), X_fw = (0.25, 0, 0.75).
@@ -257,7 +292,7 @@ def rendered_correspondences(
 
 @dataclass
 class WarpedRender:
-    """Frame t rendered with its dynamic content moved to the neighbour frame (spec 4.3).
+    """Frame t rendered with its dynamic content moved to the neighbour frame.
 
     The dynamic field is queried at x_i + f_i with the neighbour's time code and composited with
     the static density and colour of frame t. Shapes: R rays, S samples.
@@ -284,25 +319,8 @@ class WarpedRender:
 
 @dataclass
 class RenderImage:
-    """Per-ray outputs only, for images (what :meth:`RenderOutput.image` keeps)."""
-
-    #: (R, 3) static + dynamic composite colour
-    rgb: Tensor
-    #: (R,) expected NDC ray parameter sum_i w_i z_i
-    depth: Tensor
-    #: (R, 3) static field alone (its own transmittance): the background
-    static_rgb: Tensor
-    #: (R,) static field alone, expected NDC ray parameter
-    static_depth: Tensor
-    #: (R, 3) sum_i w_d,i c_d,i + grey (1 - sum_i w_d,i)
-    dynamic_rgb: Tensor
-    #: (R,) sum_i w_d,i
-    dynamicness: Tensor
-
-
-@dataclass
-class RenderOutput:
-    """Everything :func:`render_rays` computes for R rays of S samples (NDC throughout)."""
+    """Per-ray outputs of a render, what an image needs (:attr:`RenderOutput.image`; the
+    fractional-time render :func:`nsff_core.interp.interpolate_rays` returns one too)."""
 
     #: (R, 3) static + dynamic composite colour
     rgb: Tensor
@@ -316,6 +334,14 @@ class RenderOutput:
     dynamic_rgb: Tensor
     #: (R,) sum_i w_d,i
     dynamicness: Tensor
+
+
+@dataclass
+class RenderOutput:
+    """Everything :func:`render_rays` computes for R rays of S samples (NDC throughout)."""
+
+    #: the per-ray images (colour, depth, static alone, dynamic over grey, dynamicness)
+    image: RenderImage
     #: (R, 3) expected surface point X = sum_i w_i x_i
     surface_point: Tensor
     #: (R, 3) X + sum_i w_i f_fw,i: where the surface point is at t + 1
@@ -349,17 +375,6 @@ class RenderOutput:
     #: render warped to t - 1 (training only, else None)
     bw: WarpedRender | None = None
 
-    def image(self) -> RenderImage:
-        """The per-ray outputs (drops the per-sample tensors)."""
-        return RenderImage(
-            rgb=self.rgb,
-            depth=self.depth,
-            static_rgb=self.static_rgb,
-            static_depth=self.static_depth,
-            dynamic_rgb=self.dynamic_rgb,
-            dynamicness=self.dynamicness,
-        )
-
 
 def _warped_render(
     warped: DynamicFieldOutput,
@@ -372,7 +387,7 @@ def _warped_render(
     z_far: float,
     generator: torch.Generator | None,
 ) -> WarpedRender:
-    """Render frame t's samples moved by their scene flow to t + step (step = +-1) (4.3).
+    """Render frame t's samples moved by their scene flow to t + step (step = +-1).
 
     ``warped`` is the dynamic field at the moved points and time ``time`` (the caller queries
     both directions in one pass).
@@ -486,8 +501,11 @@ def render_rays(
     weights = composite_weights(static_alpha, dynamic_alpha)
     static_only_weights, _ = volume_weights(static_alpha)
     dynamicness = weights.dynamic.sum(-1)
-    dynamic_rgb = (weights.dynamic[..., None] * dynamic_sample_rgb).sum(-2)
-    dynamic_rgb = dynamic_rgb + cfg.dynamic_background * (1.0 - dynamicness[..., None])
+    dynamic_rgb = over_background(
+        (weights.dynamic[..., None] * dynamic_sample_rgb).sum(-2),
+        dynamicness,
+        cfg.dynamic_background,
+    )
 
     scene_flow_fw = zero_far_flow(dynamic.scene_flow_fw.float(), z, cfg.z_far)
     scene_flow_bw = zero_far_flow(dynamic.scene_flow_bw.float(), z, cfg.z_far)
@@ -495,13 +513,16 @@ def render_rays(
         weights.total, points, scene_flow_fw, scene_flow_bw
     )
 
-    out = RenderOutput(
+    image = RenderImage(
         rgb=composite_rgb(weights.static, static_sample_rgb, weights.dynamic, dynamic_sample_rgb),
         depth=(weights.total * z).sum(-1),
         static_rgb=(static_only_weights[..., None] * static_sample_rgb).sum(-2),
         static_depth=(static_only_weights * z).sum(-1),
         dynamic_rgb=dynamic_rgb,
         dynamicness=dynamicness,
+    )
+    out = RenderOutput(
+        image=image,
         surface_point=surface,
         surface_point_fw=surface_fw,
         surface_point_bw=surface_bw,
@@ -558,7 +579,7 @@ def render_in_chunks(
     ``fn`` returns a tensor or a dataclass of tensors (nested dataclasses and ``None`` fields
     are fine), each with the rays on dim 0. Each chunk's result is moved to ``out_device``
     (e.g. ``"cpu"`` to keep a full image off the GPU) before concatenation. For images, return
-    only what is needed, e.g. ``lambda o, d, t: render_rays(..., training=False).image()``, and
+    only what is needed, e.g. ``lambda o, d, t: render_rays(..., training=False).image``, and
     call under ``torch.inference_mode()``.
 
     Args:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from . import io
+from .config import RenderSplitConfig
 from .errors import StageError
 from .holdout import model_times, source_frame_count
 from .interp import render_view, split_time
@@ -65,7 +66,7 @@ def render_camera_path(
     """Render every camera of ``path`` with the trained ``system``.
 
     Integer times use the ordinary render; fractional times t + dt are interpolated between
-    frames t and t + 1 by splatting (spec 7.3, :mod:`nsff_core.interp`). Every image has the
+    frames t and t + 1 by splatting (:mod:`nsff_core.interp`). Every image has the
     four streams (rgb, depth, static-only, dynamic-only with dynamicness).
 
     The path's times are source frame times; a run with held-out frames maps them to its
@@ -123,9 +124,9 @@ def render_split(
     split: str,
     out_dir: str | Path | None,
     paths_dir: str | Path | None = None,
-    video_format: str = "mp4",
-    fps: float = 10.0,
-    chunk: int = 4096,
+    video_format: str = RenderSplitConfig.video_format,
+    fps: float = RenderSplitConfig.fps,
+    chunk: int = RenderSplitConfig.chunk,
     scene: str | None = None,
     outputs: dict[str, str | Path] | None = None,
 ) -> dict:

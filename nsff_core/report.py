@@ -50,6 +50,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from . import io
+from .layout import RESULTS, SceneLayout
 from .workflow import END_LINE, FAILED
 
 log = logging.getLogger(__name__)
@@ -86,8 +87,6 @@ COLUMNS = (
     "eval",
     "log",
 )
-#: The rule diagnose's verdict on a scene's priors, relative to the scene's folder.
-DIAGNOSTICS_JSON = Path("diagnostics") / "diagnostics.json"
 #: Bytes read from the end of a log to find its end line (run_stage writes nothing after it).
 _TAIL_BYTES = 64 * 1024
 
@@ -121,11 +120,11 @@ def _eval_fields(metrics: dict) -> dict:
     return row
 
 
-def _train_fields(scene_dir: Path) -> dict:
+def _train_fields(layout: SceneLayout) -> dict:
     import pandas as pd
 
     row = {}
-    metrics = scene_dir / "train" / "metrics.csv"
+    metrics = Path(layout.train_metrics)
     if metrics.is_file():
         df = pd.read_csv(metrics)
         if "train/psnr" in df:
@@ -133,7 +132,7 @@ def _train_fields(scene_dir: Path) -> dict:
             row["train_psnr"] = float(psnr.iloc[-1]) if len(psnr) else math.nan
         if "step" in df and df["step"].notna().any():
             row["train_steps"] = int(df["step"].max()) + 1
-    bench = scene_dir / "benchmarks" / "train.tsv"
+    bench = Path(layout.benchmark("train"))
     if bench.is_file():
         b = pd.read_csv(bench, sep="\t")
         if "s" in b and len(b):
@@ -144,7 +143,7 @@ def _train_fields(scene_dir: Path) -> dict:
 def diagnostic_warnings(scene_dir: str | Path) -> str:
     """The failed checks of the scene's priors, joined by ``;`` (``""`` when none failed, and
     when ``diagnostics/diagnostics.json`` is missing or unreadable: logged)."""
-    path = Path(scene_dir) / DIAGNOSTICS_JSON
+    path = Path(SceneLayout(str(scene_dir)).diagnostics_json)
     if not path.is_file():
         return ""
     try:
@@ -171,11 +170,11 @@ def job_outcome(log_path: str | Path) -> str | None:
     return ends[-1]["outcome"] if ends else None
 
 
-def _job_logs(scene_dir: Path, splits: Iterable[str] | None) -> list[Path]:
+def _job_logs(layout: SceneLayout, splits: Iterable[str] | None) -> list[Path]:
     """The scene's job logs, oldest first; with ``splits``, of those render splits only."""
-    logs = list((scene_dir / "logs").glob("*.log"))
+    logs = list(Path(layout.logs).glob("*.log"))
     if splits is not None:
-        keep = {f"render_{s}.log" for s in splits}
+        keep = {Path(layout.log(f"render_{s}")).name for s in splits}
         logs = [p for p in logs if not p.name.startswith("render_") or p.name in keep]
     return sorted(logs, key=lambda p: p.stat().st_mtime)
 
@@ -183,13 +182,13 @@ def _job_logs(scene_dir: Path, splits: Iterable[str] | None) -> list[Path]:
 def scene_status(scene_dir: str | Path, splits: Iterable[str] | None = None) -> tuple[str, str]:
     """The status of the scene in ``scene_dir`` and the log behind it (rules 1 to 4 of the
     module docstring; ``ok`` is not checked for readability here)."""
-    scene_dir = Path(scene_dir)
-    logs = _job_logs(scene_dir, splits)
+    layout = SceneLayout(str(scene_dir))
+    logs = _job_logs(layout, splits)
     outcome = {p: job_outcome(p) for p in logs}
     failed = [p for p in logs if outcome[p] == FAILED]
     if failed:
         return "failed", str(failed[-1])
-    eval_json = scene_dir / "eval" / "metrics.json"
+    eval_json = Path(layout.eval_metrics)
     evaluated = eval_json.stat().st_mtime if eval_json.is_file() else None
     cut_short = [
         p
@@ -200,35 +199,35 @@ def scene_status(scene_dir: str | Path, splits: Iterable[str] | None = None) -> 
     if cut_short:
         return "incomplete", str(cut_short[-1])
     if evaluated is not None:
-        eval_log = scene_dir / "logs" / "evaluate.log"
+        eval_log = Path(layout.log("evaluate"))
         return "ok", str(eval_log) if eval_log.is_file() else ""
     return "missing", str(logs[-1]) if logs else ""
 
 
 def summary_row(
-    scene: str, results_dir: str | Path = "results", splits: Iterable[str] | None = None
+    scene: str, results_dir: str | Path = RESULTS, splits: Iterable[str] | None = None
 ) -> dict:
     """The summary row of one scene (see the module docstring); ``splits``: the scene's render
     splits (None: every render log counts)."""
-    scene_dir = Path(results_dir) / scene
-    eval_json = scene_dir / "eval" / "metrics.json"
-    status, log_path = scene_status(scene_dir, splits)
+    layout = SceneLayout.of(scene, str(results_dir))
+    eval_json = Path(layout.eval_metrics)
+    status, log_path = scene_status(layout.root, splits)
     row: dict = {"scene": scene, "status": status, "eval": str(eval_json), "log": log_path}
-    row["warnings"] = diagnostic_warnings(scene_dir)
+    row["warnings"] = diagnostic_warnings(layout.root)
     if status == "ok":
         try:
             row.update(_eval_fields(json.loads(eval_json.read_text())))
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("summary: %s is unreadable (%s)", eval_json, exc)
             row["status"] = "unreadable"
-    row.update(_train_fields(scene_dir))
+    row.update(_train_fields(layout))
     return row
 
 
 def write_summary(
     scenes: list[str],
     out_csv: str | Path,
-    results_dir: str | Path = "results",
+    results_dir: str | Path = RESULTS,
     splits: Mapping[str, Iterable[str]] | None = None,
 ) -> list[dict]:
     """Write ``out_csv`` with one row per scene (in the given order); returns the rows.

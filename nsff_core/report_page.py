@@ -40,15 +40,17 @@ from pathlib import Path
 import numpy as np
 
 from . import io
+from .layout import RENDER_PARTS, RESULTS, BatchLayout, SceneLayout
 
 log = logging.getLogger(__name__)
 
 #: The report sections: each is one folder under ``results/report`` (a rule output).
 SECTIONS = ("renders", "priors", "training", "evaluation", "status", "summary")
-#: The diagnose rule's images, in the order a person reads them.
-PRIOR_IMAGES = ("contact_sheet.png", "camera_path.png", "per_frame.png", "depth_vs_sfm.png")
-#: The videos of one render split, by the suffix of their name.
-VIDEO_PARTS = (("", "colour"), ("_depth", "depth"), ("_static", "static"), ("_dynamic", "dynamic"))
+#: The diagnose rule's images (roles of :data:`nsff_core.layout.DIAGNOSTIC_IMAGES`), in the
+#: order a person reads them.
+PRIOR_IMAGES = ("contact_sheet", "camera_path", "per_frame", "depth")
+#: The videos of one render split: the part (None = the colour video) and its label.
+VIDEO_PARTS = ((None, "colour"), *((part, part) for part in RENDER_PARTS))
 #: Lines of a log shown on a status item.
 LOG_TAIL_LINES = 60
 #: The train log's progress lines (nsff_core.train.ProgressLog): step and rays/s.
@@ -146,15 +148,17 @@ def _pyplot():
 # --------------------------------------------------------------------------- per section
 
 
-def render_page(scene: str, split: str, render_dir: Path, video_format: str = "mp4") -> str | None:
+def render_page(
+    scene: str, split: str, layout: SceneLayout, video_format: str = "mp4"
+) -> str | None:
     """The page of one render split: its four videos side by side, embedded (None when the
     split's colour video does not exist)."""
     mime = "image/gif" if video_format == "gif" else "video/mp4"
     figures = []
-    for suffix, label in VIDEO_PARTS:
-        path = render_dir / f"{split}{suffix}.{video_format}"
+    for part, label in VIDEO_PARTS:
+        path = Path(layout.render_video(split, video_format, part))
         if not path.is_file():
-            if not suffix:
+            if part is None:
                 return None
             continue
         uri = _data_uri(path, mime)
@@ -223,12 +227,12 @@ def training_curves(metrics_csv: Path, out_png: Path, log_path: Path | None = No
     return True
 
 
-def training_page(scene: str, scene_dir: Path) -> str:
+def training_page(scene: str, layout: SceneLayout) -> str:
     """Steps, wall time, rays/s and the model's main settings, as a table."""
     import pandas as pd
 
     rows: list[list] = []
-    metrics = scene_dir / "train" / "metrics.csv"
+    metrics = Path(layout.train_metrics)
     if metrics.is_file():
         df = pd.read_csv(metrics)
         if "step" in df and df["step"].notna().any():
@@ -236,18 +240,18 @@ def training_page(scene: str, scene_dir: Path) -> str:
         for col, name in (("loss/total", "last loss"), ("train/psnr", "last training PSNR (dB)")):
             if col in df and df[col].notna().any():
                 rows.append([name, float(df[col].dropna().iloc[-1])])
-    rays = train_rays_per_second(scene_dir / "logs" / "train.log")
+    rays = train_rays_per_second(Path(layout.log("train")))
     if rays:
         values = [r for _, r in rays]
         rows.append(["rays/s (median of the log's lines)", float(np.median(values))])
-    bench = scene_dir / "benchmarks" / "train.tsv"
+    bench = Path(layout.benchmark("train"))
     if bench.is_file():
         b = pd.read_csv(bench, sep="\t")
         if "s" in b and len(b):
             rows.append(["train job wall time (s)", float(b["s"].mean())])
         if "max_rss" in b and len(b):
             rows.append(["train job peak memory (MB)", float(b["max_rss"].mean())])
-    config = scene_dir / "train" / "config.json"
+    config = Path(layout.train_config)
     if config.is_file():
         try:
             train = json.loads(config.read_text()).get("train", {})
@@ -307,14 +311,14 @@ def evaluation_page(scene: str, metrics: dict) -> str:
 
 
 def _view_pairs(
-    scene_dir: Path, metrics: dict, limit: int
+    layout: SceneLayout, metrics: dict, limit: int
 ) -> list[tuple[str, Path | np.ndarray, np.ndarray]]:
     """Up to ``limit`` (title, render, ground truth) of held-out views (synthetic scenes) or
     held-out frames (``eval.holdout_every``)."""
     pairs: list = []
     novel = metrics.get("novel") or {}
-    novel_dir = scene_dir / "eval" / "novel"
-    gt_npz = scene_dir / "gt" / "scene.npz"
+    novel_dir = Path(layout.eval_novel)
+    gt_npz = Path(layout.gt)
     if novel.get("views") and novel_dir.is_dir() and gt_npz.is_file():
         renders = sorted(novel_dir.glob("*_v*.png"))
         pick = np.unique(np.linspace(0, len(renders) - 1, min(limit, len(renders))).astype(int))
@@ -326,16 +330,16 @@ def _view_pairs(
     holdout = metrics.get("holdout") or {}
     names = holdout.get("names") or []
     for name in names[: max(0, limit - len(pairs))]:
-        render = scene_dir / "render" / "test" / name
-        frame = scene_dir / "frames" / name
+        render = Path(layout.render_frames("test")) / name
+        frame = Path(layout.frames) / name
         if render.is_file() and frame.is_file():
             pairs.append((f"held-out frame {name}", render, io.read_image(frame)))
     return pairs
 
 
-def views_figure(scene_dir: Path, metrics: dict, out_png: Path, limit: int = 4) -> bool:
+def views_figure(layout: SceneLayout, metrics: dict, out_png: Path, limit: int = 4) -> bool:
     """Held-out renders beside their ground truth, one row each; False when there is none."""
-    pairs = _view_pairs(scene_dir, metrics, limit)
+    pairs = _view_pairs(layout, metrics, limit)
     if not pairs:
         return False
     plt = _pyplot()
@@ -425,7 +429,7 @@ def _write(path: Path, text: str) -> None:
 def _scene_items(
     scene: str,
     row: Mapping,
-    scene_dir: Path,
+    layout: SceneLayout,
     tmp: Mapping[str, Path],
     splits: Iterable[str],
     video_format: str,
@@ -434,32 +438,32 @@ def _scene_items(
     item out (a failed scene has only some)."""
     _write(tmp["status"] / scene / "status.html", status_page(scene, row))
     for split in splits:
-        page = render_page(scene, split, scene_dir / "render", video_format)
+        page = render_page(scene, split, layout, video_format)
         if page is not None:
             _write(tmp["renders"] / scene / f"{split}.html", page)
-    for name in PRIOR_IMAGES:
-        src = scene_dir / "diagnostics" / name
+    for role in PRIOR_IMAGES:
+        src = Path(layout.diagnostic_image(role))
         if src.is_file():
             (tmp["priors"] / scene).mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, tmp["priors"] / scene / name)
-    metrics_csv = scene_dir / "train" / "metrics.csv"
+            shutil.copyfile(src, tmp["priors"] / scene / src.name)
+    metrics_csv = Path(layout.train_metrics)
     if metrics_csv.is_file():
         (tmp["training"] / scene).mkdir(parents=True, exist_ok=True)
         training_curves(
-            metrics_csv, tmp["training"] / scene / "curves.png", scene_dir / "logs" / "train.log"
+            metrics_csv, tmp["training"] / scene / "curves.png", Path(layout.log("train"))
         )
-        _write(tmp["training"] / scene / "training.html", training_page(scene, scene_dir))
-    eval_json = scene_dir / "eval" / "metrics.json"
+        _write(tmp["training"] / scene / "training.html", training_page(scene, layout))
+    eval_json = Path(layout.eval_metrics)
     if row.get("status") == "ok" and eval_json.is_file():
         metrics = json.loads(eval_json.read_text())
         _write(tmp["evaluation"] / scene / "metrics.html", evaluation_page(scene, metrics))
-        views_figure(scene_dir, metrics, tmp["evaluation"] / scene / "views.png")
+        views_figure(layout, metrics, tmp["evaluation"] / scene / "views.png")
 
 
 def write_report_items(
     rows: list[Mapping],
     out_dirs: Mapping[str, str | Path],
-    results_dir: str | Path = "results",
+    results_dir: str | Path = RESULTS,
     splits: Mapping[str, Iterable[str]] | None = None,
     video_format: str = "mp4",
 ) -> None:
@@ -482,7 +486,7 @@ def write_report_items(
                 _scene_items(
                     scene,
                     row,
-                    Path(results_dir) / scene,
+                    SceneLayout.of(scene, str(results_dir)),
                     tmp,
                     splits.get(scene, ()),
                     video_format,
@@ -497,20 +501,20 @@ def write_report_items(
     )
 
 
-def scene_inputs(scene_dir: str, synthetic: bool) -> list[str]:
+def scene_inputs(layout: SceneLayout, synthetic: bool) -> list[str]:
     """The files of a scene that its items read besides summary.csv's own inputs: the checks'
     images, the held-out views, the frames and (``synthetic``) the ground truth."""
-    inputs = [f"{scene_dir}/diagnostics/{name}" for name in PRIOR_IMAGES]
-    inputs += [f"{scene_dir}/eval/novel", f"{scene_dir}/frames"]
+    inputs = [layout.diagnostic_image(role) for role in PRIOR_IMAGES]
+    inputs += [layout.eval_novel, layout.frames]
     if synthetic:
-        inputs.append(f"{scene_dir}/gt/scene.npz")
+        inputs.append(layout.gt)
     return inputs
 
 
 def items_after_error(
     splits: Mapping[str, Iterable[str]],
     video_format: str = "mp4",
-    results_dir: str | Path = "results",
+    results_dir: str | Path = RESULTS,
 ) -> None:
     """The workflow's ``onerror``, after the summary table was written: the items from what
     exists, so that ``snakemake --report`` works on a batch with a failed scene (its status
@@ -518,15 +522,15 @@ def items_after_error(
     raises (the error that stopped the workflow must stay the one reported)."""
     import sys
 
-    results_dir = Path(results_dir)
-    csv = results_dir / "summary.csv"
+    batch = BatchLayout(str(results_dir))
+    csv = Path(batch.summary_csv)
     if not csv.is_file() or not splits:
         return
     try:
         import pandas as pd
 
         rows = pd.read_csv(csv).to_dict("records")
-        folders = {s: results_dir / "report" / s for s in SECTIONS}
+        folders = {s: Path(batch.report_section(s)) for s in SECTIONS}
         write_report_items(rows, folders, results_dir, splits, video_format)
     except Exception as exc:
         print(f"could not write the report's items after the error: {exc}", file=sys.stderr)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .layout import RENDER_PARTS
 
 #: Largest number of learned plane features of the planes field (static and dynamic spatial
 #: planes over all levels, x channels): 2^28 float32 = 1 GiB, about 4 GiB with gradients and
@@ -94,12 +95,52 @@ def validate_config(config: dict, schema_path: str | Path) -> None:
     included), the plane sizes of ``train`` and of every train preset (merged over ``train``,
     as a scene sees them) must stay within :data:`MAX_GRID_FEATURES`.
     """
-    schema = _load_yaml(schema_path)
+    schema = _with_split_pattern(_load_yaml(schema_path))
     validator = _validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
         raise ConfigError("invalid configuration: " + "; ".join(_format_error(e) for e in errors))
     _check_grid_size(config)
+
+
+def _with_split_pattern(schema: dict) -> dict:
+    """``schema`` with the split grammar of :mod:`nsff_core.paths` as the pattern of every
+    ``render.splits`` item (the schema file does not repeat the grammar)."""
+    from .paths import SPLIT_PATTERN
+
+    render = schema.get("properties", {}).get("render", {}).get("properties", {})
+    if "splits" in render:
+        render["splits"]["items"]["pattern"] = f"^(?:{SPLIT_PATTERN})$"
+    return schema
+
+
+def moved_key_warnings(config: dict) -> list[str]:
+    """A deprecation message for every setting of ``config`` that moved to another section
+    (:data:`nsff_core.config.MOVED_KEYS`), in ``train`` or a train preset; such a setting is
+    still used in its new place (:func:`scene_stage_config`) unless that place is set too."""
+    from .config import MOVED_KEYS
+
+    messages = []
+    for (section, key), (new_section, new_key) in MOVED_KEYS.items():
+        places = [(section, config.get(section) or {})]
+        if section == "train":
+            presets = config.get("train_presets") or {}
+            places += [(f"train_presets.{name}", p or {}) for name, p in presets.items()]
+        new_set = new_key in (config.get(new_section) or {})
+        for place, values in places:
+            if key not in values:
+                continue
+            use = (
+                f"it is ignored, since {new_section}.{new_key} is set"
+                if new_set
+                else f"its value {values[key]!r} is used as {new_section}.{new_key} for now"
+            )
+            messages.append(
+                f"config key '{place}.{key}' is deprecated: the setting moved to "
+                f"'{new_section}.{new_key}' (changing it there does not rerun {section}); {use}. "
+                f"Move it to '{new_section}.{new_key}' in your config."
+            )
+    return messages
 
 
 def grid_features(values: dict[str, Any]) -> int:
@@ -368,10 +409,6 @@ def check_frame_ranges(config: dict, scenes: dict[str, dict[str, Any]]) -> None:
                 )
 
 
-#: the side videos of a render split ``s``: ``s_depth``, ``s_static``, ``s_dynamic``
-RENDER_SIDE_VIDEOS = ("depth", "static", "dynamic")
-
-
 def check_splits(config: dict, scenes: dict[str, dict[str, Any]]) -> None:
     """Every split of ``render.splits`` and of a ``splits`` cell must be a render split name."""
     from .paths import parse_split
@@ -391,7 +428,7 @@ def check_splits(config: dict, scenes: dict[str, dict[str, Any]]) -> None:
     for name, row in scenes.items():
         splits = set(scene_splits(config, row))
         for split in sorted(splits):
-            for side in RENDER_SIDE_VIDEOS:
+            for side in RENDER_PARTS:  # the side videos s_depth, s_static, ...
                 if f"{split}_{side}" in splits:
                     raise ConfigError(
                         f"{sheet_place(scenes, name)}: the render splits {split} and"
@@ -424,12 +461,29 @@ def scene_splits(config: dict, row: dict[str, Any]) -> list[str]:
     return list((config.get("render", {}) or {}).get("splits", default))
 
 
-def scene_stage_config(config: dict, row: dict[str, Any], stage: str) -> dict[str, Any]:
-    """Settings of ``stage`` for one scene: ``config[stage]`` with the row's overrides (for
-    ``train``: first the row's ``train_preset``, then nothing else)."""
+def _section(config: dict, row: dict[str, Any], stage: str) -> dict[str, Any]:
+    """A copy of ``config[stage]``; for ``train`` with the row's ``train_preset`` applied."""
     values = copy.deepcopy(config.get(stage, {}) or {})
     if stage == "train" and row.get("train_preset"):
         values.update(copy.deepcopy(config["train_presets"][row["train_preset"]]))
+    return values
+
+
+def scene_stage_config(config: dict, row: dict[str, Any], stage: str) -> dict[str, Any]:
+    """Settings of ``stage`` for one scene: ``config[stage]`` with the row's overrides (for
+    ``train``: first the row's ``train_preset``, then nothing else). A setting that moved to
+    another section (:data:`nsff_core.config.MOVED_KEYS`) leaves its old section and, given
+    there only, is used in its new one (see :func:`moved_key_warnings`)."""
+    from .config import MOVED_KEYS
+
+    values = _section(config, row, stage)
+    for (old_stage, key), (new_stage, new_key) in MOVED_KEYS.items():
+        if stage == old_stage:
+            values.pop(key, None)
+        elif stage == new_stage and new_key not in values:
+            old = _section(config, row, old_stage)
+            if key in old:
+                values[new_key] = old[key]
     if stage == "frames" and ("width" in row or "height" in row or synthetic_preset(row)):
         # a row that gives one side wants the other to follow its aspect ratio; a synthetic
         # scene is rendered at its preset's size, which is its training size unless overridden

@@ -1,4 +1,4 @@
-"""Forward (softmax) splatting in plain torch, for NSFF time interpolation (NSFF_SPEC 7.3).
+"""Forward (softmax) splatting in plain torch, for NSFF time interpolation (:mod:`.interp`).
 
 Follows the definition of Niklaus and Liu, "Softmax Splatting for Video Frame Interpolation"
 (CVPR 2020), written here with ``index_add`` instead of a CUDA kernel, so it runs on any device

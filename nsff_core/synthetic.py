@@ -290,13 +290,6 @@ def backproject(depth: np.ndarray, K: np.ndarray, c2w: np.ndarray) -> np.ndarray
     return cam @ c2w[:3, :3].T + c2w[:3, 3]
 
 
-def static_flow(depth: np.ndarray, K: np.ndarray, c2w_src: np.ndarray, c2w_dst: np.ndarray):
-    """Flow (H, W, 2) float64 in pixels that a static scene with z-depth ``depth`` (H, W) of the
-    source camera would have from camera ``c2w_src`` to ``c2w_dst`` (both (4, 4))."""
-    xy, _ = project(K, c2w_dst, backproject(depth, K, c2w_src))
-    return xy - pixel_grid(*depth.shape)
-
-
 # --------------------------------------------------------------------------- scene layout
 
 #: primitive kinds

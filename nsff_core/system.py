@@ -1,7 +1,7 @@
 """The NSFF LightningModule: wiring of fields, renderer and losses (no file IO).
 
 One training step renders a :class:`~nsff_core.data.RayBatch` of one frame t with the warped
-renders to t +- 1, computes every loss term of NSFF_SPEC section 5 as its own function
+renders to t +- 1, computes every loss term (docs/method.md, Losses) as its own function
 (:mod:`nsff_core.losses`) and sums them with the epoch's weights (:func:`losses.weights_at`).
 Terms that need a neighbour frame are masked at the first and last frame (nsff_pl was not).
 
@@ -109,8 +109,8 @@ def loss_terms(
     bw_valid = out.bw.valid & batch.flow_bw_valid
     both = out.fw.valid & out.bw.valid
     return {
-        "color": L.color_loss(out.rgb, batch.rgb),
-        "disparity": L.disparity_loss(out.depth, batch.disp),
+        "color": L.color_loss(out.image.rgb, batch.rgb),
+        "disparity": L.disparity_loss(out.image.depth, batch.disp),
         "flow_fw": L.optical_flow_loss(
             ndc_to_world(out.surface_point_fw, K),
             P[out.fw.time],
@@ -144,7 +144,7 @@ def loss_terms(
         "cross_entropy": L.cross_entropy_thickness_loss(
             out.dynamic_weights, out.static_weights, thickness
         ),
-        "mask": L.mask_dynamicness_loss(out.dynamicness, batch.dynamic),
+        "mask": L.mask_dynamicness_loss(out.image.dynamicness, batch.dynamic),
     }
 
 
@@ -202,7 +202,7 @@ class NSFFSystem(pl.LightningModule):
             if hw is None:
                 raise ConfigError("train.hard_sampling needs the image size (hw)")
             n_pix = int(hw[0]) * int(hw[1])
-            # sampling weight of every pixel (spec 2.7), kept in checkpoints so that a resumed
+            # sampling weight of every pixel (hard sampling), kept in checkpoints so that a resumed
             # run samples as the interrupted one did; the last prediction of every pixel
             # (not kept: it is refilled within an epoch)
             self.register_buffer("hard_weights", torch.ones(num_frames, n_pix))
@@ -242,16 +242,15 @@ class NSFFSystem(pl.LightningModule):
     def training_step(self, batch: RayBatch, batch_idx: int) -> Tensor:
         out = self.render(batch.origins, batch.dirs, batch.t, training=True)
         terms = loss_terms(out, batch, self.P, self.K, self.cfg.thickness)
-        if self.cfg.field == "planes":
-            terms["field_regularization"] = (
-                self.static_field.regularization() + self.dynamic_field.regularization()
-            )
+        reg = self.field_regularization(self.global_step)
+        if reg is not None:
+            terms["field_regularization"] = reg
         weights = L.weights_at(
             step=self.global_step, steps_per_epoch=self.steps_per_epoch, base=self.loss_weights
         )
         loss = L.total_loss(terms, weights)
         if self.cfg.hard_sampling:
-            self.last_rgb[batch.t, batch.pixel] = out.rgb.detach().float()
+            self.last_rgb[batch.t, batch.pixel] = out.image.rgb.detach().float()
             self.last_step[batch.t, batch.pixel] = self.global_step
         logs = {f"loss/{k}": v.detach().float() for k, v in terms.items()}
         logs["loss/total"] = loss.detach().float()
@@ -265,6 +264,17 @@ class NSFFSystem(pl.LightningModule):
         logs["train/psnr"] = psnr(logs["loss/color"])
         self.log_dict(logs, on_step=True, prog_bar=False, batch_size=len(batch.t))
         return loss
+
+    def field_regularization(self, step: int) -> Tensor | None:
+        """The plane fields' regulariser at ``step`` (None for MLP fields and skipped steps).
+
+        With ``grid_tv_every`` k it is computed on every k-th step only, times k: the same pull
+        on average at 1/k of the cost. Example: k = 4 -> steps 0, 4, 8, ... at 4x the value.
+        """
+        every = self.cfg.grid_tv_every
+        if self.cfg.field != "planes" or step % every:
+            return None
+        return every * (self.static_field.regularization() + self.dynamic_field.regularization())
 
     def state_digest(self) -> str:
         """SHA-1 of the weights and persistent buffers (the checkpoint's state_dict)."""

@@ -74,10 +74,19 @@ class RayBatchStream(torch.utils.data.IterableDataset):
     Under DDP every process has its own stream, seeded ``train.seed + rank``.
     """
 
-    def __init__(self, data: SceneData, batch_size: int, seed: int) -> None:
+    def __init__(
+        self, data: SceneData, batch_size: int, seed: int, dynamic_share: float = 0.0
+    ) -> None:
         super().__init__()
         self.data = data
-        self.sampler = FrameSampler(data.num_frames, data.hw, batch_size, seed=seed)
+        self.sampler = FrameSampler(
+            data.num_frames,
+            data.hw,
+            batch_size,
+            seed=seed,
+            dynamic=data.dynamic if dynamic_share > 0 else None,
+            dynamic_share=dynamic_share,
+        )
 
     def __iter__(self):
         while True:
@@ -582,7 +591,7 @@ def _fit(
         # its own density noise (DDP starts every rank from rank 0's weights); seed_everything,
         # since Lightning reseeds from it when it sets up DDP
         pl.seed_everything(cfg.seed + rank, workers=True, verbose=False)
-    stream = RayBatchStream(data, cfg.batch_size, cfg.seed + rank)
+    stream = RayBatchStream(data, cfg.batch_size, cfg.seed + rank, cfg.dynamic_sampling)
     system.pixel_sampler = stream.sampler
     system.training_frames = data.rgb
     system.lr_scale = float(job.get("lr_scale", 1.0))

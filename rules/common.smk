@@ -5,17 +5,27 @@ import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
 
 sys.path.insert(0, workflow.basedir)
 
 from nsff_core import sheet as _sheet
 from nsff_core.errors import ConfigError
+from nsff_core.layout import BatchLayout, SceneLayout
+from nsff_core.paths import SPLIT_PATTERN, parse_split
+
+#: the files of a scene with the {scene} wildcard (rules' inputs, outputs, logs, benchmarks)
+SCENE = SceneLayout.pattern()
+#: the batch's own files under results/ (summary table, report items)
+BATCH = BatchLayout()
 
 
 def _load_scenes():
     schemas = Path(workflow.basedir) / "rules" / "schemas"
     try:
         _sheet.validate_config(config, schemas / "config.schema.yaml")
+        for message in _sheet.moved_key_warnings(config):
+            logger.warning(f"Warning: {message}")
         scenes = _sheet.load_scene_sheet(config["scenes"], schemas / "scenes.schema.yaml")
         _sheet.check_synthetic_presets(config, scenes)
         _sheet.check_train_presets(config, scenes)
@@ -35,15 +45,26 @@ KEEP_INTERMEDIATES = config.get("keep_intermediates", True)
 
 wildcard_constraints:
     scene="|".join(map(re.escape, SCENES)) if SCENES else "[^/]+",
+    # the split grammar of nsff_core/paths.py: a malformed name matches no rule
+    split=SPLIT_PATTERN,
 
 
-def scene_dir(scene):
-    return f"results/{scene}"
+def scene_layout(scene):
+    """The files of one scene (nsff_core/layout.py)."""
+    return BATCH.scene(scene)
 
 
 def stage_cfg(stage):
     """Params function: the stage's settings for a scene (global config + sheet overrides)."""
     return lambda wc: _sheet.scene_stage_config(config, SCENES[wc.scene], stage)
+
+
+def stage_setting(stage, key):
+    """Params function: one setting of a stage for a scene, its default from the stage's
+    dataclass in nsff_core/config.py (the one home of the defaults)."""
+    from nsff_core.config import stage_config
+
+    return lambda wc: getattr(stage_config(stage, stage_cfg(stage)(wc)), key)
 
 
 def weights_config():
@@ -55,7 +76,7 @@ def weights_config():
 
 def train_gpus(wc):
     """The scene's train.gpus (its train_preset applied): the job's GPUs, one DDP process each."""
-    return int(stage_cfg("train")(wc).get("gpus", 1))
+    return stage_setting("train", "gpus")(wc)
 
 
 def pretrained(wc, stage):
@@ -79,7 +100,7 @@ def source_path(wc):
     """The scene's source as given in the sheet, or the video of its synthetic scene."""
     row = SCENES[wc.scene]
     if _sheet.synthetic_preset(row) is not None:
-        return f"results/{wc.scene}/source/video.mp4"
+        return scene_layout(wc.scene).source_video
     return row["source"]
 
 
@@ -100,8 +121,10 @@ def intermediate(path):
 
 def scene_holdout_every(scene):
     """The scene's eval.holdout_every (sheet column holdout_every): 0 = no held-out frames."""
+    from nsff_core.config import stage_config
+
     values = _sheet.scene_stage_config(config, SCENES[scene], "eval")
-    return int(values.get("holdout_every") or 0)
+    return int(stage_config("eval", values).holdout_every or 0)
 
 
 def holdout_every(wc):
@@ -111,64 +134,64 @@ def holdout_every(wc):
 
 def holdout_flow(wc):
     """The flow between training frames, for a scene with held-out frames; else none."""
-    return f"results/{wc.scene}/flow_holdout" if holdout_every(wc) else []
+    return scene_layout(wc.scene).flow_holdout if holdout_every(wc) else []
 
 
 def intermediate_outputs(scene):
     """The outputs that :func:`intermediate` marks, of one scene."""
-    d = scene_dir(scene)
-    names = ["flow_fw", "flow_bw", "flow_ok", "sfm", "disp"]
+    d = scene_layout(scene)
+    paths = [d.flow_fw, d.flow_bw, d.flow_ok, d.sfm, d.disp]
     if scene_holdout_every(scene):
-        names.append("flow_holdout")
-    return [f"{d}/{name}" for name in names]
+        paths.append(d.flow_holdout)
+    return paths
 
 
 def preprocess_targets(scene):
     """The priors of a scene (rule priors). Without keep_intermediates every intermediate is
     listed: what a target rule asks for is never deleted, so `snakemake priors` keeps them."""
-    d = scene_dir(scene)
-    targets = [
-        f"{d}/frames.json",
-        f"{d}/flow_fw",
-        f"{d}/masks",
-        f"{d}/cameras.npz",
-        f"{d}/disp",
-        f"{d}/diagnostics/diagnostics.json",
-    ]
+    d = scene_layout(scene)
+    targets = [d.frames_json, d.flow_fw, d.masks, d.cameras, d.disp, d.diagnostics_json]
     if not KEEP_INTERMEDIATES:
         targets += [t for t in intermediate_outputs(scene) if t not in targets]
     return targets
 
 
 def video_format():
-    return (config.get("render", {}) or {}).get("video_format", "mp4")
+    """render.video_format (one for all scenes: the sheet cannot override it)."""
+    from nsff_core.config import stage_config
+
+    return stage_config("render", _sheet.scene_stage_config(config, {}, "render")).video_format
 
 
 def render_targets(scene):
     """The videos of the scene's render splits (sheet column splits, else render.splits)."""
     splits = _sheet.scene_splits(config, SCENES[scene])
-    return [f"{scene_dir(scene)}/render/{split}.{video_format()}" for split in splits]
+    return [scene_layout(scene).render_video(split, video_format()) for split in splits]
 
 
 def camera_path_file(wc):
     """The camera-path file of a split ``path_<name>``; other splits have none."""
-    if wc.split.startswith("path_"):
-        return f"results/{wc.scene}/paths/{wc.split[len('path_'):]}.npz"
+    try:
+        spec = parse_split(wc.split)  # the wildcard constraint lets only this grammar through
+    except ValueError:
+        return []  # a value out of range (interp above its maximum): the render job says so
+    if spec.kind == "path":
+        return scene_layout(wc.scene).camera_path(spec.path_name)
     return []
 
 
 def evaluate_gt(wc):
     """The ground truth of a synthetic scene (held-out views); other scenes have none."""
     if _sheet.synthetic_preset(SCENES[wc.scene]) is not None:
-        return f"results/{wc.scene}/gt/scene.npz"
+        return scene_layout(wc.scene).gt
     return []
 
 
 def export_targets(scene):
     """The exports of a scene (rules export_colmap and export; each writes more files than
     the one listed here)."""
-    d = scene_dir(scene)
-    return [f"{d}/export/colmap", f"{d}/export/transforms.json"]
+    d = scene_layout(scene)
+    return [d.export("colmap"), d.export("transforms.json")]
 
 
 def all_targets():
@@ -180,20 +203,20 @@ def all_targets():
         if not KEEP_INTERMEDIATES:  # not targets, or Snakemake would keep them
             priors = [t for t in priors if t not in intermediate_outputs(scene)]
         targets += priors + render_targets(scene)
-        targets.append(f"{scene_dir(scene)}/eval/metrics.json")
+        targets.append(scene_layout(scene).eval_metrics)
         targets += export_targets(scene)
-    return targets + ["results/summary.csv"]
+    return targets + [BATCH.summary_csv]
 
 
 def summary_after_error():
     """onerror: write results/summary.csv anyway, with a row per scene (failed or missing ones
     marked, with their log), so that a batch run with --keep-going still has its table."""
-    if not Path("results").is_dir() or not SCENES:
+    if not Path(BATCH.root).is_dir() or not SCENES:
         return
     from nsff_core.report import write_summary
 
     try:
         splits = {s: _sheet.scene_splits(config, SCENES[s]) for s in SCENES}
-        write_summary(list(SCENES), "results/summary.csv", "results", splits=splits)
+        write_summary(list(SCENES), BATCH.summary_csv, BATCH.root, splits=splits)
     except Exception as exc:  # never hide the error that stopped the workflow
-        print(f"could not write results/summary.csv after the error: {exc}", file=sys.stderr)
+        print(f"could not write {BATCH.summary_csv} after the error: {exc}", file=sys.stderr)

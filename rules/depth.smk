@@ -3,18 +3,18 @@
 
 rule depth:
     input:
-        frames="results/{scene}/frames",
-        frames_json="results/{scene}/frames.json",
-        weights="results/{scene}/weights.json",
-        masks="results/{scene}/sfm_masks",
-        sfm="results/{scene}/sfm",
-        cameras="results/{scene}/cameras.npz",
+        frames=SCENE.frames,
+        frames_json=SCENE.frames_json,
+        weights=SCENE.weights,
+        masks=SCENE.sfm_masks,
+        sfm=SCENE.sfm,
+        cameras=SCENE.cameras,
     output:
-        disp=intermediate(directory("results/{scene}/disp")),
+        disp=intermediate(directory(SCENE.disp)),
     log:
-        "results/{scene}/logs/depth.log",
+        SCENE.log("depth"),
     benchmark:
-        "results/{scene}/benchmarks/depth.tsv"
+        SCENE.benchmark("depth")
     conda:
         "../envs/depth.yaml"
     threads: 1

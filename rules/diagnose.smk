@@ -5,24 +5,24 @@
 
 rule diagnose:
     input:
-        frames="results/{scene}/frames",
-        fw="results/{scene}/flow_fw",
-        ok="results/{scene}/flow_ok",
-        masks="results/{scene}/masks",
-        sfm="results/{scene}/sfm",
-        cameras="results/{scene}/cameras.npz",
-        disp="results/{scene}/disp",
+        frames=SCENE.frames,
+        fw=SCENE.flow_fw,
+        ok=SCENE.flow_ok,
+        masks=SCENE.masks,
+        sfm=SCENE.sfm,
+        cameras=SCENE.cameras,
+        disp=SCENE.disp,
     output:
         # names as in nsff_core/diagnose.py (JSON_NAME, IMAGE_NAMES)
-        json="results/{scene}/diagnostics/diagnostics.json",
-        contact_sheet="results/{scene}/diagnostics/contact_sheet.png",
-        per_frame="results/{scene}/diagnostics/per_frame.png",
-        camera_path="results/{scene}/diagnostics/camera_path.png",
-        depth="results/{scene}/diagnostics/depth_vs_sfm.png",
+        json=SCENE.diagnostics_json,
+        contact_sheet=SCENE.diagnostic_image("contact_sheet"),
+        per_frame=SCENE.diagnostic_image("per_frame"),
+        camera_path=SCENE.diagnostic_image("camera_path"),
+        depth=SCENE.diagnostic_image("depth"),
     log:
-        "results/{scene}/logs/diagnose.log",
+        SCENE.log("diagnose"),
     benchmark:
-        "results/{scene}/benchmarks/diagnose.tsv"
+        SCENE.benchmark("diagnose")
     conda:
         "../envs/depth.yaml"
     threads: 1

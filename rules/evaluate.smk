@@ -4,19 +4,19 @@
 
 rule evaluate:
     input:
-        ckpt="results/{scene}/train/last.ckpt",
-        cameras="results/{scene}/cameras.npz",
-        frames="results/{scene}/frames",
-        masks="results/{scene}/masks",
-        test="results/{scene}/render/test",
+        ckpt=SCENE.checkpoint,
+        cameras=SCENE.cameras,
+        frames=SCENE.frames,
+        masks=SCENE.masks,
+        test=SCENE.render_frames("test"),
         gt=evaluate_gt,
     output:
-        metrics="results/{scene}/eval/metrics.json",
-        novel=directory("results/{scene}/eval/novel"),
+        metrics=SCENE.eval_metrics,
+        novel=directory(SCENE.eval_novel),
     log:
-        "results/{scene}/logs/evaluate.log",
+        SCENE.log("evaluate"),
     benchmark:
-        "results/{scene}/benchmarks/evaluate.tsv"
+        SCENE.benchmark("evaluate")
     conda:
         "../envs/nsff.yaml"
     threads: 2
@@ -25,8 +25,7 @@ rule evaluate:
         mem_mb=16000,
         runtime=120,
     params:
-        # the scene's train setting (its train_preset applied), nothing else of train
-        chunk=lambda wc: stage_cfg("train")(wc).get("chunk", 4096),
+        chunk=stage_setting("render", "chunk"),
         holdout_every=holdout_every,
     script:
         "../workflow_scripts/evaluate.py"

@@ -6,14 +6,14 @@
 
 rule export_colmap:
     input:
-        sfm="results/{scene}/sfm",
-        cameras="results/{scene}/cameras.npz",
+        sfm=SCENE.sfm,
+        cameras=SCENE.cameras,
     output:
-        colmap=directory("results/{scene}/export/colmap"),
+        colmap=directory(SCENE.export("colmap")),
     log:
-        "results/{scene}/logs/export_colmap.log",
+        SCENE.log("export_colmap"),
     benchmark:
-        "results/{scene}/benchmarks/export_colmap.tsv"
+        SCENE.benchmark("export_colmap")
     conda:
         "../envs/nsff.yaml"
     threads: 1
@@ -26,20 +26,20 @@ rule export_colmap:
 
 rule export:
     input:
-        ckpt="results/{scene}/train/last.ckpt",
-        cameras="results/{scene}/cameras.npz",
-        frames="results/{scene}/frames",
-        masks="results/{scene}/masks",
+        ckpt=SCENE.checkpoint,
+        cameras=SCENE.cameras,
+        frames=SCENE.frames,
+        masks=SCENE.masks,
     output:
-        transforms="results/{scene}/export/transforms.json",
-        depth=directory("results/{scene}/export/depth"),
-        depth_scale="results/{scene}/export/depth_scale.json",
-        masks=directory("results/{scene}/export/masks"),
-        points="results/{scene}/export/points.ply",
+        transforms=SCENE.export("transforms.json"),
+        depth=directory(SCENE.export("depth")),
+        depth_scale=SCENE.export("depth_scale.json"),
+        masks=directory(SCENE.export("masks")),
+        points=SCENE.export("points.ply"),
     log:
-        "results/{scene}/logs/export.log",
+        SCENE.log("export"),
     benchmark:
-        "results/{scene}/benchmarks/export.tsv"
+        SCENE.benchmark("export")
     conda:
         "../envs/nsff.yaml"
     threads: 2
@@ -48,7 +48,6 @@ rule export:
         mem_mb=16000,
         runtime=120,
     params:
-        # the scene's train setting (its train_preset applied), nothing else of train
-        chunk=lambda wc: stage_cfg("train")(wc).get("chunk", 4096),
+        chunk=stage_setting("render", "chunk"),
     script:
         "../workflow_scripts/export.py"

@@ -5,17 +5,17 @@
 
 rule flow:
     input:
-        frames="results/{scene}/frames",
-        frames_json="results/{scene}/frames.json",
-        weights="results/{scene}/weights.json",
+        frames=SCENE.frames,
+        frames_json=SCENE.frames_json,
+        weights=SCENE.weights,
     output:
-        fw=intermediate(directory("results/{scene}/flow_fw")),
-        bw=intermediate(directory("results/{scene}/flow_bw")),
-        ok=intermediate(directory("results/{scene}/flow_ok")),
+        fw=intermediate(directory(SCENE.flow_fw)),
+        bw=intermediate(directory(SCENE.flow_bw)),
+        ok=intermediate(directory(SCENE.flow_ok)),
     log:
-        "results/{scene}/logs/flow.log",
+        SCENE.log("flow"),
     benchmark:
-        "results/{scene}/benchmarks/flow.tsv"
+        SCENE.benchmark("flow")
     conda:
         "../envs/flow.yaml"
     threads: 1
@@ -34,15 +34,15 @@ rule flow:
 # training loss through its flow. Only train of such a scene asks for it.
 rule flow_holdout:
     input:
-        frames="results/{scene}/frames",
-        frames_json="results/{scene}/frames.json",
-        weights="results/{scene}/weights.json",
+        frames=SCENE.frames,
+        frames_json=SCENE.frames_json,
+        weights=SCENE.weights,
     output:
-        flow=intermediate(directory("results/{scene}/flow_holdout")),
+        flow=intermediate(directory(SCENE.flow_holdout)),
     log:
-        "results/{scene}/logs/flow_holdout.log",
+        SCENE.log("flow_holdout"),
     benchmark:
-        "results/{scene}/benchmarks/flow_holdout.tsv"
+        SCENE.benchmark("flow_holdout")
     conda:
         "../envs/flow.yaml"
     threads: 1

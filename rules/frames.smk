@@ -3,12 +3,12 @@
 
 rule synthetic:
     output:
-        video="results/{scene}/source/video.mp4",
-        gt="results/{scene}/gt/scene.npz",
+        video=SCENE.source_video,
+        gt=SCENE.gt,
     log:
-        "results/{scene}/logs/synthetic.log",
+        SCENE.log("synthetic"),
     benchmark:
-        "results/{scene}/benchmarks/synthetic.tsv"
+        SCENE.benchmark("synthetic")
     conda:
         "../envs/video.yaml"
     threads: 1
@@ -25,12 +25,12 @@ rule frames:
     input:
         source_input,
     output:
-        frames=directory("results/{scene}/frames"),
-        json="results/{scene}/frames.json",
+        frames=directory(SCENE.frames),
+        json=SCENE.frames_json,
     log:
-        "results/{scene}/logs/frames.log",
+        SCENE.log("frames"),
     benchmark:
-        "results/{scene}/benchmarks/frames.tsv"
+        SCENE.benchmark("frames")
     conda:
         "../envs/video.yaml"
     threads: 1

@@ -6,18 +6,18 @@
 
 rule sfm_masks:
     input:
-        frames="results/{scene}/frames",
-        frames_json="results/{scene}/frames.json",
-        weights="results/{scene}/weights.json",
-        fw="results/{scene}/flow_fw",
-        bw="results/{scene}/flow_bw",
-        ok="results/{scene}/flow_ok",
+        frames=SCENE.frames,
+        frames_json=SCENE.frames_json,
+        weights=SCENE.weights,
+        fw=SCENE.flow_fw,
+        bw=SCENE.flow_bw,
+        ok=SCENE.flow_ok,
     output:
-        masks=directory("results/{scene}/sfm_masks"),
+        masks=directory(SCENE.sfm_masks),
     log:
-        "results/{scene}/logs/sfm_masks.log",
+        SCENE.log("sfm_masks"),
     benchmark:
-        "results/{scene}/benchmarks/sfm_masks.tsv"
+        SCENE.benchmark("sfm_masks")
     conda:
         "../envs/masks.yaml"
     threads: 1
@@ -33,20 +33,20 @@ rule sfm_masks:
 
 rule masks:
     input:
-        frames="results/{scene}/frames",
-        frames_json="results/{scene}/frames.json",
-        weights="results/{scene}/weights.json",
-        fw="results/{scene}/flow_fw",
-        bw="results/{scene}/flow_bw",
-        ok="results/{scene}/flow_ok",
-        cameras="results/{scene}/cameras.npz",
-        disp="results/{scene}/disp",
+        frames=SCENE.frames,
+        frames_json=SCENE.frames_json,
+        weights=SCENE.weights,
+        fw=SCENE.flow_fw,
+        bw=SCENE.flow_bw,
+        ok=SCENE.flow_ok,
+        cameras=SCENE.cameras,
+        disp=SCENE.disp,
     output:
-        masks=directory("results/{scene}/masks"),
+        masks=directory(SCENE.masks),
     log:
-        "results/{scene}/logs/masks.log",
+        SCENE.log("masks"),
     benchmark:
-        "results/{scene}/benchmarks/masks.tsv"
+        SCENE.benchmark("masks")
     conda:
         "../envs/masks.yaml"
     threads: 1

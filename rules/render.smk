@@ -5,21 +5,19 @@
 
 rule render:
     input:
-        ckpt="results/{scene}/train/last.ckpt",
-        cameras="results/{scene}/cameras.npz",
+        ckpt=SCENE.checkpoint,
+        cameras=SCENE.cameras,
         path=camera_path_file,
     output:
-        video=f"results/{{scene}}/render/{{split}}.{video_format()}",
-        depth=f"results/{{scene}}/render/{{split}}_depth.{video_format()}",
-        static=f"results/{{scene}}/render/{{split}}_static.{video_format()}",
-        dynamic=f"results/{{scene}}/render/{{split}}_dynamic.{video_format()}",
-        frames=directory("results/{scene}/render/{split}"),
+        video=SCENE.render_video("{split}", video_format()),
+        depth=SCENE.render_video("{split}", video_format(), "depth"),
+        static=SCENE.render_video("{split}", video_format(), "static"),
+        dynamic=SCENE.render_video("{split}", video_format(), "dynamic"),
+        frames=directory(SCENE.render_frames("{split}")),
     log:
-        "results/{scene}/logs/render_{split}.log",
+        SCENE.log("render_{split}"),
     benchmark:
-        "results/{scene}/benchmarks/render_{split}.tsv"
-    wildcard_constraints:
-        split=r"test|test_spiral\d*|test_spiral_time|test_fixview\d+_interp\d+|bullet\d+(\.\d+)?|path_[A-Za-z0-9_-]+",
+        SCENE.benchmark("render_{split}")
     conda:
         "../envs/nsff.yaml"
     threads: 2
@@ -28,9 +26,8 @@ rule render:
         mem_mb=16000,
         runtime=240,
     params:
-        paths_dir=lambda wc: f"results/{wc.scene}/paths",
-        fps=lambda wc: config.get("render", {}).get("fps", 10.0),
-        # the scene's train setting (its train_preset applied), nothing else of train
-        chunk=lambda wc: stage_cfg("train")(wc).get("chunk", 4096),
+        paths_dir=lambda wc: scene_layout(wc.scene).camera_paths,
+        fps=stage_setting("render", "fps"),
+        chunk=stage_setting("render", "chunk"),
     script:
         "../workflow_scripts/render.py"

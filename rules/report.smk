@@ -16,11 +16,11 @@ from nsff_core.report_page import scene_inputs as scene_report_inputs
 
 rule summary:
     input:
-        evals=expand("results/{scene}/eval/metrics.json", scene=list(SCENES)),
-        train=expand("results/{scene}/train/metrics.csv", scene=list(SCENES)),
+        evals=expand(SCENE.eval_metrics, scene=list(SCENES)),
+        train=expand(SCENE.train_metrics, scene=list(SCENES)),
         renders=[video for scene in SCENES for video in render_targets(scene)],
         # the warnings column: a rerun of diagnose alone (new thresholds) updates the table
-        diagnostics=expand("results/{scene}/diagnostics/diagnostics.json", scene=list(SCENES)),
+        diagnostics=expand(SCENE.diagnostics_json, scene=list(SCENES)),
         # the exports too: a scene's status counts their logs, and a fixed export reruns this
         exports=[path for scene in SCENES for path in export_targets(scene)],
         # what the report's items read besides (the checks' images, held-out views, frames)
@@ -28,31 +28,31 @@ rule summary:
             path
             for scene in SCENES
             for path in scene_report_inputs(
-                scene_dir(scene), _sheet.synthetic_preset(SCENES[scene]) is not None
+                scene_layout(scene), _sheet.synthetic_preset(SCENES[scene]) is not None
             )
         ],
     output:
         csv=report(
-            "results/summary.csv",
+            BATCH.summary_csv,
             caption="../report/summary_csv.rst",
             category="Batch",
         ),
         # one folder per section of the report, marked with its caption; category: the scene
         summary=report(
-            directory("results/report/summary"),
+            directory(BATCH.report_section("summary")),
             patterns=["{name}.html"],
             caption="../report/summary.rst",
             category="Batch",
         ),
         status=report(
-            directory("results/report/status"),
+            directory(BATCH.report_section("status")),
             patterns=["{scene}/status.html"],
             caption="../report/status.rst",
             category="{scene}",
             subcategory="Status",
         ),
         renders=report(
-            directory("results/report/renders"),
+            directory(BATCH.report_section("renders")),
             patterns=["{scene}/{split}.html"],
             caption="../report/renders.rst",
             category="{scene}",
@@ -60,7 +60,7 @@ rule summary:
             labels={"split": "{split}"},
         ),
         priors=report(
-            directory("results/report/priors"),
+            directory(BATCH.report_section("priors")),
             patterns=["{scene}/{image}.png"],
             caption="../report/priors.rst",
             category="{scene}",
@@ -68,23 +68,23 @@ rule summary:
             labels={"image": "{image}"},
         ),
         training=report(
-            directory("results/report/training"),
+            directory(BATCH.report_section("training")),
             patterns=["{scene}/curves.png", "{scene}/training.html"],
             caption="../report/training.rst",
             category="{scene}",
             subcategory="Training",
         ),
         evaluation=report(
-            directory("results/report/evaluation"),
+            directory(BATCH.report_section("evaluation")),
             patterns=["{scene}/metrics.html", "{scene}/views.png"],
             caption="../report/evaluation.rst",
             category="{scene}",
             subcategory="Evaluation",
         ),
     log:
-        "results/logs/summary.log",
+        BATCH.log("summary"),
     benchmark:
-        "results/benchmarks/summary.tsv"
+        BATCH.benchmark("summary")
     conda:
         "../envs/nsff.yaml"
     threads: 1

@@ -4,17 +4,17 @@
 
 rule sfm:
     input:
-        frames="results/{scene}/frames",
-        frames_json="results/{scene}/frames.json",
-        masks="results/{scene}/sfm_masks",
+        frames=SCENE.frames,
+        frames_json=SCENE.frames_json,
+        masks=SCENE.sfm_masks,
     output:
-        sfm=intermediate(directory("results/{scene}/sfm")),
-        cameras="results/{scene}/cameras.npz",
-        poses_bounds="results/{scene}/poses_bounds.npy",
+        sfm=intermediate(directory(SCENE.sfm)),
+        cameras=SCENE.cameras,
+        poses_bounds=SCENE.poses_bounds,
     log:
-        "results/{scene}/logs/sfm.log",
+        SCENE.log("sfm"),
     benchmark:
-        "results/{scene}/benchmarks/sfm.tsv"
+        SCENE.benchmark("sfm")
     conda:
         "../envs/sfm.yaml"
     threads: 4

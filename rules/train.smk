@@ -4,27 +4,27 @@
 
 rule train:
     input:
-        frames="results/{scene}/frames",
-        fw="results/{scene}/flow_fw",
-        bw="results/{scene}/flow_bw",
-        ok="results/{scene}/flow_ok",
-        masks="results/{scene}/masks",
-        sfm="results/{scene}/sfm",
-        cameras="results/{scene}/cameras.npz",
-        disp="results/{scene}/disp",
+        frames=SCENE.frames,
+        fw=SCENE.flow_fw,
+        bw=SCENE.flow_bw,
+        ok=SCENE.flow_ok,
+        masks=SCENE.masks,
+        sfm=SCENE.sfm,
+        cameras=SCENE.cameras,
+        disp=SCENE.disp,
         # flow between training frames, with eval.holdout_every only
         flow_holdout=holdout_flow,
         # train waits for the checks (and a strict failure stops it); ancient: a rerun of
         # diagnose alone (new thresholds) does not retrain
-        diagnostics=ancient("results/{scene}/diagnostics/diagnostics.json"),
+        diagnostics=ancient(SCENE.diagnostics_json),
     output:
-        ckpt="results/{scene}/train/last.ckpt",
-        config="results/{scene}/train/config.json",
-        metrics="results/{scene}/train/metrics.csv",
+        ckpt=SCENE.checkpoint,
+        config=SCENE.train_config,
+        metrics=SCENE.train_metrics,
     log:
-        "results/{scene}/logs/train.log",
+        SCENE.log("train"),
     benchmark:
-        "results/{scene}/benchmarks/train.tsv"
+        SCENE.benchmark("train")
     conda:
         "../envs/nsff.yaml"
     threads: 2
@@ -34,7 +34,7 @@ rule train:
         runtime=1440,
     params:
         cfg=stage_cfg("train"),
-        scene_dir=lambda wc: f"results/{wc.scene}",
+        scene_dir=lambda wc: scene_layout(wc.scene).root,
         holdout_every=holdout_every,
     script:
         "../workflow_scripts/train.py"

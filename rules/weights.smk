@@ -7,11 +7,11 @@
 
 rule weights:
     output:
-        marker="results/{scene}/weights.json",
+        marker=SCENE.weights,
     log:
-        "results/{scene}/logs/weights.log",
+        SCENE.log("weights"),
     benchmark:
-        "results/{scene}/benchmarks/weights.tsv"
+        SCENE.benchmark("weights")
     localrule: True
     conda:
         "../envs/video.yaml"
@@ -25,7 +25,7 @@ rule weights:
             stage: stage_cfg(stage)(wc).get("backend") for stage in ("flow", "masks", "depth")
         }
         | (
-            {"depth": stage_cfg("depth")(wc).get("dpt_model", "dpt_large")}
+            {"depth": stage_setting("depth", "dpt_model")(wc)}
             if stage_cfg("depth")(wc).get("backend") == "dpt"
             else {}
         ),

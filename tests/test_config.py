@@ -45,7 +45,11 @@ def test_schema_covers_every_dataclass_field():
         section = schema["properties"][stage]
         if "$ref" in section:  # train: shared with train_presets
             section = schema["$defs"][section["$ref"].rsplit("/", 1)[-1]]
-        assert set(section["properties"]) == names, stage
+        # a moved key stays in the schema, marked deprecated, so that old configs still load
+        current = {k for k, v in section["properties"].items() if not v.get("deprecated")}
+        moved = {k for k, v in section["properties"].items() if v.get("deprecated")}
+        assert current == names, stage
+        assert moved == {key for (old, key) in C.MOVED_KEYS if old == stage}, stage
 
 
 @pytest.mark.parametrize(
@@ -60,6 +64,9 @@ def test_schema_covers_every_dataclass_field():
         (lambda c: c["eval"].update(holdout_every=1), "eval.holdout_every"),
         (lambda c: c["eval"].update(holdout_every=-2), "eval.holdout_every"),
         (lambda c: c["render"].update(splits=["bullet3.x"]), "render.splits"),
+        # the split grammar of nsff_core/paths.py, not a looser copy: no leading zeros
+        (lambda c: c["render"].update(splits=["test", "test_spiral01"]), "render.splits.1"),
+        (lambda c: c["render"].update(chunk=0), "render.chunk"),
     ],
 )
 def test_config_errors_name_the_key(edit, needle):
@@ -204,7 +211,8 @@ def test_float_keys_cover_the_issue_cases():
         (("synthetic", "tiny", "num_frames"), 10**6),
         (("train", "num_samples"), 10**6),
         (("train", "batch_size"), 10**7),
-        (("train", "chunk"), 2**21),
+        (("render", "chunk"), 2**21),
+        (("train", "chunk"), 2**21),  # deprecated, still bounded
         (("train", "width"), 10**5),
         (("train", "depth"), 1000),
         (("train", "grid_channels"), 10**4),
@@ -264,3 +272,52 @@ def test_plane_feature_count_is_bounded():
     cfg["train"]["grid_channels"] = 64
     with pytest.raises(ConfigError, match=r"key 'train_presets\.huge'"):
         sheet.validate_config(cfg, SCHEMAS / "config.schema.yaml")
+
+
+# --------------------------------------------------------------------------- moved settings
+
+
+def test_render_chunk_is_a_render_setting_not_a_train_one():
+    cfg = _config()
+    row = {"scene": "a", "source": "synthetic:demo", "train_preset": "cpu_demo"}
+    assert "chunk" not in cfg["train"] and cfg["render"]["chunk"] == C.RenderSplitConfig.chunk
+    cfg["render"]["chunk"] = 1024
+    assert sheet.scene_stage_config(cfg, row, "render")["chunk"] == 1024
+    assert "chunk" not in sheet.scene_stage_config(cfg, row, "train")
+    assert sheet.moved_key_warnings(cfg) == []
+
+
+def test_an_old_config_with_train_chunk_still_works_with_a_warning():
+    """train.chunk (before it moved): accepted by the schema, used as render.chunk, gone from
+    train's settings (so it neither reaches TrainConfig nor retrains), and warned about."""
+    cfg = _config()
+    del cfg["render"]["chunk"]
+    cfg["train"]["chunk"] = 2048
+    cfg["train_presets"]["cpu_demo"]["chunk"] = 512
+    sheet.validate_config(cfg, SCHEMAS / "config.schema.yaml")
+    plain = {"scene": "a", "source": "synthetic:demo"}
+    preset = {**plain, "train_preset": "cpu_demo"}
+    assert sheet.scene_stage_config(cfg, plain, "render")["chunk"] == 2048
+    assert sheet.scene_stage_config(cfg, preset, "render")["chunk"] == 512  # the preset's
+    for row in (plain, preset):
+        train = sheet.scene_stage_config(cfg, row, "train")
+        assert "chunk" not in train
+        C.stage_config("train", train)
+        assert C.stage_config("render", sheet.scene_stage_config(cfg, row, "render")).chunk > 0
+    warnings = sheet.moved_key_warnings(cfg)
+    assert len(warnings) == 2
+    assert "'train.chunk' is deprecated" in warnings[0] and "'render.chunk'" in warnings[0]
+    assert "2048 is used as render.chunk" in warnings[0]
+    assert "'train_presets.cpu_demo.chunk' is deprecated" in warnings[1]
+    # both given: render.chunk wins, and the warning says the old one is ignored
+    cfg["render"]["chunk"] = 4096
+    assert sheet.scene_stage_config(cfg, preset, "render")["chunk"] == 4096
+    assert all("it is ignored" in w for w in sheet.moved_key_warnings(cfg))
+
+
+def test_a_stored_train_config_with_chunk_still_loads():
+    """A checkpoint of before the move stores train settings with chunk: it still loads."""
+    stored = {**C.to_dict(C.TrainConfig()), "chunk": 4096}
+    assert C.from_dict(C.TrainConfig, stored) == C.TrainConfig()
+    with pytest.raises(ConfigError, match="chunkk"):
+        C.from_dict(C.TrainConfig, {"chunkk": 1})

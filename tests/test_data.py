@@ -33,6 +33,30 @@ def test_hard_sampling_follows_weights():
     assert set(s.next_pixels(1).tolist()) == {0, 1}
 
 
+def test_dynamic_sampling_draws_its_share_from_the_grown_masks():
+    masks = torch.zeros(3, 20, 30, dtype=torch.bool)
+    masks[0, 10, 15] = True  # a one-pixel mover in frame 0; frame 1 has none
+    masks[2, :, :] = True
+    s = FrameSampler(3, (20, 30), batch_size=100, seed=0, dynamic=masks, dynamic_share=0.25)
+    px = s.next_pixels(0)
+    assert px.shape == (100,)
+    rows, cols = px[:25] // 30, px[:25] % 30
+    # the first quarter lies within the mask grown by 4 px ...
+    assert ((rows - 10).abs() <= 4).all() and ((cols - 15).abs() <= 4).all()
+    assert len(set(px[:25].tolist())) > 5  # ... spread over the grown square, not one pixel
+    # ... the rest is uniform over the frame (most of it far from the mover)
+    far = ((px[25:] // 30 - 10).abs() > 4) | ((px[25:] % 30 - 15).abs() > 4)
+    assert far.float().mean() > 0.7
+    # a frame without mask pixels draws every pixel uniformly
+    assert s.next_pixels(1).shape == (100,)
+    # off: the same draws as a sampler without masks
+    a = FrameSampler(3, (20, 30), batch_size=100, seed=3, dynamic=masks, dynamic_share=0.0)
+    b = FrameSampler(3, (20, 30), batch_size=100, seed=3)
+    assert torch.equal(a.next_pixels(0), b.next_pixels(0))
+    with pytest.raises(Exception, match="dynamic_sampling"):
+        FrameSampler(3, (20, 30), batch_size=100, dynamic=masks, dynamic_share=1.0)
+
+
 def test_nearest_content_depth_uses_the_prior_fit():
     rng = np.random.default_rng(0)
     z = rng.uniform(2.0, 10.0, 200)

@@ -225,7 +225,7 @@ def test_unknown_kind(tmp_path):
 @pytest.mark.parametrize(
     ("wh", "expected"),
     [
-        ((1280, 720), (672, 384)),  # NSFF_SPEC 1.2 step 4: the height needs the smaller change
+        ((1280, 720), (672, 384)),  # nsff_pl's rule: the height needs the smaller change
         ((720, 1280), (384, 672)),
         ((384, 384), (384, 384)),
         ((512, 288), (384, 224)),  # s_w = 0.75 beats s_h = 1.33; 216 -> 224

@@ -147,3 +147,24 @@ def test_the_system_fits_the_planes_to_its_rays_and_old_checkpoints_keep_the_cub
     assert NSFFSystem({**cfg, "grid_bounds": "ndc"}, 2, k, c2w, 10, hw=[48, 64]).extent == (1, 1)
     old = {key: value for key, value in cfg.items() if key != "grid_bounds"}
     assert NSFFSystem(old, 2, k, c2w, 10, hw=[48, 64]).extent == (1.0, 1.0)
+
+
+def test_the_regulariser_runs_every_kth_step_at_k_times_the_weight():
+    from nsff_core.system import NSFFSystem
+
+    k = [[40.0, 0.0, 31.5], [0.0, 40.0, 23.5], [0.0, 0.0, 1.0]]
+    c2w = torch.stack([torch.eye(4), torch.eye(4)]).tolist()
+    small = {"grid_levels": 1, "grid_dynamic_levels": 1, "grid_base_resolution": 4}
+    every = NSFFSystem(to_dict(TrainConfig(field="planes", **small)), 2, k, c2w, 10)
+    fourth = NSFFSystem(
+        to_dict(TrainConfig(field="planes", grid_tv_every=4, **small)), 2, k, c2w, 10
+    )
+    fourth.load_state_dict(every.state_dict())
+    reg = every.field_regularization(5)
+    assert reg is not None and reg > 0 and torch.equal(reg, every.field_regularization(0))
+    assert [fourth.field_regularization(s) is None for s in range(6)] == [
+        False, True, True, True, False, True
+    ]  # fmt: skip
+    assert torch.allclose(fourth.field_regularization(8), 4 * reg)
+    mlp = NSFFSystem(to_dict(TrainConfig(width=8, depth=1)), 2, k, c2w, 10)
+    assert mlp.field_regularization(0) is None

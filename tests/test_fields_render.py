@@ -17,11 +17,13 @@ from nsff_core.render import (
     composite_weights,
     disocclusion,
     neighbour_frames,
+    over_background,
     ray_deltas,
     render_in_chunks,
     render_rays,
     rendered_correspondences,
     sample_along_rays,
+    transmittance_after,
     volume_weights,
 )
 
@@ -75,7 +77,7 @@ def test_default_fields_match_nsff_pl_size():
     static, dynamic = StaticField(FieldConfig()), DynamicField(FieldConfig(), 30)
     n_static = sum(p.numel() for p in static.parameters())
     n_dynamic = sum(p.numel() for p in dynamic.parameters())
-    assert abs(n_static - 0.63e6) < 0.02e6  # spec 3: about 0.63 M
+    assert abs(n_static - 0.63e6) < 0.02e6  # nsff_pl's static MLP: about 0.63 M
     assert abs(n_dynamic - 30 * 48 - 0.59e6) < 0.02e6  # about 0.59 M plus the embedding
 
 
@@ -163,6 +165,36 @@ def test_static_alone_equals_classic_nerf_weights():
     assert_close(volume_weights(torch.tensor([0.5, 0.5, 1.0]))[0], torch.tensor([0.5, 0.25, 0.25]))
 
 
+def test_compositing_in_runs_of_samples_matches_one_pass():
+    # the fractional-time render composites a few sample planes at a time, passing T along
+    g = torch.Generator().manual_seed(3)
+    a_s, a_d = torch.rand(4, 10, generator=g), 0.5 * torch.rand(4, 10, generator=g)
+    whole = composite_weights(a_s, a_d)
+    first = composite_weights(a_s[:, :4], a_d[:, :4])
+    start = transmittance_after(first.transmittance, a_s[:, :4], a_d[:, :4])
+    second = composite_weights(a_s[:, 4:], a_d[:, 4:], start=start)
+    for name in whole._fields:
+        joined = torch.cat([getattr(first, name), getattr(second, name)], dim=-1)
+        assert_close(joined, getattr(whole, name), msg=name)
+    exit_all = transmittance_after(whole.transmittance, a_s, a_d)
+    assert_close(exit_all, ((1 - a_s) * (1 - a_d)).prod(-1))
+    assert_close(exit_all, 1 - whole.total.sum(-1))  # what is not absorbed passes
+    w1, t1 = volume_weights(a_s[:, :6])
+    w2, _ = volume_weights(a_s[:, 6:], start=transmittance_after(t1, a_s[:, :6]))
+    assert_close(torch.cat([w1, w2], -1), volume_weights(a_s)[0])
+    # by hand: alpha = [0.5] then [0.5, 1] with T = 0.5 in front
+    assert_close(
+        transmittance_after(torch.tensor([1.0, 0.5]), torch.tensor([0.5, 0.5])), torch.tensor(0.25)
+    )
+    w, _ = volume_weights(torch.tensor([0.5, 1.0]), start=torch.tensor(0.5))
+    assert_close(w, torch.tensor([0.25, 0.25]))
+
+
+def test_over_background():
+    rgb = over_background(torch.tensor([[0.5, 0.0, 0.0]]), torch.tensor([0.5]), 0.8)
+    assert_close(rgb, torch.tensor([[0.9, 0.4, 0.4]]))
+
+
 def test_huge_dynamic_density_takes_all_weight():
     num_samples, k = 6, 3
     z = torch.linspace(0, 1, num_samples)[None]
@@ -209,7 +241,7 @@ def test_render_shapes_far_flow_and_inference_mode():
     t = torch.tensor([0, 1, 2, 3, 4, 2])
     out = render_rays(static, dynamic, rays_o, rays_d, t, DETERMINISTIC, training=False)
     r, s = 6, DETERMINISTIC.num_samples
-    assert out.rgb.shape == (r, 3) and out.depth.shape == (r,)
+    assert out.image.rgb.shape == (r, 3) and out.image.depth.shape == (r,)
     assert out.points.shape == (r, s, 3) and out.dynamic_weights.shape == (r, s)
     assert out.fw is None and out.bw is None
     far = out.z > DETERMINISTIC.z_far
@@ -219,28 +251,28 @@ def test_render_shapes_far_flow_and_inference_mode():
         assert (flow[~far].abs() > 0).all()
     # dynamic over grey, static-only weights summing to ~1 (last static interval is 100)
     assert_close(
-        out.dynamic_rgb,
+        out.image.dynamic_rgb,
         (out.dynamic_weights[..., None] * out.dynamic_sample_rgb).sum(1)
         + 0.8 * (1 - out.dynamic_weights.sum(1, keepdim=True)),
     )
-    assert ((out.depth >= 0) & (out.depth <= 1)).all()
+    assert ((out.image.depth >= 0) & (out.image.depth <= 1)).all()
     # static alone uses the static field's own transmittance, not the composite one
     alone, _ = volume_weights(out.static_alpha)
-    assert_close(out.static_rgb, (alone[..., None] * out.static_sample_rgb).sum(1))
-    assert_close(out.static_depth, (alone * out.z).sum(1))
+    assert_close(out.image.static_rgb, (alone[..., None] * out.static_sample_rgb).sum(1))
+    assert_close(out.image.static_depth, (alone * out.z).sum(1))
     assert not torch.allclose(alone, out.static_weights)
     # chunked rendering gives the same image
     image = render_in_chunks(
-        lambda o, d, tt: render_rays(
-            static, dynamic, o, d, tt, DETERMINISTIC, training=False
-        ).image(),
+        lambda o, d, tt: (
+            render_rays(static, dynamic, o, d, tt, DETERMINISTIC, training=False).image
+        ),
         rays_o,
         rays_d,
         t,
         chunk=4,
     )
-    assert_close(image.rgb, out.rgb)
-    assert_close(image.static_depth, out.static_depth)
+    assert_close(image.rgb, out.image.rgb)
+    assert_close(image.static_depth, out.image.static_depth)
 
 
 def test_warped_render_is_identity_without_motion():
@@ -253,7 +285,7 @@ def test_warped_render_is_identity_without_motion():
     out = render_rays(static, dynamic, rays_o, rays_d, t, DETERMINISTIC, training=True)
     for warped in (out.fw, out.bw):
         assert warped is not None
-        assert_close(warped.rgb, out.rgb)
+        assert_close(warped.rgb, out.image.rgb)
         assert_close(warped.dynamic_weights, out.dynamic_weights)
         assert_close(warped.points, out.points)
         assert_close(warped.cycle_points, out.points)
@@ -283,8 +315,8 @@ def test_warped_render_uses_neighbour_time_and_returned_flow():
     out = render_rays(static, dynamic, rays_o, rays_d, t, DETERMINISTIC, training=True)
     assert out.fw is not None
     same = ~out.fw.valid  # t = N - 1: the neighbour is clamped to t itself
-    assert_close(out.fw.rgb[same], out.rgb[same])
-    assert not torch.allclose(out.fw.rgb[~same], out.rgb[~same])
+    assert_close(out.fw.rgb[same], out.image.rgb[same])
+    assert not torch.allclose(out.fw.rgb[~same], out.image.rgb[~same])
 
 
 def test_gradients_reach_both_fields():
@@ -298,7 +330,7 @@ def test_gradients_reach_both_fields():
     assert out.fw is not None and out.bw is not None
     assert not out.fw.disocclusion.requires_grad
     loss = (
-        out.rgb.sum()
+        out.image.rgb.sum()
         + out.fw.rgb.sum()
         + out.bw.rgb.sum()
         + (out.fw.cycle_points - out.points).abs().sum()
@@ -316,5 +348,5 @@ def test_bf16_autocast_renders_in_float32():
     t = torch.tensor([0, 1, 2, 3, 4, 2])
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = render_rays(static, dynamic, rays_o, rays_d, t, DETERMINISTIC, training=True)
-    assert out.rgb.dtype == torch.float32 and out.fw is not None
-    assert torch.isfinite(out.rgb).all() and torch.isfinite(out.fw.cycle_points).all()
+    assert out.image.rgb.dtype == torch.float32 and out.fw is not None
+    assert torch.isfinite(out.image.rgb).all() and torch.isfinite(out.fw.cycle_points).all()

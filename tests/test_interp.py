@@ -1,4 +1,4 @@
-"""Time interpolation by splatting (spec 7.3): limits dt -> 0 / 1, a moving blob, render splits."""
+"""Time interpolation by splatting (docs/method.md): limits dt -> 0 / 1, a moving blob, splits."""
 
 from __future__ import annotations
 
@@ -83,17 +83,18 @@ def test_dt_to_zero_equals_integer_render_with_flow():
     o, d, P = camera(offset=(0.05, -0.02, 0.1))
     at_t = integer_render(static, dynamic, cfg, o, d, 1)
     at_t1 = integer_render(static, dynamic, cfg, o, d, 2)
-    assert (at_t.rgb - at_t1.rgb).abs().max() > 0.02  # the frames differ: the test can fail
+    # the frames differ: the test can fail
+    assert (at_t.image.rgb - at_t1.image.rgb).abs().max() > 0.02
     assert (at_t.scene_flow_fw.abs().amax(-1) > 0.02).float().mean() > 0.5  # and things move
-    assert_images_close(interp(static, dynamic, cfg, o, d, P, 1, 0.0), at_t.image(), atol=1e-5)
-    assert_images_close(interp(static, dynamic, cfg, o, d, P, 1, 1e-4), at_t.image(), atol=2e-3)
+    assert_images_close(interp(static, dynamic, cfg, o, d, P, 1, 0.0), at_t.image, atol=1e-5)
+    assert_images_close(interp(static, dynamic, cfg, o, d, P, 1, 1e-4), at_t.image, atol=2e-3)
 
 
 def test_dt_to_one_approaches_next_frame_without_motion():
     static, dynamic, cfg = mlp_fields(flow_scale=0.0)
     o, d, P = camera(offset=(0.05, -0.02, 0.1))
-    at_t = integer_render(static, dynamic, cfg, o, d, 0).image()
-    at_t1 = integer_render(static, dynamic, cfg, o, d, 1).image()
+    at_t = integer_render(static, dynamic, cfg, o, d, 0).image
+    at_t1 = integer_render(static, dynamic, cfg, o, d, 1).image
     assert (at_t.rgb - at_t1.rgb).abs().max() > 0.02
     assert_images_close(interp(static, dynamic, cfg, o, d, P, 0, 1e-4), at_t, atol=1e-4)
     assert_images_close(interp(static, dynamic, cfg, o, d, P, 0, 1 - 1e-4), at_t1, atol=1e-4)
@@ -101,7 +102,7 @@ def test_dt_to_one_approaches_next_frame_without_motion():
 
 def naive_blend(r0, r1, dt, grey):
     """Reference for a zero scene flow: per-plane blend of frames t and t+1, then a loop over the
-    samples compositing front to back (spec 7.3 step 3)."""
+    samples compositing front to back (docs/method.md, Time interpolation, step 4)."""
     n_rays, n_samples = r0.z.shape
     rgb, dyn_rgb = torch.zeros(n_rays, 3), torch.zeros(n_rays, 3)
     depth, dyn, acc = torch.zeros(n_rays), torch.zeros(n_rays), torch.zeros(n_rays)
@@ -132,7 +133,7 @@ def test_zero_flow_matches_naive_composite_and_chunking():
     assert_close(out.depth, depth, atol=1e-5, rtol=0)
     assert_close(out.dynamic_rgb, dyn_rgb, atol=1e-5, rtol=0)
     assert_close(out.dynamicness, dyn, atol=1e-5, rtol=0)
-    assert_close(out.static_rgb, r0.static_rgb, atol=1e-5, rtol=0)
+    assert_close(out.static_rgb, r0.image.static_rgb, atol=1e-5, rtol=0)
     # chunking over planes and rays changes nothing
     for kw in (dict(plane_chunk=1), dict(plane_chunk=5, chunk=7), dict(plane_chunk=16)):
         assert_images_close(interp(static, dynamic, cfg, o, d, P, 0, 0.3, **kw), out, atol=1e-5)
@@ -202,8 +203,8 @@ def test_moving_blob_lands_halfway(local):
     dynamic = BlobDynamicField([(-0.3, 0.1, 0.0), (0.25, 0.0, 0.0)], local=local)
     static, cfg = WallStaticField(), RenderConfig(num_samples=32)
     o, d, P = camera(offset=(0.05, -0.03, 0.0), hw=hw, K_render=K_big)
-    at_t = integer_render(static, dynamic, cfg, o, d, 0).dynamicness
-    at_t1 = integer_render(static, dynamic, cfg, o, d, 1).dynamicness
+    at_t = integer_render(static, dynamic, cfg, o, d, 0).image.dynamicness
+    at_t1 = integer_render(static, dynamic, cfg, o, d, 1).image.dynamicness
     c0, c1 = centroid(at_t, hw), centroid(at_t1, hw)
     assert_close(c1 - c0, torch.tensor([17.6, 2.4]), atol=0.2, rtol=0)
     for dt in (0.5, 0.3):

@@ -159,7 +159,6 @@ def test_schedule(epoch, geo, ce):
     assert w["flow_fw"] == w["flow_bw"] == pytest.approx(geo / 2)
     assert w["cross_entropy"] == pytest.approx(ce)
     assert w["color"] == 1 and w["photometric_fw"] == 1 and w["cycle_bw"] == 1
-    assert w["color_coarse"] == pytest.approx(0.1)
     assert w["temporal_smoothness"] == w["minimal_flow"] == w["spatial_smoothness"] == 0.1
     assert w["entropy"] == 1e-3
 

@@ -1,6 +1,8 @@
-"""Render-split camera paths (nsff_core.paths, spec 7.1)."""
+"""Render-split camera paths (nsff_core.paths; the splits of nsff_pl and ours)."""
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ from nsff_core.config import MAX_FRAME_SIDE
 from nsff_core.paths import (
     BULLET_POSES,
     MAX_INTERP,
+    SPLIT_PATTERN,
     WANDER_POSES,
     CameraPath,
     SplitSpec,
@@ -19,6 +22,8 @@ from nsff_core.paths import (
     split_name,
 )
 from nsff_core.synthetic import camera_pose, intrinsics
+
+from .conftest import REPO
 
 N = 10
 HW = (36, 64)
@@ -87,6 +92,46 @@ def test_parse_round_trip(name, spec):
 def test_parse_errors(bad):
     with pytest.raises(ValueError, match="valid forms"):
         parse_split(bad)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        *("test", "test_spiral", "test_spiral_time", "test_spiral0", "test_spiral12"),
+        *("test_fixview0_interp0", "test_fixview3_interp10", "bullet0", "bullet7.25"),
+        *("path_a", "path_orbit_2-b", "path_A9"),
+        *("test_spiral01", "test_spiral_", "test_fixview03_interp1", "test_fixview1_interp"),
+        *("bullet", "bullet7.", "bullet7.50", "bullet07", "bullet-1", "path_", "path__a"),
+        *("path_-a", "path_a/b", "path_a.b", "Test", "test ", "spiral", "", "test_spiral3x"),
+        *("test_spiral_times", "atest", "test/test", "test_depth"),
+    ],
+)
+def test_split_pattern_accepts_exactly_the_names_parse_split_accepts(name):
+    """SPLIT_PATTERN (the wildcard constraint of {split} and the schema's pattern of
+    render.splits) is the grammar of parse_split: the same names pass both."""
+    try:
+        parse_split(name)
+        parsed = True
+    except ValueError:
+        parsed = False
+    assert (re.fullmatch(SPLIT_PATTERN, name) is not None) == parsed
+    # in a larger regex (Snakemake wraps a constraint as (?P<split>...)) it stays one group
+    assert (
+        re.fullmatch(rf"render/(?P<split>{SPLIT_PATTERN})\.mp4", f"render/{name}.mp4") or not parsed
+    )
+    assert re.compile(SPLIT_PATTERN).groups == 0
+
+
+def test_the_rules_constrain_split_with_the_pattern():
+    """No rule keeps a split regex of its own: the one wildcard constraint is SPLIT_PATTERN."""
+    rules = REPO / "rules"
+    constraints = [
+        (f.name, line.strip())
+        for f in sorted(rules.glob("*.smk"))
+        for line in f.read_text().splitlines()
+        if re.match(r"\s*split\s*=", line)
+    ]
+    assert constraints == [("common.smk", "split=SPLIT_PATTERN,")]
 
 
 def test_interp_is_bounded():

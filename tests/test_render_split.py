@@ -43,7 +43,7 @@ def test_render_fixed_view_and_gif(tiny_scene_dir, tiny_ckpt, tmp_path):
 
 
 def test_render_fractional_times(tiny_scene_dir, tiny_ckpt, tmp_path):
-    """Interpolated frames (spec 7.3) of the trained scene: a camera path between frames."""
+    """Frames at fractional times (interpolated) of the trained scene: a camera path."""
     from nsff_core.paths import CameraPath
     from nsff_core.render_split import render_split
 

@@ -310,6 +310,27 @@ def test_a_render_setting_replans_render_and_what_reads_it(reference, tmp_path, 
     assert plan == AFTER_RENDER, out[-3000:]
 
 
+@pytest.mark.parametrize("old_config", [False, True], ids=["render.chunk", "train.chunk"])
+def test_the_inference_chunk_replans_what_renders_but_not_train(reference, tmp_path, old_config):
+    """render.chunk is a param of render, evaluate and export, not of train; an old config's
+    train.chunk is read as render.chunk (with a warning) and does not retrain either."""
+    wd = copy_workdir(reference, tmp_path / "wd")
+    if old_config:
+        cfg = yaml.safe_load((wd / "config.yaml").read_text())
+        del cfg["render"]["chunk"]
+        cfg["train"]["chunk"] = 1024
+        (wd / "config.yaml").write_text(yaml.safe_dump(cfg))
+    else:
+        edit_config(wd, "render", chunk=1024)
+    plan, out = dry_run(wd)
+    assert plan == {"export": 1, **AFTER_RENDER}, out[-3000:]
+    # (evaluate reruns anyway: it reads the new render of split test)
+    for rule in ("render", "export"):
+        job = out.split(f"rule {rule}:")[1].split("\n\n")[0]
+        assert "Params have changed since last execution" in job, job
+    assert ("config key 'train.chunk' is deprecated" in out) == old_config, out[:3000]
+
+
 def test_a_train_setting_replans_train_and_after_but_no_prior(reference, tmp_path):
     wd = copy_workdir(reference, tmp_path / "wd")
     edit_config(wd, "train", lr=1e-3)  # the tiny preset does not set lr

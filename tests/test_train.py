@@ -92,7 +92,7 @@ def test_the_checkpoint_reloads(tiny_scene_dir, tmp_path):
     o = torch.zeros(4, 3)
     d = torch.tensor([[0.0, 0.0, 2.0]]).expand(4, 3)
     with torch.inference_mode():
-        img = system.render(o, d, torch.zeros(4, dtype=torch.long), training=False).image()
+        img = system.render(o, d, torch.zeros(4, dtype=torch.long), training=False).image
     assert img.rgb.shape == (4, 3) and torch.isfinite(img.rgb).all()
 
 
@@ -125,13 +125,13 @@ def test_short_training_reaches_a_psnr_floor(synthetic_scene, tmp_path):
 
     import numpy as np
 
-    from nsff_core import losses as L
     from nsff_core.config import SyntheticConfig, to_dict
-    from nsff_core.data import FrameSampler, make_batch, scene_data_from_arrays
+    from nsff_core.data import scene_data_from_arrays
     from nsff_core.rays import get_rays, rays_to_ndc
     from nsff_core.render import render_in_chunks
     from nsff_core.synthetic import render_scene
-    from nsff_core.system import NSFFSystem, loss_terms
+    from nsff_core.system import NSFFSystem
+    from tests.fitting import fit_in_memory
 
     torch.manual_seed(0)
     scene = render_scene(SyntheticConfig(num_frames=6, width=96, height=54, novel_offsets=()))
@@ -142,23 +142,7 @@ def test_short_training_reaches_a_psnr_floor(synthetic_scene, tmp_path):
     )  # fmt: skip
     cfg = TrainConfig(field="planes", num_samples=24, batch_size=512, grid_lr=0.02)
     system = NSFFSystem(to_dict(cfg), data.num_frames, data.K.tolist(), data.c2w.tolist(), 100)
-    opt = torch.optim.Adam(
-        [
-            {"params": [p for n, p in system.named_parameters() if "planes" not in n]},
-            {"params": [p for n, p in system.named_parameters() if "planes" in n], "lr": 0.02},
-        ],
-        lr=cfg.lr,
-    )
-    sampler = FrameSampler(data.num_frames, data.hw, cfg.batch_size, seed=0)
-    for step in range(250):
-        t = sampler.next_frame()
-        batch = make_batch(data, t, sampler.next_pixels(t))
-        out = system.render(batch.origins, batch.dirs, batch.t, training=True)
-        terms = loss_terms(out, batch, system.P, system.K, 1)
-        loss = L.total_loss(terms, L.weights_at(step=step, steps_per_epoch=100))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    fit_in_memory(system, data, 250)
     h, w = data.hw
     psnrs, baseline = [], []
     with torch.inference_mode():
@@ -167,7 +151,7 @@ def test_short_training_reaches_a_psnr_floor(synthetic_scene, tmp_path):
             o, d = rays_to_ndc(o, d, data.K)
             tt = torch.full((h * w,), f, dtype=torch.long)
             img = render_in_chunks(
-                lambda a, b, c: system.render(a, b, c, training=False).image(), o, d, tt, 8192
+                lambda a, b, c: system.render(a, b, c, training=False).image, o, d, tt, 8192
             )
             gt = data.rgb[f].reshape(-1, 3)
             psnrs.append(-10 * math.log10(((img.rgb - gt) ** 2).mean().item()))

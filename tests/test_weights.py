@@ -132,9 +132,9 @@ def test_backends_name_the_registered_files(module, attr, name):
         ),
         ({"masks": "epipolar", "depth": "sparse", "flow": "dis"}, []),
         ({"masks": "none", "depth": None, "flow": "dis"}, []),
-        ({"masks": "maskrcnn+epipolar", "depth": "dpt"}, ["maskrcnn_v2_coco", "dpt_large"]),
+        ({"masks": "maskrcnn", "depth": "dpt"}, ["maskrcnn_v2_coco", "dpt_large"]),
         (
-            {"masks": ["detectron2", "epipolar"], "depth": "dpt_hybrid"},
+            {"masks": "detectron2", "depth": "dpt_hybrid"},
             ["detectron2_r50_fpn_3x", "dpt_hybrid"],
         ),
         ({"masks": "MaskRCNN", "evaluate": "lpips"}, ["maskrcnn_v2_coco", "alexnet", "lpips_alex"]),
@@ -337,7 +337,10 @@ def test_marker_lists_paths_and_prior_rules_resolve_them(toy, tmp_path):
 def test_rule_declaration():
     rules = parse_rules((REPO / "rules" / "weights.smk").read_text())
     d = rules["weights"]
-    assert d["output"].startswith("marker=") and "results/{scene}/weights.json" in d["output"]
+    assert d["output"] == "marker=SCENE.weights"
+    from nsff_core.layout import SceneLayout
+
+    assert SceneLayout.pattern().weights == "results/{scene}/weights.json"
     assert d["localrule"] == "True"  # runs where snakemake runs: cluster jobs never download
     assert d["conda"] == "../envs/video.yaml"
     assert d["script"] == "../workflow_scripts/weights.py"

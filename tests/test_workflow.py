@@ -125,6 +125,20 @@ def test_unknown_train_preset_or_split_stops_before_any_job(tmp_path):
     assert not (wd / "results").exists()
 
 
+def test_a_malformed_split_matches_no_rule(tmp_path):
+    """The {split} wildcard is constrained to the split grammar (nsff_core.paths.SPLIT_PATTERN):
+    a target whose split parse_split refuses (leading zero) is planned by no rule, rather
+    than planned and failing inside the render job; a valid one is planned."""
+    wd = make_workdir(tmp_path, "scene\tsource\ttrain_preset\na\tsynthetic:tiny\ttiny\n")
+    r = snakemake(wd, "-n", "--cores", "1", "results/a/render/test_spiral01.mp4")
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and "MissingRuleException" in out, out[-2000:]
+    assert "results/a/render/test_spiral01.mp4" in out
+    r = snakemake(wd, "-n", "--cores", "1", "results/a/render/test_spiral1.mp4")
+    out = r.stdout + r.stderr
+    assert r.returncode == 0 and "split=test_spiral1" in out, out[-2000:]
+
+
 @pytest.mark.stage
 def test_tiny_end_to_end(tmp_path):
     """The demo command on a tiny synthetic scene: every output of every rule, in its format."""

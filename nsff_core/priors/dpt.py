@@ -21,11 +21,11 @@ Module tree (names fixed by the checkpoints)::
 
 The output is MiDaS-style relative inverse depth (disparity up to scale and shift), >= 0.
 
-Pre- and post-processing follow NSFF_SPEC.md 1.2 step 4: the source frame (RGB / 255) is resized
+Pre- and post-processing follow nsff_pl's: the source frame (RGB / 255) is resized
 bicubically with its aspect ratio kept by the "minimal" rule (:func:`dpt_input_size`), normalised
 with mean 0.5 and std 0.5, and the prediction is upsampled bicubically; here straight to the
 training resolution, and clamped at 0 against the bicubic overshoot. Like nsff_pl's
-preprocessing (step 1), frames larger than 1280 x 720 are first scaled down (cv2.INTER_AREA).
+preprocessing, frames larger than 1280 x 720 are first scaled down (cv2.INTER_AREA).
 
 On CUDA the frames are batched and the network runs in float16 autocast with channels_last
 memory; on the CPU it runs in float32, one frame per call. timm and cv2 are imported inside the
@@ -63,7 +63,7 @@ STAGE = "depth"
 NET_SIZE = 384
 #: both sides of the DPT input are multiples of this (ViT patch 16, one more stride-2 level)
 SIZE_MULTIPLE = 32
-#: nsff_pl's preprocessing cap (NSFF_SPEC.md 1.2 step 1): larger frames are scaled down first
+#: nsff_pl's preprocessing cap: larger frames are scaled down first
 DEFAULT_MAX_SOURCE_SIZE = (1280, 720)
 #: input normalisation of the MiDaS-trained DPT checkpoints
 MEAN = 0.5

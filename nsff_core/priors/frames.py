@@ -1,6 +1,6 @@
 """The ``frames`` stage: a video or an image folder to ``frames/{i:05d}.png`` and ``frames.json``.
 
-Selection happens in source frames, in this order (DESIGN.md section 3):
+Selection happens in source frames, in this order:
 
 1. ``[start:end:stride]`` of the source frames (``end`` exclusive, ``None`` = to the end);
 2. if ``max_frames`` is set and more frames remain, ``max_frames`` of them evenly spread over

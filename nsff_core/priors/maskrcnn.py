@@ -344,17 +344,6 @@ def predict_masks(
     return [(masks.any(0), labels) for masks, labels in res]
 
 
-def predict_mask(
-    model,
-    rgb: np.ndarray,
-    classes: Iterable[int],
-    score_threshold: float = DEFAULT_SCORE_THRESHOLD,
-    mask_threshold: float = 0.5,
-) -> np.ndarray:
-    """Dynamic bool (H, W) mask of one RGB uint8 image (see :func:`predict_masks`)."""
-    return predict_masks(model, [rgb], classes, score_threshold, mask_threshold)[0][0]
-
-
 # --------------------------------------------------------------------------- the stage
 
 

@@ -1,4 +1,4 @@
-"""Motion masks: 8-bit PNGs, 255 = dynamic (DESIGN.md section 3).
+"""Motion masks: 8-bit PNGs, 255 = dynamic, one per frame (``masks/{i:05d}.png``).
 
 Backends:
 

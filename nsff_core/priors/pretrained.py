@@ -1,5 +1,5 @@
 """What the pretrained prior backends share: RAFT flow, Mask R-CNN / detectron2 masks and DPT
-depth (DESIGN.md section 4).
+depth (README.md, Pretrained prior backends).
 
 :func:`~nsff_core.priors.flow.compute_flow`, :func:`~nsff_core.priors.masks.compute_masks` and
 :func:`~nsff_core.priors.depth.compute_depth` hand a pretrained ``backend`` to their

@@ -4,7 +4,7 @@ The network is torchvision's RAFT-Large. Its ``C_T_V1`` weights (file
 ``raft_large_C_T_V1-22a6c225.pth``) are the original ``raft-things.pth`` checkpoint (FlyingChairs
 then FlyingThings3D) ported to torchvision's layout, the checkpoint nsff_pl ran.
 
-Differences from nsff_pl's ``demo.py`` (NSFF_SPEC.md 1.2 step 5 and 8.1 item 2):
+Differences from nsff_pl's ``demo.py``:
 
 - the replicate padding to a multiple of 8 is removed again before anything is saved (nsff_pl
   saved the padded field, slightly larger than the frame and offset by half the padding);
@@ -48,7 +48,7 @@ RAFT_CHECKPOINT_NAME = "raft_large_C_T_V1-22a6c225.pth"
 RAFT_CHECKPOINT_URL = "https://download.pytorch.org/models/" + RAFT_CHECKPOINT_NAME
 #: padded images are at least this large on each side (16 feature cells at 1/8 resolution)
 RAFT_MIN_SIDE = 128
-#: nsff_pl's preprocessing cap (NSFF_SPEC.md 1.2 step 1): larger sources are scaled down by
+#: nsff_pl's preprocessing cap: larger sources are scaled down by
 #: max(w / 1280, h / 720) before RAFT, which bounds the all-pairs correlation volume
 DEFAULT_MAX_SOURCE_SIZE = (1280, 720)
 

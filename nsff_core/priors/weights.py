@@ -60,7 +60,7 @@ import os
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -256,31 +256,20 @@ def needed_weights(backends: Mapping[str, Any]) -> list[str]:
 
     Args:
         backends: stage -> backend, e.g. ``{"masks": "maskrcnn", "depth": "dpt_large",
-            "flow": "raft"}``. A value may combine backends (``"maskrcnn+epipolar"``, a list);
-            ``None`` means the stage's default (:mod:`nsff_core.config`). Weights-free and
-            unknown backends add nothing.
+            "flow": "raft"}``, one backend per stage (the config schema's enums); ``None``
+            means the stage's default (:mod:`nsff_core.config`). Weights-free and unknown
+            backends add nothing.
     """
     names: list[str] = []
     for stage, value in backends.items():
         if value is None and stage in STAGES:
             value = getattr(STAGES[stage](), "backend", None)
-        for backend in _split_backends(value):
-            for name in BACKEND_WEIGHTS.get((stage, backend), ()):
-                if name not in names:
-                    names.append(name)
+        if value is None:
+            continue
+        for name in BACKEND_WEIGHTS.get((stage, str(value).strip().lower()), ()):
+            if name not in names:
+                names.append(name)
     return names
-
-
-def _split_backends(value: Any) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        parts = value.replace(",", "+").split("+")
-    elif isinstance(value, Iterable):
-        parts = [p for v in value for p in _split_backends(v)]
-    else:
-        parts = [str(value)]
-    return [p.strip().lower() for p in parts if p and p.strip()]
 
 
 # --------------------------------------------------------------------------- hashes
