@@ -2,10 +2,12 @@
 
     python benchmarks/sfm_widths.py --workdir /tmp/sfm-widths [--scenes benchmarks/real_clips.tsv]
         [--suite suite_ball,suite_dolly] [--widths 320,512,0] [--repo CHECKOUT] [--tag before]
-        [--set sfm.max_size=null ...]
+        [--masks analysis|training] [--set sfm.max_size=null ...]
 
-For every scene and training width (0 = the source width) the frames, flow and epipolar masks
-are made once with this checkout (cached in ``WORKDIR/<scene>_<width>/``), then the ``sfm`` stage
+For every scene and training width (0 = the source width) the frames and the SfM masks are made
+once with this checkout (cached in ``WORKDIR/<scene>_<width>_<masks>/``; ``--masks training``
+makes them from the training frames' flow, as the workflow did before the masks moved to a
+fixed analysis size), then the ``sfm`` stage
 of ``--repo`` (default: this checkout; an older checkout gives the "before" numbers) runs on
 them in its own process. Scenes come from a sheet with the columns scene, source, stride
 (``benchmarks/real_clips.tsv``) and from suite presets (``--suite``, rendered at their 854x480
@@ -65,24 +67,31 @@ print("SFM_RESULT " + json.dumps(rec))
 """
 
 
-def prepare(name: str, source: str, stride: int, width: int, workdir: Path) -> Path:
-    """Frames, frames.json, DIS flow and epipolar masks of one scene at one width (cached)."""
-    from nsff_core.config import FlowConfig, FramesConfig, MasksConfig
+def prepare(name: str, source: str, stride: int, width: int, workdir: Path, masks_at: str) -> Path:
+    """Frames, frames.json and the SfM masks of one scene at one width (cached).
+
+    ``masks_at``: ``analysis`` = as the workflow makes them now (rule sfm_masks: the source
+    frames at sfm.mask_size with their own flow, the same for every width); ``training`` =
+    as before (DIS flow and the masks' SfM mode on the training frames)."""
+    from nsff_core.config import FlowConfig, FramesConfig, MasksConfig, SfmConfig
     from nsff_core.priors import masks
     from nsff_core.priors.flow import compute_flow
     from nsff_core.priors.frames import extract_frames
 
-    # the masks the workflow gives SfM (rule sfm_masks): from the flow alone
-    mcfg = MasksConfig(backend="epipolar")
-    if hasattr(masks, "sfm_masks_config"):
-        mcfg = masks.sfm_masks_config(MasksConfig())
-    d = workdir / f"{name}_{width or 'src'}"
+    d = workdir / f"{name}_{width or 'src'}_{masks_at}"
     if (d / "masks").is_dir():
         return d
     cfg = FramesConfig(stride=stride, width=width or None)
     extract_frames(source, d / "frames", d / "frames.json", cfg, scene=name)
+    if masks_at == "analysis":
+        from nsff_core.priors.sfm_masks import compute_sfm_masks
+
+        size = SfmConfig().mask_size
+        compute_sfm_masks(d / "frames.json", d / "masks", MasksConfig(), FlowConfig(), size, name)
+        return d
     flow = d / "flow_fw", d / "flow_bw", d / "flow_ok"
-    compute_flow(d / "frames", *flow, FlowConfig(), scene=name)
+    compute_flow(d / "frames", *flow, FlowConfig(), scene=name, frames_json=d / "frames.json")
+    mcfg = masks.sfm_masks_config(MasksConfig())
     masks.compute_masks(d / "frames", *flow, d / "masks", mcfg, scene=name)
     return d
 
@@ -151,6 +160,12 @@ def main() -> None:
     ap.add_argument("--widths", default="320,512,0", help="training widths, 0 = source width")
     ap.add_argument("--repo", type=Path, default=REPO, help="checkout whose sfm stage runs")
     ap.add_argument("--tag", default="current", help="name of this run in the results file")
+    ap.add_argument(
+        "--masks",
+        choices=("analysis", "training"),
+        default="analysis",
+        help="SfM masks at the fixed analysis size (the workflow) or from the training frames",
+    )
     ap.add_argument("--set", action="append", default=[], help="sfm.KEY=VALUE (YAML value)")
     args = ap.parse_args()
 
@@ -185,7 +200,7 @@ def main() -> None:
     for name, source, stride, gt in scenes:
         f_src = []
         for width in widths:
-            data = prepare(name, source, stride, width, workdir)
+            data = prepare(name, source, stride, width, workdir, args.masks)
             out = workdir / "runs" / args.tag / data.name
             t0 = time.perf_counter()
             rec = figures(run_sfm_job(args.repo.resolve(), data, out, over), data, out, gt)

@@ -184,6 +184,10 @@ class SfmConfig:
     #: SfM runs on the source frames with the long side capped at this many pixels (None =
     #: the training frames); K is scaled to the training size afterwards
     max_size: int | None = 1280
+    #: long side (px) of the frames the masks that SfM and the depth prior ignore are computed
+    #: on: the source frames scaled down to it (never enlarged), with their own flow, so the
+    #: cameras do not change with the training size (rule sfm_masks)
+    mask_size: int = 512
     #: horizontal field of view (degrees) to initialise the focal length with, for clips with
     #: little parallax; None = COLMAP's default guess
     focal_prior_fov: float | None = None
@@ -243,6 +247,10 @@ class DiagnosticsConfig:
     #: warn when the mean over frames of the Spearman rank correlation between the disparity
     #: maps and the disparities of the static SfM points a frame sees is below this
     min_depth_spearman: float = 0.7
+    #: warn when holding the SfM focal length 20 % off raises the reprojection error by less
+    #: than this fraction (the clip does not fix the focal length; no check with
+    #: sfm.focal_prior_fov)
+    min_focal_sensitivity: float = 0.01
     #: frames shown in the contact sheet (evenly spaced)
     contact_sheet_frames: int = 6
 
@@ -366,6 +374,10 @@ class EvalConfig:
     #: scored at their own pose and time against the real frame (0 = off); see
     #: :mod:`nsff_core.holdout`
     holdout_every: int = 0
+    #: let rule weights_evaluate download the LPIPS weights (AlexNet and LPIPS v0.1 linear
+    #: layers) into the weights cache; false: it only uses files already there (or in torch
+    #: hub's cache) and never opens the network. Without the files LPIPS is reported unavailable
+    lpips_fetch: bool = False
 
 
 STAGES: dict[str, type] = {

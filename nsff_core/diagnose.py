@@ -20,6 +20,9 @@ Checks (short names as in ``summary.csv``'s ``warnings`` column; bounds in
 :class:`~nsff_core.config.DiagnosticsConfig`):
 
 - ``fov``: horizontal field of view ``2 atan(W / 2 fx)`` outside [min_fov, max_fov] degrees;
+- ``focal``: the SfM focal length's sensitivity (``sfm/summary.json``: the rise of the
+  reprojection error when it is held 20 % off) below min_focal_sensitivity: the clip does not
+  fix the focal length (not checked when sfm.focal_prior_fov gave it);
 - ``registered``: share of frames with an SfM pose of their own below min_registered_fraction;
 - ``masks_large`` / ``masks_small``: dynamic share above max_mask_coverage / below
   min_mask_coverage on most frames (more than half);
@@ -75,7 +78,15 @@ IMAGE_NAMES = {
     "depth_vs_sfm": "depth_vs_sfm.png",
 }
 #: the checks, in the order they are reported
-CHECK_NAMES = ("fov", "registered", "masks_large", "masks_small", "flow_consistency", "depth_sfm")
+CHECK_NAMES = (
+    "fov",
+    "focal",
+    "registered",
+    "masks_large",
+    "masks_small",
+    "flow_consistency",
+    "depth_sfm",
+)
 #: a mask check fails when more than this share of the frames is out of range ("most frames")
 MOST_FRAMES = 0.5
 #: frames that see fewer static SfM points than this get no rank correlation
@@ -176,6 +187,7 @@ def diagnose_scene(
 
     checks = {
         "fov": _check_fov(cams, cfg),
+        "focal": _check_focal(Path(sfm_dir), cfg),
         "registered": _check_registered(cams, cfg),
         **_check_masks(coverage, cfg, masks_backend),
         "flow_consistency": _check_flow(ok_fw, ok_bw, cfg),
@@ -287,6 +299,35 @@ def _check_fov(cams: dict[str, np.ndarray], cfg: DiagnosticsConfig) -> Check:
         "65-75 for a phone's main camera, 90-120 for an action camera); a clip with little "
         "camera motion gives SfM little to fit the focal length with, so also try a larger "
         "frames stride",
+    )
+
+
+def _check_focal(sfm_dir: Path, cfg: DiagnosticsConfig) -> Check:
+    """The focal length's sensitivity recorded by the sfm rule (None when not measured: an
+    older SfM output, or a focal length given as sfm.focal_prior_fov)."""
+    summary_path = sfm_dir / "summary.json"
+    focal = {}
+    if summary_path.is_file():
+        focal = json.loads(summary_path.read_text()).get("focal") or {}
+    value = focal.get("sensitivity")
+    given = focal.get("prior_fov_deg") is not None
+    measured = value is not None and not given
+    return Check(
+        "focal",
+        value,
+        "fraction",
+        {"min": cfg.min_focal_sensitivity},
+        bool(value >= cfg.min_focal_sensitivity) if measured else None,
+        "focal length given as sfm.focal_prior_fov"
+        if given
+        else "focal length's sensitivity not measured"
+        if value is None
+        else f"holding the focal length 20 % off raises the reprojection error by "
+        f"{100 * value:.2f} % (expected >= {100 * cfg.min_focal_sensitivity:g} %): the clip "
+        f"does not fix the focal length",
+        "give the lens's horizontal field of view as sfm.focal_prior_fov (a camera that "
+        "translates without turning, or a scene with few features, leaves the focal length "
+        "to a guess)",
     )
 
 

@@ -24,8 +24,10 @@ Two parts, both written to ``eval/metrics.json``:
    baseline**: the nearest training frame scored against the held-out frame. ``test`` then
    scores the training frames only.
 
-LPIPS needs local weights (never downloaded, see :func:`nsff_core.metrics.lpips_weight_files`);
-without them its values are null and ``lpips_state`` says ``"unavailable: <reason>"``.
+LPIPS needs local weights: those listed by the marker of rule ``weights_evaluate``
+(``results/{scene}/weights_evaluate.json``, :func:`lpips_files_from_marker`), else those found
+by :func:`nsff_core.metrics.lpips_weight_files` (which never downloads); without them its
+values are null and ``lpips_state`` says ``"unavailable: <reason>"``.
 
 In the JSON, non-finite numbers are written as ``null``: no dynamic pixels in a frame, LPIPS
 unavailable, or (PSNR) identical images.
@@ -169,26 +171,85 @@ def align_to_sfm(
 # --------------------------------------------------------------------------- scoring
 
 
+def lpips_files_from_marker(
+    marker: str | Path, scene: str | None = None
+) -> tuple[tuple[Path, Path] | None, str]:
+    """The LPIPS files a marker of rule ``weights_evaluate`` lists: ``((backbone, linear),
+    "")``, or ``(None, why)`` when it does not list both or a listed file is gone (the caller
+    then searches, :func:`nsff_core.metrics.lpips_weight_files`).
+
+    The checkpoints are those of the registry record ``evaluate``/``lpips``
+    (:mod:`nsff_core.priors.backends`), backbone first. ``why`` carries the marker's own
+    reasons (``"unavailable": {name: reason}``).
+
+    Raises:
+        StageError: the marker is not a readable JSON object (delete it and rerun).
+    """
+    from .priors.backends import METRIC_STAGE, get
+
+    names = get(METRIC_STAGE, "lpips").weights
+    try:
+        content = json.loads(Path(marker).read_text())
+        listed, unavailable = content.get("weights", {}), content.get("unavailable", {})
+        paths = [Path(listed[n]["path"]) if n in listed else None for n in names]
+    except (OSError, ValueError, AttributeError, KeyError, TypeError) as exc:
+        raise StageError(
+            scene,
+            STAGE,
+            f"cannot read the LPIPS weights marker {marker} ({type(exc).__name__}: {exc})",
+            f"delete {marker} and rerun: rule weights_evaluate writes it again",
+        ) from None
+    why = []
+    for n, p in zip(names, paths, strict=True):
+        if p is None:
+            why.append(f"{n}: {unavailable.get(n, 'not listed')}")
+        elif not p.is_file():
+            why.append(f"{n}: {p} (listed in {marker}) is gone")
+    if why:
+        return None, "; ".join(why)
+    return (paths[0], paths[1]), ""
+
+
 class Scorer:
     """PSNR, SSIM and LPIPS of image pairs, with LPIPS loaded once (or reported unavailable).
+
+    The LPIPS files are those a ``weights_marker`` lists, else those found by
+    :func:`nsff_core.metrics.lpips_weight_files` (starting at ``lpips_weights``); with neither,
+    LPIPS is unavailable and scored as nan.
 
     Args:
         lpips_weights: directory or file with the LPIPS weights (default: ``$NSFF_WEIGHTS_DIR``
             and torch hub's cache; see :func:`nsff_core.metrics.lpips_weight_files`).
+        scene: scene name for error messages.
+        weights_marker: ``weights_evaluate.json`` of rule ``weights_evaluate``, or None.
     Attributes:
         lpips_state: ``"available: ..."`` or ``"unavailable: <reason>"``.
     """
 
-    def __init__(self, lpips_weights: str | Path | None = None, scene: str | None = None) -> None:
+    def __init__(
+        self,
+        lpips_weights: str | Path | None = None,
+        scene: str | None = None,
+        weights_marker: str | Path | None = None,
+    ) -> None:
         from .metrics import LpipsUnavailable, load_lpips, lpips_weight_files
 
         self.model = None
+        files, why = None, ""
+        if weights_marker is not None:
+            files, why = lpips_files_from_marker(weights_marker, scene)
+            if files is None:
+                log.info("evaluate: no LPIPS weights from %s (%s); searching", weights_marker, why)
         try:
-            backbone, linear = lpips_weight_files("alex", lpips_weights)
-            self.model = load_lpips("alex", lpips_weights, scene=scene)
-            self.lpips_state = f"available: AlexNet v0.1 ({backbone}, {linear})"
+            if files is None:
+                files = lpips_weight_files("alex", lpips_weights)
+            self.model = load_lpips("alex", scene=scene, files=files)
+            self.lpips_state = f"available: AlexNet v0.1 ({files[0]}, {files[1]})"
         except LpipsUnavailable as exc:
-            self.lpips_state = "unavailable: " + str(exc).removeprefix("LPIPS unavailable: ")
+            reason = str(exc).removeprefix("LPIPS unavailable: ")
+            if why:
+                reason += f" Rule weights_evaluate: {why}."
+            self.lpips_state = "unavailable: " + reason
 
     def score(self, pred: np.ndarray, target: np.ndarray, mask: np.ndarray | None = None) -> dict:
         """Scores of one pair of uint8 (H, W, 3) images, optionally inside a bool (H, W) mask.
@@ -467,6 +528,7 @@ def evaluate_scene(
     scene: str | None = None,
     lpips_weights: str | Path | None = None,
     holdout_every: int = 0,
+    weights_marker: str | Path | None = None,
 ) -> dict:
     """Evaluate one trained scene and write ``out_json`` (see the module docstring).
 
@@ -482,6 +544,8 @@ def evaluate_scene(
         chunk: rays per forward pass when rendering.
         scene: scene name for error messages.
         lpips_weights: local LPIPS weights (see :class:`Scorer`).
+        weights_marker: ``weights_evaluate.json``, the LPIPS files rule ``weights_evaluate``
+            resolved (see :class:`Scorer`); None: only the search.
         holdout_every: config ``eval.holdout_every`` of the training run (0: no held-out
             frames); the held-out frames are scored apart (module docstring, part 3).
     Returns:
@@ -493,7 +557,7 @@ def evaluate_scene(
     out_json = Path(out_json)
     novel_dir = Path(novel_dir) if novel_dir is not None else out_json.parent / "novel"
     frames_dir, masks_dir, test_dir = Path(frames_dir), Path(masks_dir), Path(test_dir)
-    scorer = Scorer(lpips_weights, scene)
+    scorer = Scorer(lpips_weights, scene, weights_marker)
     log.info("evaluate: LPIPS %s", scorer.lpips_state)
     test, holdout = score_test_split(frames_dir, masks_dir, test_dir, scorer, scene, holdout_every)
     mean = test["mean"]

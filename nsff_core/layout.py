@@ -15,6 +15,8 @@ path under ``results/{scene}``          rule                content
 ``source/video.mp4``, ``gt/scene.npz``  synthetic           video and ground truth of a
                                                             synthetic scene
 ``weights.json``                        weights             the checkpoints the priors use
+``weights_evaluate.json``               weights_evaluate    the LPIPS checkpoints evaluate
+                                                            uses (or why there are none)
 ``frames/``, ``frames.json``            frames              training frames, where they came
                                                             from
 ``flow_fw/``, ``flow_bw/``,             flow                forward/backward flow, consistency
@@ -103,6 +105,12 @@ class SceneLayout:
     def weights(self) -> str:
         """Marker of rule weights: the resolved checkpoints of the scene's prior backends."""
         return self._at("weights.json")
+
+    @property
+    def weights_evaluate(self) -> str:
+        """Marker of rule weights_evaluate: the resolved LPIPS checkpoints of rule evaluate, and
+        the reason for each one that is unavailable (LPIPS is optional)."""
+        return self._at("weights_evaluate.json")
 
     @property
     def frames(self) -> str:

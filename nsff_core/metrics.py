@@ -411,14 +411,19 @@ def lpips_weight_files(net: str = "alex", weights_path=None) -> tuple[str, str]:
         raise LpipsUnavailable(
             f"LPIPS unavailable: missing {'; '.join(missing)}. Looked in: {where}"
             f"{'' if backbone else ', ' + os.path.join(torch_home, 'hub', 'checkpoints')}. "
-            f"Weights are never downloaded: place the files in ${WEIGHTS_DIR_ENV} "
-            "or pass weights_path."
+            f"This search never downloads: place the files in ${WEIGHTS_DIR_ENV} or pass "
+            "weights_path (in the workflow, config eval.lpips_fetch: true lets rule "
+            "weights_evaluate download them)."
         )
     return backbone, linear
 
 
-def load_lpips(net: str = "alex", weights_path=None, device=None, scene=None):
+def load_lpips(net: str = "alex", weights_path=None, device=None, scene=None, files=None):
     """The pretrained LPIPS module from local files (cached per files and device).
+
+    ``files``: the (backbone, linear) paths to load, e.g. those rule ``weights_evaluate``
+    resolved (:func:`nsff_core.evaluate.lpips_files_from_marker`); without them the files are
+    searched for (:func:`lpips_weight_files` with ``weights_path``).
 
     Both files are checked against the registry entries ``alexnet`` and ``lpips_alex`` of
     :mod:`nsff_core.priors.weights` (by file name: the ``lpips`` package's names ``alexnet.pth``
@@ -433,7 +438,12 @@ def load_lpips(net: str = "alex", weights_path=None, device=None, scene=None):
     """
     from .priors.pretrained import torch_load_weights
 
-    backbone, linear = lpips_weight_files(net, weights_path)
+    if files is None:
+        backbone, linear = lpips_weight_files(net, weights_path)
+    elif net != "alex":
+        raise ValueError(f"only the AlexNet LPIPS is implemented, got net={net!r}")
+    else:
+        backbone, linear = (os.fspath(f) for f in files)
     key = (backbone, linear, str(device))
     if key not in _LPIPS_CACHE:
         model = build_lpips(

@@ -80,11 +80,11 @@ def train_gpus(wc):
 
 
 def pretrained(wc, stage):
-    """Whether the scene's backend of a prior stage needs a checkpoint (and wants a GPU)."""
-    from nsff_core.priors.pretrained import is_pretrained
+    """Whether the scene's backend of a prior stage wants a GPU (and more memory): its record
+    in the backend registry nsff_core/priors/backends.py."""
+    from nsff_core.priors.backends import needs_gpu
 
-    backend = _sheet.scene_stage_config(config, SCENES[wc.scene], stage).get("backend")
-    return is_pretrained(stage, backend or "")
+    return needs_gpu(stage, stage_setting(stage, "backend")(wc))
 
 
 def pretrained_gpu(stage):

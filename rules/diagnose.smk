@@ -31,6 +31,6 @@ rule diagnose:
         runtime=10,
     params:
         cfg=stage_cfg("diagnostics"),
-        masks_backend=lambda wc: stage_cfg("masks")(wc).get("backend"),
+        masks_backend=stage_setting("masks", "backend"),
     script:
         "../workflow_scripts/diagnose.py"

@@ -1,5 +1,6 @@
 # Metrics of a trained scene: the `test` split against the training frames (full image and
-# dynamic region) and, for synthetic scenes, renders of the held-out ground-truth cameras.
+# dynamic region) and, for synthetic scenes, renders of the held-out ground-truth cameras;
+# PSNR, SSIM and LPIPS (its weights: rule weights_evaluate).
 
 
 rule evaluate:
@@ -10,6 +11,8 @@ rule evaluate:
         masks=SCENE.masks,
         test=SCENE.render_frames("test"),
         gt=evaluate_gt,
+        # the LPIPS checkpoints (rule weights_evaluate; without them LPIPS is unavailable)
+        weights=SCENE.weights_evaluate,
     output:
         metrics=SCENE.eval_metrics,
         novel=directory(SCENE.eval_novel),

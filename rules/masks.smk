@@ -1,7 +1,8 @@
 # Motion masks (255 = dynamic), in two passes. sfm_masks: made from the flow alone (the epipolar
 # test, or every instance of a semantic backend's classes), for SfM and the depth prior to
-# ignore. masks: the final masks that training sees, made after SfM and depth (the rigidity
-# test needs their cameras and depth).
+# ignore; computed on the source frames scaled to sfm.mask_size with their own flow, so that
+# SfM does not depend on the training size. masks: the final masks that training sees, made
+# after SfM and depth (the rigidity test needs their cameras and depth).
 
 
 rule sfm_masks:
@@ -9,9 +10,6 @@ rule sfm_masks:
         frames=SCENE.frames,
         frames_json=SCENE.frames_json,
         weights=SCENE.weights,
-        fw=SCENE.flow_fw,
-        bw=SCENE.flow_bw,
-        ok=SCENE.flow_ok,
     output:
         masks=directory(SCENE.sfm_masks),
     log:
@@ -27,6 +25,8 @@ rule sfm_masks:
         runtime=60,
     params:
         cfg=stage_cfg("masks"),
+        flow_cfg=stage_cfg("flow"),
+        mask_size=stage_setting("sfm", "mask_size"),
     script:
         "../workflow_scripts/sfm_masks.py"
 

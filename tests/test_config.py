@@ -82,7 +82,7 @@ def test_holdout_and_bullet_splits_in_the_sheet(tmp_path):
         "scene\tsource\tholdout_every\tsplits\tmasks\n"
         "a\tsynthetic:demo\t2\ttest,bullet7.5,test_spiral_time\trigidity\n",
     )
-    assert sheet.scene_stage_config(_config(), scenes["a"], "eval") == {"holdout_every": 2}
+    assert sheet.scene_stage_config(_config(), scenes["a"], "eval")["holdout_every"] == 2
     sheet.check_splits(_config(), scenes)
     with pytest.raises(ConfigError, match="holdout_every"):
         _sheet(tmp_path, "scene\tsource\tholdout_every\na\tsynthetic:demo\t1\n")

@@ -94,6 +94,14 @@ def wide_fov(scene: Path) -> None:
     _rewrite_cameras(scene, K=K)
 
 
+def focal_unfixed(scene: Path) -> None:
+    """The sfm rule measured a flat reprojection error over the focal length."""
+    path = scene / "sfm" / "summary.json"
+    summary = json.loads(path.read_text())
+    summary["focal"]["sensitivity"] = 0.002
+    path.write_text(json.dumps(summary))
+
+
 def unregister_two(scene: Path) -> None:
     reg = io.read_cameras(scene / "cameras.npz")["registered"].copy()
     reg[[3, 7]] = False
@@ -155,6 +163,7 @@ def test_every_check_passes_on_the_tiny_scene(tiny_scene_dir, tmp_path):
     [
         (narrow_fov, "fov", "sfm.focal_prior_fov"),
         (wide_fov, "fov", "sfm.focal_prior_fov"),
+        (focal_unfixed, "focal", "sfm.focal_prior_fov"),
         (unregister_two, "registered", "frames stride"),
         (masks_everywhere, "masks_large", "masks.backend"),
         (masks_nowhere, "masks_small", "masks.backend"),
@@ -190,6 +199,23 @@ def test_check_values_of_the_broken_inputs(scene, tmp_path):
     assert saved["registered"]["value"] == pytest.approx((n - 2) / n)
     assert saved["registered"]["unregistered"] == ["00003.png", "00007.png"]
     assert saved["flow_consistency"]["value"] < 0.34
+
+
+@pytest.mark.stage
+def test_the_focal_check_is_skipped_when_the_lens_was_given(scene, tmp_path):
+    """With sfm.focal_prior_fov the focal length is the user's, not the clip's: no check; an
+    SfM output from before the measurement: no check either."""
+    path = scene / "sfm" / "summary.json"
+    summary = json.loads(path.read_text())
+    summary["focal"].update(sensitivity=0.002, prior_fov_deg=60.0)
+    path.write_text(json.dumps(summary))
+    result = run(scene, tmp_path / "a")
+    assert result["failed"] == [] and result["checks"]["focal"]["passed"] is None
+    del summary["focal"]["sensitivity"]
+    summary["focal"]["prior_fov_deg"] = None
+    path.write_text(json.dumps(summary))
+    result = run(scene, tmp_path / "b")
+    assert result["failed"] == [] and result["checks"]["focal"]["passed"] is None
 
 
 @pytest.mark.stage

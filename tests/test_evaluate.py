@@ -165,6 +165,131 @@ def test_dynamic_region_ignores_differences_outside_the_mask(offline_lpips):
     assert 0 <= inside < 0.2 * full
 
 
+# --------------------------------------------------------------------------- LPIPS weights
+
+
+def random_lpips_files(folder, names=("test_backbone_random.pth", "test_linear_random.pth")):
+    """The two LPIPS weight files, with seeded random weights (the wiring, not the metric), and
+    the module they hold. The default names are no registry file's, so loaders take them
+    unchecked (registry names would be hash-checked against the real checkpoints)."""
+    import torch
+
+    from nsff_core.metrics import LPIPS_ALEX_CHANNELS, build_lpips
+
+    model = build_lpips(random_init=True, seed=3)
+    backbone = {f"features.{k}": v for k, v in model.net.state_dict().items()}
+    linear = {
+        f"lin{k}.model.1.weight": getattr(model, f"lin{k}").model[1].weight
+        for k in range(len(LPIPS_ALEX_CHANNELS))
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = folder / names[0], folder / names[1]
+    torch.save(backbone, paths[0])
+    torch.save(linear, paths[1])
+    return model, paths
+
+
+def write_marker(path, listed, unavailable=None):
+    """A marker as rule weights_evaluate writes it (the keys evaluate reads)."""
+    weights = {name: {"path": str(p)} for name, p in listed.items()}
+    path.write_text(json.dumps({"weights": weights, "unavailable": unavailable or {}}))
+    return path
+
+
+def test_scorer_takes_the_lpips_files_from_the_marker(tmp_path, offline_lpips):
+    from nsff_core.metrics import lpips
+    from nsff_core.priors.weights import entry_for_file
+
+    model, (backbone, linear) = random_lpips_files(tmp_path / "mine")
+    assert entry_for_file(backbone.name) is None and entry_for_file(linear.name) is None
+    marker = write_marker(
+        tmp_path / "weights_evaluate.json", {"alexnet": backbone, "lpips_alex": linear}
+    )
+    assert Scorer().lpips_state.startswith("unavailable:")  # nothing to be found by searching
+    scorer = Scorer(scene="s", weights_marker=marker)
+    assert scorer.lpips_state == f"available: AlexNet v0.1 ({backbone}, {linear})"
+    rng = np.random.default_rng(1)
+    pred, target = rng.integers(0, 256, (2, 40, 48, 3), dtype=np.uint8)
+    got = scorer.score(pred, target)["lpips"]
+    want = lpips(pred / 255.0, target / 255.0, model=model)
+    assert got > 0 and got == pytest.approx(want, rel=1e-6)
+
+
+def test_a_marker_without_the_files_leaves_lpips_unavailable_with_its_reason(
+    tmp_path, offline_lpips
+):
+    marker = write_marker(
+        tmp_path / "weights_evaluate.json",
+        {},
+        {"alexnet": "downloads are off", "lpips_alex": "downloads are off"},
+    )
+    state = Scorer(weights_marker=marker).lpips_state
+    assert state.startswith("unavailable: missing AlexNet backbone")  # the search's reason
+    assert "Rule weights_evaluate: alexnet: downloads are off; lpips_alex: downloads" in state
+
+
+def test_a_gone_marker_file_falls_back_to_the_search(tmp_path, monkeypatch):
+    """The marker's backbone is gone: evaluate searches $NSFF_WEIGHTS_DIR as before. The files
+    there carry the lpips package's names, so their digests are recorded as the test's own
+    (a registry name's first use would check the real AlexNet's hash prefix)."""
+    import hashlib
+
+    folder = tmp_path / "weights_dir"
+    _, found = random_lpips_files(folder, ("alexnet.pth", "alex.pth"))
+    files = {
+        p.name: {"sha256": hashlib.sha256(p.read_bytes()).hexdigest(), "source": "the test's own"}
+        for p in found
+    }
+    (folder / "sha256.json").write_text(json.dumps({"files": files}))
+    monkeypatch.setenv("NSFF_WEIGHTS_DIR", str(folder))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no-torch-home"))
+    _, (backbone, linear) = random_lpips_files(tmp_path / "mine")
+    backbone.unlink()
+    marker = write_marker(tmp_path / "m.json", {"alexnet": backbone, "lpips_alex": linear})
+    from nsff_core.evaluate import lpips_files_from_marker
+
+    assert lpips_files_from_marker(marker) == (
+        None,
+        f"alexnet: {backbone} (listed in {marker}) is gone",
+    )
+    scorer = Scorer(weights_marker=marker)
+    assert scorer.lpips_state == f"available: AlexNet v0.1 ({found[0]}, {found[1]})"
+
+
+def test_a_damaged_marker_names_scene_and_rule(tmp_path):
+    marker = tmp_path / "weights_evaluate.json"
+    marker.write_text("{not json")
+    with pytest.raises(StageError, match="scene 's', rule 'evaluate'") as info:
+        Scorer(scene="s", weights_marker=marker)
+    assert str(marker) in str(info.value) and "rule weights_evaluate writes it again" in str(
+        info.value
+    )
+
+
+# --------------------------------------------------------------------------- evaluate_scene
+
+
+def test_evaluate_scene_scores_lpips_with_the_markers_files(scene_dir, tmp_path, offline_lpips):
+    _, (backbone, linear) = random_lpips_files(tmp_path / "mine")
+    marker = write_marker(tmp_path / "w.json", {"alexnet": backbone, "lpips_alex": linear})
+    out = tmp_path / "eval" / "metrics.json"
+    evaluate_scene(
+        scene_dir / "train" / "last.ckpt",
+        scene_dir / "cameras.npz",
+        scene_dir / "frames",
+        scene_dir / "masks",
+        scene_dir / "render" / "test",
+        out,
+        scene="s",
+        weights_marker=marker,
+    )
+    m = json.loads(out.read_text())
+    assert m["lpips_state"] == f"available: AlexNet v0.1 ({backbone}, {linear})"
+    lp = m["test"]["per_frame"]["lpips"]
+    assert len(lp) == m["frames"] and all(v is not None and v >= 0 for v in lp)
+    assert m["test"]["mean"]["lpips"] == pytest.approx(np.mean(lp))
+
+
 # --------------------------------------------------------------------------- evaluate_scene
 
 

@@ -7,13 +7,12 @@ import pytest
 from nsff_core.config import MasksConfig
 from nsff_core.io import frame_name, list_frames, read_flo, read_mask
 from nsff_core.metrics import iou
-from nsff_core.priors.flow import consistency_mask, sample_flow
+from nsff_core.priors.flow_ops import consistency_mask, sample_flow, textured
 from nsff_core.priors.masks import (
     clean_mask,
     compute_masks,
     fill_holes,
     sampson_distance,
-    textured,
 )
 
 

@@ -21,6 +21,7 @@ EXPECTED = {
     "source_video": "results/{scene}/source/video.mp4",
     "gt": "results/{scene}/gt/scene.npz",
     "weights": "results/{scene}/weights.json",
+    "weights_evaluate": "results/{scene}/weights_evaluate.json",
     "frames": "results/{scene}/frames",
     "frames_json": "results/{scene}/frames.json",
     "flow_fw": "results/{scene}/flow_fw",

@@ -339,6 +339,41 @@ def test_a_train_setting_replans_train_and_after_but_no_prior(reference, tmp_pat
     assert "Params have changed since last execution" in out.split("rule train:")[1]
 
 
+def forget_output(wd: Path, output: str, consumers: tuple[str, ...]) -> None:
+    """Make the results look as if rule ``output``'s rule had never existed: delete the file,
+    its record in .snakemake/metadata (named by the urlsafe base64 of the path) and its place
+    in the recorded inputs of ``consumers``' outputs."""
+    import base64
+
+    meta = wd / ".snakemake" / "metadata"
+
+    def record(path: str) -> Path:
+        return meta / base64.urlsafe_b64encode(path.encode()).decode()
+
+    (wd / output).unlink()
+    record(output).unlink()
+    for path in consumers:
+        rec = json.loads(record(path).read_text())
+        rec["input"].remove(output)
+        rec.get("input_checksums", {}).pop(output, None)
+        record(path).write_text(json.dumps(rec))
+
+
+@pytest.mark.parametrize("change", ["results_from_before", "lpips_fetch"])
+def test_the_lpips_weights_replan_evaluate_but_no_prior_or_training(reference, tmp_path, change):
+    """Results made before rule weights_evaluate existed (no marker, evaluate's recorded inputs
+    without it), or a new eval.lpips_fetch, rerun the LPIPS marker, evaluate (it reads the
+    marker) and the summary; rule weights and everything that reads its marker stay done."""
+    wd = copy_workdir(reference, tmp_path / "wd")
+    if change == "results_from_before":
+        evaluate = ("results/tiny/eval/metrics.json", "results/tiny/eval/novel")
+        forget_output(wd, "results/tiny/weights_evaluate.json", evaluate)
+    else:
+        edit_config(wd, "eval", lpips_fetch=True)
+    plan, out = dry_run(wd)
+    assert plan == {"weights_evaluate": 1, "evaluate": 1, "summary": 1, "all": 1}, out[-3000:]
+
+
 def test_keep_intermediates_false_deletes_them_once_trained(tmp_path):
     """A whole run with the switch off: flow, disp and the COLMAP workspace are gone, every
     final output is there, and Snakemake plans nothing afterwards (it knows temp files were
@@ -366,10 +401,10 @@ def test_keep_intermediates_false_deletes_them_once_trained(tmp_path):
     assert dry_run(again)[0] == AFTER_RENDER  # render reads none of the intermediates
     edit_config(wd, "train", lr=1e-3)
     plan, out = dry_run(wd)
-    # train needs the flow again; the recomputed flow is newer than masks, and so on down
+    # train needs the flow again; the recomputed flow is newer than masks, and so on down;
+    # sfm_masks (its own flow at a fixed size) is kept, sfm reruns for its deleted workspace
     recomputed = {
         "flow",
-        "sfm_masks",
         "masks",
         "sfm",
         "export_colmap",

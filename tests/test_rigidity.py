@@ -12,7 +12,7 @@ from nsff_core.config import MasksConfig
 from nsff_core.errors import StageError
 from nsff_core.metrics import iou
 from nsff_core.priors import rigidity as R
-from nsff_core.priors.flow import consistency_mask
+from nsff_core.priors.flow_ops import consistency_mask
 from nsff_core.priors.masks import compute_masks, sfm_masks_config
 from nsff_core.synthetic import suite_config
 

@@ -204,6 +204,8 @@ def test_sfm_on_source_frames_gives_k_at_training_size(inputs, synthetic_scene, 
     assert s["sfm_size"] == [320, 180] and s["sfm_images"] == "source frames"
     assert s["num_registered"] == len(SHORT) and s["hw"] == list(hw)
     assert not (tmp_path / "sfm" / "images").exists()  # the source copy is removed
+    # the synthetic camera turns as it moves: its focal length is fixed by the clip
+    assert s["focal"]["sensitivity"] > sfm.FOCAL_MIN_SENSITIVITY
     for j, i in enumerate(SHORT):  # COLMAP masks (0 = ignore) at the SfM size cover the mover
         cm = io.read_mask(tmp_path / "sfm" / "colmap_masks" / f"{io.frame_name(j)}.png")
         assert cm.shape == (180, 320) and not (cm & synthetic_scene.dynamic_mask[i]).any()
@@ -449,3 +451,66 @@ def test_unjoinable_split_names_the_missing_frames(inputs, tmp_path, monkeypatch
     # default (extended after focal held and its extension), relaxed and its extension
     assert last in info.value.cause and "6 mapping attempt(s)" in info.value.cause
     assert not (tmp_path / "sfm").exists() and not (tmp_path / "cameras.npz").exists()
+
+
+def _text_model(folder: Path, turn_deg: float, f: float = 300.0, noise: float = 0.3):
+    """A COLMAP text model of 8 cameras on a sideways path that turn by ``turn_deg`` in all,
+    seeing 400 random points 6-12 units away (observations with ``noise`` px of noise)."""
+    import pycolmap
+    from scipy.spatial.transform import Rotation
+
+    rng = np.random.default_rng(0)
+    w, h, n = 320, 180, 8
+    pts = np.c_[rng.uniform(-3, 3, 400), rng.uniform(-2, 2, 400), rng.uniform(6, 12, 400)]
+    folder.mkdir(parents=True)
+    (folder / "cameras.txt").write_text(f"1 SIMPLE_PINHOLE {w} {h} {f} {w / 2} {h / 2}\n")
+    tracks: dict[int, list[str]] = {j: [] for j in range(len(pts))}
+    lines = []
+    for i in range(n):
+        t = i / (n - 1) - 0.5
+        r_cw = Rotation.from_euler("y", np.radians(turn_deg) * t).as_matrix().T
+        t_cw = -r_cw @ np.array([4.0 * t, 0.0, 0.0])
+        qx, qy, qz, qw = Rotation.from_matrix(r_cw).as_quat()
+        lines.append(f"{i + 1} {qw} {qx} {qy} {qz} {t_cw[0]} {t_cw[1]} {t_cw[2]} 1 {i:05d}.png")
+        xc = pts @ r_cw.T + t_cw
+        uv = f * xc[:, :2] / xc[:, 2:] + [w / 2, h / 2] + rng.normal(0, noise, (len(pts), 2))
+        seen = np.flatnonzero((uv[:, 0] > 0) & (uv[:, 0] < w) & (uv[:, 1] > 0) & (uv[:, 1] < h))
+        for k, j in enumerate(seen):
+            tracks[j].append(f"{i + 1} {k}")
+        lines.append(" ".join(f"{uv[j, 0]} {uv[j, 1]} {j + 1}" for j in seen))
+    (folder / "images.txt").write_text("\n".join(lines) + "\n")
+    points = [
+        f"{j + 1} {pts[j, 0]} {pts[j, 1]} {pts[j, 2]} 128 128 128 0.5 " + " ".join(tr)
+        for j, tr in tracks.items()
+        if len(tr) >= 2
+    ]
+    (folder / "points3D.txt").write_text("\n".join(points) + "\n")
+    rec = pycolmap.Reconstruction(str(folder))
+    opts = pycolmap.BundleAdjustmentOptions()
+    opts.refine_focal_length = False
+    opts.print_summary = False
+    pycolmap.bundle_adjustment(rec, opts)
+    return rec
+
+
+def test_focal_sensitivity_tells_a_fixed_focal_length_from_a_guess(tmp_path, caplog):
+    """A camera that slides sideways without turning leaves the focal length free (the error
+    barely moves when it is held 20 % off); one that also turns by 40 deg fixes it."""
+    cfg = SfmConfig()
+    sliding = sfm.focal_sensitivity(_text_model(tmp_path / "slide", 0.0), cfg)
+    turning = sfm.focal_sensitivity(_text_model(tmp_path / "turn", 40.0), cfg)
+    assert abs(sliding) < 0.2 * sfm.FOCAL_MIN_SENSITIVITY, sliding
+    assert turning > 2 * sfm.FOCAL_MIN_SENSITIVITY, turning
+    with caplog.at_level(logging.WARNING, logger="nsff_core.priors.sfm"):
+        sfm._warn_focal_sensitivity({"sensitivity": sliding}, 61.0, cfg, "clip")
+        sfm._warn_focal_sensitivity({"sensitivity": turning}, 61.0, cfg, "clip")
+        given = SfmConfig(focal_prior_fov=60.0)
+        sfm._warn_focal_sensitivity({"sensitivity": sliding}, 61.0, given, "clip")
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 1 and "scene clip" in warned[0] and "focal_prior_fov" in warned[0]
+
+
+def test_the_diagnose_threshold_is_the_sfm_one():
+    from nsff_core.config import DiagnosticsConfig
+
+    assert DiagnosticsConfig().min_focal_sensitivity == sfm.FOCAL_MIN_SENSITIVITY

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 import yaml
 from nsff_core import sheet
-from nsff_core.priors.pretrained import is_pretrained
+from nsff_core.priors.backends import needs_gpu
 
 repo = Path(sys.argv[1])
 config = yaml.safe_load((repo / "config.yaml").read_text())
@@ -33,7 +33,7 @@ sheet.check_splits(config, scenes)
 sheet.check_mask_classes(config, scenes)
 for row in scenes.values():
     for stage in ("flow", "masks", "depth"):
-        is_pretrained(stage, sheet.scene_stage_config(config, row, stage).get("backend") or "")
+        needs_gpu(stage, sheet.scene_stage_config(config, row, stage).get("backend") or "")
 heavy = sorted(m for m in ("torch", "torchvision", "cv2", "pycolmap", "timm") if m in sys.modules)
 print("heavy:", ",".join(heavy))
 """

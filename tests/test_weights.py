@@ -621,3 +621,170 @@ def test_concurrent_fetches_of_one_file_download_it_once(toy, tmp_path, monkeypa
     a.join(timeout=60)
     assert results == {"a": cache / toy.file, "b": cache / toy.file}
     assert len(calls) == 1 and (cache / toy.file).read_bytes() == PAYLOAD
+
+
+# --------------------------------------------------------------------------- optional (LPIPS)
+
+LPIPS_NAMES = ["alexnet", "lpips_alex"]
+
+
+def test_an_optional_fetch_offline_lists_the_lpips_weights_as_unavailable(
+    tmp_path, offline, caplog
+):
+    marker = tmp_path / "weights_evaluate.json"
+    with caplog.at_level(logging.WARNING, logger=W.__name__):
+        content = W.fetch_for_scene(
+            {"evaluate": "lpips"}, marker, tmp_path / "cache", "demo", optional=True
+        )
+    assert json.loads(marker.read_text()) == content
+    assert offline == [W.REGISTRY[n].url for n in LPIPS_NAMES]  # it tried, and failed
+    assert content["weights"] == {} and list(content["unavailable"]) == LPIPS_NAMES
+    for name in LPIPS_NAMES:
+        reason = content["unavailable"][name]
+        assert "cannot download" in reason and "Temporary failure" in reason
+        assert f"{name} is unavailable" in caplog.text
+    assert content["download"] is True
+    # the same fetch, not optional, is the error of rule weights
+    with pytest.raises(W.NotFetched, match="cannot download checkpoint 'alexnet'"):
+        W.fetch_for_scene({"evaluate": "lpips"}, tmp_path / "w.json", tmp_path / "cache")
+    assert not (tmp_path / "w.json").exists()
+
+
+def test_without_download_the_network_and_the_cache_are_never_touched(tmp_path, monkeypatch):
+    monkeypatch.setattr(W, "_urlopen", lambda url, timeout: pytest.fail(f"opened {url}"))
+    cache = tmp_path / "cache"
+    content = W.fetch_for_scene(
+        {"evaluate": "lpips"},
+        tmp_path / "weights_evaluate.json",
+        cache,
+        "demo",
+        optional=True,
+        download=False,
+        stage="weights_evaluate",
+    )
+    assert content["weights"] == {} and content["download"] is False
+    for name in LPIPS_NAMES:
+        assert "downloads are off" in content["unavailable"][name]
+        assert str(cache / W.REGISTRY[name].file) in content["unavailable"][name]
+    assert not cache.exists()  # not even created
+    with pytest.raises(W.NotFetched, match="downloads are off") as info:
+        W.fetch_for_scene({"evaluate": "lpips"}, tmp_path / "w.json", cache, download=False)
+    assert info.value.stage == "weights"
+
+
+def test_without_download_files_in_the_caches_are_used(toy, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    W.fetch("toy", cache)  # from its file:// URL: now in the cache
+    digest = hashlib.sha256(PAYLOAD + b"x").hexdigest()
+    hub_only = W.WeightsEntry(
+        "toy2", f"toy2-{digest[:8]}.pth", "https://example.invalid/toy2.pth", None, digest[:8]
+    )
+    monkeypatch.setitem(W.REGISTRY, "toy2", hub_only)
+    monkeypatch.setitem(W.BACKEND_WEIGHTS, ("masks", "toy2"), ("toy2",))
+    hub = tmp_path / "torch" / "hub" / "checkpoints"
+    hub.mkdir(parents=True)
+    (hub / hub_only.file).write_bytes(PAYLOAD + b"x")
+    monkeypatch.setattr(W, "_urlopen", lambda url, timeout: pytest.fail(f"opened {url}"))
+    content = W.fetch_for_scene(
+        {"flow": "toy", "masks": "toy2"}, tmp_path / "m.json", cache, optional=True, download=False
+    )
+    assert content["unavailable"] == {}
+    assert content["weights"]["toy"]["path"] == str(cache / toy.file)
+    assert content["weights"]["toy2"]["path"] == str(cache / hub_only.file)
+    assert (cache / hub_only.file).read_bytes() == PAYLOAD + b"x"
+
+
+@pytest.mark.parametrize("download", [False, True])
+def test_an_optional_fetch_still_refuses_a_wrong_file(toy, tmp_path, monkeypatch, download):
+    """A file that fails its hash check is never "unavailable": the cache holds something else
+    than the checkpoint, and with the download on and no network the error says so too."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / toy.file).write_bytes(b"something else")
+    # served over https, which the offline fixture fails
+    online = W.WeightsEntry(
+        "toy", toy.file, "https://example.invalid/toy.pth", None, toy.sha256_prefix
+    )
+    monkeypatch.setitem(W.REGISTRY, "toy", online)
+    with pytest.raises(StageError) as info:
+        W.fetch_for_scene(
+            {"flow": "toy"},
+            tmp_path / "m.json",
+            cache,
+            "demo",
+            optional=True,
+            download=download,
+            stage="weights_evaluate",
+        )
+    assert not isinstance(info.value, W.NotFetched)
+    assert info.value.stage == "weights_evaluate" and info.value.scene == "demo"
+    assert f"starting with {toy.sha256_prefix}" in str(info.value)
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_an_optional_fetch_without_trust_on_first_use_lists_unhashed_files(tmp_path, offline):
+    content = W.fetch_for_scene(
+        {"evaluate": "lpips"},
+        tmp_path / "m.json",
+        tmp_path / "cache",
+        optional=True,
+        trust_on_first_use=False,
+    )
+    assert list(content["unavailable"]) == LPIPS_NAMES and offline == []
+    assert "trust_on_first_use is false" in content["unavailable"]["lpips_alex"]
+
+
+def test_rule_weights_evaluate_declaration():
+    rules = parse_rules((REPO / "rules" / "weights.smk").read_text())
+    d = rules["weights_evaluate"]
+    assert d["output"] == "marker=SCENE.weights_evaluate"
+    assert d["localrule"] == "True"
+    assert d["conda"] == rules["weights"]["conda"]
+    assert d["script"] == "../workflow_scripts/weights_evaluate.py"
+    text = (REPO / "rules" / "weights.smk").read_text()
+    weights, evaluate = text.split("rule weights_evaluate:")
+    params = evaluate.split("params:")[1]
+    assert "backends=metric_request()" in params
+    assert 'download=stage_setting("eval", "lpips_fetch")' in params
+    assert "trust_on_first_use=weights_config().trust_on_first_use" in params
+    assert "cache_dir=weights_config().cache_dir" in params
+    # rule weights keeps its params: the LPIPS settings never rerun the priors
+    assert "lpips" not in weights.split("rule weights:")[1].split("params:")[1].split("script:")[0]
+
+
+def _run_evaluate_script(tmp_path, download):
+    marker = tmp_path / "results" / "demo" / "weights_evaluate.json"
+    smk = SimpleNamespace(
+        scriptdir=str(REPO / "workflow_scripts"),
+        rule="weights_evaluate",
+        log=[str(tmp_path / "weights_evaluate.log")],
+        wildcards=SimpleNamespace(scene="demo"),
+        params=SimpleNamespace(
+            backends={"evaluate": "lpips"},
+            cache_dir=str(tmp_path / "cache"),
+            trust_on_first_use=True,
+            download=download,
+        ),
+        output=SimpleNamespace(marker=str(marker)),
+    )
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        runpy.run_path(str(REPO / "workflow_scripts" / "weights_evaluate.py"), {"snakemake": smk})
+    finally:
+        for h in root.handlers:
+            if h not in saved[0]:
+                h.close()
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+    return marker
+
+
+@pytest.mark.parametrize("download", [False, True])
+def test_the_weights_evaluate_script_goes_on_offline(tmp_path, offline, download):
+    marker = _run_evaluate_script(tmp_path, download)
+    content = json.loads(marker.read_text())
+    assert list(content["unavailable"]) == LPIPS_NAMES and content["download"] is download
+    assert len(offline) == (2 if download else 0)
+    log = (tmp_path / "weights_evaluate.log").read_text()
+    assert "alexnet is unavailable" in log and "rule weights_evaluate" in log

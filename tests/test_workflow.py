@@ -63,7 +63,7 @@ def test_dry_run_of_the_demo(tmp_path):
     wd = make_workdir(tmp_path, (REPO / "scenes.tsv").read_text())
     r = snakemake(wd, "-n", "--cores", "2")
     assert r.returncode == 0, r.stdout + r.stderr
-    for rule in ("synthetic", "frames", "flow", "masks", "sfm", "depth"):
+    for rule in ("synthetic", "frames", "flow", "masks", "sfm", "depth", "weights_evaluate"):
         assert rule in r.stdout
 
 
@@ -181,8 +181,15 @@ def test_tiny_end_to_end(tmp_path):
     assert summary.loc[0, "psnr"] == pytest.approx(metrics["test"]["mean"]["psnr"], abs=1e-3)
     assert np.isfinite(summary.loc[0, "novel_psnr"]) and summary.loc[0, "status"] == "ok"
     rules = ("synthetic", "frames", "flow", "sfm_masks", "masks", "sfm", "depth", "train")
-    for rule in (*rules, "evaluate", "export_colmap", "export"):
+    for rule in (*rules, "weights_evaluate", "evaluate", "export_colmap", "export"):
         assert (res / "logs" / f"{rule}.log").stat().st_size > 0
+    # the LPIPS weights (rule weights_evaluate): eval.lpips_fetch is off, so only what the
+    # cache holds (usually nothing: LPIPS unavailable, and evaluate went on without it)
+    lpips = json.loads((res / "weights_evaluate.json").read_text())
+    assert lpips["download"] is False
+    assert set(lpips["weights"]) | set(lpips["unavailable"]) == {"alexnet", "lpips_alex"}
+    if len(lpips["weights"]) == 2:
+        assert lpips["weights"]["alexnet"]["path"] in metrics["lpips_state"]
     # the exports are part of the default target (their formats: tests/test_export.py)
     ex = res / "export"
     assert (ex / "colmap" / "points3D.txt").is_file()

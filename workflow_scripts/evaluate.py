@@ -24,4 +24,5 @@ with run_stage(snakemake):
         chunk=snakemake.params.chunk,
         scene=snakemake.wildcards.scene,
         holdout_every=snakemake.params.holdout_every,
+        weights_marker=snakemake.input.weights,
     )

@@ -1,5 +1,5 @@
 """Rule sfm_masks: the masks that SfM and the depth prior ignore (255 = dynamic), from the flow
-alone (see nsff_core.priors.masks.sfm_masks_config)."""
+alone, at the analysis size sfm.mask_size (see nsff_core.priors.sfm_masks)."""
 
 import sys
 
@@ -11,16 +11,14 @@ from nsff_core.workflow import run_stage
 
 with run_stage(snakemake):
     from nsff_core.config import stage_config
-    from nsff_core.priors.masks import compute_masks, sfm_masks_config
+    from nsff_core.priors.sfm_masks import compute_sfm_masks
 
-    compute_masks(
-        snakemake.input.frames,
-        snakemake.input.fw,
-        snakemake.input.bw,
-        snakemake.input.ok,
+    compute_sfm_masks(
+        snakemake.input.frames_json,
         snakemake.output.masks,
-        sfm_masks_config(stage_config("masks", snakemake.params.cfg)),
+        stage_config("masks", snakemake.params.cfg),
+        stage_config("flow", snakemake.params.flow_cfg),
+        snakemake.params.mask_size,
         scene=snakemake.wildcards.scene,
-        frames_json=snakemake.input.frames_json,
         weights=snakemake.input.weights,
     )

@@ -6,8 +6,10 @@ one per frame of ``cameras.npz``. Backends are chosen by ``cfg.backend``:
 - ``sparse`` (weights-free): the SfM points a frame observes on static pixels give exact
   disparities ``1 / z`` (z = camera-z depth in SfM world units) at their 2D observations; they
   are densified to a full map (:func:`densify`).
-- ``dpt`` (pretrained, to be added): a function with the same signature as
-  :func:`_sparse_backend` registered in :data:`BACKENDS`.
+- ``dpt`` (pretrained): DPT monocular depth (:mod:`.dpt`, :func:`pretrained_depth`).
+
+Each backend is a record of :mod:`nsff_core.priors.backends` whose run function takes the
+arguments of :func:`compute_depth`.
 
 The sparse backend's disparities are in inverse SfM units (scale-consistent across frames), a
 pretrained backend's are relative per frame; consumers must treat the maps as known up to scale
@@ -19,7 +21,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,9 @@ from .. import cameras as cam
 from .. import io
 from ..config import DepthConfig
 from ..errors import StageError
+from . import backends
 from . import pretrained as P
+from .sfm import resize_mask_conservative
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +56,8 @@ def compute_depth(
 
     Args:
         frames_dir: ``00000.png ...`` RGB frames at training resolution.
-        masks_dir: same-named masks, 255 = dynamic (``None`` = all static).
+        masks_dir: same-named masks, 255 = dynamic, any size (resized to the frames;
+            ``None`` = all static).
         sfm_dir: output of :func:`nsff_core.priors.sfm.run_sfm` (reads ``sparse/0``).
         cameras_path: ``cameras.npz`` (frame names, K, hw, c2w).
         disp_dir: output folder; replaced only when every frame succeeded.
@@ -65,16 +69,46 @@ def compute_depth(
     Returns:
         A summary dict (backend, per-frame point counts, timings).
     """
-    if cfg.backend == "dpt":
-        return pretrained_depth(disp_dir, cfg, frames_json, weights, scene)
-    backend = BACKENDS.get(cfg.backend)
-    if backend is None:
-        raise StageError(
-            scene,
-            STAGE,
-            f"unknown depth backend '{cfg.backend}'",
-            hint=f"use one of {sorted(BACKENDS)}",
-        )
+    run = backends.run_function("depth", cfg.backend, fallback=_unknown_backend)
+    return run(
+        frames_dir,
+        masks_dir,
+        sfm_dir,
+        cameras_path,
+        disp_dir,
+        cfg,
+        scene,
+        frames_json=frames_json,
+        weights=weights,
+    )
+
+
+def _unknown_backend(
+    frames_dir, masks_dir, sfm_dir, cameras_path, disp_dir, cfg: DepthConfig, scene, **_: Any
+) -> dict[str, Any]:
+    """What :func:`compute_depth` runs for a ``cfg.backend`` the registry does not know."""
+    raise StageError(
+        scene,
+        STAGE,
+        f"unknown depth backend '{cfg.backend}'",
+        hint=f"use one of {sorted(backends.names('depth', pretrained=False))}",
+    )
+
+
+def sparse_depth(
+    frames_dir: str | os.PathLike,
+    masks_dir: str | os.PathLike | None,
+    sfm_dir: str | os.PathLike,
+    cameras_path: str | os.PathLike,
+    disp_dir: str | os.PathLike,
+    cfg: DepthConfig,
+    scene: str | None = None,
+    *,
+    frames_json: str | os.PathLike | None = None,
+    weights: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """The ``sparse`` backend of :func:`compute_depth` (same arguments; ``frames_json`` and
+    ``weights`` unused): densified SfM disparities of the frames of ``cameras.npz``."""
     t0 = time.perf_counter()
     cams = io.read_cameras(cameras_path)
     names = [str(n) for n in cams["names"]]
@@ -89,7 +123,7 @@ def compute_depth(
             hint="rerun the frames and sfm rules",
         )
     with io.atomic_dir(disp_dir) as tmp:
-        summary = backend(
+        summary = _sparse_backend(
             frames,
             None if masks_dir is None else Path(masks_dir),
             Path(sfm_dir),
@@ -132,7 +166,8 @@ def _sparse_backend(
     for i, p in enumerate(frames):
         xy, disp = points[i]
         if masks_dir is not None:
-            dynamic = io.read_mask(masks_dir / p.name)
+            # the SfM masks are made at their own analysis size (rule sfm_masks)
+            dynamic = resize_mask_conservative(io.read_mask(masks_dir / p.name), (h, w))
             col = np.clip(np.rint(xy[:, 0]).astype(int), 0, w - 1)
             row = np.clip(np.rint(xy[:, 1]).astype(int), 0, h - 1)
             keep = ~dynamic[row, col]
@@ -347,19 +382,21 @@ def densify_edge_aware(
     return dense.reshape(h, w).astype(np.float32)
 
 
-Backend = Callable[..., dict[str, Any]]
-#: depth backends by ``cfg.backend``: (frames, masks_dir, sfm_dir, cams, out_dir, cfg, scene)
-BACKENDS: dict[str, Backend] = {"sparse": _sparse_backend}
-
-
 def pretrained_depth(
-    disp_dir: str | Path,
+    frames_dir: str | os.PathLike,
+    masks_dir: str | os.PathLike | None,
+    sfm_dir: str | os.PathLike,
+    cameras_path: str | os.PathLike,
+    disp_dir: str | os.PathLike,
     cfg: DepthConfig,
-    frames_json: str | Path | None,
-    weights: str | Path | None,
     scene: str | None = None,
+    *,
+    frames_json: str | os.PathLike | None = None,
+    weights: str | os.PathLike | None = None,
 ) -> dict:
-    """DPT disparity at source resolution, resized to the training size."""
+    """The ``dpt`` backend of :func:`compute_depth` (same arguments; it reads the source
+    frames through ``frames_json``, not ``frames_dir``, and needs no masks or SfM): DPT
+    disparity at source resolution, resized to the training size."""
     P.require(frames_json, "frames.json", "depth", scene)
     P.require(weights, "the weights.json marker", "depth", scene)
     from .dpt import compute_depth_dpt

@@ -672,17 +672,25 @@ SOURCE_MAX_SIZE = (1280, 720)
 def cap_size(rgb: np.ndarray, max_size: tuple[int, int] | None) -> np.ndarray:
     """Scale ``rgb`` down by max(w / max_w, h / max_h) when that exceeds 1 (nsff_pl's rule,
     cv2.INTER_AREA, sizes truncated); otherwise return it unchanged."""
-    if max_size is None:
+    h, w = rgb.shape[:2]
+    size = capped_size((w, h), max_size)
+    if size == (w, h):
         return rgb
     import cv2
 
-    h, w = rgb.shape[:2]
+    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+
+
+def capped_size(wh: tuple[int, int], max_size: tuple[int, int] | None) -> tuple[int, int]:
+    """(W, H) that :func:`cap_size` gives a frame of size ``wh``."""
+    w, h = (int(v) for v in wh)
+    if max_size is None:
+        return w, h
     s = max(w / max_size[0], h / max_size[1])
     if s <= 1:
-        return rgb
+        return w, h
     # at least 1 px: a very elongated frame would otherwise truncate its short side to 0
-    size = (max(1, int(w / s)), max(1, int(h / s)))
-    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+    return max(1, int(w / s)), max(1, int(h / s))
 
 
 def read_source_frames(

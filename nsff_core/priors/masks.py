@@ -27,7 +27,9 @@ import numpy as np
 from ..config import MasksConfig
 from ..errors import StageError
 from ..io import atomic_dir, frame_name, list_frames, read_flo, read_image, read_mask, write_mask
+from . import backends
 from . import pretrained as P
+from .flow_ops import textured
 
 log = logging.getLogger(__name__)
 
@@ -116,19 +118,6 @@ def clean_mask(raw: np.ndarray, cfg: MasksConfig) -> np.ndarray:
     return m.astype(bool)
 
 
-def textured(rgb: np.ndarray, min_texture: float) -> np.ndarray:
-    """Pixels (H, W) bool where optical flow is determined in both directions.
-
-    The test is the smaller eigenvalue of the 7x7 structure tensor of the grey image (intensity
-    in [0, 1]) against ``min_texture``: flat regions (sky, walls) and single edges (stripes, the
-    aperture problem) have a small one, and their flow says nothing about motion.
-    """
-    import cv2
-
-    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
-    return cv2.cornerMinEigenVal(grey, 7, 3) >= min_texture
-
-
 def epipolar_motion_mask(
     flows: list[np.ndarray],
     oks: list[np.ndarray],
@@ -181,10 +170,10 @@ def sfm_masks_config(cfg: MasksConfig) -> MasksConfig:
 #: the masks SfM sees keep at least this margin (px) around movers: a feature on a mover's edge
 #: costs SfM more than a lost background feature
 SFM_MASK_MIN_DILATE = 3
-#: backends that run a pretrained instance-segmentation model
-SEMANTIC_BACKENDS = ("maskrcnn", "detectron2")
+#: backends that run a pretrained instance-segmentation model (from the backend registry)
+SEMANTIC_BACKENDS = backends.names("masks", pretrained=True)
 #: the weights-free backends
-MOTION_BACKENDS = ("rigidity", "epipolar", "none")
+MOTION_BACKENDS = backends.names("masks", pretrained=False)
 
 
 def compute_masks(
@@ -207,21 +196,42 @@ def compute_masks(
     needs the SfM ``cameras`` (cameras.npz) and the depth prior ``disp_dir``. The semantic
     backends (maskrcnn, detectron2) read the source frames through ``frames_json`` and their
     checkpoint through the ``weights`` marker (:mod:`nsff_core.priors.pretrained`).
+
+    The backend is the record ``cfg.backend`` of :mod:`nsff_core.priors.backends`; an unknown
+    name takes the weights-free path, which reports it.
     """
-    if cfg.backend in SEMANTIC_BACKENDS:
-        return pretrained_masks(
-            frames_dir,
-            flow_fw_dir,
-            flow_bw_dir,
-            flow_ok_dir,
-            masks_dir,
-            cfg,
-            frames_json,
-            weights,
-            scene,
-            cameras=cameras,
-            disp_dir=disp_dir,
-        )
+    run = backends.run_function("masks", cfg.backend, fallback=motion_masks)
+    return run(
+        frames_dir,
+        flow_fw_dir,
+        flow_bw_dir,
+        flow_ok_dir,
+        masks_dir,
+        cfg,
+        scene,
+        frames_json=frames_json,
+        weights=weights,
+        cameras=cameras,
+        disp_dir=disp_dir,
+    )
+
+
+def motion_masks(
+    frames_dir: str | Path,
+    flow_fw_dir: str | Path | None,
+    flow_bw_dir: str | Path | None,
+    flow_ok_dir: str | Path | None,
+    masks_dir: str | Path,
+    cfg: MasksConfig,
+    scene: str | None = None,
+    *,
+    frames_json: str | Path | None = None,
+    weights: str | Path | None = None,
+    cameras: str | Path | None = None,
+    disp_dir: str | Path | None = None,
+) -> dict:
+    """The weights-free backends (rigidity, epipolar, none) of :func:`compute_masks` (same
+    arguments; ``frames_json`` and ``weights`` unused)."""
     frames = list_frames(frames_dir)
     if not frames:
         raise StageError(
@@ -232,7 +242,7 @@ def compute_masks(
             scene,
             "masks",
             f"unknown masks backend {cfg.backend!r}",
-            "set masks.backend to one of rigidity, epipolar, none, maskrcnn, detectron2 "
+            f"set masks.backend to one of {', '.join(backends.names('masks'))} "
             "(config.yaml or the scene sheet)",
         )
     h, w = read_image(frames[0], made_by="frames").shape[:2]
@@ -371,14 +381,15 @@ def pretrained_masks(
     flow_ok_dir: str | Path | None,
     masks_dir: str | Path,
     cfg: MasksConfig,
-    frames_json: str | Path | None,
-    weights: str | Path | None,
     scene: str | None = None,
     *,
+    frames_json: str | Path | None = None,
+    weights: str | Path | None = None,
     cameras: str | Path | None = None,
     disp_dir: str | Path | None = None,
 ) -> dict:
-    """COCO instance masks of the configured classes at training resolution.
+    """The semantic backends (maskrcnn, detectron2) of :func:`compute_masks` (same arguments):
+    COCO instance masks of the configured classes at training resolution.
 
     With ``cfg.min_moving_fraction`` > 0 an instance is kept only when that share of its pixels
     is dynamic in the weights-free motion masks (``cfg.motion_backend``), so a seated person is
@@ -405,10 +416,11 @@ def pretrained_masks(
                 disp_dir=disp_dir,
             )
         if cfg.backend == "maskrcnn":
-            fn, name = maskrcnn.compute_masks_maskrcnn, "maskrcnn_v2_coco"
+            fn = maskrcnn.compute_masks_maskrcnn
         else:
             maskrcnn.require_detectron2(scene)
-            fn, name = maskrcnn.compute_masks_detectron2, "detectron2_r50_fpn_3x"
+            fn = maskrcnn.compute_masks_detectron2
+        name = backends.get("masks", cfg.backend).weights[0]
         return fn(
             P.source_frames(frames_json, "masks", scene),
             masks_dir,

@@ -4,10 +4,12 @@ depth (README.md, Pretrained prior backends).
 :func:`~nsff_core.priors.flow.compute_flow`, :func:`~nsff_core.priors.masks.compute_masks` and
 :func:`~nsff_core.priors.depth.compute_depth` hand a pretrained ``backend`` to their
 ``pretrained_*`` functions (each in its stage's module, so that a rule's environment only needs
-its own backend's packages). These read the source frames at source resolution (capped at 1280x720, as nsff_pl) through
-``frames.json``, take the checkpoint from the scene's ``weights.json`` marker (written by the
-rule ``weights``; nothing is downloaded here, so GPU and cluster jobs never touch the network),
-and write the same files as the weights-free backends, at training resolution.
+its own backend's packages); which backends are pretrained, and their checkpoints, is said by the
+backend registry :mod:`nsff_core.priors.backends`. These functions read the source frames at
+source resolution (capped at 1280x720, as nsff_pl) through ``frames.json``, take the checkpoint
+from the scene's ``weights.json`` marker (written by the rule ``weights``; nothing is downloaded
+here, so GPU and cluster jobs never touch the network), and write the same files as the
+weights-free backends, at training resolution.
 """
 
 from __future__ import annotations
@@ -20,13 +22,6 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ..errors import StageError
-
-#: backends that need a checkpoint, per stage
-PRETRAINED = {"flow": {"raft"}, "masks": {"maskrcnn", "detectron2"}, "depth": {"dpt"}}
-
-
-def is_pretrained(stage: str, backend: str) -> bool:
-    return backend in PRETRAINED.get(stage, set())
 
 
 def require(value: Any, what: str, stage: str, scene: str | None) -> None:

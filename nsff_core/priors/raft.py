@@ -36,7 +36,7 @@ import numpy as np
 from ..errors import StageError
 from ..io import atomic_dir, frame_name, list_frames, read_image, write_flo, write_mask
 from ..progress import Progress
-from .flow import consistency_mask, resize_flow
+from .flow_ops import consistency_mask, resize_flow
 from .frames import cap_size
 from .pretrained import fp16_autocast, load_state_dict_file
 
@@ -259,7 +259,7 @@ def compute_flow_raft(
         checkpoint: torchvision RAFT-Large state dict (see :func:`load_raft`).
         device: torch device; default CUDA when available, else CPU.
         alpha1, alpha2: forward-backward consistency thresholds (training pixels), see
-            :func:`nsff_core.priors.flow.consistency_mask`.
+            :func:`nsff_core.priors.flow_ops.consistency_mask`.
         batch_pairs: frame pairs per network call (each gives a forward and a backward flow);
             default 4 on CUDA, 1 on the CPU.
         max_source_size: (w, h) cap applied to the frames before RAFT (:func:`cap_size`);

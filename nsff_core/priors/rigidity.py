@@ -344,7 +344,7 @@ def frame_motion_mask(
     if cfg.min_texture > 0:
         # flat pixels (sky, walls) and single edges (stripes: the aperture problem) have flow
         # that says nothing about motion: they do not vote
-        from .masks import textured
+        from .flow_ops import textured
 
         valid = valid & textured(rgb, cfg.min_texture)
     score = np.maximum(r_flow / cfg.rigidity_threshold, r_depth / cfg.rigidity_depth_threshold)

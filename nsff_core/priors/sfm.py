@@ -9,7 +9,8 @@ Pipeline (rule ``sfm``):
    length then depends on the training width; at source resolution every training width sees
    the same SfM. When that size equals the training size, or ``max_size`` is null, the
    training frames are used as they are.
-2. **Masks.** Dynamic pixels (training-resolution masks, 255 = dynamic) are resized to the SfM
+2. **Masks.** Dynamic pixels (the masks of rule sfm_masks, 255 = dynamic, made at the analysis
+   size ``sfm.mask_size``; see :mod:`nsff_core.priors.sfm_masks`) are resized to the SfM
    size conservatively (:func:`resize_mask_conservative`: an SfM pixel is dynamic when its
    footprint touches a dynamic training pixel) and given to SIFT extraction as COLMAP masks.
 3. **Features and matching:** one camera shared by all frames (``sfm.camera_model``), exhaustive
@@ -102,6 +103,15 @@ REFINE_MIN_PARALLAX_DEG = 3.0
 #: not fix: 0.1-1 % (while the focal length moved 6-16 %); with a 15 deg wrong prior on a
 #: hand-held clip with rotation: 8 %
 REFINE_MIN_ERROR_GAIN = 0.02
+#: the focal length's sensitivity is measured by bundle-adjusting copies of the model with the
+#: focal length fixed at these factors of the estimate (poses and points free)
+FOCAL_PROBE_FACTORS = (0.8, 1.25)
+#: below this relative rise of the mean reprojection error at either probe the clip does not
+#: fix the focal length (warned; diagnose's ``focal`` check). Measured rises: synthetic clips
+#: with a well-fitted focal length (error 0.2 %) 16 %; davis_rollercoaster 3.7 %, davis_bear
+#: 5.1 %, sam2_bedroom 1.8 %; smooth-textured synthetic clips whose focal length came out 7-16 %
+#: off (a sideways camera without rotation fixes no focal length at all) 0.3-0.4 %
+FOCAL_MIN_SENSITIVITY = 0.01
 #: mapper options of the retries (COLMAP defaults in comments): a smaller initial triangulation
 #: angle and fewer inliers for the initial pair (short baselines of video), and fewer, less
 #: clean 2D-3D inliers with more trials for registering the next frame (masked movers, blur)
@@ -262,6 +272,7 @@ def run_sfm(
         hfov,
     )
     _warn_fov(hfov, cfg, scene)
+    _warn_focal_sensitivity(summary["focal"], hfov, cfg, scene)
     return summary
 
 
@@ -451,6 +462,14 @@ def resize_mask_conservative(mask: np.ndarray, hw: tuple[int, int]) -> np.ndarra
     return cv2.resize(m.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA) > 0
 
 
+def same_aspect(hw_a: tuple[int, ...], hw_b: tuple[int, ...], tol: float = 0.02) -> bool:
+    """Whether two (H, W, ...) shapes have aspect ratios within ``tol`` (relative) of each
+    other: sizes that differ only by scaling and rounding to whole pixels."""
+    a = hw_a[1] / hw_a[0]
+    b = hw_b[1] / hw_b[0]
+    return abs(a / b - 1.0) <= tol
+
+
 def _write_colmap_masks(
     frames: list[Path],
     masks_dir: Path,
@@ -460,7 +479,9 @@ def _write_colmap_masks(
     scene: str | None,
 ) -> None:
     """Write COLMAP masks ``out_dir/<frame name>.png`` at ``sfm_hw`` (255 = use, 0 = ignore =
-    dynamic) from the training-resolution masks (``hw``)."""
+    dynamic) from the masks of rule sfm_masks (at its analysis size, or any size of the same
+    aspect ratio as the training frames ``hw`` or the SfM images; a mask covers the whole
+    frame, so it is resized to the whole SfM image)."""
     out_dir.mkdir(parents=True)
     missing = [p.name for p in frames if not (masks_dir / p.name).is_file()]
     if missing:
@@ -472,13 +493,14 @@ def _write_colmap_masks(
         )
     for p in frames:
         dynamic = io.read_mask(masks_dir / p.name)
-        if dynamic.shape != tuple(hw):
+        if not (same_aspect(dynamic.shape, hw) or same_aspect(dynamic.shape, sfm_hw)):
             raise StageError(
                 scene,
                 STAGE,
                 f"mask {masks_dir / p.name} is {dynamic.shape[1]}x{dynamic.shape[0]}, "
-                f"frames are {hw[1]}x{hw[0]}",
-                hint="masks must be at training resolution; rerun the masks rule",
+                f"a different shape from the frames ({hw[1]}x{hw[0]}) and the SfM images "
+                f"({sfm_hw[1]}x{sfm_hw[0]})",
+                hint="rerun the sfm_masks rule (delete the scene's sfm_masks folder)",
             )
         io.write_mask(out_dir / f"{p.name}.png", ~resize_mask_conservative(dynamic, sfm_hw))
 
@@ -594,6 +616,10 @@ def _reconstruct(
                 else f"kept at the {'prior' if fixed else 'initial guess'}",
                 _camera(best).mean_focal_length(),
             )
+    if best is not None:
+        t0 = time.perf_counter()
+        focal["sensitivity"] = focal_sensitivity(best, cfg)
+        timings["focal_sensitivity"] = time.perf_counter() - t0
     last = attempts[-1]["model_sizes"] if attempts else []
     return best, {
         "matching": mode,
@@ -823,6 +849,59 @@ def _refine_focal(rec: Any, cfg: SfmConfig) -> tuple[Any, float]:
     pycolmap.bundle_adjustment(rec, opts)
     after = float(rec.compute_mean_reprojection_error())
     return rec, (1.0 - after / before) if before > 0 else 0.0
+
+
+def focal_sensitivity(rec: Any, cfg: SfmConfig) -> float:
+    """How much the clip fixes the focal length: the smaller relative rise of the mean
+    reprojection error when the focal length is held at :data:`FOCAL_PROBE_FACTORS` times the
+    estimate and poses and points are bundle-adjusted to it (0.05 = 5 % worse).
+
+    A sideways camera that never turns, or few and short feature tracks, leave the error
+    nearly flat over a wide range of focal lengths; the estimate is then as good as a guess.
+    Rises are capped at 1 (the error doubled), and a probe whose adjustment diverges (a
+    non-finite error) counts as 1."""
+    import copy
+
+    import pycolmap
+
+    base = float(rec.compute_mean_reprojection_error())
+    if not base > 0:
+        return 1.0
+    rises = []
+    for factor in FOCAL_PROBE_FACTORS:
+        probe = copy.deepcopy(rec)
+        for camera in probe.cameras.values():
+            params = np.array(camera.params, dtype=float)
+            for i in camera.focal_length_idxs():
+                params[i] *= factor
+            camera.params = params
+        opts = pycolmap.BundleAdjustmentOptions()
+        opts.refine_focal_length = False
+        opts.refine_principal_point = False
+        opts.refine_extra_params = False
+        opts.print_summary = False
+        opts.ceres.solver_options.num_threads = schedule_threads(cfg)
+        pycolmap.bundle_adjustment(probe, opts)
+        err = float(probe.compute_mean_reprojection_error())
+        rises.append(min(1.0, err / base - 1.0) if math.isfinite(err) else 1.0)
+    return float(min(rises))
+
+
+def _warn_focal_sensitivity(focal: dict, hfov: float, cfg: SfmConfig, scene: str | None) -> None:
+    sensitivity = focal.get("sensitivity")
+    if cfg.focal_prior_fov is not None or sensitivity is None:
+        return
+    if sensitivity >= FOCAL_MIN_SENSITIVITY:
+        return
+    log.warning(
+        "scene %s: this clip barely fixes the focal length: holding it 20 %% off changes the "
+        "reprojection error by only %.2f %% (a camera that moves without turning, or few "
+        "features), so the field of view of %.1f deg may be off by 10-20 %%; give the lens's "
+        "horizontal field of view as sfm.focal_prior_fov if you know it",
+        scene,
+        100 * sensitivity,
+        hfov,
+    )
 
 
 def _registered_by_name(rec: Any, names: list[str]) -> np.ndarray:

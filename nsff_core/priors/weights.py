@@ -38,8 +38,11 @@ checkpoint the caller chose) is not checked. Every marker records the full sha25
 it lists, so a full digest can be copied into the registry once a trusted file is at hand.
 
 Cache directory: the configured value (config ``weights.cache_dir``), else ``$NSFF_WEIGHTS_DIR``,
-else ``$XDG_CACHE_HOME/nsff/weights`` (``~/.cache/nsff/weights``). The LPIPS weights of
-:mod:`nsff_core.metrics` are looked up in ``$NSFF_WEIGHTS_DIR`` under the same file names.
+else ``$XDG_CACHE_HOME/nsff/weights`` (``~/.cache/nsff/weights``). The LPIPS weights of rule
+``evaluate`` are resolved by the rule ``weights_evaluate`` (marker
+``results/{scene}/weights_evaluate.json``), an optional fetch: it downloads only with config
+``eval.lpips_fetch: true``, and a file it cannot have is listed as unavailable instead of
+failing (LPIPS is then reported unavailable, or found where :mod:`nsff_core.metrics` looks).
 
 Downloads go to a temporary file in the cache directory and are renamed into place only after
 the hash check, so an interrupted or concurrent download never leaves a half-written checkpoint.
@@ -68,6 +71,7 @@ from typing import Any, BinaryIO
 from ..config import STAGES
 from ..errors import StageError
 from ..io import atomic_file
+from .backends import weights_table
 
 log = logging.getLogger(__name__)
 
@@ -181,17 +185,11 @@ REGISTRY: dict[str, WeightsEntry] = _entries(
     ),
 )
 
-#: Checkpoints per (stage, backend). A backend that is not listed needs no weights (dis,
-#: epipolar, sparse, none); an unknown backend is reported by its own stage, not here.
-BACKEND_WEIGHTS: dict[tuple[str, str], tuple[str, ...]] = {
-    ("masks", "maskrcnn"): ("maskrcnn_v2_coco",),
-    ("masks", "detectron2"): ("detectron2_r50_fpn_3x",),
-    ("flow", "raft"): ("raft_large",),
-    ("depth", "dpt"): ("dpt_large",),
-    ("depth", "dpt_large"): ("dpt_large",),
-    ("depth", "dpt_hybrid"): ("dpt_hybrid",),
-    ("evaluate", "lpips"): ("alexnet", "lpips_alex"),
-}
+#: Checkpoints per (stage, backend), read from the backend registry
+#: (:func:`nsff_core.priors.backends.weights_table`, which also lists DPT's ``dpt_model`` values
+#: as keys). A backend that is not listed needs no weights (dis, epipolar, sparse, none); an
+#: unknown backend is reported by its own stage, not here.
+BACKEND_WEIGHTS: dict[tuple[str, str], tuple[str, ...]] = weights_table()
 
 
 #: Other names under which loaders accept a registry file (the ``lpips`` package's names of the
@@ -210,6 +208,13 @@ class HashMismatch(ValueError):
 class WeightsMismatch(StageError):
     """A checkpoint's sha256 differs from the registry's or the recorded one (a user error:
     the message names the file, both digests and what to do)."""
+
+
+class NotFetched(StageError):
+    """A checkpoint could not be had, for no fault of its bytes: the download failed (no
+    network, HTTP error, a transfer cut short), or downloads are off and the cache lacks it, or
+    it has no full sha256 while ``trust_on_first_use`` is false. An optional fetch
+    (:func:`fetch_for_scene` with ``optional``) lists it as unavailable instead of failing."""
 
 
 # --------------------------------------------------------------------------- lookup
@@ -622,12 +627,14 @@ def verify_file(
         return _check_open(f, path, e, scene, stage, trust_on_first_use, use_stat_cache=True)
 
 
-def _remember(e: WeightsEntry, target: Path, digest: str, source: str, scene: str | None) -> str:
+def _remember(
+    e: WeightsEntry, target: Path, digest: str, source: str, scene: str | None, stage: str = STAGE
+) -> str:
     """Record the digest of a file just put at ``target``; returns how it was checked."""
     info = _record_info(e, digest, "registry" if e.sha256 else source, _stat_key(target.stat()))
-    other = _record(target.parent, target.name, info, scene, STAGE)
+    other = _record(target.parent, target.name, info, scene, stage)
     if other is not None:  # another process recorded a different file meanwhile
-        raise _mismatch(e, target, digest, other["sha256"], other.get("recorded", ""), scene, STAGE)
+        raise _mismatch(e, target, digest, other["sha256"], other.get("recorded", ""), scene, stage)
     if not e.sha256:
         log.warning(
             "%s: no published full sha256; recorded the sha256 %s of %s in %s on first use: "
@@ -673,51 +680,76 @@ def _fetch(
     scene: str | None,
     timeout: float,
     trust_on_first_use: bool = True,
+    download: bool = True,
+    stage: str = STAGE,
 ) -> tuple[Path, str, str]:
-    """``(path, sha256, how)`` of checkpoint ``name`` (see :func:`fetch`)."""
+    """``(path, sha256, how)`` of checkpoint ``name`` (see :func:`fetch`).
+
+    ``download`` false: only a file already in the cache or in torch hub's cache is used; else
+    :class:`NotFetched` is raised before the network (or the cache folder) is touched.
+    ``stage``: the rule named in errors.
+    """
     try:
         e = entry(name)
     except KeyError as exc:
         raise StageError(
             scene,
-            STAGE,
+            stage,
             str(exc.args[0]),
             "name a checkpoint of REGISTRY in nsff_core/priors/weights.py",
         ) from None
     target = cache_dir(cache) / e.file
-    if not e.sha256 and not trust_on_first_use:
-        raise _untrusted(e, target, scene, STAGE)  # before any download
+    if not e.sha256 and not trust_on_first_use:  # before any download
+        refused = _untrusted(e, target, scene, stage)
+        raise NotFetched(scene, stage, refused.cause, refused.hint)
+    if not download and not target.is_file() and not (_torch_hub_dir() / e.file).is_file():
+        raise _not_cached(e, target, scene, stage)
     if not target.is_file():
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StageError(
                 scene,
-                STAGE,
+                stage,
                 f"cannot create the weights cache directory {target.parent}: {exc}",
                 f"set config weights.cache_dir or ${ENV_VAR} to a writable directory",
             ) from None
     # one fetch of a file at a time: a second job waits, then reuses the first one's download
-    with _locked(target.parent / f".{e.file}.lock", scene, STAGE):
+    with _locked(target.parent / f".{e.file}.lock", scene, stage):
         stale = ""
         if target.is_file():
             try:
-                digest, how = verify_file(target, e, scene, STAGE)
+                digest, how = verify_file(target, e, scene, stage)
             except WeightsMismatch as exc:
+                if not download:  # nothing to replace it with: the user has to act
+                    raise
                 stale = f"the file already at {target} is not it ({exc.cause}); "
                 log.warning("%s: %s; fetching it again", e.name, exc.cause)
             else:
                 log.info("%s: using %s (%s checked)", e.name, target, how)
                 return target, digest, how
-        recorded = read_record(target.parent, scene).get(e.file)
+        recorded = read_record(target.parent, scene, stage).get(e.file)
         expected = e.sha256.lower() if e.sha256 else (recorded or {}).get("sha256")
         digest = _copy_from_torch_hub(e, target, expected)
         source = "first use (copied from torch hub's cache)"
         if digest is None:
-            digest = _download(e, target, scene, timeout, stale, recorded)
+            if not download:
+                raise _not_cached(e, target, scene, stage)
+            digest = _download(e, target, scene, timeout, stale, recorded, stage)
             source = "first use (downloaded)"
-        how = _remember(e, target, digest, source, scene)
+        how = _remember(e, target, digest, source, scene, stage)
     return target, digest, how
+
+
+def _not_cached(e: WeightsEntry, target: Path, scene: str | None, stage: str) -> NotFetched:
+    return NotFetched(
+        scene,
+        stage,
+        f"checkpoint '{e.name}' (file {e.file}) is not in the weights cache ({target}) and "
+        "downloads are off",
+        f"allow the download (config eval.lpips_fetch: true for the LPIPS weights), or put "
+        f"{e.url} at {target} by hand",
+    )
 
 
 def _torch_hub_dir() -> Path:
@@ -777,10 +809,14 @@ def _cannot_download(
     reason: str,
     stale: str = "",
     recorded: dict[str, Any] | None = None,
+    stage: str = STAGE,
 ) -> StageError:
-    return StageError(
+    # with a wrong file in the cache (``stale``) this is not merely "not fetched": the cache
+    # holds something that is not the checkpoint, which even an optional fetch reports
+    cls = StageError if stale else NotFetched
+    return cls(
         scene,
-        STAGE,
+        stage,
         f"{stale}cannot download checkpoint '{e.name}' (file {e.file}) from {e.url}: {reason}",
         f"download it by hand to {target} (e.g. curl -L -o '{target}' '{e.url}'; "
         f"expected {_expected_text(e, recorded)}), or point config weights.cache_dir or "
@@ -795,6 +831,7 @@ def _download(
     timeout: float,
     stale: str,
     recorded: dict[str, Any] | None = None,
+    stage: str = STAGE,
 ) -> str:
     """Download ``e`` to ``target`` through a verified temporary file; returns the sha256.
 
@@ -805,7 +842,7 @@ def _download(
     try:
         resp = _urlopen(e.url, timeout)
     except NETWORK_ERRORS as exc:
-        raise _cannot_download(e, target, scene, _reason(exc), stale, recorded) from exc
+        raise _cannot_download(e, target, scene, _reason(exc), stale, recorded, stage) from exc
     h = hashlib.sha256()
     done, t0 = 0, time.monotonic()
     last = t0
@@ -816,7 +853,9 @@ def _download(
                 try:
                     chunk = resp.read(CHUNK)
                 except NETWORK_ERRORS as exc:
-                    raise _cannot_download(e, target, scene, _reason(exc), stale, recorded) from exc
+                    raise _cannot_download(
+                        e, target, scene, _reason(exc), stale, recorded, stage
+                    ) from exc
                 if not chunk:
                     break
                 f.write(chunk)
@@ -834,12 +873,13 @@ def _download(
                 f"the transfer stopped after {done} of {total} bytes",
                 stale,
                 recorded,
+                stage,
             )
         digest = h.hexdigest()
         if not digest_matches(e, digest):
             raise StageError(
                 scene,
-                STAGE,
+                stage,
                 f"the download of '{e.name}' from {e.url} has sha256 {digest}, expected "
                 f"{e.expected}",
                 f"retry (the transfer may have been corrupted); if it persists the file changed "
@@ -849,7 +889,7 @@ def _download(
             record = target.parent / RECORD_FILE
             raise WeightsMismatch(
                 scene,
-                STAGE,
+                stage,
                 f"the download of '{e.name}' from {e.url} has sha256 {digest}, but the file "
                 f"first used here had {recorded['sha256']} (recorded in {record} on "
                 f"{recorded.get('recorded', '?')}): the file changed upstream or in transit",
@@ -896,6 +936,9 @@ def fetch_for_scene(
     *,
     timeout: float = 60.0,
     trust_on_first_use: bool = True,
+    optional: bool = False,
+    download: bool = True,
+    stage: str = STAGE,
 ) -> dict[str, Any]:
     """Fetch every checkpoint ``backends`` need and write the marker JSON (atomically).
 
@@ -904,12 +947,31 @@ def fetch_for_scene(
     digest) or ``"recorded-sha256"`` (the digest recorded on first use, see the module
     docstring); ``weights`` is empty for weights-free backends (and then nothing touches the
     network or the cache). ``trust_on_first_use`` is config ``weights.trust_on_first_use``.
+
+    Rule ``weights_evaluate`` (LPIPS, which evaluation can do without) passes ``optional``: a
+    checkpoint that cannot be had (:class:`NotFetched`: no network, not in the cache while
+    ``download`` is false, no full sha256 while ``trust_on_first_use`` is false) is then a
+    logged warning and an entry ``"unavailable": {name: reason}`` of the marker instead of an
+    error; a file that fails its hash check still raises. ``download`` false (config
+    ``eval.lpips_fetch: false``): only files already in the cache or in torch hub's cache are
+    used and the network is never opened. ``stage``: the rule named in errors.
+
     Returns the marker's content.
     """
     names = needed_weights(backends)
     listed: dict[str, Any] = {}
+    unavailable: dict[str, str] = {}
     for name in names:
-        path, digest, how = _fetch(name, cache, scene, timeout, trust_on_first_use)
+        try:
+            path, digest, how = _fetch(
+                name, cache, scene, timeout, trust_on_first_use, download, stage
+            )
+        except NotFetched as exc:
+            if not optional:
+                raise
+            log.warning("%s is unavailable (optional, going on without it): %s", name, exc.cause)
+            unavailable[name] = exc.cause
+            continue
         e = REGISTRY[name]
         listed[name] = {
             "path": str(path),
@@ -919,14 +981,21 @@ def fetch_for_scene(
             "check": how,
             "bytes": path.stat().st_size,
         }
-    content = {
+    content: dict[str, Any] = {
         "cache_dir": str(cache_dir(cache)),
         "backends": dict(backends),
         "weights": listed,
     }
+    if optional:
+        content["download"] = download
+        content["unavailable"] = unavailable
     with atomic_file(marker) as tmp:
         tmp.write_text(json.dumps(content, indent=2) + "\n")
-    log.info("%d checkpoint(s) ready: %s", len(names), ", ".join(names) or "none needed")
+    log.info("%d checkpoint(s) ready: %s", len(listed), ", ".join(listed) or "none needed")
+    if unavailable:
+        log.warning(
+            "%d optional checkpoint(s) unavailable: %s", len(unavailable), ", ".join(unavailable)
+        )
     return content
 
 
@@ -946,8 +1015,8 @@ def resolve_from_marker(
             stage,
             f"{marker} does not list checkpoint '{name}' ({e.file})",
             "the weights rule did not know this backend needs it: rerun it "
-            f"(snakemake --forcerun weights {marker}) and check BACKEND_WEIGHTS in "
-            "nsff_core/priors/weights.py",
+            f"(snakemake --forcerun weights {marker}) and check the backend's weights in "
+            "nsff_core/priors/backends.py",
         )
     path = Path(listed[name]["path"])
     if not path.is_file():

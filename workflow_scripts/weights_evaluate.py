@@ -1,0 +1,24 @@
+"""Rule weights_evaluate: resolve the LPIPS checkpoints of rule evaluate (optional: a file that
+cannot be had is listed as unavailable in the marker, and evaluation goes on without LPIPS)."""
+
+import sys
+
+sys.path.insert(0, f"{snakemake.scriptdir}/..")
+
+# nsff_core.workflow imports the standard library only; all else is imported inside run_stage,
+# which logs any failure and claims the job's GPU slots first (so before torch is imported)
+from nsff_core.workflow import run_stage
+
+with run_stage(snakemake):
+    from nsff_core.priors.weights import fetch_for_scene
+
+    fetch_for_scene(
+        snakemake.params.backends,
+        snakemake.output.marker,
+        snakemake.params.cache_dir or None,
+        trust_on_first_use=snakemake.params.trust_on_first_use,
+        scene=snakemake.wildcards.scene,
+        optional=True,
+        download=snakemake.params.download,
+        stage=snakemake.rule,
+    )
