@@ -385,11 +385,9 @@ def _check_inputs(frames: list[Path], cfg: SfmConfig, scene: str | None, frames_
 def capped_size(wh: tuple[int, int], max_size: int) -> tuple[int, int]:
     """(w, h) of a (w, h) frame scaled down so that its long side is at most ``max_size``:
     the size :func:`~nsff_core.priors.frames.cap_size` gives with ``(max_size, max_size)``."""
-    w, h = wh
-    s = max(w, h) / max_size
-    if s <= 1:
-        return w, h
-    return max(1, int(w / s)), max(1, int(h / s))
+    from .frames import capped_size as capped
+
+    return capped(wh, (max_size, max_size))
 
 
 def _sfm_images(
