@@ -1,6 +1,6 @@
 # NSFF workflow: from a monocular video of a dynamic scene to priors, a trained Neural Scene
 # Flow Field and renders. See README.md; docs/architecture.md describes the rules and the layout
-# of results/ (nsff_core/layout.py).
+# of results/ (nsff_core/workflow/layout.py).
 
 from snakemake.utils import min_version
 

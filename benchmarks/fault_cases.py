@@ -693,7 +693,7 @@ def _grid_lr_inf(ctx: Ctx, c: Case) -> Outcome:
 def _train_crash(ctx: Ctx, c: Case) -> Outcome:
     wd = c.wd(base="priors")
     ctx.config(wd)
-    env = c.fault("train", "nsff_core.train", "train_scene", "runtime_error")
+    env = c.fault("train", "nsff_core.workflow.stages.train", "train_scene", "runtime_error")
     run = c.snakemake(wd, timeout=300, env=env)
     c.require_fired()
     row = summary_row(wd)
@@ -722,7 +722,9 @@ def _retrain_fails(ctx: Ctx, c: Case) -> Outcome:
     wd = c.wd(base="trained")
     before = summary_row(wd).get("status")
     ctx.config(wd, {"train_presets": {"tiny": {"seed": 7}}})
-    env = c.fault("train", "nsff_core.train", "train_scene", "stage_error", scene=SCENE)
+    env = c.fault(
+        "train", "nsff_core.workflow.stages.train", "train_scene", "stage_error", scene=SCENE
+    )
     run = c.snakemake(wd, timeout=300, env=env)
     c.require_fired()
     row = summary_row(wd)
@@ -745,7 +747,7 @@ def _retrain_fails(ctx: Ctx, c: Case) -> Outcome:
 def _stale_videos(ctx: Ctx, c: Case) -> Outcome:
     wd = c.wd(base="trained")
     ctx.config(wd, {"train_presets": {"tiny": {"seed": 7}}})
-    env = c.fault("render", "nsff_core.render_split", "render_split", "enospc")
+    env = c.fault("render", "nsff_core.workflow.stages.render_split", "render_split", "enospc")
     run = c.snakemake(wd, timeout=400, env=env)
     c.require_fired()
     res = wd / "results" / SCENE
@@ -777,7 +779,9 @@ def _truncated_ckpt(ctx: Ctx, c: Case) -> Outcome:
     wd = c.wd(base="priors")
     ctx.config(wd)
     target = f"results/{SCENE}/train/last.ckpt"
-    env = c.fault("train", "nsff_core.system", "NSFFSystem.training_step", "kill_at_step", step=15)
+    env = c.fault(
+        "train", "nsff_core.model.system", "NSFFSystem.training_step", "kill_at_step", step=15
+    )
     killed = c.snakemake(wd, target, timeout=300, env=env)
     c.require_fired()
     running = wd / "results" / SCENE / "train" / "running"
@@ -830,7 +834,7 @@ def _readonly_running(ctx: Ctx, c: Case) -> Outcome:
     running = wd / "results" / SCENE / "train" / "running"
     env = c.fault(
         "train",
-        "nsff_core.system",
+        "nsff_core.model.system",
         "NSFFSystem.training_step",
         "readonly_at_step",
         step=15,
@@ -872,7 +876,7 @@ def _readonly_running(ctx: Ctx, c: Case) -> Outcome:
 READ_SOURCE = """
 import json, sys, numpy as np, cv2, nsff_core
 print("NSFF_CORE", nsff_core.__file__)
-from nsff_core import io
+from nsff_core.model import io
 from nsff_core.priors.frames import read_source_frames
 res = {}
 meta = json.loads(open(sys.argv[1]).read())
@@ -1359,14 +1363,14 @@ def _umask(ctx: Ctx, c: Case) -> Outcome:
 LOCK_DIR = """
 import nsff_core, os
 print("NSFF_CORE", nsff_core.__file__)
-from nsff_core.gpu_slots import default_lock_dir
+from nsff_core.workflow.gpu_slots import default_lock_dir
 print("RESULT", '"' + str(default_lock_dir()) + '"')
 """
 
 LOCK_CLAIM = """
 import json, os, nsff_core
 print("NSFF_CORE", nsff_core.__file__)
-from nsff_core.gpu_slots import claim_for_job
+from nsff_core.workflow.gpu_slots import claim_for_job
 res = {}
 try:
     claim = claim_for_job(1)

@@ -7,7 +7,7 @@
 Scenes:
 
 - synthetic (exact ground truth): the demo (320x180 source) and every preset of the
-  scene-variety suite (``nsff_core.synthetic.SUITE_PRESETS``), each rendered at every
+  scene-variety suite (``nsff_core.model.synthetic.SUITE_PRESETS``), each rendered at every
   ``--sources`` size (the suite's own 854x480, which the frames rule shrinks to the training
   width, and 320x180, which it enlarges), degradations applied, written as the workflow's
   mp4 and put through the frames rule at ``--width``; the ground truth is rendered on the
@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from nsff_core.config import FlowConfig, FramesConfig
-from nsff_core.io import list_frames, read_flo, read_image, write_video
+from nsff_core.model.io import list_frames, read_flo, read_image, write_video
 from nsff_core.priors.flow import DisFlow, dis_pair, dis_scale
 from nsff_core.priors.flow_ops import consistency_mask, resize_flow
 
@@ -155,8 +155,8 @@ class Scene:
 def synthetic_scene(cache: Path, name: str, size: tuple | None, width: int) -> Scene:
     """Render (or load from ``cache``) a synthetic variant through the frames rule."""
     from nsff_core.config import stage_config
+    from nsff_core.model.synthetic import render_scene, source_frames, suite_config
     from nsff_core.priors.frames import extract_frames
-    from nsff_core.synthetic import render_scene, source_frames, suite_config
 
     if name == "demo":
         cfg = stage_config("synthetic", {"novel_offsets": []})
@@ -250,7 +250,7 @@ def real_scenes(root: Path, width: int) -> list[Scene]:
 
 def _fake_frames_json(name: str, a: np.ndarray, b: np.ndarray, size: tuple) -> Path:
     """A frames.json for an image pair, so that ``dis_scale: source`` reads the originals."""
-    from nsff_core.io import write_image
+    from nsff_core.model.io import write_image
 
     d = Path(tempfile.mkdtemp(prefix=f"flow_table_{name}_"))
     atexit.register(shutil.rmtree, d, True)
@@ -289,7 +289,7 @@ def epe(scene: Scene, fields: list) -> tuple[float, float]:
 
 
 def main(argv=None) -> None:
-    from nsff_core.synthetic import SUITE_PRESETS
+    from nsff_core.model.synthetic import SUITE_PRESETS
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cache", type=Path, default=Path("/tmp/nsff_flow_table"))

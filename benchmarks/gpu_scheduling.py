@@ -55,7 +55,7 @@ def main() -> None:
     locks = wd / "gpu-locks"
     locks.mkdir(exist_ok=True)
     ids = [str(i) for i in range(args.slots)]
-    for i in ids:  # the lock files the claims use (nsff_core.gpu_slots._lock_name)
+    for i in ids:  # the lock files the claims use (nsff_core.workflow.gpu_slots._lock_name)
         (locks / f"gpu-{i}.lock").touch()
     inodes = {(locks / f"gpu-{i}.lock").stat().st_ino: i for i in ids}
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from nsff_core import io
-from nsff_core.cameras import pose_error
-from nsff_core.metrics import end_point_error, iou, spearman
+from nsff_core.model import io
+from nsff_core.model.cameras import pose_error
+from nsff_core.model.metrics import end_point_error, iou, spearman
 
 STAGES = ("synthetic", "frames", "flow", "masks", "sfm", "depth")
 
@@ -63,7 +63,7 @@ def gt_path(scene_dir: Path) -> Path | None:
 
 def ground_truth_quality(scene_dir: Path, gt: dict | None = None) -> dict[str, float]:
     """Quality of each prior that exists against the ground truth (arrays of a
-    :class:`~nsff_core.synthetic.SyntheticScene` at the training size; default: read from
+    :class:`~nsff_core.model.synthetic.SyntheticScene` at the training size; default: read from
     :func:`gt_path`).
 
     Keys: flow end-point error of the forward flow over all pixels and over the dynamic ones

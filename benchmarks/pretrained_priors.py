@@ -25,7 +25,7 @@ def main() -> None:
     import torch
 
     from nsff_core.config import SyntheticConfig
-    from nsff_core.synthetic import render_scene
+    from nsff_core.model.synthetic import render_scene
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--frames", type=int, default=30)

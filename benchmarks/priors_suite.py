@@ -3,7 +3,7 @@
     python benchmarks/priors_suite.py --workdir /tmp/suite [--variants suite_ball,suite_stop]
         [--width 512] [--cores 2] [--set masks.backend=none ...] [--sheets DIR] [--no-run]
 
-The suite is the ``suite_*`` presets of ``nsff_core.synthetic.SUITE_PRESETS`` (``config.yaml``
+The suite is the ``suite_*`` presets of ``nsff_core.model.synthetic.SUITE_PRESETS`` (``config.yaml``
 repeats them under ``synthetic``): 854x480 clips of 24 frames that together cover smooth, medium
 and high texture; a spinning ball, a sliding box, an articulated walker, two movers, a ball that
 stops, a box sliding along the camera's translation (invisible to the epipolar test); sideways,
@@ -73,7 +73,7 @@ STAGES = ("synthetic", "frames", "flow", "masks", "sfm", "depth")
 
 
 def suite_names() -> list[str]:
-    from nsff_core.synthetic import SUITE_PRESETS
+    from nsff_core.model.synthetic import SUITE_PRESETS
 
     return list(SUITE_PRESETS)
 
@@ -124,7 +124,7 @@ def run_priors(workdir: Path, cores: int) -> float:
 def ensure_gt(scene_dir: Path, variant: str, workdir: Path) -> Path | None:
     """The ground truth at the training size, rendered once (None before the frames rule)."""
     from nsff_core.config import stage_config
-    from nsff_core.synthetic import render_scene
+    from nsff_core.model.synthetic import render_scene
 
     size = training_size(scene_dir)
     if size is None:
@@ -206,7 +206,7 @@ def contact_sheet(workdir: Path, variant: str, out: Path) -> Path | None:
     darkened frame; forward-flow end-point error (0 black .. 4 px white)."""
     import cv2
 
-    from nsff_core import io
+    from nsff_core.model import io
 
     scene_dir = workdir / "results" / variant
     path = gt_path(scene_dir)

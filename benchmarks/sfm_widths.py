@@ -43,7 +43,7 @@ SFM_JOB = r"""
 import inspect, json, math, sys, time
 from pathlib import Path
 data, out, over = Path(sys.argv[1]), Path(sys.argv[2]), json.loads(sys.argv[3])
-from nsff_core import io
+from nsff_core.model import io
 from nsff_core.config import SfmConfig
 from nsff_core.errors import StageError
 from nsff_core.priors.sfm import run_sfm
@@ -101,8 +101,8 @@ def render_suite(preset: str, workdir: Path) -> Path:
     d = workdir / preset
     if (d / "gt.npz").is_file():
         return d / "source"
-    from nsff_core import io
-    from nsff_core.synthetic import render_scene, source_frames, suite_config
+    from nsff_core.model import io
+    from nsff_core.model.synthetic import render_scene, source_frames, suite_config
 
     cfg = suite_config(preset, novel_offsets=())
     scene = render_scene(cfg)
@@ -130,8 +130,8 @@ def run_sfm_job(repo: Path, data: Path, out: Path, over: dict) -> dict:
 
 def figures(rec: dict, data: Path, out: Path, gt: Path | None) -> dict:
     """Focal at training and source size, field of view, GT errors from the camera files."""
-    from nsff_core import cameras as cam
-    from nsff_core import io
+    from nsff_core.model import cameras as cam
+    from nsff_core.model import io
 
     if not rec["ok"]:
         return rec

@@ -77,11 +77,12 @@ def calibrate(scene_dir: Path, cfg: TrainConfig, steps: int = 12, holdout_every:
     """Seconds per training step of ``cfg`` on this machine (after 2 warm-up steps)."""
     import torch
 
-    from nsff_core import losses as L
     from nsff_core.config import to_dict
-    from nsff_core.data import FrameSampler, load_scene, make_batch
-    from nsff_core.system import NSFFSystem, loss_terms
-    from nsff_core.train import device_settings
+    from nsff_core.model import losses as L
+    from nsff_core.model.data import FrameSampler, make_batch
+    from nsff_core.model.system import NSFFSystem, loss_terms
+    from nsff_core.workflow.stages.scene import load_scene
+    from nsff_core.workflow.stages.train import device_settings
 
     data = load_scene(scene_dir, holdout_every=holdout_every)
     settings = device_settings(cfg.precision)
@@ -160,10 +161,10 @@ def main() -> None:
 
     import pandas as pd
 
-    from nsff_core import io
-    from nsff_core.evaluate import evaluate_scene
-    from nsff_core.render_split import render_split
-    from nsff_core.train import train_scene
+    from nsff_core.model import io
+    from nsff_core.workflow.stages.evaluate import evaluate_scene
+    from nsff_core.workflow.stages.render_split import render_split
+    from nsff_core.workflow.stages.train import train_scene
 
     t0 = time.perf_counter()
     ckpt = train_scene(scene_dir, out / "train", cfg, scene=name, holdout_every=args.holdout_every)

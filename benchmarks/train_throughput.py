@@ -24,12 +24,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nsff_core import losses as L
 from nsff_core.config import SyntheticConfig, TrainConfig, to_dict
-from nsff_core.data import FrameSampler, make_batch, scene_data_from_arrays
-from nsff_core.synthetic import render_scene
-from nsff_core.system import NSFFSystem, loss_terms
-from nsff_core.train import cpu_has_fast_bf16
+from nsff_core.model import losses as L
+from nsff_core.model.data import FrameSampler, make_batch, scene_data_from_arrays
+from nsff_core.model.synthetic import render_scene
+from nsff_core.model.system import NSFFSystem, loss_terms
+from nsff_core.workflow.stages.train import cpu_has_fast_bf16
 
 SIZES = {
     "small": (

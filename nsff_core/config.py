@@ -273,7 +273,7 @@ class TrainConfig:
     """NSFF training (defaults = nsff_pl's README configuration, see docs/method.md)."""
 
     #: field representation: "mlp" (nsff_pl's MLPs) or "planes" (plane-factorised features
-    #: and small decoders, much faster; see nsff_core/fields_planes.py)
+    #: and small decoders, much faster; see nsff_core/model/fields_planes.py)
     field: str = "mlp"
     #: MLP width and number of hidden layers of each field (nsff_pl: 256 x 8; field mlp)
     width: int = 256
@@ -372,7 +372,7 @@ class EvalConfig:
 
     #: k >= 2: frames k-1, 2k-1, ... (never the first or last) are left out of training and
     #: scored at their own pose and time against the real frame (0 = off); see
-    #: :mod:`nsff_core.holdout`
+    #: :mod:`nsff_core.workflow.stages.holdout`
     holdout_every: int = 0
     #: let rule weights_evaluate download the LPIPS weights (AlexNet and LPIPS v0.1 linear
     #: layers) into the weights cache; false: it only uses files already there (or in torch
@@ -395,7 +395,7 @@ STAGES: dict[str, type] = {
 }
 
 #: settings that moved to another section: (old section, key) -> (new section, key). A user's
-#: config may still give the old key (nsff_core.sheet warns and uses it in its new place), and a
+#: config may still give the old key (nsff_core.workflow.sheet warns and uses it in its new place), and a
 #: stored config (a checkpoint's) may carry it: :func:`from_dict` ignores it there
 MOVED_KEYS: dict[tuple[str, str], tuple[str, str]] = {("train", "chunk"): ("render", "chunk")}
 

@@ -37,8 +37,8 @@ class ConfigError(ValueError):
 class CorruptFileError(ValueError):
     """A file that a stage reads does not decode: truncated, corrupt or of another format.
 
-    Raised by the readers of :mod:`nsff_core.io` (and the checkpoint loader), which know the
-    file but not the scene or the rule that reads it; :func:`nsff_core.workflow.run_stage`
+    Raised by the readers of :mod:`nsff_core.model.io` (and the checkpoint loader), which know the
+    file but not the scene or the rule that reads it; :func:`nsff_core.workflow.stage.run_stage`
     turns it into a :class:`StageError` naming both (see :meth:`to_stage_error`).
 
     Args:

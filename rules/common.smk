@@ -9,10 +9,10 @@ from snakemake.logging import logger
 
 sys.path.insert(0, workflow.basedir)
 
-from nsff_core import sheet as _sheet
+from nsff_core.workflow import sheet as _sheet
 from nsff_core.errors import ConfigError
-from nsff_core.layout import BatchLayout, SceneLayout
-from nsff_core.paths import SPLIT_PATTERN, parse_split
+from nsff_core.workflow.layout import BatchLayout, SceneLayout
+from nsff_core.model.paths import SPLIT_PATTERN, parse_split
 
 #: the files of a scene with the {scene} wildcard (rules' inputs, outputs, logs, benchmarks)
 SCENE = SceneLayout.pattern()
@@ -45,12 +45,12 @@ KEEP_INTERMEDIATES = config.get("keep_intermediates", True)
 
 wildcard_constraints:
     scene="|".join(map(re.escape, SCENES)) if SCENES else "[^/]+",
-    # the split grammar of nsff_core/paths.py: a malformed name matches no rule
+    # the split grammar of nsff_core/model/paths.py: a malformed name matches no rule
     split=SPLIT_PATTERN,
 
 
 def scene_layout(scene):
-    """The files of one scene (nsff_core/layout.py)."""
+    """The files of one scene (nsff_core/workflow/layout.py)."""
     return BATCH.scene(scene)
 
 
@@ -213,7 +213,7 @@ def summary_after_error():
     marked, with their log), so that a batch run with --keep-going still has its table."""
     if not Path(BATCH.root).is_dir() or not SCENES:
         return
-    from nsff_core.report import write_summary
+    from nsff_core.workflow.report import write_summary
 
     try:
         splits = {s: _sheet.scene_splits(config, SCENES[s]) for s in SCENES}

@@ -13,7 +13,7 @@ rule diagnose:
         cameras=SCENE.cameras,
         disp=SCENE.disp,
     output:
-        # names as in nsff_core/diagnose.py (JSON_NAME, IMAGE_NAMES)
+        # names as in nsff_core/workflow/stages/diagnose.py (JSON_NAME, IMAGE_NAMES)
         json=SCENE.diagnostics_json,
         contact_sheet=SCENE.diagnostic_image("contact_sheet"),
         per_frame=SCENE.diagnostic_image("per_frame"),

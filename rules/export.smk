@@ -1,4 +1,4 @@
-# Exports for other tools under results/{scene}/export/ (see nsff_core/export.py). The COLMAP
+# Exports for other tools under results/{scene}/export/ (see nsff_core/workflow/stages/export.py). The COLMAP
 # model has its own rule: it needs only the SfM output, so it runs (and, with
 # keep_intermediates: false, reads the temp() sfm/ folder) long before training ends, and a
 # new model re-exports only what comes from the model.

@@ -1,17 +1,17 @@
 # Tables over all scenes, and the items of the `snakemake --report` page. The summary waits for
 # every job of every scene (the render splits that evaluate does not read included): a scene's
-# status comes from the end lines of its job logs (see nsff_core/report.py), and a job still
+# status comes from the end lines of its job logs (see nsff_core/workflow/report.py), and a job still
 # running has none.
 #
 # Snakemake refuses to build a report when a file marked for it is missing, and a failed scene
 # lacks the outputs of its failed rule and every rule after it. So no per-rule output is marked:
 # the summary job writes every item under results/report/ from whatever each scene has
-# (nsff_core/report_page.py), and so does the onerror handler when a run stops on an error, so
+# (nsff_core/workflow/report_page.py), and so does the onerror handler when a run stops on an error, so
 # the report of a batch with a failed scene builds and shows that scene's status and log.
 
-from nsff_core.report_page import SECTIONS as REPORT_SECTIONS
-from nsff_core.report_page import items_after_error as report_items_after_error
-from nsff_core.report_page import scene_inputs as scene_report_inputs
+from nsff_core.workflow.report_page import SECTIONS as REPORT_SECTIONS
+from nsff_core.workflow.report_page import items_after_error as report_items_after_error
+from nsff_core.workflow.report_page import scene_inputs as scene_report_inputs
 
 
 rule summary:

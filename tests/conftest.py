@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from nsff_core.config import SyntheticConfig
-from nsff_core.io import frame_name, write_image
+from nsff_core.model.io import frame_name, write_image
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="session")
 def synthetic_scene():
     """The demo-sized synthetic scene: 24 frames at 320x180 with exact ground truth."""
-    from nsff_core.synthetic import render_scene
+    from nsff_core.model.synthetic import render_scene
 
     return render_scene(SyntheticConfig())
 
@@ -47,11 +47,11 @@ def tiny_scene_dir(tmp_path_factory) -> Path:
     """A tiny synthetic scene (12 frames, 160x90) preprocessed by every prior stage, laid out
     as results/<scene>/ (frames, flow, masks, sfm, cameras.npz, disp)."""
     from nsff_core.config import DepthConfig, FlowConfig, MasksConfig, SfmConfig
+    from nsff_core.model.synthetic import render_scene
     from nsff_core.priors.depth import compute_depth
     from nsff_core.priors.flow import compute_flow
     from nsff_core.priors.masks import compute_masks, sfm_masks_config
     from nsff_core.priors.sfm import run_sfm
-    from nsff_core.synthetic import render_scene
 
     d = tmp_path_factory.mktemp("tiny")
     scene = render_scene(SyntheticConfig(num_frames=12, width=160, height=90, novel_offsets=()))

@@ -2,8 +2,8 @@
 
 import torch
 
-from nsff_core import losses as L
-from nsff_core.data import FrameSampler, make_batch
+from nsff_core.model import losses as L
+from nsff_core.model.data import FrameSampler, make_batch
 
 
 def fit_in_memory(system, data, steps: int, steps_per_epoch: int = 100, seed: int = 0) -> None:
@@ -17,7 +17,7 @@ def fit_in_memory(system, data, steps: int, steps_per_epoch: int = 100, seed: in
     sampler = FrameSampler(
         data.num_frames, data.hw, cfg.batch_size, seed, data.dynamic, cfg.dynamic_sampling
     )
-    from nsff_core.system import loss_terms
+    from nsff_core.model.system import loss_terms
 
     for step in range(steps):
         t = sampler.next_frame()

@@ -65,13 +65,14 @@ def test_gpu_and_weights_follow_the_records():
 
 
 def test_lpips_record_names_the_files_evaluate_looks_for():
-    from nsff_core import metrics
+    from nsff_core.model import metrics
+    from nsff_core.workflow.stages import evaluate
 
     lpips = B.get("evaluate", "lpips")
     backbone, linear = (W.REGISTRY[n].file for n in lpips.weights)
     assert backbone in metrics.LPIPS_BACKBONE_FILES
     assert linear in metrics.LPIPS_LINEAR_FILES
-    assert lpips.load() is metrics.load_lpips
+    assert lpips.load() is evaluate.load_lpips
 
 
 @pytest.mark.parametrize(

@@ -16,15 +16,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from nsff_core import losses
-from nsff_core.checkpoint import (
+from nsff_core.config import TrainConfig
+from nsff_core.errors import CorruptFileError, StageError
+from nsff_core.model import losses
+from nsff_core.model.checkpoint import (
     NonFiniteStateError,
     VerifiedCheckpointIO,
     load_checkpoint,
     save_checkpoint,
 )
-from nsff_core.config import TrainConfig
-from nsff_core.errors import CorruptFileError, StageError
 
 from .test_train import TINY, _rows
 
@@ -36,7 +36,7 @@ CFG = dict(TINY, max_steps=6, checkpoint_every=2)
 @pytest.fixture(scope="module")
 def trained(tiny_scene_dir, tmp_path_factory) -> Path:
     """A finished two-step run's ``last.ckpt`` (tests work on copies)."""
-    from nsff_core.train import train_scene
+    from nsff_core.workflow.stages.train import train_scene
 
     out = tmp_path_factory.mktemp("trained")
     return train_scene(tiny_scene_dir, out, TrainConfig(**dict(TINY, max_steps=2)), "tiny")
@@ -60,7 +60,7 @@ class _Touch:
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "empty", "nan"])
 def test_a_corrupt_checkpoint_names_the_file_and_the_rule(trained, tmp_path, damage):
-    from nsff_core.render_split import load_system
+    from nsff_core.workflow.stages.render_split import load_system
 
     bad = tmp_path / "last.ckpt"
     if damage == "truncated":
@@ -88,7 +88,7 @@ def test_a_corrupt_checkpoint_names_the_file_and_the_rule(trained, tmp_path, dam
 def test_loads_are_weights_only_whatever_the_environment_says(trained, tmp_path, monkeypatch):
     """TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD turns weights_only off for loads that leave it unset;
     ours set it, so a checkpoint that would run code on unpickling is refused."""
-    from nsff_core.render_split import load_system
+    from nsff_core.workflow.stages.render_split import load_system
 
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     marker = tmp_path / "code_ran"
@@ -108,7 +108,7 @@ def test_loads_are_weights_only_whatever_the_environment_says(trained, tmp_path,
 
 def test_the_training_resume_is_weights_only(tiny_scene_dir, trained, tmp_path, monkeypatch):
     """A running/last.ckpt whose unpickling would run code is set aside, never executed."""
-    from nsff_core.train import train_scene
+    from nsff_core.workflow.stages.train import train_scene
 
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     out = tmp_path / "train"
@@ -171,7 +171,7 @@ def test_a_truncated_running_checkpoint_is_set_aside(
 ):
     """A kill or a full disk cut running/last.ckpt short: the rerun sets it aside and resumes
     from previous.ckpt, or from scratch when there is none."""
-    from nsff_core.train import train_scene
+    from nsff_core.workflow.stages.train import train_scene
 
     out, cfg = tmp_path / "train", TrainConfig(**CFG)
     with monkeypatch.context() as m:
@@ -184,7 +184,7 @@ def test_a_truncated_running_checkpoint_is_set_aside(
     last.write_bytes(last.read_bytes()[:5000])
     if not previous:
         (running / "previous.ckpt").unlink()
-    caplog.set_level(logging.INFO, logger="nsff_core.train")
+    caplog.set_level(logging.INFO, logger="nsff_core.workflow.stages.train")
     done = train_scene(tiny_scene_dir, out, cfg, scene="tiny")
     log = caplog.text
     assert "last.ckpt: truncated or not a checkpoint" in log
@@ -207,7 +207,7 @@ def _expect_save_error(excinfo, run_dir: Path) -> None:
 def test_a_failed_save_stops_training_and_names_the_file(tiny_scene_dir, tmp_path):
     """A write that fails part-way (a file-size limit makes every write past 60 kB fail with
     EFBIG, as a full disk fails with ENOSPC; this works as root too)."""
-    from nsff_core.train import train_scene
+    from nsff_core.workflow.stages.train import train_scene
 
     out = tmp_path / "train"
     limit = resource.getrlimit(resource.RLIMIT_FSIZE)
@@ -255,7 +255,7 @@ def test_a_read_only_running_folder_stops_training(tiny_scene_dir, tmp_path, mon
     default writer then skipped every later save without a word (the old file exists)."""
     from pytorch_lightning.callbacks import ModelCheckpoint
 
-    from nsff_core.train import train_scene
+    from nsff_core.workflow.stages.train import train_scene
 
     out = tmp_path / "train"
     running = out / "running"
@@ -292,7 +292,7 @@ def test_a_checkpoint_of_other_settings_is_never_resumed(tiny_scene_dir, tmp_pat
     """A run of other settings left running/last.ckpt; a new run is killed before its first
     checkpoint. Its rerun must start from scratch, not resume the other run's checkpoint
     (config.json already names the new settings)."""
-    from nsff_core.train import train_scene
+    from nsff_core.workflow.stages.train import train_scene
 
     out = tmp_path / "train"
     for cfg, call in ((dict(CFG, width=16), 4), (CFG, 1)):

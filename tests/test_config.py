@@ -7,8 +7,8 @@ import pytest
 import yaml
 
 from nsff_core import config as C
-from nsff_core import sheet
 from nsff_core.errors import ConfigError
+from nsff_core.workflow import sheet
 
 from .conftest import REPO
 
@@ -64,7 +64,7 @@ def test_schema_covers_every_dataclass_field():
         (lambda c: c["eval"].update(holdout_every=1), "eval.holdout_every"),
         (lambda c: c["eval"].update(holdout_every=-2), "eval.holdout_every"),
         (lambda c: c["render"].update(splits=["bullet3.x"]), "render.splits"),
-        # the split grammar of nsff_core/paths.py, not a looser copy: no leading zeros
+        # the split grammar of nsff_core/model/paths.py, not a looser copy: no leading zeros
         (lambda c: c["render"].update(splits=["test", "test_spiral01"]), "render.splits.1"),
         (lambda c: c["render"].update(chunk=0), "render.chunk"),
     ],

@@ -3,14 +3,14 @@ import pytest
 import torch
 
 from nsff_core.config import SyntheticConfig
-from nsff_core.data import (
+from nsff_core.model.data import (
     FrameSampler,
     exclusion_window,
     make_batch,
     nearest_content_depth,
     scene_data_from_arrays,
 )
-from nsff_core.rays import ndc_to_world, project_points_depth, projection_matrices
+from nsff_core.model.rays import ndc_to_world, project_points_depth, projection_matrices
 
 
 @pytest.mark.parametrize("n", [2, 3, 5, 8, 11, 12, 30])
@@ -71,7 +71,7 @@ def test_nearest_content_depth_uses_the_prior_fit():
 
 
 def test_batch_rays_hit_the_true_surface():
-    from nsff_core.synthetic import render_scene
+    from nsff_core.model.synthetic import render_scene
 
     scene = render_scene(SyntheticConfig(num_frames=4, width=64, height=36, novel_offsets=()))
     n = scene.num_frames
@@ -119,7 +119,7 @@ def test_batch_rays_hit_the_true_surface():
 
 def _scene_dir(root, n=3, hw=(32, 40)):
     """A results/<scene>/ folder with every file load_scene reads before the SfM model."""
-    from nsff_core import io
+    from nsff_core.model import io
 
     h, w = hw
     for sub in ("frames", "disp", "flow_fw", "flow_bw", "flow_ok", "masks"):
@@ -141,8 +141,8 @@ def _scene_dir(root, n=3, hw=(32, 40)):
 
 
 def _load_error(root):
-    from nsff_core.data import load_scene
     from nsff_core.errors import CorruptFileError
+    from nsff_core.workflow.stages.scene import load_scene
 
     with pytest.raises(CorruptFileError) as info:
         load_scene(root, scene="s")
@@ -179,7 +179,7 @@ def test_load_scene_names_any_corrupt_or_stale_prior(tmp_path, file, content, ma
 
 
 def test_load_scene_refuses_cameras_of_another_size(tmp_path):
-    from nsff_core import io
+    from nsff_core.model import io
 
     root = _scene_dir(tmp_path / "results" / "s")
     cams = io.read_cameras(root / "cameras.npz")

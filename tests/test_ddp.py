@@ -6,9 +6,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from nsff_core.checkpoint import load_checkpoint
 from nsff_core.config import TrainConfig
-from nsff_core.data import FrameSampler
+from nsff_core.model.checkpoint import load_checkpoint
+from nsff_core.model.data import FrameSampler
 
 from .test_train import TINY, _rows
 
@@ -58,7 +58,7 @@ def _load(path):
 
 
 def test_steps_per_epoch_is_the_same_rays_on_n_processes():
-    from nsff_core.train import steps_per_epoch
+    from nsff_core.workflow.stages.train import steps_per_epoch
 
     cfg = TrainConfig(**TINY)  # 10 one-process steps per epoch
     assert [steps_per_epoch(cfg, TINY_SCENE, n) for n in (1, 2, 3, 4, 10, 16)] == [
@@ -74,8 +74,8 @@ def test_steps_per_epoch_is_the_same_rays_on_n_processes():
 
 
 def test_two_processes_train_one_scene_and_resume(tiny_scene_dir, tmp_path, cpu_only):
-    from nsff_core.system import NSFFSystem
-    from nsff_core.train import train_scene
+    from nsff_core.model.system import NSFFSystem
+    from nsff_core.workflow.stages.train import train_scene
 
     out = tmp_path / "train"
     # one epoch, no max_steps: 10 one-process steps of 64 rays = 5 steps of 2 x 64 rays
@@ -126,7 +126,7 @@ def test_two_processes_train_one_scene_and_resume(tiny_scene_dir, tmp_path, cpu_
 
 
 def test_hard_sampling_weights_are_the_same_on_every_rank(tiny_scene_dir, tmp_path, cpu_only):
-    from nsff_core.train import train_scene
+    from nsff_core.workflow.stages.train import train_scene
 
     cfg = TrainConfig(**TINY, max_steps=2, gpus=2, hard_sampling=True, hard_sampling_every=1)
     last = train_scene(tiny_scene_dir, tmp_path, cfg, scene="tiny")
@@ -139,7 +139,7 @@ def test_hard_sampling_weights_are_the_same_on_every_rank(tiny_scene_dir, tmp_pa
 
 
 def test_a_failing_worker_fails_the_run(tiny_scene_dir, tmp_path, cpu_only):
-    from nsff_core.train import train_scene
+    from nsff_core.workflow.stages.train import train_scene
 
     # the field type is checked where the model is built: in the workers
     cfg = TrainConfig(**dict(TINY, field="nonsense"), max_steps=1, gpus=2)

@@ -1,4 +1,4 @@
-"""Rule diagnose (nsff_core.diagnose): each check passing and failing on fabricated inputs,
+"""Rule diagnose (nsff_core.workflow.stages.diagnose): each check passing and failing on fabricated inputs,
 strict mode, the images, and the rule's place in the workflow (after the priors, before train).
 
 The scene is the tiny synthetic one preprocessed by every prior stage (conftest
@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nsff_core import io
 from nsff_core.config import DiagnosticsConfig
-from nsff_core.diagnose import (
+from nsff_core.errors import StageError
+from nsff_core.model import io
+from nsff_core.workflow.stages.diagnose import (
     CHECK_NAMES,
     IMAGE_NAMES,
     JSON_NAME,
@@ -28,7 +29,6 @@ from nsff_core.diagnose import (
     diagnose_scene,
     horizontal_fov_deg,
 )
-from nsff_core.errors import StageError
 
 from .conftest import REPO
 
@@ -177,7 +177,7 @@ def test_a_broken_prior_fails_its_check_only(scene, tmp_path, caplog, breaker, c
     other; without strict the run completes with the check listed as failed."""
     breaker(scene)
     out = tmp_path / "diagnostics"
-    with caplog.at_level("WARNING", logger="nsff_core.diagnose"):
+    with caplog.at_level("WARNING", logger="nsff_core.workflow.stages.diagnose"):
         result = run(scene, out)
     assert result["failed"] == [check]
     saved = json.loads((out / JSON_NAME).read_text())

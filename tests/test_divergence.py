@@ -2,7 +2,7 @@
 checkpoint with NaN/inf is ever written, ``train.on_divergence: retry``, and NaN sample
 positions in the planes field.
 
-Faults are injected in-process: ``nsff_core.losses.color_loss`` is replaced by a version that
+Faults are injected in-process: ``nsff_core.model.losses.color_loss`` is replaced by a version that
 returns NaN (or passes NaN gradients back) from its k-th call on; training calls it once per
 step, so call k is step k - 1.
 """
@@ -14,10 +14,10 @@ import json
 import pytest
 import torch
 
-from nsff_core import losses
-from nsff_core.checkpoint import load_checkpoint
 from nsff_core.config import TrainConfig
 from nsff_core.errors import StageError
+from nsff_core.model import losses
+from nsff_core.model.checkpoint import load_checkpoint
 
 from .test_train import TINY, _rows
 
@@ -56,7 +56,7 @@ def _fault(monkeypatch, kind: str, first: int, last: int | None = None) -> None:
 
 
 def test_a_nan_loss_stops_training_with_the_step_and_term(tiny_scene_dir, tmp_path, monkeypatch):
-    from nsff_core.train import train_scene
+    from nsff_core.workflow.stages.train import train_scene
 
     _fault(monkeypatch, "loss", first=4)
     out = tmp_path / "train"
@@ -78,7 +78,7 @@ def test_a_nan_loss_stops_training_with_the_step_and_term(tiny_scene_dir, tmp_pa
 
 
 def test_a_nan_gradient_is_never_applied(tiny_scene_dir, tmp_path, monkeypatch):
-    from nsff_core.train import train_scene
+    from nsff_core.workflow.stages.train import train_scene
 
     _fault(monkeypatch, "grad", first=2)  # step 1: a finite loss, NaN gradients
     out = tmp_path / "train"
@@ -91,7 +91,7 @@ def test_a_nan_gradient_is_never_applied(tiny_scene_dir, tmp_path, monkeypatch):
 
 
 def test_retry_resumes_once_at_half_the_learning_rates(tiny_scene_dir, tmp_path, monkeypatch):
-    from nsff_core.train import train_scene
+    from nsff_core.workflow.stages.train import train_scene
 
     _fault(monkeypatch, "loss", first=4, last=4)  # one bad step (3)
     out = tmp_path / "train"
@@ -126,7 +126,7 @@ def test_retry_resumes_once_at_half_the_learning_rates(tiny_scene_dir, tmp_path,
 
 
 def test_a_retry_that_diverges_again_stops_and_says_so(tiny_scene_dir, tmp_path, monkeypatch):
-    from nsff_core.train import train_scene
+    from nsff_core.workflow.stages.train import train_scene
 
     _fault(monkeypatch, "loss", first=4)
     out = tmp_path / "train"
@@ -148,7 +148,7 @@ def test_a_retry_that_diverges_again_stops_and_says_so(tiny_scene_dir, tmp_path,
 def test_a_non_finite_position_never_reaches_grid_sample(bad):
     """NaN positions used to reach grid_sample's CPU backward, which wrote out of bounds
     (SIGSEGV). Now the lookup is finite and the planes get finite gradients."""
-    from nsff_core.fields_planes import PlaneDynamicField, PlaneFieldConfig, PlaneStaticField
+    from nsff_core.model.fields_planes import PlaneDynamicField, PlaneFieldConfig, PlaneStaticField
 
     torch.manual_seed(0)
     cfg = PlaneFieldConfig(base_resolution=4, levels=2, dynamic_levels=2, channels=4, hidden=8)
@@ -172,7 +172,7 @@ NAN_HOOK = """\
 import os
 
 if os.environ.get("RANK") == os.environ.get("NSFF_TEST_NAN_RANK"):
-    from nsff_core import losses
+    from nsff_core.model import losses
 
     _real, _calls = losses.color_loss, [0]
 
@@ -193,7 +193,7 @@ if os.environ.get("RANK") == os.environ.get("NSFF_TEST_NAN_RANK"):
 def test_ddp_ranks_stop_together_when_one_rank_diverges(tiny_scene_dir, tmp_path, monkeypatch):
     """A NaN on rank 1 only: the loss means both ranks log are NaN, so both stop at the same
     step (no rank waits for ever in a collective) and the parent reports the StageError."""
-    from nsff_core.train import train_scene
+    from nsff_core.workflow.stages.train import train_scene
 
     hook = tmp_path / "hook"
     hook.mkdir()

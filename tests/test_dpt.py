@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from nsff_core import io
 from nsff_core.errors import StageError
+from nsff_core.model import io
 from nsff_core.priors import dpt
 
 KINDS = ("dpt_large", "dpt_hybrid")

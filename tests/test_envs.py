@@ -390,7 +390,7 @@ def test_env_covers_the_imports_of_the_rule_script(rule):
     script = (path.parent / directives["script"]).resolve()
     assert script.is_file(), f"rule {rule}: script {script} is missing"
     imports = collect_imports(script)
-    assert "nsff_core.workflow" in imports.local  # the walk did follow nsff_core
+    assert "nsff_core.workflow.stage" in imports.local  # the walk did follow nsff_core
     env = load_env((path.parent / directives["conda"]).resolve())
     missing = missing_modules(imports, env)
     assert not missing, (

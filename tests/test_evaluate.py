@@ -1,4 +1,4 @@
-"""Rule evaluate (nsff_core.evaluate); the summary table is tested in test_report.py."""
+"""Rule evaluate (nsff_core.workflow.stages.evaluate); the summary table is tested in test_report.py."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import math
 import numpy as np
 import pytest
 
-from nsff_core import io
-from nsff_core.cameras import invert_rigid, transform_c2w
 from nsff_core.config import SyntheticConfig
 from nsff_core.errors import StageError
-from nsff_core.evaluate import Scorer, align_to_sfm, evaluate_scene
-from nsff_core.synthetic import rotation
+from nsff_core.model import io
+from nsff_core.model.cameras import invert_rigid, transform_c2w
+from nsff_core.model.synthetic import rotation
+from nsff_core.workflow.stages.evaluate import Scorer, align_to_sfm, evaluate_scene
 
 # a known similarity true world -> "SfM" world
 SIM_S, SIM_T = 2.5, np.array([0.3, -1.0, 4.0])
@@ -22,7 +22,7 @@ SIM_R = rotation([0.3, -1.0, 0.5], 0.7)
 
 @pytest.fixture(scope="module")
 def gt_scene():
-    from nsff_core.synthetic import render_scene
+    from nsff_core.model.synthetic import render_scene
 
     cfg = SyntheticConfig(num_frames=4, width=48, height=32, novel_offsets=((0.0, -0.15, 0.0),))
     return render_scene(cfg)
@@ -44,10 +44,10 @@ def scene_dir(gt_scene, tmp_path_factory):
     import torch
 
     from nsff_core.config import TrainConfig, to_dict
-    from nsff_core.rays import normalize_poses
-    from nsff_core.render_split import render_split
-    from nsff_core.synthetic import write_scene
-    from nsff_core.system import NSFFSystem
+    from nsff_core.model.rays import normalize_poses
+    from nsff_core.model.synthetic import write_scene
+    from nsff_core.model.system import NSFFSystem
+    from nsff_core.workflow.stages.render_split import render_split
 
     d = tmp_path_factory.mktemp("evalscene")
     n, hw = gt_scene.num_frames, gt_scene.hw
@@ -122,7 +122,7 @@ def test_alignment_ignores_unregistered_and_reports_residual(gt_scene):
 
 
 def test_alignment_of_collinear_centres_uses_orientations():
-    from nsff_core.synthetic import look_at
+    from nsff_core.model.synthetic import look_at
 
     true = np.stack([look_at([x, 0.0, 0.0], [0.2 * x, 0.3, 5.0]) for x in np.linspace(-1, 1, 6)])
     sfm = transform_c2w(SIM_S, SIM_R, SIM_T, true)
@@ -157,7 +157,7 @@ def test_dynamic_region_ignores_differences_outside_the_mask(offline_lpips):
     empty = scorer.score(pred, target, np.zeros_like(mask))
     assert all(math.isnan(v) for v in empty.values())
     # with an LPIPS module (random weights: checks the wiring, not the metric's value)
-    from nsff_core.metrics import build_lpips
+    from nsff_core.model.metrics import build_lpips
 
     # (LPIPS's deep layers see past the mask, so inside is small but not exactly 0)
     scorer.model = build_lpips(random_init=True)
@@ -174,7 +174,7 @@ def random_lpips_files(folder, names=("test_backbone_random.pth", "test_linear_r
     unchecked (registry names would be hash-checked against the real checkpoints)."""
     import torch
 
-    from nsff_core.metrics import LPIPS_ALEX_CHANNELS, build_lpips
+    from nsff_core.model.metrics import LPIPS_ALEX_CHANNELS, build_lpips
 
     model = build_lpips(random_init=True, seed=3)
     backbone = {f"features.{k}": v for k, v in model.net.state_dict().items()}
@@ -197,7 +197,7 @@ def write_marker(path, listed, unavailable=None):
 
 
 def test_scorer_takes_the_lpips_files_from_the_marker(tmp_path, offline_lpips):
-    from nsff_core.metrics import lpips
+    from nsff_core.model.metrics import lpips
     from nsff_core.priors.weights import entry_for_file
 
     model, (backbone, linear) = random_lpips_files(tmp_path / "mine")
@@ -246,7 +246,7 @@ def test_a_gone_marker_file_falls_back_to_the_search(tmp_path, monkeypatch):
     _, (backbone, linear) = random_lpips_files(tmp_path / "mine")
     backbone.unlink()
     marker = write_marker(tmp_path / "m.json", {"alexnet": backbone, "lpips_alex": linear})
-    from nsff_core.evaluate import lpips_files_from_marker
+    from nsff_core.workflow.stages.evaluate import lpips_files_from_marker
 
     assert lpips_files_from_marker(marker) == (
         None,
@@ -333,8 +333,8 @@ def test_evaluate_scene_end_to_end(scene_dir, gt_scene, tmp_path, offline_lpips)
 def test_held_out_views_of_a_larger_ground_truth_are_scaled(scene_dir, gt_scene, tmp_path):
     """A synthetic scene rendered larger than its training frames (a suite preset at `width:
     320`) scores its held-out views at the training size; another aspect ratio is refused."""
-    from nsff_core.evaluate import evaluate_novel_views
-    from nsff_core.synthetic import render_scene, write_scene
+    from nsff_core.model.synthetic import render_scene, write_scene
+    from nsff_core.workflow.stages.evaluate import evaluate_novel_views
 
     cams = io.read_cameras(scene_dir / "cameras.npz")
     frames = io.list_frames(scene_dir / "frames")

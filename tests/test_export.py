@@ -1,4 +1,4 @@
-"""Exports for other tools (nsff_core.export, rules export_colmap and export): the COLMAP text
+"""Exports for other tools (nsff_core.workflow.stages.export, rules export_colmap and export): the COLMAP text
 model, nerfstudio's transforms.json, 16-bit depth PNGs, nerfstudio masks and the static PLY.
 
 Order matters in this file: the tests that write PNGs run before the first one that imports
@@ -15,11 +15,12 @@ import jsonschema
 import numpy as np
 import pytest
 
-from nsff_core import export, io
-from nsff_core.cameras import invert_rigid, project, rigid_matrix, transform_c2w
 from nsff_core.config import SyntheticConfig
 from nsff_core.errors import CorruptFileError, StageError
-from nsff_core.synthetic import backproject, rotation
+from nsff_core.model import io
+from nsff_core.model.cameras import invert_rigid, project, rigid_matrix, transform_c2w
+from nsff_core.model.synthetic import backproject, rotation
+from nsff_core.workflow.stages import export
 
 # a known similarity true world -> "SfM" world
 SIM_S, SIM_T = 2.0, np.array([0.5, -1.0, 3.0])
@@ -182,7 +183,7 @@ def test_ply_header_and_round_trip(tmp_path):
 
 @pytest.fixture(scope="module")
 def gt_scene():
-    from nsff_core.synthetic import render_scene
+    from nsff_core.model.synthetic import render_scene
 
     return render_scene(SyntheticConfig(num_frames=4, width=48, height=32, novel_offsets=()))
 
@@ -196,8 +197,8 @@ def scene_dir(gt_scene, tmp_path_factory):
     import torch
 
     from nsff_core.config import TrainConfig, to_dict
-    from nsff_core.rays import normalize_poses
-    from nsff_core.system import NSFFSystem
+    from nsff_core.model.rays import normalize_poses
+    from nsff_core.model.system import NSFFSystem
 
     d = tmp_path_factory.mktemp("exportscene")
     n, hw = gt_scene.num_frames, gt_scene.hw
@@ -238,7 +239,7 @@ def true_ndc_depth(gt_scene, norm, i: int) -> np.ndarray:
     points in the SfM world, normalised, warped to NDC, measured along the pixel's NDC ray."""
     import torch
 
-    from nsff_core.rays import get_rays, rays_to_ndc, world_to_ndc
+    from nsff_core.model.rays import get_rays, rays_to_ndc, world_to_ndc
 
     c2w = transform_c2w(SIM_S, SIM_R, SIM_T, gt_scene.c2w[i : i + 1])
     X = backproject(SIM_S * gt_scene.depth[i].astype(np.float64), gt_scene.K, c2w[0])
@@ -255,9 +256,9 @@ def true_renders(gt_scene, monkeypatch):
     NDC ray parameter (pixel (0, 0) of every frame: NDC infinity), static colour the frame."""
     import torch
 
-    from nsff_core import interp
-    from nsff_core.rays import SceneNormalization
-    from nsff_core.render import RenderImage
+    from nsff_core.model import interp
+    from nsff_core.model.rays import SceneNormalization
+    from nsff_core.model.render import RenderImage
 
     def fake(system, c2w_nsff, K, hw, time, chunk=4096, plane_chunk=None):
         i = int(round(time))
@@ -368,7 +369,7 @@ def synthetic_model(tmp_path: Path, sfm_hw=(180, 320), hw=(90, 162)) -> tuple[Pa
     by every registered frame at their exact projections) and a cameras.npz at ``hw``."""
     import pycolmap
 
-    from nsff_core.cameras import colmap_to_opencv_pixels, intrinsics_matrix
+    from nsff_core.model.cameras import colmap_to_opencv_pixels, intrinsics_matrix
     from nsff_core.priors.sfm import training_intrinsics
 
     rng = np.random.default_rng(3)
@@ -506,9 +507,9 @@ def test_export_rules_on_a_trained_tiny_scene(tiny_scene_dir, tmp_path):
     import pycolmap
 
     from nsff_core.config import TrainConfig
-    from nsff_core.report import job_outcome
-    from nsff_core.train import train_scene
-    from nsff_core.workflow import FINISHED
+    from nsff_core.workflow.report import job_outcome
+    from nsff_core.workflow.stage import FINISHED
+    from nsff_core.workflow.stages.train import train_scene
 
     from .test_workflow import TINY_TRAIN, make_workdir, snakemake
 

@@ -6,7 +6,7 @@ import torch
 
 from nsff_core.config import TrainConfig, to_dict
 from nsff_core.errors import ConfigError
-from nsff_core.fields_planes import (
+from nsff_core.model.fields_planes import (
     PlaneDynamicField,
     PlaneFieldConfig,
     PlaneStack,
@@ -93,7 +93,7 @@ def test_total_variation():
 
 
 def test_system_gives_the_planes_their_own_learning_rate():
-    from nsff_core.system import NSFFSystem
+    from nsff_core.model.system import NSFFSystem
 
     cfg = TrainConfig(field="planes", grid_levels=2, grid_channels=2, grid_hidden=8, grid_lr=0.05)
     K = [[50.0, 0, 31.5], [0, 50.0, 17.5], [0, 0, 1]]
@@ -116,7 +116,7 @@ def test_system_gives_the_planes_their_own_learning_rate():
 def test_planes_cover_their_extent_instead_of_reading_the_border():
     """With extent (2, 1) the static field tells x = 1.2 from x = 1.8 (inside its box); with the
     NDC cube both read the border cells and are the same."""
-    from nsff_core.fields_planes import PlaneFieldConfig, PlaneStaticField
+    from nsff_core.model.fields_planes import PlaneFieldConfig, PlaneStaticField
 
     torch.manual_seed(0)
     pts = torch.tensor([[1.2, 0.0, 0.0], [1.8, 0.0, 0.0]])
@@ -135,7 +135,7 @@ def test_planes_cover_their_extent_instead_of_reading_the_border():
 
 
 def test_the_system_fits_the_planes_to_its_rays_and_old_checkpoints_keep_the_cube():
-    from nsff_core.system import NSFFSystem
+    from nsff_core.model.system import NSFFSystem
 
     k = [[40.0, 0.0, 31.5], [0.0, 40.0, 23.5], [0.0, 0.0, 1.0]]
     moved = torch.eye(4)
@@ -150,7 +150,7 @@ def test_the_system_fits_the_planes_to_its_rays_and_old_checkpoints_keep_the_cub
 
 
 def test_the_regulariser_runs_every_kth_step_at_k_times_the_weight():
-    from nsff_core.system import NSFFSystem
+    from nsff_core.model.system import NSFFSystem
 
     k = [[40.0, 0.0, 31.5], [0.0, 40.0, 23.5], [0.0, 0.0, 1.0]]
     c2w = torch.stack([torch.eye(4), torch.eye(4)]).tolist()

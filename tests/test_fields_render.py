@@ -10,8 +10,8 @@ import torch
 from torch.testing import assert_close
 
 from nsff_core.errors import ConfigError
-from nsff_core.fields import DynamicField, FieldConfig, PositionalEncoding, StaticField
-from nsff_core.render import (
+from nsff_core.model.fields import DynamicField, FieldConfig, PositionalEncoding, StaticField
+from nsff_core.model.render import (
     RenderConfig,
     alphas_from_sigma,
     composite_weights,

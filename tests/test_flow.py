@@ -12,7 +12,7 @@ import pytest
 
 from nsff_core.config import FlowConfig, FramesConfig
 from nsff_core.errors import StageError
-from nsff_core.io import frame_name, read_flo, read_mask, write_image
+from nsff_core.model.io import frame_name, read_flo, read_mask, write_image
 
 #: mean end-point error (px) the default DIS must stay under on the demo scene (320x180).
 #: The old default (medium preset, no fill) measured 0.23 px here, the new one 0.13 px.
@@ -222,8 +222,8 @@ def test_unknown_dis_preset_names_the_setting(tmp_path):
 def test_config_schema_rejects_bad_flow_settings(key, value):
     import yaml
 
-    from nsff_core import sheet
     from nsff_core.errors import ConfigError
+    from nsff_core.workflow import sheet
 
     from .conftest import REPO
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from nsff_core.config import MasksConfig
-from nsff_core.io import frame_name, list_frames, read_flo, read_mask
-from nsff_core.metrics import iou
+from nsff_core.model.io import frame_name, list_frames, read_flo, read_mask
+from nsff_core.model.metrics import iou
 from nsff_core.priors.flow_ops import consistency_mask, sample_flow, textured
 from nsff_core.priors.masks import (
     clean_mask,
@@ -144,7 +144,7 @@ def test_none_masks_are_empty(synthetic_frames_dir, tmp_path):
 
 def _frames(folder, w, h, n=3):
     """``n`` textured frames (h, w, 3) moving 1 px right per frame."""
-    from nsff_core.io import write_image
+    from nsff_core.model.io import write_image
 
     folder.mkdir(parents=True)
     base = np.random.default_rng(0).integers(0, 255, (h, w + n, 3), dtype=np.uint8)

@@ -13,7 +13,7 @@ import pytest
 
 from nsff_core.config import MIN_FRAME_SIDE, FramesConfig
 from nsff_core.errors import StageError
-from nsff_core.io import read_image, write_image
+from nsff_core.model.io import read_image, write_image
 from nsff_core.priors.frames import extract_frames, output_size, select_indices
 
 W, H, N = 64, 48, 12

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from nsff_core import gpu_slots
-from nsff_core.gpu_slots import claim_for_job, claim_gpus
+from nsff_core.workflow import gpu_slots
+from nsff_core.workflow.gpu_slots import claim_for_job, claim_gpus
 
 REPO = Path(__file__).resolve().parents[1]
 
 WORKER = """
 import os, sys, time
-from nsff_core.gpu_slots import claim_gpus
+from nsff_core.workflow.gpu_slots import claim_gpus
 claim = claim_gpus(1, lock_dir=sys.argv[1], poll=0.02)
 t0 = time.monotonic()
 time.sleep(float(sys.argv[3]))
@@ -33,7 +33,7 @@ os.close(fd)
 
 HOLDER = """
 import sys, time
-from nsff_core.gpu_slots import claim_gpus
+from nsff_core.workflow.gpu_slots import claim_gpus
 claim = claim_gpus(1, lock_dir=sys.argv[1], poll=0.02)
 print(claim.devices[0], flush=True)
 time.sleep(60)
@@ -196,7 +196,7 @@ def test_partial_claim_skips_held_slot(tmp_path):
 
 
 def test_module_does_not_import_torch_or_numpy():
-    code = "import sys, nsff_core.gpu_slots; print(sorted({'torch', 'numpy'} & set(sys.modules)))"
+    code = "import sys, nsff_core.workflow.gpu_slots; print(sorted({'torch', 'numpy'} & set(sys.modules)))"
     out = subprocess.run(
         [sys.executable, "-c", code],
         env=_child_env("0"),
@@ -321,7 +321,7 @@ def test_an_unsafe_lock_dir_fails_the_rule_with_its_message(private_tmp, tmp_pat
     import logging
     from types import SimpleNamespace
 
-    from nsff_core.workflow import run_stage
+    from nsff_core.workflow.stage import run_stage
 
     private_tmp.mkdir()
     os.chmod(private_tmp, 0o777)

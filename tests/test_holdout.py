@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nsff_core import io
 from nsff_core.config import FlowConfig, TrainConfig
 from nsff_core.errors import CorruptFileError, StageError
-from nsff_core.holdout import (
+from nsff_core.model import io
+from nsff_core.workflow.stages.holdout import (
     held_out_frames,
     model_times,
     nearest_training_frame,
@@ -99,7 +99,7 @@ def holdout_scene(tiny_scene_dir, tmp_path_factory):
 
 
 def test_training_data_holds_no_trace_of_the_held_out_frames(holdout_scene, tmp_path):
-    from nsff_core.data import load_scene
+    from nsff_core.workflow.stages.scene import load_scene
 
     full = load_scene(holdout_scene, "tiny")
     data = load_scene(holdout_scene, "tiny", holdout_every=3)
@@ -127,7 +127,7 @@ def test_training_data_holds_no_trace_of_the_held_out_frames(holdout_scene, tmp_
 
 @pytest.fixture(scope="module")
 def holdout_ckpt(holdout_scene, tmp_path_factory):
-    from nsff_core.train import train_scene
+    from nsff_core.workflow.stages.train import train_scene
 
     out = tmp_path_factory.mktemp("train_holdout")
     cfg = TrainConfig(**TINY, max_steps=2)
@@ -138,9 +138,9 @@ def holdout_ckpt(holdout_scene, tmp_path_factory):
 def test_held_out_frames_are_rendered_between_their_neighbours_and_scored(
     holdout_scene, holdout_ckpt, tmp_path, caplog
 ):
-    from nsff_core.checkpoint import load_system
-    from nsff_core.evaluate import evaluate_scene
-    from nsff_core.render_split import render_split
+    from nsff_core.model.checkpoint import load_system
+    from nsff_core.workflow.stages.evaluate import evaluate_scene
+    from nsff_core.workflow.stages.render_split import render_split
 
     system = load_system(holdout_ckpt, "cpu")
     assert system.hparams["num_frames"] == 9
@@ -169,7 +169,7 @@ def test_held_out_frames_are_rendered_between_their_neighbours_and_scored(
     assert held["names"] == ["00002.png", "00005.png", "00008.png"]
     assert held["baseline"]["nearest"] == [1, 4, 7]
     # the baseline is exactly the nearest frame's score against the held-out frame
-    from nsff_core.metrics import psnr
+    from nsff_core.model.metrics import psnr
 
     frames = [io.read_image(p) / 255.0 for p in io.list_frames(holdout_scene / "frames")]
     want = np.mean([psnr(frames[j], frames[i]) for i, j in ((2, 1), (5, 4), (8, 7))])
@@ -178,7 +178,7 @@ def test_held_out_frames_are_rendered_between_their_neighbours_and_scored(
     on_disk = json.loads(out.read_text())
     assert on_disk["holdout"]["frames"] == 3
     # and into summary.csv
-    from nsff_core.report import write_summary
+    from nsff_core.workflow.report import write_summary
 
     scene_dir = tmp_path / "results" / "tiny"
     (scene_dir / "eval").mkdir(parents=True)
@@ -191,7 +191,7 @@ def test_held_out_frames_are_rendered_between_their_neighbours_and_scored(
 
 @pytest.mark.stage
 def test_a_render_time_past_the_source_video_is_refused(holdout_scene, holdout_ckpt, tmp_path):
-    from nsff_core.render_split import render_split
+    from nsff_core.workflow.stages.render_split import render_split
 
     cams = holdout_scene / "cameras.npz"
     with pytest.raises(StageError, match="after the last frame"):

@@ -9,18 +9,18 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter
 
-from nsff_core import metrics
-from nsff_core.metrics import (
+from nsff_core.model.metrics import (
     LpipsUnavailable,
     build_lpips,
     lpips,
-    lpips_or_nan,
     lpips_weight_files,
     psnr,
     ssim,
     ssim_map,
 )
 from nsff_core.priors import weights as W
+from nsff_core.workflow.stages import evaluate
+from nsff_core.workflow.stages.evaluate import load_lpips, lpips_or_nan
 
 
 def _rand(shape, seed):
@@ -133,14 +133,14 @@ def no_weights(tmp_path, monkeypatch):
     """An environment where no LPIPS weight file can be found."""
     monkeypatch.setenv("NSFF_WEIGHTS_DIR", str(tmp_path / "weights"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setattr(metrics, "_LPIPS_WARNED", False)
+    monkeypatch.setattr(evaluate, "_LPIPS_WARNED", False)
     return tmp_path
 
 
 def test_lpips_unavailable_names_missing_files(no_weights):
     x = _rand((64, 64, 3), 6)
     with pytest.raises(LpipsUnavailable) as err:
-        lpips(x, x)
+        lpips(x, x, model=load_lpips())
     msg = str(err.value)
     assert "alexnet-owt-7be5be79.pth" in msg and "alex.pth" in msg
     assert "NSFF_WEIGHTS_DIR" in msg and str(no_weights / "weights") in msg
@@ -150,7 +150,7 @@ def test_lpips_unavailable_names_missing_files(no_weights):
 
 def test_lpips_or_nan_offline_warns_once(no_weights, caplog):
     x = _rand((64, 64, 3), 7)
-    with caplog.at_level(logging.WARNING, logger="nsff_core.metrics"):
+    with caplog.at_level(logging.WARNING, logger="nsff_core.workflow.stages.evaluate"):
         assert math.isnan(lpips_or_nan(x, x))
         assert math.isnan(lpips_or_nan(x, 1 - x))
     assert len([r for r in caplog.records if "LPIPS unavailable" in r.getMessage()]) == 1
@@ -175,7 +175,7 @@ def unpinned_alexnet(monkeypatch):
     """Test weights cannot have torchvision's sha256 prefix: drop it from the registry entry."""
     e = W.REGISTRY["alexnet"]
     monkeypatch.setitem(W.REGISTRY, "alexnet", dataclasses.replace(e, sha256_prefix=None))
-    monkeypatch.setattr(metrics, "_LPIPS_CACHE", {})
+    monkeypatch.setattr(evaluate, "_LPIPS_MODELS", {})
 
 
 def test_lpips_loads_local_files(no_weights, unpinned_alexnet):
@@ -183,17 +183,16 @@ def test_lpips_loads_local_files(no_weights, unpinned_alexnet):
     ref = _save_lpips_files(wdir)
     assert lpips_weight_files() == (str(wdir / "alexnet-owt-7be5be79.pth"), str(wdir / "alex.pth"))
     x, y = _rand((64, 64, 3), 8), _rand((64, 64, 3), 9)
-    assert lpips(x, y) == pytest.approx(lpips(x, y, model=ref), rel=1e-6)
+    assert lpips(x, y, model=load_lpips()) == pytest.approx(lpips(x, y, model=ref), rel=1e-6)
 
 
 def test_lpips_refuses_a_backbone_that_is_not_torchvisions(no_weights, monkeypatch):
     """Before: any file named alexnet-owt-7be5be79.pth was loaded unchecked."""
-    monkeypatch.setattr(metrics, "_LPIPS_CACHE", {})
+    monkeypatch.setattr(evaluate, "_LPIPS_MODELS", {})
     wdir = no_weights / "weights"
     _save_lpips_files(wdir)
-    x = _rand((64, 64, 3), 8)
     with pytest.raises(W.WeightsMismatch, match="starting with 7be5be79") as info:
-        lpips(x, x)
+        load_lpips()
     assert str(wdir / "alexnet-owt-7be5be79.pth") in str(info.value)
     assert info.value.stage == "evaluate"
 
@@ -203,14 +202,14 @@ def test_lpips_files_are_recorded_then_must_not_change(no_weights, unpinned_alex
     wdir = no_weights / "weights"
     _save_lpips_files(wdir, seed=1)
     x, y = _rand((64, 64, 3), 8), _rand((64, 64, 3), 9)
-    lpips(x, y)
+    lpips(x, y, model=load_lpips())
     record = W.read_record(wdir)
     assert sorted(record) == ["alex.pth", "alexnet-owt-7be5be79.pth"]
     assert record["alex.pth"]["entry"] == "lpips_alex"
-    metrics._LPIPS_CACHE.clear()
+    evaluate._LPIPS_MODELS.clear()
     _save_lpips_files(wdir, seed=2)  # other weights under the same names
     with pytest.raises(W.WeightsMismatch, match="corrupted or replaced") as info:
-        lpips(x, y)
+        load_lpips()
     assert record["alexnet-owt-7be5be79.pth"]["sha256"] in str(info.value)
 
 

@@ -8,17 +8,17 @@ import torch
 from torch import nn
 from torch.testing import assert_close
 
-from nsff_core import io
-from nsff_core.fields import (
+from nsff_core.model import io
+from nsff_core.model.fields import (
     DynamicField,
     DynamicFieldOutput,
     FieldConfig,
     StaticField,
     StaticFieldOutput,
 )
-from nsff_core.interp import interpolate_rays, split_time
-from nsff_core.rays import get_rays, projection_matrices, rays_to_ndc
-from nsff_core.render import RenderConfig, render_rays
+from nsff_core.model.interp import interpolate_rays, split_time
+from nsff_core.model.rays import get_rays, projection_matrices, rays_to_ndc
+from nsff_core.model.render import RenderConfig, render_rays
 
 H, W = 24, 32
 K = np.array([[30.0, 0.0, (W - 1) / 2], [0.0, 30.0, (H - 1) / 2], [0.0, 0.0, 1.0]])
@@ -230,8 +230,8 @@ def untrained_scene(tmp_path_factory):
     import pytorch_lightning as pl
 
     from nsff_core.config import TrainConfig, to_dict
-    from nsff_core.rays import normalize_poses
-    from nsff_core.system import NSFFSystem
+    from nsff_core.model.rays import normalize_poses
+    from nsff_core.model.system import NSFFSystem
 
     d = tmp_path_factory.mktemp("interp_scene")
     n, hw = 4, (32, 48)
@@ -258,7 +258,7 @@ def untrained_scene(tmp_path_factory):
 
 
 def test_render_fixview_interp_split(untrained_scene, tmp_path):
-    from nsff_core.render_split import render_split
+    from nsff_core.workflow.stages.render_split import render_split
 
     d, ckpt, *_ = untrained_scene
     split = "test_fixview1_interp2"
@@ -276,8 +276,8 @@ def test_render_fixview_interp_split(untrained_scene, tmp_path):
 
 
 def test_render_camera_path_with_fractional_times(untrained_scene, tmp_path):
-    from nsff_core.paths import CameraPath
-    from nsff_core.render_split import render_split
+    from nsff_core.model.paths import CameraPath
+    from nsff_core.workflow.stages.render_split import render_split
 
     d, ckpt, c2w, K_cam, hw = untrained_scene
     K_half = K_cam.copy()

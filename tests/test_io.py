@@ -4,8 +4,8 @@ import stat
 import numpy as np
 import pytest
 
-from nsff_core import io
 from nsff_core.errors import CorruptFileError
+from nsff_core.model import io
 
 
 def test_flo_round_trip_and_layout(tmp_path):

@@ -1,4 +1,4 @@
-"""The scene layout (nsff_core/layout.py): the one place that names the files under results/."""
+"""The scene layout (nsff_core/workflow/layout.py): the one place that names the files under results/."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from nsff_core.layout import (
+from nsff_core.workflow.layout import (
     DIAGNOSTIC_IMAGES,
     EXPORTS,
     RENDER_PARTS,
@@ -98,9 +98,9 @@ def test_batch_layout():
 
 def test_the_rules_and_the_report_take_their_paths_from_the_layout():
     """No path under results/ is spelled out in the rules, the Snakefile or the report modules
-    (comments aside): they all go through nsff_core/layout.py."""
+    (comments aside): they all go through nsff_core/workflow/layout.py."""
     files = [REPO / "Snakefile", *sorted((REPO / "rules").glob("*.smk"))]
-    files += [REPO / "nsff_core" / "report.py", REPO / "nsff_core" / "report_page.py"]
+    files += [REPO / "nsff_core" / "workflow" / n for n in ("report.py", "report_page.py")]
     spelled = [
         (f.name, line.strip())
         for f in files

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from nsff_core import losses as L
+from nsff_core.model import losses as L
 
 
 def t(x, **kw) -> torch.Tensor:

@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("torchvision")
 
 from nsff_core.errors import ConfigError, StageError  # noqa: E402
-from nsff_core.io import frame_name, read_mask, write_mask  # noqa: E402
+from nsff_core.model.io import frame_name, read_mask, write_mask  # noqa: E402
 from nsff_core.priors.maskrcnn import (  # noqa: E402
     COCO_CLASSES,
     DEFAULT_DYNAMIC_CLASSES,

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from nsff_core.metrics import end_point_error, iou, spearman
+from nsff_core.model.metrics import end_point_error, iou, spearman
 
 
 def test_end_point_error_hand_case():

@@ -1,4 +1,4 @@
-"""Render-split camera paths (nsff_core.paths; the splits of nsff_pl and ours)."""
+"""Render-split camera paths (nsff_core.model.paths; the splits of nsff_pl and ours)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import re
 import numpy as np
 import pytest
 
-from nsff_core.cameras import camera_centres, interpolate_poses, path_length
 from nsff_core.config import MAX_FRAME_SIDE
-from nsff_core.paths import (
+from nsff_core.model.cameras import camera_centres, interpolate_poses, path_length
+from nsff_core.model.paths import (
     BULLET_POSES,
     MAX_INTERP,
     SPLIT_PATTERN,
@@ -21,7 +21,7 @@ from nsff_core.paths import (
     spiral_radius,
     split_name,
 )
-from nsff_core.synthetic import camera_pose, intrinsics
+from nsff_core.model.synthetic import camera_pose, intrinsics
 
 from .conftest import REPO
 
@@ -344,8 +344,8 @@ def test_render_reports_a_huge_camera_path_as_a_stage_error(tmp_path, traj):
     """The render rule's function turns the refusal into a StageError naming the scene, before
     it loads the model (the checkpoint here does not even exist)."""
     from nsff_core.errors import StageError
-    from nsff_core.io import write_cameras
-    from nsff_core.render_split import render_split
+    from nsff_core.model.io import write_cameras
+    from nsff_core.workflow.stages.render_split import render_split
 
     c2w, K = traj
     cams = tmp_path / "cameras.npz"

@@ -11,14 +11,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nsff_core import cameras as cam
-from nsff_core import io
 from nsff_core.config import DepthConfig, FlowConfig, MasksConfig, SfmConfig
-from nsff_core.metrics import iou, spearman
+from nsff_core.model import cameras as cam
+from nsff_core.model import io
+from nsff_core.model.metrics import iou, spearman
+from nsff_core.model.synthetic import render_scene, source_frames, suite_config
 from nsff_core.priors.depth import compute_depth
 from nsff_core.priors.flow import compute_flow
 from nsff_core.priors.masks import compute_masks, sfm_masks_config
-from nsff_core.synthetic import render_scene, source_frames, suite_config
 
 SIZE, FRAMES = (320, 180), 12
 

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from nsff_core.progress import Progress, eta_seconds, format_duration, progress_text
+from nsff_core.workflow.progress import Progress, eta_seconds, format_duration, progress_text
 
 
 class FakeClock:
@@ -62,7 +62,7 @@ def test_lines_come_first_then_every_30_s_and_at_the_end(caplog):
 def test_train_progress_logs_on_time_between_steps(caplog):
     """ProgressLog: a line every log_every steps, and between them once every_s has passed,
     with the global step, rays/s and an ETA over this run's steps (a resumed run)."""
-    from nsff_core.train import ProgressLog
+    from nsff_core.workflow.stages.train import ProgressLog
 
     clock = FakeClock()
     cb = ProgressLog(every=100, batch_size=512, total=1000, every_s=30, clock=clock)
@@ -70,7 +70,7 @@ def test_train_progress_logs_on_time_between_steps(caplog):
     trainer = SimpleNamespace(global_step=200, callback_metrics=metrics)
     cb.on_train_start(trainer, None)  # resumed at step 200
     lines = []
-    with caplog.at_level(logging.INFO, logger="nsff_core.train"):
+    with caplog.at_level(logging.INFO, logger="nsff_core.workflow.stages.train"):
         for step in range(201, 261):
             clock.now += 1.0  # 1 s a step: 30 steps between two lines on time
             trainer.global_step = step
@@ -83,13 +83,13 @@ def test_train_progress_logs_on_time_between_steps(caplog):
 
 
 def test_train_progress_logs_every_log_every_steps(caplog):
-    from nsff_core.train import ProgressLog
+    from nsff_core.workflow.stages.train import ProgressLog
 
     clock = FakeClock()
     cb = ProgressLog(every=10, batch_size=256, total=30, every_s=30, clock=clock)
     trainer = SimpleNamespace(global_step=0, callback_metrics={})
     cb.on_train_start(trainer, None)
-    with caplog.at_level(logging.INFO, logger="nsff_core.train"):
+    with caplog.at_level(logging.INFO, logger="nsff_core.workflow.stages.train"):
         for step in range(1, 31):
             clock.now += 0.1
             trainer.global_step = step

@@ -1,4 +1,4 @@
-"""Camera conventions of nsff_core.rays: normalisation, pixel rays, NDC, projection."""
+"""Camera conventions of nsff_core.model.rays: normalisation, pixel rays, NDC, projection."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from nsff_core import cameras as cam
-from nsff_core import rays
+from nsff_core.model import cameras as cam
+from nsff_core.model import rays
 
 HW = (12, 16)
 K = cam.intrinsics_matrix(14.0, 15.0, (HW[1] - 1) / 2, (HW[0] - 1) / 2)

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from nsff_core import io
 from nsff_core.config import TrainConfig
 from nsff_core.errors import StageError
+from nsff_core.model import io
 
 pytestmark = pytest.mark.stage
 
@@ -14,14 +14,14 @@ TINY = dict(width=16, depth=2, time_dim=4, num_samples=8, batch_size=32, steps_p
 
 @pytest.fixture(scope="module")
 def tiny_ckpt(tiny_scene_dir, tmp_path_factory):
-    from nsff_core.train import train_scene
+    from nsff_core.workflow.stages.train import train_scene
 
     out = tmp_path_factory.mktemp("train")
     return train_scene(tiny_scene_dir, out, TrainConfig(**TINY, max_steps=2), scene="tiny")
 
 
 def test_render_test_split(tiny_scene_dir, tiny_ckpt, tmp_path):
-    from nsff_core.render_split import render_split
+    from nsff_core.workflow.stages.render_split import render_split
 
     summary = render_split(
         tiny_ckpt, tiny_scene_dir / "cameras.npz", "test", tmp_path, chunk=4096, scene="tiny"
@@ -34,7 +34,7 @@ def test_render_test_split(tiny_scene_dir, tiny_ckpt, tmp_path):
 
 
 def test_render_fixed_view_and_gif(tiny_scene_dir, tiny_ckpt, tmp_path):
-    from nsff_core.render_split import render_split
+    from nsff_core.workflow.stages.render_split import render_split
 
     split = "test_fixview3_interp0"
     render_split(tiny_ckpt, tiny_scene_dir / "cameras.npz", split, tmp_path, video_format="gif")
@@ -44,8 +44,8 @@ def test_render_fixed_view_and_gif(tiny_scene_dir, tiny_ckpt, tmp_path):
 
 def test_render_fractional_times(tiny_scene_dir, tiny_ckpt, tmp_path):
     """Frames at fractional times (interpolated) of the trained scene: a camera path."""
-    from nsff_core.paths import CameraPath
-    from nsff_core.render_split import render_split
+    from nsff_core.model.paths import CameraPath
+    from nsff_core.workflow.stages.render_split import render_split
 
     cams = io.read_cameras(tiny_scene_dir / "cameras.npz")
     times = np.array([2.0, 2.5, 10.75])
@@ -70,7 +70,7 @@ def test_render_fractional_times(tiny_scene_dir, tiny_ckpt, tmp_path):
     ],
 )
 def test_render_errors_name_scene_and_rule(tiny_scene_dir, tiny_ckpt, tmp_path, split, needle):
-    from nsff_core.render_split import render_split
+    from nsff_core.workflow.stages.render_split import render_split
 
     with pytest.raises(StageError, match="scene 'tiny', rule 'render'") as err:
         render_split(tiny_ckpt, tiny_scene_dir / "cameras.npz", split, tmp_path, scene="tiny")
@@ -83,7 +83,7 @@ def test_a_failed_write_leaves_no_output_old_or_new(
 ):
     """Videos of an earlier model on disk, then the render fails while writing its second
     video: neither the earlier files nor the new ones (nor scratch files) are left."""
-    from nsff_core.render_split import render_split
+    from nsff_core.workflow.stages.render_split import render_split
 
     names = ("test.mp4", "test_depth.mp4", "test_static.mp4", "test_dynamic.mp4")
     (tmp_path / "test").mkdir()
@@ -109,7 +109,7 @@ def test_a_failed_write_leaves_no_output_old_or_new(
 def test_outputs_by_name(tiny_scene_dir, tiny_ckpt, tmp_path):
     """The render rule passes its declared outputs: every file goes where it says, in the
     format of its suffix."""
-    from nsff_core.render_split import render_split
+    from nsff_core.workflow.stages.render_split import render_split
 
     outputs = {k: tmp_path / f"o_{k}.gif" for k in ("video", "depth", "static", "dynamic")}
     outputs["frames"] = tmp_path / "o_frames"

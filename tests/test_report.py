@@ -1,4 +1,4 @@
-"""results/summary.csv (nsff_core.report): one row per scene, its status from the end lines of
+"""results/summary.csv (nsff_core.workflow.report): one row per scene, its status from the end lines of
 the scene's job logs and the file times, on fabricated scene folders."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nsff_core.report import COLUMNS, job_outcome, scene_status, write_summary
-from nsff_core.workflow import FAILED, FINISHED, run_stage
+from nsff_core.workflow.report import COLUMNS, job_outcome, scene_status, write_summary
+from nsff_core.workflow.stage import FAILED, FINISHED, run_stage
 
 #: a fixed time base for the fabricated files (seconds since the epoch)
 T0 = time.time() - 10_000

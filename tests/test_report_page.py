@@ -1,4 +1,4 @@
-"""`snakemake --report`: the items the summary job writes (nsff_core/report_page.py) and the
+"""`snakemake --report`: the items the summary job writes (nsff_core/workflow/report_page.py) and the
 page Snakemake builds from them, after a tiny batch in which one scene went through and one
 failed."""
 
@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nsff_core import io
-from nsff_core.report_page import SECTIONS, write_report_items
+from nsff_core.model import io
+from nsff_core.workflow.report_page import SECTIONS, write_report_items
 
 from .test_workflow import TINY_TRAIN, make_workdir, snakemake
 

@@ -26,7 +26,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from nsff_core.checkpoint import load_checkpoint
+from nsff_core.model.checkpoint import load_checkpoint
 
 from .conftest import REPO
 from .test_workflow import SNAKEMAKE, TINY_TRAIN, make_workdir, snakemake
@@ -209,7 +209,7 @@ def test_kill_during_sfm_asks_for_rerun_incomplete_and_gives_the_same_cameras(
     for name in ("sfm", "cameras.npz", "poses_bounds.npy"):
         shutil.rmtree(res / name) if (res / name).is_dir() else (res / name).unlink()
     target = "results/tiny/cameras.npz"
-    run_and_kill(wd, target, "sfm|nsff_core.io|write_cameras|1", stall_hook)
+    run_and_kill(wd, target, "sfm|nsff_core.model.io|write_cameras|1", stall_hook)
     assert (res / "sfm" / "sparse" / "0").is_dir() and (res / "poses_bounds.npy").exists()
     assert not (res / "cameras.npz").exists()
 
@@ -252,7 +252,10 @@ def test_kill_during_train_resumes_from_the_last_checkpoint(reference, stall_hoo
     steps, every = TINY_TRAIN["max_steps"], TINY_TRAIN["checkpoint_every"]
     stall_at = 2 * every + 6  # the 26th training step: its checkpoint is step 20's
     run_and_kill(
-        wd, target, f"train|nsff_core.train|ProgressLog.on_train_batch_end|{stall_at}", stall_hook
+        wd,
+        target,
+        f"train|nsff_core.workflow.stages.train|ProgressLog.on_train_batch_end|{stall_at}",
+        stall_hook,
     )
     running = res / "train" / "running"
     assert not (res / "train" / "last.ckpt").exists()  # outputs appear only at the end

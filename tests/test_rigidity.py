@@ -7,14 +7,14 @@ import dataclasses
 import numpy as np
 import pytest
 
-from nsff_core import io
 from nsff_core.config import MasksConfig
 from nsff_core.errors import StageError
-from nsff_core.metrics import iou
+from nsff_core.model import io
+from nsff_core.model.metrics import iou
+from nsff_core.model.synthetic import suite_config
 from nsff_core.priors import rigidity as R
 from nsff_core.priors.flow_ops import consistency_mask
 from nsff_core.priors.masks import compute_masks, sfm_masks_config
-from nsff_core.synthetic import suite_config
 
 
 def _two_cameras():
@@ -165,7 +165,7 @@ def test_the_join_covers_a_torso_that_moves_with_detected_legs():
 def _write_scene(tmp_path, preset: str, size=(256, 144), frames=8):
     """A suite scene written as the workflow's priors: frames, exact flows with their
     forward-backward masks, cameras and disparity (ground truth), and its true masks."""
-    from nsff_core.synthetic import render_scene
+    from nsff_core.model.synthetic import render_scene
 
     s = render_scene(suite_config(preset, num_frames=frames, novel_offsets=()), size=size)
     d = tmp_path / preset

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nsff_core import cameras as cam
-from nsff_core import io
 from nsff_core.config import FramesConfig, SfmConfig
 from nsff_core.errors import StageError
+from nsff_core.model import cameras as cam
+from nsff_core.model import io
 from nsff_core.priors import sfm
 
 #: training width of the source test: 320x180 source frames give 242x136 training frames, whose
@@ -175,7 +175,7 @@ def test_schema_rejects_bad_sfm_settings():
     import yaml
 
     from nsff_core.errors import ConfigError
-    from nsff_core.sheet import validate_config
+    from nsff_core.workflow.sheet import validate_config
 
     from .conftest import REPO
 

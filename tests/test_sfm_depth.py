@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from nsff_core import cameras as cam
-from nsff_core import io
 from nsff_core.config import DepthConfig, SfmConfig
 from nsff_core.errors import StageError
+from nsff_core.model import cameras as cam
+from nsff_core.model import io
 
 #: frames of the small sequence for the failure tests (every 3rd synthetic frame)
 SUBSET = list(range(0, 24, 3))
@@ -397,7 +397,7 @@ def test_path_is_importable_without_pycolmap():
     import sys
 
     code = (
-        "import sys, nsff_core.priors.sfm, nsff_core.priors.depth, nsff_core.cameras; "
+        "import sys, nsff_core.priors.sfm, nsff_core.priors.depth, nsff_core.model.cameras; "
         "assert 'pycolmap' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])

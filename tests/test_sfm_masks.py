@@ -9,9 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from nsff_core import io
 from nsff_core.config import FlowConfig, FramesConfig, MasksConfig
 from nsff_core.errors import StageError
+from nsff_core.model import io
 from nsff_core.priors import sfm
 from nsff_core.priors.frames import capped_size, extract_frames
 from nsff_core.priors.sfm_masks import analysis_size, compute_sfm_masks

@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from nsff_core import config as C
-from nsff_core import sheet
 from nsff_core.errors import ConfigError
+from nsff_core.workflow import sheet
 
 from .conftest import REPO
 

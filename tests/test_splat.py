@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from nsff_core.splat import splat, splat_sum
+from nsff_core.model.splat import splat, splat_sum
 
 
 def naive_splat(values, flow, weights=None, metric=None):

@@ -12,7 +12,7 @@ CHECKS = """
 import sys
 from pathlib import Path
 import yaml
-from nsff_core import sheet
+from nsff_core.workflow import sheet
 from nsff_core.priors.backends import needs_gpu
 
 repo = Path(sys.argv[1])

@@ -8,12 +8,7 @@ import numpy as np
 import pytest
 
 from nsff_core.config import SyntheticConfig
-from nsff_core.synthetic import (
-    SyntheticScene,
-    load_ground_truth,
-    render_scene,
-    write_scene,
-)
+from nsff_core.model.synthetic import SyntheticScene, load_ground_truth, render_scene, write_scene
 
 TINY = SyntheticConfig(num_frames=4, width=96, height=54, seed=3)
 
@@ -293,9 +288,8 @@ def test_demo_and_tiny_scenes_unchanged(synthetic_scene):
 def test_suite_presets_in_config_yaml_cover_every_value():
     import yaml
 
-    from nsff_core import sheet
     from nsff_core.config import stage_config
-    from nsff_core.synthetic import (
+    from nsff_core.model.synthetic import (
         CAMERAS,
         DEGRADATIONS,
         MOVERS,
@@ -303,6 +297,7 @@ def test_suite_presets_in_config_yaml_cover_every_value():
         TEXTURES,
         suite_config,
     )
+    from nsff_core.workflow import sheet
 
     from .conftest import REPO
 
@@ -338,7 +333,7 @@ SUITE_GEOMETRY = {
 def test_suite_geometry_is_frozen():
     import hashlib
 
-    from nsff_core.synthetic import SUITE_PRESETS, build_layout, camera_path, suite_config
+    from nsff_core.model.synthetic import SUITE_PRESETS, build_layout, camera_path, suite_config
 
     assert set(SUITE_GEOMETRY) == set(SUITE_PRESETS)
     s = np.linspace(0, 1, 5)
@@ -365,7 +360,7 @@ def test_schema_lists_every_synthetic_key():
 
 
 def test_bad_scene_keys_are_refused(variants):
-    from nsff_core.synthetic import build_layout, source_frames
+    from nsff_core.model.synthetic import build_layout, source_frames
 
     for bad in (
         dict(texture="shiny"),
@@ -408,7 +403,7 @@ def variants() -> dict[str, SyntheticScene]:
 
 def _surface_distance(local: np.ndarray, kind: int, half: np.ndarray) -> np.ndarray:
     """|signed distance| (...) of points (..., 3) in a primitive's frame to its surface."""
-    from nsff_core.synthetic import SPHERE
+    from nsff_core.model.synthetic import SPHERE
 
     if kind == SPHERE:
         return np.abs(np.linalg.norm(local, axis=-1) - half[0])
@@ -420,7 +415,7 @@ def _surface_distance(local: np.ndarray, kind: int, half: np.ndarray) -> np.ndar
 def _movers_at(scene: SyntheticScene, cfg: SyntheticConfig, t: int):
     """Per pixel of frame t: distance (H, W) of its surface point to the nearest mover part,
     that part's index (H, W), and the point in each part's frame (M, H, W, 3)."""
-    from nsff_core.synthetic import backproject, build_layout
+    from nsff_core.model.synthetic import backproject, build_layout
 
     layout = build_layout(cfg)
     kinds, halves = layout.kind[layout.dynamic], layout.half[layout.dynamic]
@@ -543,7 +538,7 @@ def test_walker_is_articulated(variants):
 def test_camera_paths():
     """sideways and dolly are straight lines (x, z), arc keeps its distance to the scene centre,
     handheld jitters in rotation; every path turns (pure translation hides the focal length)."""
-    from nsff_core.synthetic import CAMERAS, camera_path
+    from nsff_core.model.synthetic import CAMERAS, camera_path
 
     s = np.linspace(0, 1, 25)
     paths = {name: np.stack([camera_path(name, seed=3)(x) for x in s]) for name in CAMERAS}
@@ -584,7 +579,7 @@ def test_sampling_at_another_size(variants):
 
 
 def test_degradations_touch_the_video_only(variants):
-    from nsff_core.synthetic import source_frames
+    from nsff_core.model.synthetic import source_frames
 
     cfg = VARIANTS["handheld"]
     scene = variants["handheld"]
@@ -615,7 +610,7 @@ def test_degradations_touch_the_video_only(variants):
 def test_write_scene_puts_degraded_frames_in_the_video(variants, tmp_path):
     import imageio_ffmpeg
 
-    from nsff_core.synthetic import source_frames
+    from nsff_core.model.synthetic import source_frames
 
     cfg = dataclasses.replace(VARIANTS["handheld"], degrade=("noise",))
     scene = variants["handheld"]

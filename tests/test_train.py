@@ -5,9 +5,9 @@ import csv
 import pytest
 import torch
 
-from nsff_core.checkpoint import load_checkpoint
 from nsff_core.config import TrainConfig
-from nsff_core.data import load_scene
+from nsff_core.model.checkpoint import load_checkpoint
+from nsff_core.workflow.stages.scene import load_scene
 
 pytestmark = pytest.mark.stage
 
@@ -29,7 +29,7 @@ def test_load_scene_matches_the_preprocessing(tiny_scene_dir):
 
 
 def test_two_steps_then_resume(tiny_scene_dir, tmp_path):
-    from nsff_core.train import train_scene
+    from nsff_core.workflow.stages.train import train_scene
 
     out = tmp_path / "train"
     last = train_scene(tiny_scene_dir, out, TrainConfig(**TINY, max_steps=2), scene="tiny")
@@ -62,7 +62,7 @@ def test_two_steps_then_resume(tiny_scene_dir, tmp_path):
 
 
 def test_an_interrupted_run_resumes_and_other_settings_restart(tiny_scene_dir, tmp_path):
-    from nsff_core.train import train_scene
+    from nsff_core.workflow.stages.train import train_scene
 
     out = tmp_path / "train"
     train_scene(tiny_scene_dir, out, TrainConfig(**TINY, max_steps=3), scene="tiny")
@@ -82,8 +82,8 @@ def test_an_interrupted_run_resumes_and_other_settings_restart(tiny_scene_dir, t
 
 
 def test_the_checkpoint_reloads(tiny_scene_dir, tmp_path):
-    from nsff_core.system import NSFFSystem
-    from nsff_core.train import train_scene
+    from nsff_core.model.system import NSFFSystem
+    from nsff_core.workflow.stages.train import train_scene
 
     last = train_scene(tiny_scene_dir, tmp_path, TrainConfig(**TINY, max_steps=1), scene="tiny")
     system = NSFFSystem.load_from_checkpoint(last, map_location="cpu")
@@ -97,8 +97,8 @@ def test_the_checkpoint_reloads(tiny_scene_dir, tmp_path):
 
 
 def test_hard_sampling_weights_follow_the_error_and_are_checkpointed(tiny_scene_dir, tmp_path):
-    from nsff_core.system import NSFFSystem
-    from nsff_core.train import train_scene
+    from nsff_core.model.system import NSFFSystem
+    from nsff_core.workflow.stages.train import train_scene
 
     cfg = TrainConfig(**TINY, max_steps=4, hard_sampling=True, hard_sampling_every=2)
     last = train_scene(tiny_scene_dir, tmp_path, cfg, scene="tiny")
@@ -126,11 +126,11 @@ def test_short_training_reaches_a_psnr_floor(synthetic_scene, tmp_path):
     import numpy as np
 
     from nsff_core.config import SyntheticConfig, to_dict
-    from nsff_core.data import scene_data_from_arrays
-    from nsff_core.rays import get_rays, rays_to_ndc
-    from nsff_core.render import render_in_chunks
-    from nsff_core.synthetic import render_scene
-    from nsff_core.system import NSFFSystem
+    from nsff_core.model.data import scene_data_from_arrays
+    from nsff_core.model.rays import get_rays, rays_to_ndc
+    from nsff_core.model.render import render_in_chunks
+    from nsff_core.model.synthetic import render_scene
+    from nsff_core.model.system import NSFFSystem
     from tests.fitting import fit_in_memory
 
     torch.manual_seed(0)

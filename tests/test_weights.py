@@ -338,7 +338,7 @@ def test_rule_declaration():
     rules = parse_rules((REPO / "rules" / "weights.smk").read_text())
     d = rules["weights"]
     assert d["output"] == "marker=SCENE.weights"
-    from nsff_core.layout import SceneLayout
+    from nsff_core.workflow.layout import SceneLayout
 
     assert SceneLayout.pattern().weights == "results/{scene}/weights.json"
     assert d["localrule"] == "True"  # runs where snakemake runs: cluster jobs never download

@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from nsff_core import io
-from nsff_core.metrics import iou
+from nsff_core.model import io
+from nsff_core.model.metrics import iou
 
 from .conftest import REPO
 
@@ -126,7 +126,7 @@ def test_unknown_train_preset_or_split_stops_before_any_job(tmp_path):
 
 
 def test_a_malformed_split_matches_no_rule(tmp_path):
-    """The {split} wildcard is constrained to the split grammar (nsff_core.paths.SPLIT_PATTERN):
+    """The {split} wildcard is constrained to the split grammar (nsff_core.model.paths.SPLIT_PATTERN):
     a target whose split parse_split refuses (leading zero) is planned by no rule, rather
     than planned and failing inside the render job; a valid one is planned."""
     wd = make_workdir(tmp_path, "scene\tsource\ttrain_preset\na\tsynthetic:tiny\ttiny\n")
@@ -275,7 +275,13 @@ import importlib.abc, json, runpy, sys
 from types import SimpleNamespace
 
 script, log = sys.argv[1], sys.argv[2]
-ALLOWED = {"nsff_core", "nsff_core.workflow", "nsff_core.errors", "nsff_core.gpu_slots"}
+ALLOWED = {
+    "nsff_core",
+    "nsff_core.errors",
+    "nsff_core.workflow",
+    "nsff_core.workflow.stage",
+    "nsff_core.workflow.gpu_slots",
+}
 events = []
 
 
@@ -297,7 +303,7 @@ class Named(list):
 
 
 sys.meta_path.insert(0, Blocked())
-from nsff_core import gpu_slots
+from nsff_core.workflow import gpu_slots
 
 claim = gpu_slots.claim_gpus
 
@@ -327,8 +333,8 @@ def test_every_script_fails_inside_run_stage_after_its_gpu_claim(tmp_path, scrip
     """Whatever a script imports or calls fails inside run_stage: the traceback and the FAILED
     line reach the rule's log and the job exits 1; the GPU slot is claimed before anything
     heavier than the standard library is imported (so before torch)."""
-    from nsff_core.report import job_outcome
-    from nsff_core.workflow import FAILED
+    from nsff_core.workflow.report import job_outcome
+    from nsff_core.workflow.stage import FAILED
 
     log = tmp_path / "rule.log"
     env = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES",)}
@@ -421,8 +427,13 @@ def earlier_run(tmp_path: Path) -> Path:
 @pytest.mark.parametrize(
     "rule, target, fail, old",
     [
-        ("train", "train/last.ckpt", "nsff_core.train|train_scene", OLD_TRAIN),
-        ("render", "render/test.mp4", "nsff_core.render_split|render_split", OLD_RENDER),
+        ("train", "train/last.ckpt", "nsff_core.workflow.stages.train|train_scene", OLD_TRAIN),
+        (
+            "render",
+            "render/test.mp4",
+            "nsff_core.workflow.stages.render_split|render_split",
+            OLD_RENDER,
+        ),
     ],
 )
 def test_a_crashing_job_logs_its_traceback_removes_its_outputs_and_fails_the_scene(
@@ -433,7 +444,7 @@ def test_a_crashing_job_logs_its_traceback_removes_its_outputs_and_fails_the_sce
     no output of the earlier run is left (render: the side videos too, as every one is
     declared), and the summary written on error marks the scene failed despite its old
     eval/metrics.json."""
-    from nsff_core.report import job_outcome
+    from nsff_core.workflow.report import job_outcome
 
     wd = earlier_run(tmp_path / "wd")
     res = wd / "results" / "tiny"
@@ -483,7 +494,7 @@ def test_a_killed_render_leaves_no_video_of_the_earlier_model(tmp_path):
     env = dict(
         os.environ,
         PYTHONPATH=os.pathsep.join([str(tmp_path / "hook"), str(REPO)]),
-        NSFF_TEST_STALL=f"render|nsff_core.render_split|render_split|1|{flag}",
+        NSFF_TEST_STALL=f"render|nsff_core.workflow.stages.render_split|render_split|1|{flag}",
     )
     args = ["results/tiny/render/test.mp4", "--cores", "1", "--allowed-rules", "render"]
     with open(tmp_path / "run.log", "w") as out:
@@ -505,7 +516,7 @@ def test_a_killed_render_leaves_no_video_of_the_earlier_model(tmp_path):
         p.wait()
     assert [name for name in OLD_RENDER if (res / "render" / name).exists()] == []
     r = subprocess.run(
-        [sys.executable, "-m", "nsff_core.report", "results/summary.csv", "tiny"],
+        [sys.executable, "-m", "nsff_core.workflow.report", "results/summary.csv", "tiny"],
         cwd=wd,
         capture_output=True,
         text=True,

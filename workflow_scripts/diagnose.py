@@ -5,13 +5,13 @@ from pathlib import Path
 
 sys.path.insert(0, f"{snakemake.scriptdir}/..")
 
-# nsff_core.workflow imports the standard library only; all else is imported inside run_stage,
+# nsff_core.workflow.stage imports the standard library only; all else is imported inside run_stage,
 # which logs any failure and claims the job's GPU slots first (so before torch is imported)
-from nsff_core.workflow import run_stage
+from nsff_core.workflow.stage import run_stage
 
 with run_stage(snakemake):
     from nsff_core.config import stage_config
-    from nsff_core.diagnose import diagnose_scene
+    from nsff_core.workflow.stages.diagnose import diagnose_scene
 
     diagnose_scene(
         snakemake.input.frames,

@@ -4,9 +4,9 @@ import sys
 
 sys.path.insert(0, f"{snakemake.scriptdir}/..")
 
-# nsff_core.workflow imports the standard library only; all else is imported inside run_stage,
+# nsff_core.workflow.stage imports the standard library only; all else is imported inside run_stage,
 # which logs any failure and claims the job's GPU slots first (so before torch is imported)
-from nsff_core.workflow import run_stage
+from nsff_core.workflow.stage import run_stage
 
 with run_stage(snakemake):
     from nsff_core.config import stage_config

@@ -1,19 +1,19 @@
 """Rule summary: results/summary.csv, one row per scene, and the items of the report page
-(results/report/<section>/, see nsff_core/report_page.py)."""
+(results/report/<section>/, see nsff_core/workflow/report_page.py)."""
 
 import sys
 
 sys.path.insert(0, f"{snakemake.scriptdir}/..")
 
-# nsff_core.workflow imports the standard library only; all else is imported inside run_stage,
+# nsff_core.workflow.stage imports the standard library only; all else is imported inside run_stage,
 # which logs any failure and claims the job's GPU slots first (so before torch is imported)
-from nsff_core.workflow import run_stage
+from nsff_core.workflow.stage import run_stage
 
 with run_stage(snakemake):
     from pathlib import Path
 
-    from nsff_core.report import write_summary
-    from nsff_core.report_page import SECTIONS, write_report_items
+    from nsff_core.workflow.report import write_summary
+    from nsff_core.workflow.report_page import SECTIONS, write_report_items
 
     out = Path(snakemake.output.csv)  # results/summary.csv: scenes live beside it
     rows = write_summary(snakemake.params.scenes, out, out.parent, splits=snakemake.params.splits)

@@ -93,8 +93,13 @@ REGISTRY: tuple[Backend, ...] = (
         models={"dpt_large": ("dpt_large",), "dpt_hybrid": ("dpt_hybrid",)},
     ),
     # LPIPS (AlexNet v0.1) of rule evaluate: its rule always has a GPU; rule weights_evaluate
-    # resolves the weights (optional: without them LPIPS is skipped, nsff_core.evaluate.Scorer)
-    Backend("evaluate", "lpips", "nsff_core.metrics:load_lpips", ("alexnet", "lpips_alex")),
+    # resolves the weights (optional: without them LPIPS is skipped, nsff_core.workflow.stages.evaluate.Scorer)
+    Backend(
+        "evaluate",
+        "lpips",
+        "nsff_core.workflow.stages.evaluate:load_lpips",
+        ("alexnet", "lpips_alex"),
+    ),
 )
 
 _BY_KEY: dict[tuple[str, str], Backend] = {(b.stage, b.name): b for b in REGISTRY}

@@ -26,8 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from .. import cameras as cam
-from .. import io
+from nsff_core.model import cameras as cam
+from nsff_core.model import io
+
 from ..config import DepthConfig
 from ..errors import StageError
 from . import backends

@@ -50,9 +50,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import io
+from nsff_core.model import io
+from nsff_core.workflow.progress import Progress
+
 from ..errors import StageError
-from ..progress import Progress
 from .frames import cap_size
 from .pretrained import fp16_autocast, torch_load_weights
 

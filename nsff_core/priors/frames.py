@@ -12,7 +12,7 @@ Sizes: source frames and training frames must be at least ``config.MIN_FRAME_SID
 each side (a derived side, e.g. the height 6 that ``width: 512`` gives a 4000x40 source, is
 checked too); enlarging small sources is allowed with a warning.
 
-Images of a folder are read with :func:`nsff_core.io.read_image` (EXIF orientation applied,
+Images of a folder are read with :func:`nsff_core.model.io.read_image` (EXIF orientation applied,
 16-bit scaled to 8-bit, grey and alpha handled), here and in :func:`read_source_frames`, so the
 pretrained backends see the frames the frames rule saw.
 
@@ -25,8 +25,8 @@ time. A video's frame count is not trusted up front: decoding stops after the la
 and when the video ends earlier the selection is recomputed from the number of frames actually
 decoded (with ``max_frames``, that costs a second pass).
 
-The outputs are written atomically (:func:`nsff_core.io.atomic_dir`,
-:func:`~nsff_core.io.atomic_file`), and outputs of an earlier run are deleted first: after any
+The outputs are written atomically (:func:`nsff_core.model.io.atomic_dir`,
+:func:`~nsff_core.model.io.atomic_file`), and outputs of an earlier run are deleted first: after any
 failure neither ``frames/`` nor ``frames.json`` exists.
 """
 
@@ -43,9 +43,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from nsff_core.model.io import atomic_dir, atomic_file, frame_name, read_image, write_image
+
 from ..config import MAX_FRAME_SIDE, MIN_FRAME_SIDE, FramesConfig, to_dict
 from ..errors import CorruptFileError, StageError
-from ..io import atomic_dir, atomic_file, frame_name, read_image, write_image
 
 logger = logging.getLogger(__name__)
 
@@ -707,7 +708,7 @@ def read_source_frames(
     ``max_size`` (W, H) are scaled down by one factor keeping the aspect ratio (INTER_AREA), as
     nsff_pl's preprocessing did; None keeps the full size.
 
-    Images are read with :func:`nsff_core.io.read_image`, as the frames rule read them (EXIF
+    Images are read with :func:`nsff_core.model.io.read_image`, as the frames rule read them (EXIF
     orientation, 16-bit, grey, alpha), so the sizes agree with ``frames.json``.
 
     Yields:

@@ -38,9 +38,17 @@ from typing import Any
 
 import numpy as np
 
+from nsff_core.model.io import (
+    atomic_dir,
+    frame_name,
+    list_frames,
+    read_image,
+    read_mask,
+    write_mask,
+)
+from nsff_core.workflow.progress import Progress
+
 from ..errors import ConfigError, StageError
-from ..io import atomic_dir, frame_name, list_frames, read_image, read_mask, write_mask
-from ..progress import Progress
 from .pretrained import fp16_autocast, load_state_dict_file
 
 log = logging.getLogger(__name__)

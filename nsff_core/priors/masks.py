@@ -24,9 +24,18 @@ from pathlib import Path
 
 import numpy as np
 
+from nsff_core.model.io import (
+    atomic_dir,
+    frame_name,
+    list_frames,
+    read_flo,
+    read_image,
+    read_mask,
+    write_mask,
+)
+
 from ..config import MasksConfig
 from ..errors import StageError
-from ..io import atomic_dir, frame_name, list_frames, read_flo, read_image, read_mask, write_mask
 from . import backends
 from . import pretrained as P
 from .flow_ops import textured
@@ -339,7 +348,7 @@ class _FlowCache:
 
 def _rigidity_inputs(cameras, disp_dir, n: int, hw: tuple[int, int], scene: str | None):
     """(K, c2w, disparity(i)) for the rigidity test, checked against the frames."""
-    from ..io import read_cameras, read_disparity
+    from nsff_core.model.io import read_cameras, read_disparity
 
     if cameras is None or disp_dir is None:
         raise StageError(

@@ -33,9 +33,17 @@ from typing import Any
 
 import numpy as np
 
+from nsff_core.model.io import (
+    atomic_dir,
+    frame_name,
+    list_frames,
+    read_image,
+    write_flo,
+    write_mask,
+)
+from nsff_core.workflow.progress import Progress
+
 from ..errors import StageError
-from ..io import atomic_dir, frame_name, list_frames, read_image, write_flo, write_mask
-from ..progress import Progress
 from .flow_ops import consistency_mask, resize_flow
 from .frames import cap_size
 from .pretrained import fp16_autocast, load_state_dict_file

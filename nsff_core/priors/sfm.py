@@ -53,8 +53,8 @@ Outputs:
   ``sfm_dir/colmap_masks/<frame>.png.png`` (COLMAP masks at the SfM size: 0 = ignore),
   ``sfm_dir/summary.json`` (registration, SfM size, focal length and field of view, mapping
   attempts, reprojection error, timings);
-- ``cameras.npz`` and ``poses_bounds.npy`` at training resolution (see :mod:`nsff_core.io`,
-  :mod:`nsff_core.cameras`).
+- ``cameras.npz`` and ``poses_bounds.npy`` at training resolution (see :mod:`nsff_core.model.io`,
+  :mod:`nsff_core.model.cameras`).
 
 COLMAP images are mapped to frames **by file name**, never by image id: the SfM images carry
 the training frames' names (``00000.png`` ...).
@@ -79,8 +79,9 @@ from typing import Any
 
 import numpy as np
 
-from .. import cameras as cam
-from .. import io
+from nsff_core.model import cameras as cam
+from nsff_core.model import io
+
 from ..config import SfmConfig
 from ..errors import StageError
 

@@ -31,8 +31,9 @@ import logging
 import tempfile
 from pathlib import Path
 
+from nsff_core.model.io import frame_name, write_image
+
 from ..config import MIN_FRAME_SIDE, FlowConfig, MasksConfig
-from ..io import frame_name, write_image
 
 log = logging.getLogger(__name__)
 

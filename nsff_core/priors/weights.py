@@ -42,7 +42,7 @@ else ``$XDG_CACHE_HOME/nsff/weights`` (``~/.cache/nsff/weights``). The LPIPS wei
 ``evaluate`` are resolved by the rule ``weights_evaluate`` (marker
 ``results/{scene}/weights_evaluate.json``), an optional fetch: it downloads only with config
 ``eval.lpips_fetch: true``, and a file it cannot have is listed as unavailable instead of
-failing (LPIPS is then reported unavailable, or found where :mod:`nsff_core.metrics` looks).
+failing (LPIPS is then reported unavailable, or found where :mod:`nsff_core.model.metrics` looks).
 
 Downloads go to a temporary file in the cache directory and are renamed into place only after
 the hash check, so an interrupted or concurrent download never leaves a half-written checkpoint.
@@ -68,9 +68,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from nsff_core.model.io import atomic_file
+
 from ..config import STAGES
 from ..errors import StageError
-from ..io import atomic_file
 from .backends import weights_table
 
 log = logging.getLogger(__name__)
@@ -193,7 +194,7 @@ BACKEND_WEIGHTS: dict[tuple[str, str], tuple[str, ...]] = weights_table()
 
 
 #: Other names under which loaders accept a registry file (the ``lpips`` package's names of the
-#: LPIPS files, which :func:`nsff_core.metrics.lpips_weight_files` also looks for).
+#: LPIPS files, which :func:`nsff_core.model.metrics.lpips_weight_files` also looks for).
 FILE_ALIASES: dict[str, str] = {"alexnet.pth": "alexnet", "alex.pth": "lpips_alex"}
 
 #: The digest record of a folder of checkpoints: ``{"files": {file name: {"sha256", "entry",

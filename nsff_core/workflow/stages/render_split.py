@@ -5,11 +5,11 @@ Writes, for split ``{split}`` into ``out_dir``: ``{split}.mp4`` (or ``.gif``), t
 (background) video ``{split}_static.*``, the dynamic-only video ``{split}_dynamic.*`` (dynamic
 content over grey), and the frames ``{split}/{i:05d}.png`` used by the evaluation.
 
-Cameras of a path are in the SfM world with OpenCV axes (:class:`~nsff_core.paths.CameraPath`);
-the checkpoint's :class:`~nsff_core.rays.SceneNormalization` takes them to the NSFF world, and
-NDC always uses the training intrinsics (see :mod:`nsff_core.rays`). Fractional times (splits
+Cameras of a path are in the SfM world with OpenCV axes (:class:`~nsff_core.model.paths.CameraPath`);
+the checkpoint's :class:`~nsff_core.model.rays.SceneNormalization` takes them to the NSFF world, and
+NDC always uses the training intrinsics (see :mod:`nsff_core.model.rays`). Fractional times (splits
 ``test_fixview{X}_interp{Y}`` with Y > 0, camera-path files) are rendered by time interpolation
-(:mod:`nsff_core.interp`).
+(:mod:`nsff_core.model.interp`).
 """
 
 from __future__ import annotations
@@ -24,14 +24,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import io
-from .config import RenderSplitConfig
-from .errors import StageError
+from nsff_core.config import RenderSplitConfig
+from nsff_core.errors import StageError
+from nsff_core.model import io
+from nsff_core.model.interp import render_view, split_time
+from nsff_core.model.paths import CameraPath, make_path, parse_split
+from nsff_core.model.rays import SceneNormalization
+from nsff_core.workflow.progress import Progress
+
 from .holdout import model_times, source_frame_count
-from .interp import render_view, split_time
-from .paths import CameraPath, make_path, parse_split
-from .progress import Progress
-from .rays import SceneNormalization
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +50,13 @@ class RenderedPath:
 
 
 def load_system(ckpt: str | Path, device: str | torch.device):
-    """The trained :class:`~nsff_core.system.NSFFSystem` of a checkpoint, in eval mode.
+    """The trained :class:`~nsff_core.model.system.NSFFSystem` of a checkpoint, in eval mode.
 
-    Read with :func:`nsff_core.checkpoint.load_system` (``weights_only=True``); a corrupt or
+    Read with :func:`nsff_core.model.checkpoint.load_system` (``weights_only=True``); a corrupt or
     diverged checkpoint raises :class:`~nsff_core.errors.CorruptFileError` naming the file and
     rule ``train``.
     """
-    from .checkpoint import load_system as load
+    from nsff_core.model.checkpoint import load_system as load
 
     return load(ckpt, device)
 
@@ -66,11 +67,11 @@ def render_camera_path(
     """Render every camera of ``path`` with the trained ``system``.
 
     Integer times use the ordinary render; fractional times t + dt are interpolated between
-    frames t and t + 1 by splatting (:mod:`nsff_core.interp`). Every image has the
+    frames t and t + 1 by splatting (:mod:`nsff_core.model.interp`). Every image has the
     four streams (rgb, depth, static-only, dynamic-only with dynamicness).
 
     The path's times are source frame times; a run with held-out frames maps them to its
-    own frame numbering first (:func:`nsff_core.holdout.model_times`), so a held-out frame is
+    own frame numbering first (:func:`nsff_core.workflow.stages.holdout.model_times`), so a held-out frame is
     a fractional time between its two training neighbours.
 
     ``what`` starts the progress lines (done/total and an ETA, at least every 30 s).

@@ -34,7 +34,7 @@ so NDC x, y in [-1, 1] covers the image of the reference camera. Here the half-e
 taken from K as ``(cx + 0.5, cy + 0.5)`` (:func:`ndc_factors`): for a centred principal point
 (our SfM keeps COLMAP's centred principal point, the synthetic scene is centred) this is exactly
 (W/2, H/2), and the image edges x = -0.5 and x = W - 0.5 map to NDC x = -1 and 1. The ratio is
-unchanged by :func:`nsff_core.cameras.scale_intrinsics`, so any resolution of the training K
+unchanged by :func:`nsff_core.model.cameras.scale_intrinsics`, so any resolution of the training K
 defines the same warp. Always pass the **training K** to the NDC functions, also when rendering
 a camera path with other intrinsics (those go to :func:`get_rays` only).
 

@@ -7,7 +7,7 @@ is rendered by time interpolation, never extrapolated. The model sees only the t
 
 - its frames are renumbered ``0 .. M - 1`` (model time j is source frame ``frame_ids[j]``), so
   a held-out frame sits at a fractional model time between its two training neighbours and is
-  rendered by the splatting of :mod:`nsff_core.interp`, like any fractional time;
+  rendered by the splatting of :mod:`nsff_core.model.interp`, like any fractional time;
 - its flow priors link consecutive *training* frames (rule ``flow_holdout`` computes them from
   those two images only), its disparity and mask priors are those of the training frames, and
   the nearest-content depth that sets the scene bounds is measured on them alone.

@@ -1,7 +1,7 @@
 """Our training checkpoints: the one loader, the finiteness check and a verified save.
 
 Every read of a checkpoint that training wrote goes through :func:`load_checkpoint`: the resume
-of an interrupted run (the checks in :mod:`nsff_core.train` and Lightning's own restore, through
+of an interrupted run (the checks in :mod:`nsff_core.workflow.stages.train` and Lightning's own restore, through
 :class:`VerifiedCheckpointIO`), rendering and evaluation (:func:`load_system`). It
 
 - always unpickles with ``torch.load(weights_only=True)``: tensors, numbers, strings, lists and
@@ -33,8 +33,9 @@ from typing import Any
 import torch
 from pytorch_lightning.plugins.io import CheckpointIO
 
+from nsff_core.errors import CorruptFileError, StageError
+
 from . import io
-from .errors import CorruptFileError, StageError
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +156,7 @@ def load_checkpoint(
 
 
 def load_system(path: str | os.PathLike, device: str | torch.device = "cpu"):
-    """The trained :class:`~nsff_core.system.NSFFSystem` of a checkpoint, in eval mode on
+    """The trained :class:`~nsff_core.model.system.NSFFSystem` of a checkpoint, in eval mode on
     ``device``.
 
     Raises:

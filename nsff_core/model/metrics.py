@@ -1,12 +1,11 @@
 """Quality measures of the priors against ground truth (flow, masks, depth, poses).
 
 Image-quality metrics for rendered views (PSNR, SSIM, LPIPS) join this module with training.
-Pose error after similarity alignment lives in :func:`nsff_core.cameras.pose_error`.
+Pose error after similarity alignment lives in :func:`nsff_core.model.cameras.pose_error`.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 
@@ -58,7 +57,6 @@ LPIPS_LINEAR_FILES = ("lpips_alex_v0.1.pth", "alex.pth")
 #: Environment variable naming the local directory that holds pretrained weights.
 WEIGHTS_DIR_ENV = "NSFF_WEIGHTS_DIR"
 
-_LPIPS_WARNED = False
 _LPIPS_CACHE: dict = {}
 
 
@@ -418,43 +416,7 @@ def lpips_weight_files(net: str = "alex", weights_path=None) -> tuple[str, str]:
     return backbone, linear
 
 
-def load_lpips(net: str = "alex", weights_path=None, device=None, scene=None, files=None):
-    """The pretrained LPIPS module from local files (cached per files and device).
-
-    ``files``: the (backbone, linear) paths to load, e.g. those rule ``weights_evaluate``
-    resolved (:func:`nsff_core.evaluate.lpips_files_from_marker`); without them the files are
-    searched for (:func:`lpips_weight_files` with ``weights_path``).
-
-    Both files are checked against the registry entries ``alexnet`` and ``lpips_alex`` of
-    :mod:`nsff_core.priors.weights` (by file name: the ``lpips`` package's names ``alexnet.pth``
-    and ``alex.pth`` included): the first use records their full sha256 in ``sha256.json`` of
-    their folder (the backbone's prefix ``7be5be79`` is checked then), and every later use must
-    match it. They are loaded with ``weights_only=True``.
-
-    Raises:
-        LpipsUnavailable: when a weight file is missing (see :func:`lpips_weight_files`).
-        nsff_core.priors.weights.WeightsMismatch: a file differs from its recorded sha256
-            (a :class:`~nsff_core.errors.StageError` of rule ``evaluate`` for ``scene``).
-    """
-    from .priors.pretrained import torch_load_weights
-
-    if files is None:
-        backbone, linear = lpips_weight_files(net, weights_path)
-    elif net != "alex":
-        raise ValueError(f"only the AlexNet LPIPS is implemented, got net={net!r}")
-    else:
-        backbone, linear = (os.fspath(f) for f in files)
-    key = (backbone, linear, str(device))
-    if key not in _LPIPS_CACHE:
-        model = build_lpips(
-            torch_load_weights(backbone, scene, "evaluate"),
-            torch_load_weights(linear, scene, "evaluate"),
-        )
-        _LPIPS_CACHE[key] = model.to(device) if device is not None else model
-    return _LPIPS_CACHE[key]
-
-
-def lpips(pred, target, mask=None, net: str = "alex", weights_path=None, model=None) -> float:
+def lpips(pred, target, mask=None, *, model) -> float:
     """LPIPS v0.1 distance (AlexNet) between two images in [0, 1]; lower is more similar.
 
     Inputs are mapped to [-1, 1], shifted/scaled by LPIPS's scaling layer, passed through the
@@ -466,14 +428,11 @@ def lpips(pred, target, mask=None, net: str = "alex", weights_path=None, model=N
         mask: optional bool (H, W) or (B, H, W): the spatial LPIPS map (layer maps upsampled
             bilinearly to H x W, summed) is averaged over the masked pixels (nsff_pl's
             "dynamic only" LPIPS).
-        net: backbone; only ``"alex"``.
-        weights_path: directory (or linear-weights file) with the local weights; default
-            ``$NSFF_WEIGHTS_DIR``. See :func:`lpips_weight_files`.
-        model: a prebuilt module (e.g. :func:`build_lpips`); skips the file lookup.
+        model: the LPIPS module: :func:`build_lpips`, or the pretrained one from verified local
+            files (:func:`nsff_core.workflow.stages.evaluate.load_lpips`; this library reads no
+            weight files itself).
     Returns:
         LPIPS (>= 0 with trained weights); ``nan`` when the mask is empty.
-    Raises:
-        LpipsUnavailable: the weight files are not on disk.
     """
     import torch
 
@@ -481,8 +440,6 @@ def lpips(pred, target, mask=None, net: str = "alex", weights_path=None, model=N
     m = _mask(mask, p.shape, p.device)
     if m is not None and not bool(m.any()):
         return float("nan")
-    if model is None:
-        model = load_lpips(net, weights_path, p.device)
     dtype = next(model.parameters()).dtype
     x0 = (p.permute(0, 3, 1, 2) * 2 - 1).to(dtype)
     x1 = (t.permute(0, 3, 1, 2) * 2 - 1).to(dtype)
@@ -491,21 +448,3 @@ def lpips(pred, target, mask=None, net: str = "alex", weights_path=None, model=N
             return float(model(x0, x1).mean())
         d = model(x0, x1, spatial=True)[:, 0]  # (B, H, W)
         return float(d[m].mean())
-
-
-def lpips_or_nan(
-    pred, target, mask=None, net: str = "alex", weights_path=None, model=None
-) -> float:
-    """:func:`lpips`, but ``nan`` (with one logged warning per process) when weights are absent.
-
-    This is what offline evaluation calls, so a missing download reports "unavailable"
-    instead of failing the rule.
-    """
-    global _LPIPS_WARNED
-    try:
-        return lpips(pred, target, mask=mask, net=net, weights_path=weights_path, model=model)
-    except LpipsUnavailable as err:
-        if not _LPIPS_WARNED:
-            logging.getLogger(__name__).warning("%s LPIPS is reported as nan.", err)
-            _LPIPS_WARNED = True
-        return float("nan")

@@ -5,7 +5,7 @@ Follows the definition of Niklaus and Liu, "Softmax Splatting for Video Frame In
 and is differentiable with respect to the values, the flow, the weights and the metric.
 
 Pixel convention: the centre of pixel (row r, column c) is at (x, y) = (c, r) (OpenCV, as in
-:mod:`nsff_core.cameras`); ``flow[:, 0]`` is the x (column) and ``flow[:, 1]`` the y (row)
+:mod:`nsff_core.model.cameras`); ``flow[:, 0]`` is the x (column) and ``flow[:, 1]`` the y (row)
 displacement, in pixels. Each source pixel p lands at q = p + flow(p) and is shared between
 the four pixels around q with bilinear weights
 

@@ -1,7 +1,7 @@
 """Volume rendering of NSFF: samples, the static/dynamic composite, warped renders at t +- 1.
 
 Everything here works on NDC rays (``x = o' + z d'``, z in [0, 1], z = 1 is infinity; see
-:mod:`nsff_core.rays`) and "depth" is that ray parameter z. The method is explained in
+:mod:`nsff_core.model.rays`) and "depth" is that ray parameter z. The method is explained in
 docs/method.md, "Rendering"; the pieces:
 
 - :func:`sample_along_rays`, :func:`ray_deltas`, :func:`alphas_from_sigma`: samples and opacities
@@ -9,7 +9,7 @@ docs/method.md, "Rendering"; the pieces:
 - :func:`volume_weights`, :func:`composite_weights`, :func:`composite_rgb`: the classic NeRF
   weights and the NeRF-W "addition" composite of static and dynamic; with
   :func:`transmittance_after` a ray can be composited in runs of samples (time interpolation,
-  :mod:`nsff_core.interp`, does so plane run by plane run); :func:`over_background`.
+  :mod:`nsff_core.model.interp`, does so plane run by plane run); :func:`over_background`.
 - :func:`neighbour_frames`, :func:`disocclusion`: helpers of the warped renders.
 - :func:`rendered_correspondences`: 3D points and their scene-flow targets.
 - :func:`render_rays`: the whole pipeline on a batch of rays (a :class:`RenderOutput`, whose
@@ -20,7 +20,7 @@ under ``torch.autocast`` with bfloat16 MLPs.
 
 Not done here: the test-time visibility trick of nsff_pl's eval (dynamic density of
 samples outside the frame-t camera frustum set to -10). It needs the frame-t projection from
-:mod:`nsff_core.rays` and belongs in the inference path, as a mask on the dynamic raw density.
+:mod:`nsff_core.model.rays` and belongs in the inference path, as a mask on the dynamic raw density.
 """
 
 from __future__ import annotations
@@ -34,8 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .config import TrainConfig
-from .errors import ConfigError
+from nsff_core.config import TrainConfig
+from nsff_core.errors import ConfigError
+
 from .fields import DynamicField, DynamicFieldOutput, StaticField
 
 
@@ -320,7 +321,7 @@ class WarpedRender:
 @dataclass
 class RenderImage:
     """Per-ray outputs of a render, what an image needs (:attr:`RenderOutput.image`; the
-    fractional-time render :func:`nsff_core.interp.interpolate_rays` returns one too)."""
+    fractional-time render :func:`nsff_core.model.interp.interpolate_rays` returns one too)."""
 
     #: (R, 3) static + dynamic composite colour
     rgb: Tensor

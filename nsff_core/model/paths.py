@@ -4,7 +4,7 @@ Frames
 ------
 Every pose here is a ``c2w`` (4, 4) in the **SfM world with OpenCV camera axes** (x right,
 y down, z forward), the frame of ``cameras.npz`` and of camera-path files. The renderer maps
-them to the NSFF world / OpenGL axes with :meth:`nsff_core.rays.SceneNormalization.apply_c2w`.
+them to the NSFF world / OpenGL axes with :meth:`nsff_core.model.rays.SceneNormalization.apply_c2w`.
 nsff_pl builds its paths in its normalised world (OpenGL axes, average camera at the origin);
 the conversions used to express its formulas here are documented on each builder.
 
@@ -27,7 +27,7 @@ One parser, :func:`parse_split`, turns a split name into a typed :class:`SplitSp
 - ``path_{name}``: the camera-path file ``{paths_dir}/{name}.npz``.
 
 Times are in frame units; fractional times are rendered by time interpolation
-(:mod:`nsff_core.interp`).
+(:mod:`nsff_core.model.interp`).
 """
 
 from __future__ import annotations
@@ -40,8 +40,9 @@ from pathlib import Path
 
 import numpy as np
 
-from nsff_core.cameras import camera_centres, interpolate_poses, path_length, rigid_matrix
 from nsff_core.config import MAX_FRAME_SIDE
+
+from .cameras import camera_centres, interpolate_poses, path_length, rigid_matrix
 
 #: most frames per time step of a split test_fixview{X}_interp{Y}: (N - 1) x Y + 1 poses are
 #: made and rendered, so a typo such as interp999999 would allocate and render for days
@@ -396,7 +397,7 @@ def spiral_radius(c2w: np.ndarray) -> float:
     centres = camera_centres(c2w)
     if len(centres) < 2:
         return 0.0
-    from nsff_core.rays import average_pose  # rays imports torch: not at parse time
+    from nsff_core.model.rays import average_pose  # rays imports torch: not at parse time
 
     x_axis = average_pose(c2w)[:3, 0]
     steps = np.abs(np.diff(centres @ x_axis))
@@ -408,7 +409,7 @@ def spiral_path(c2w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``test_spiral``: (6N, 4, 4) poses and (6N,) times.
 
     - Poses: training poses sampled at 6N evenly spaced trajectory parameters in [0, N - 1],
-      centres lerped and rotations slerped (:func:`nsff_core.cameras.interpolate_poses`); no
+      centres lerped and rotations slerped (:func:`nsff_core.model.cameras.interpolate_poses`); no
       look-at, the camera keeps the interpolated orientation (as nsff_pl).
     - Circle: radius :func:`spiral_radius`, theta from 0 to 8 pi (4 turns), added to the centres
       as ``r (cos theta x_avg + sin theta up_avg)`` with x_avg and up_avg = -y_avg the average
@@ -423,7 +424,7 @@ def spiral_path(c2w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     m = SPIRAL_POSES_PER_FRAME * n
     query = np.linspace(0.0, n - 1, m)
     poses = interpolate_poses(np.arange(n, dtype=np.float64), c2w, query)
-    from nsff_core.rays import average_pose
+    from .rays import average_pose
 
     avg = average_pose(c2w)
     x_avg, up_avg = avg[:3, 0], -avg[:3, 1]

@@ -5,7 +5,7 @@ logged training PSNR and step of ``train/metrics.csv``, the wall time in
 ``benchmarks/train.tsv``, and the job logs ``logs/<rule>.log``.
 
 **Status.** Each job of a rule overwrites that rule's log, and
-:func:`nsff_core.workflow.run_stage` ends the log with a ``FINISHED`` or a ``FAILED`` line, or
+:func:`nsff_core.workflow.stage.run_stage` ends the log with a ``FINISHED`` or a ``FAILED`` line, or
 with neither when the job was killed (SIGKILL, out of memory or time) or is still running. The
 first of these rules that applies gives the scene's status:
 
@@ -24,7 +24,7 @@ first of these rules that applies gives the scene's status:
 (rule ``diagnose``; short names such as ``fov`` or ``masks_small``, joined by ``;``), read from
 ``diagnostics/diagnostics.json``: empty when every check passed or the checks have not run, and
 shown whatever the status (a failed training may be explained by them). See
-:mod:`nsff_core.diagnose` for the checks.
+:mod:`nsff_core.workflow.stages.diagnose` for the checks.
 
 The ``log`` column names the log behind the status: the newest failed or cut-short log, the
 evaluate log for ``ok``, else the scene's newest log (empty when there is none). With
@@ -36,7 +36,7 @@ columns come from ``train/metrics.csv``, which Snakemake deletes when a train jo
 
 When a run stops on an error, the workflow's ``onerror`` handler writes the table anyway, so a
 batch run with ``--keep-going`` ends with a row per scene. By hand:
-``python -m nsff_core.report results/summary.csv scene_a scene_b ...``.
+``python -m nsff_core.workflow.report results/summary.csv scene_a scene_b ...``.
 """
 
 from __future__ import annotations
@@ -49,9 +49,10 @@ import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from . import io
+from nsff_core.model import io
+
 from .layout import RESULTS, SceneLayout
-from .workflow import END_LINE, FAILED
+from .stage import END_LINE, FAILED
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +159,7 @@ def diagnostic_warnings(scene_dir: str | Path) -> str:
 
 def job_outcome(log_path: str | Path) -> str | None:
     """How the job that wrote ``log_path`` ended: ``"FINISHED"`` or ``"FAILED"`` (the
-    constants of :mod:`nsff_core.workflow`), or ``None`` when the log has no end line (the job
+    constants of :mod:`nsff_core.workflow.stage`), or ``None`` when the log has no end line (the job
     was killed or is running, or the log is unreadable)."""
     try:
         with open(log_path, "rb") as f:
@@ -265,5 +266,5 @@ def write_summary(
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if len(sys.argv) < 3:
-        sys.exit("usage: python -m nsff_core.report OUT_CSV SCENE [SCENE ...]")
+        sys.exit("usage: python -m nsff_core.workflow.report OUT_CSV SCENE [SCENE ...]")
     write_summary(sys.argv[2:], sys.argv[1])

@@ -15,7 +15,7 @@ checkpoints and CSV log). Backend nccl on CUDA, gloo on the CPU (N CPU processes
 Divergence: :class:`DivergenceGuard` checks every step, before the optimizer step, that every
 loss term and every gradient is finite, and stops the run otherwise (:class:`Diverged`), so the
 weights never take a non-finite update; a checkpoint is never written with non-finite values
-(:mod:`nsff_core.checkpoint`). ``train.on_divergence: retry`` resumes once from the last good
+(:mod:`nsff_core.model.checkpoint`). ``train.on_divergence: retry`` resumes once from the last good
 checkpoint at half the learning rates; otherwise, or when that diverges too, the run stops with
 a :class:`~nsff_core.errors.StageError` naming the step and the term. Under DDP every rank sees
 the same loss means and the same all-reduced gradients, so all ranks stop at the same step.
@@ -52,18 +52,20 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 
-from .checkpoint import (
+from nsff_core.config import TrainConfig, from_dict, to_dict
+from nsff_core.errors import ConfigError, CorruptFileError, StageError
+from nsff_core.model.checkpoint import (
     LAST,
     PREVIOUS,
     NonFiniteStateError,
     VerifiedCheckpointIO,
     load_checkpoint,
 )
-from .config import TrainConfig, from_dict, to_dict
-from .data import FrameSampler, SceneData, load_scene, make_batch
-from .errors import ConfigError, CorruptFileError, StageError
-from .progress import EVERY_S, eta_seconds, format_duration
-from .system import NSFFSystem
+from nsff_core.model.data import FrameSampler, SceneData, make_batch
+from nsff_core.model.system import NSFFSystem
+from nsff_core.workflow.progress import EVERY_S, eta_seconds, format_duration
+
+from .scene import load_scene
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +237,7 @@ class DivergenceGuard(pl.Callback):
     finite.
 
     Reads ``pl_module.step_losses`` (every loss term of the step, set by
-    :meth:`~nsff_core.system.NSFFSystem.training_step`) and the gradients after backward (under
+    :meth:`~nsff_core.model.system.NSFFSystem.training_step`) and the gradients after backward (under
     DDP after their all-reduce). One host read of one flag per step; the names are looked up
     only when the flag is set.
     """
@@ -369,7 +371,7 @@ def train_scene(
     docstring); this process prepares the run, waits for them and then finishes the run.
 
     ``holdout_every`` (config ``eval.holdout_every``) k >= 2: frames k-1, 2k-1, ... are left
-    out (:mod:`nsff_core.holdout`); the checkpoint keeps the source frame of each training
+    out (:mod:`nsff_core.workflow.stages.holdout`); the checkpoint keeps the source frame of each training
     frame (``frame_ids``).
     """
     out_dir = Path(out_dir)
@@ -677,7 +679,9 @@ _LAUNCHER_ENV = (
     "LOCAL_WORLD_SIZE",
     "TORCHELASTIC_RUN_ID",
 )
-_WORKER_CMD = "import sys; from nsff_core.train import _ddp_worker; _ddp_worker(sys.argv[1])"
+_WORKER_CMD = (
+    "import sys; from nsff_core.workflow.stages.train import _ddp_worker; _ddp_worker(sys.argv[1])"
+)
 
 
 def _check_devices(world: int) -> None:

@@ -35,7 +35,7 @@ frame COLMAP chose, its units: arbitrary, not metres), at the training resolutio
   and pixels without valid depth are left out, then at most ``max_points`` are kept (a seeded
   random subset).
 
-The model's depth is an expected NDC ray parameter (:mod:`nsff_core.render`);
+The model's depth is an expected NDC ray parameter (:mod:`nsff_core.model.render`);
 :func:`ndc_depth_to_points` takes it back through NDC and the scene normalisation to SfM-world
 points, whose camera z is the exported depth.
 
@@ -61,11 +61,11 @@ from typing import Any
 
 import numpy as np
 
-from . import cameras as cam
-from . import io
-from .config import RenderSplitConfig
-from .errors import StageError
-from .progress import Progress
+from nsff_core.config import RenderSplitConfig
+from nsff_core.errors import StageError
+from nsff_core.model import cameras as cam
+from nsff_core.model import io
+from nsff_core.workflow.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -420,7 +420,7 @@ def nerfstudio_transforms(
     """nerfstudio's ``transforms.json`` content for the cameras of ``cameras.npz``.
 
     Args:
-        cams: :func:`nsff_core.io.read_cameras` (c2w OpenCV axes, K at the training size).
+        cams: :func:`nsff_core.model.io.read_cameras` (c2w OpenCV axes, K at the training size).
         frame_files, mask_files, depth_files: per frame, paths relative to the folder of the
             json (nerfstudio reads them relative to it).
         ply_file: the point cloud, relative to that folder.
@@ -485,14 +485,14 @@ def ndc_depth_to_points(
         t: (H*W,) expected NDC ray parameter per pixel, row-major (RenderImage depth).
         K: (3, 3) intrinsics of the rendered camera; K_ndc: the training K (NDC warp).
         c2w_nsff: (4, 4) the camera in the NSFF world and axes.
-        norm: the checkpoint's :class:`~nsff_core.rays.SceneNormalization`.
+        norm: the checkpoint's :class:`~nsff_core.model.rays.SceneNormalization`.
 
     Returns:
         float64 points; at t -> 1 (NDC infinity) they are very far (not inf).
     """
     import torch
 
-    from .rays import get_rays, ndc_to_world, rays_to_ndc
+    from nsff_core.model.rays import get_rays, ndc_to_world, rays_to_ndc
 
     c2w = torch.as_tensor(np.asarray(c2w_nsff), dtype=torch.float64)
     o, d = get_rays(K, c2w, hw)
@@ -552,9 +552,10 @@ def export_scene(
     """
     import torch
 
+    from nsff_core.model.interp import render_view
+    from nsff_core.model.rays import SceneNormalization
+
     from .holdout import model_times, source_frame_count
-    from .interp import render_view
-    from .rays import SceneNormalization
     from .render_split import load_system, to_uint8
 
     t_start = time.perf_counter()

@@ -7,7 +7,7 @@ docs/method.md, Losses). Shapes use R = rays in the batch, S = samples per ray. 
 - ``x`` (no suffix): NDC sample positions, the frame the fields live in (:mod:`.rays`);
 - ``X_world``: the same points taken to the (normalised) world frame, world units;
 - pixel quantities (``pixel_xy``, ``flow_prior``): OpenCV pixel convention, pixel centres at
-  integer (x, y) = (column, row), as in :mod:`nsff_core.cameras`.
+  integer (x, y) = (column, row), as in :mod:`nsff_core.model.cameras`.
 
 Terms that can be undefined for some rays take an explicit ``valid`` (R,) bool mask. Unlike
 nsff_pl, the warped terms are meant to be masked where the neighbour frame

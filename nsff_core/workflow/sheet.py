@@ -17,7 +17,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from nsff_core.errors import ConfigError
+
 from .layout import RENDER_PARTS
 
 #: Largest number of learned plane features of the planes field (static and dynamic spatial
@@ -104,9 +105,9 @@ def validate_config(config: dict, schema_path: str | Path) -> None:
 
 
 def _with_split_pattern(schema: dict) -> dict:
-    """``schema`` with the split grammar of :mod:`nsff_core.paths` as the pattern of every
+    """``schema`` with the split grammar of :mod:`nsff_core.model.paths` as the pattern of every
     ``render.splits`` item (the schema file does not repeat the grammar)."""
-    from .paths import SPLIT_PATTERN
+    from nsff_core.model.paths import SPLIT_PATTERN
 
     render = schema.get("properties", {}).get("render", {}).get("properties", {})
     if "splits" in render:
@@ -118,7 +119,7 @@ def moved_key_warnings(config: dict) -> list[str]:
     """A deprecation message for every setting of ``config`` that moved to another section
     (:data:`nsff_core.config.MOVED_KEYS`), in ``train`` or a train preset; such a setting is
     still used in its new place (:func:`scene_stage_config`) unless that place is set too."""
-    from .config import MOVED_KEYS
+    from nsff_core.config import MOVED_KEYS
 
     messages = []
     for (section, key), (new_section, new_key) in MOVED_KEYS.items():
@@ -148,7 +149,7 @@ def grid_features(values: dict[str, Any]) -> int:
     the defaults): 3 spatial planes of (base x 2^l)^2 cells per level l, in the static and in the
     dynamic field, times the channels. The dynamic field's time planes (resolution x frames)
     are not counted: the frame count is not known before the frames rule ran."""
-    from .config import TrainConfig
+    from nsff_core.config import TrainConfig
 
     def get(key: str) -> int:
         return int(values.get(key, getattr(TrainConfig, key)))
@@ -380,7 +381,7 @@ def check_frame_ranges(config: dict, scenes: dict[str, dict[str, Any]]) -> None:
     (columns start, end) and the config (frames.start, frames.end) each bound comes from. For a
     synthetic scene, whose frame count is known before any job runs, the range must also keep
     at least 2 of its frames."""
-    from .config import FramesConfig, SyntheticConfig
+    from nsff_core.config import FramesConfig, SyntheticConfig
 
     def origin(row: dict[str, Any], key: str) -> str:
         return f"column '{key}'" if key in row else f"config key frames.{key}"
@@ -411,7 +412,7 @@ def check_frame_ranges(config: dict, scenes: dict[str, dict[str, Any]]) -> None:
 
 def check_splits(config: dict, scenes: dict[str, dict[str, Any]]) -> None:
     """Every split of ``render.splits`` and of a ``splits`` cell must be a render split name."""
-    from .paths import parse_split
+    from nsff_core.model.paths import parse_split
 
     checks = [("config key render.splits", s) for s in scene_splits(config, {})]
     for name, row in scenes.items():
@@ -439,7 +440,7 @@ def check_splits(config: dict, scenes: dict[str, dict[str, Any]]) -> None:
 
 def check_mask_classes(config: dict, scenes: dict[str, dict[str, Any]]) -> None:
     """The COCO classes of every scene's semantic mask backend must be known names."""
-    from .priors.maskrcnn import resolve_classes
+    from nsff_core.priors.maskrcnn import resolve_classes
 
     for name, row in scenes.items():
         values = scene_stage_config(config, row, "masks")
@@ -453,7 +454,7 @@ def check_mask_classes(config: dict, scenes: dict[str, dict[str, Any]]) -> None:
 
 def scene_splits(config: dict, row: dict[str, Any]) -> list[str]:
     """The render splits of one scene: the sheet's ``splits`` cell, else ``render.splits``."""
-    from .config import RenderSplitConfig
+    from nsff_core.config import RenderSplitConfig
 
     if row.get("splits"):
         return [s.strip() for s in str(row["splits"]).split(",") if s.strip()]
@@ -474,7 +475,7 @@ def scene_stage_config(config: dict, row: dict[str, Any], stage: str) -> dict[st
     ``train``: first the row's ``train_preset``, then nothing else). A setting that moved to
     another section (:data:`nsff_core.config.MOVED_KEYS`) leaves its old section and, given
     there only, is used in its new one (see :func:`moved_key_warnings`)."""
-    from .config import MOVED_KEYS
+    from nsff_core.config import MOVED_KEYS
 
     values = _section(config, row, stage)
     for (old_stage, key), (new_stage, new_key) in MOVED_KEYS.items():

@@ -4,7 +4,7 @@ A time ``t + dt`` (t an integer frame, 0 < dt < 1) has no time code of its own, 
 from the two integer frames around it:
 
 1. The camera's rays are sampled deterministically (the regular samples of
-   :func:`nsff_core.render.sample_along_rays`), so the renders at t and t + 1 share every
+   :func:`nsff_core.model.render.sample_along_rays`), so the renders at t and t + 1 share every
    sample position x_{r,s} (ray r, sample plane s at ray parameter z_s). The static field is
    queried once (it does not depend on time), the dynamic field at t and at t + 1.
 2. Per sample plane s, every dynamic sample is moved in the **NSFF world** by the fraction of its
@@ -20,7 +20,7 @@ from the two integer frames around it:
    Subtracting ``project(X)`` rather than the pixel grid makes a zero scene flow an exactly zero
    2D flow, whatever small error ``ndc_to_world``'s epsilon leaves near NDC infinity.
 3. The premultiplied dynamic colour and the dynamic opacity ``(alpha_d c_d, alpha_d)`` of each
-   plane are forward-splatted along that flow with :func:`nsff_core.splat.splat` in ``"average"``
+   plane are forward-splatted along that flow with :func:`nsff_core.model.splat.splat` in ``"average"``
    mode (bilinear splat, normalised by the splatted bilinear weights, as nsff_pl). Splatting the
    premultiplied colour and the opacity *together* means the splatted colour is the
    opacity-weighted average of the colours that land on a pixel, ``c = sum(a c) / sum(a)``,
@@ -36,9 +36,9 @@ from the two integer frames around it:
    ``T *= 1 - A_s``. The auxiliary images follow the integer render: dynamicness
    ``sum T a_d``, dynamic-only ``sum T p_d + grey (1 - dynamicness)``, and the static field
    alone (its own transmittance, at time t: identical to the integer render's). The weights
-   come from the integer render's functions (:func:`~nsff_core.render.composite_weights`,
-   :func:`~nsff_core.render.volume_weights`), a run of planes at a time, each run starting at
-   the transmittance the previous one left (:func:`~nsff_core.render.transmittance_after`).
+   come from the integer render's functions (:func:`~nsff_core.model.render.composite_weights`,
+   :func:`~nsff_core.model.render.volume_weights`), a run of planes at a time, each run starting at
+   the transmittance the previous one left (:func:`~nsff_core.model.render.transmittance_after`).
 
    With dt -> 0 (or a zero scene flow) the splat is the identity and this is exactly the
    integer render's composite.
@@ -57,7 +57,7 @@ same factor, so colours stay right; a thick object spans several planes and stay
 
 Not done (as nsff_pl): the static part is not splatted (it does not move). Pose and time are
 independent here: the camera is used as given, so bullet time (split ``bullet<T>``, see
-:mod:`nsff_core.paths`) is a camera path with every time equal to T.
+:mod:`nsff_core.model.paths`) is a camera path with every time equal to T.
 """
 
 from __future__ import annotations
@@ -68,7 +68,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .config import RenderSplitConfig
+from nsff_core.config import RenderSplitConfig
+
 from .rays import get_rays, ndc_to_world, project_points_depth, projection_matrices, rays_to_ndc
 from .render import (
     RenderConfig,
@@ -243,11 +244,11 @@ def interpolate_rays(
             ``dynamic_field.at_times(x, t)``, NDC inputs; the dynamic field needs frame t + 1).
         cfg: the render settings of the fields (samples per ray, last deltas, z_far, grey).
         rays_o, rays_d: (H*W, 3) NDC rays of every pixel of the image, row-major (index
-            ``y * W + x``, as :func:`nsff_core.rays.get_rays` then
-            :func:`~nsff_core.rays.rays_to_ndc`).
+            ``y * W + x``, as :func:`nsff_core.model.rays.get_rays` then
+            :func:`~nsff_core.model.rays.rays_to_ndc`).
         hw: (H, W) of the image.
         projection: (3, 4) NSFF world -> pixel coordinates of the rendering camera
-            (:func:`nsff_core.rays.projection_matrices` of its K and NSFF c2w).
+            (:func:`nsff_core.model.rays.projection_matrices` of its K and NSFF c2w).
         K_ndc: (3, 3) training intrinsics (the NDC warp).
         t: integer frame, with frame t + 1 in the dynamic field.
         dt: fraction in [0, 1]; 0 reproduces frame t, 1 frame t + 1 (up to the splat).
@@ -256,7 +257,7 @@ def interpolate_rays(
         plane_chunk: sample planes splatted at once (default: ~2^20 samples per chunk).
 
     Returns:
-        :class:`~nsff_core.render.RenderImage` of H*W rays on the rays' device: rgb (H*W, 3),
+        :class:`~nsff_core.model.render.RenderImage` of H*W rays on the rays' device: rgb (H*W, 3),
         depth (H*W,) NDC ray parameter, static_rgb/static_depth (static field alone, time t),
         dynamic_rgb (H*W, 3) dynamic over grey, dynamicness (H*W,).
     """
@@ -367,11 +368,11 @@ def render_view(
     fractional times t + dt use :func:`interpolate_rays`.
 
     Args:
-        system: a trained :class:`~nsff_core.system.NSFFSystem` (uses ``static_field``,
+        system: a trained :class:`~nsff_core.model.system.NSFFSystem` (uses ``static_field``,
             ``dynamic_field``, ``render``, ``render_cfg``, ``hparams["K"]`` (training intrinsics,
             for NDC) and ``hparams["num_frames"]``), in eval mode.
         c2w_nsff: (4, 4) camera-to-world in the NSFF world with NSFF (OpenGL) camera axes
-            (:meth:`nsff_core.rays.SceneNormalization.apply_c2w` of a path pose).
+            (:meth:`nsff_core.model.rays.SceneNormalization.apply_c2w` of a path pose).
         K: (3, 3) intrinsics of the rendering camera at resolution ``hw`` (pixels).
         hw: (H, W).
         time: frame time in [0, N - 1] (frame units).
@@ -379,7 +380,7 @@ def render_view(
         plane_chunk: see :func:`interpolate_rays`.
 
     Returns:
-        :class:`~nsff_core.render.RenderImage` of H*W row-major rays, float32 on the CPU.
+        :class:`~nsff_core.model.render.RenderImage` of H*W row-major rays, float32 on the CPU.
 
     Raises:
         ValueError: ``time`` outside [0, N - 1].

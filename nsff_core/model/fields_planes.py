@@ -1,7 +1,7 @@
 """Plane-factorised static and dynamic fields: the fast alternative to nsff_pl's MLPs.
 
 Selected with ``train.field: planes``; same interface and outputs as
-:class:`~nsff_core.fields.StaticField` and :class:`~nsff_core.fields.DynamicField`, so the
+:class:`~nsff_core.model.fields.StaticField` and :class:`~nsff_core.model.fields.DynamicField`, so the
 renderer, the losses and time interpolation do not know which one they use.
 
 The representation is the factorisation of K-Planes (Fridovich-Keil et al., CVPR 2023): a
@@ -20,7 +20,7 @@ converges in a few thousand steps. Lookups use ``torch.nn.functional.grid_sample
 CPU and GPU). The planes cover the NDC box [-ex, ex] x [-ey, ey] x [-1, 1]: NDC is the frustum
 of one average camera, and the training cameras that turn or move away from it see beyond
 x, y in [-1, 1] (1.5 on the demo's sweep), so with ``train.grid_bounds: rays`` the box is fitted
-to every training ray's samples (:func:`nsff_core.rays.ndc_extent`); ``ndc`` keeps the cube.
+to every training ray's samples (:func:`nsff_core.model.rays.ndc_extent`); ``ndc`` keeps the cube.
 Outside the box the border row is used (that is what draws straight streaks across the parts of
 a frame beyond it), and a NaN position reads the centre (it never reaches ``grid_sample``, see
 :func:`safe_grid_coords`).
@@ -37,8 +37,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import TrainConfig
-from .errors import ConfigError
+from nsff_core.config import TrainConfig
+from nsff_core.errors import ConfigError
+
 from .fields import DynamicFieldOutput, PositionalEncoding, StaticFieldOutput
 
 #: planes as slices of the coordinate vector [x, y, z, t]: (x, y), (x, z), (y, z) and, for the
@@ -67,7 +68,7 @@ class PlaneFieldConfig:
     #: bound of each scene-flow component, in NDC units per frame
     flow_scale: float = TrainConfig.flow_scale
     #: NDC half-widths (x, y) that the planes cover: [-ex, ex] x [-ey, ey] (z always [-1, 1]);
-    #: (1, 1) is the NDC cube, see :func:`nsff_core.rays.ndc_extent` for a scene's own
+    #: (1, 1) is the NDC cube, see :func:`nsff_core.model.rays.ndc_extent` for a scene's own
     extent: tuple[float, float] = (1.0, 1.0)
 
     def __post_init__(self) -> None:
@@ -198,7 +199,7 @@ class PlaneStaticField(nn.Module):
         return sum(total_variation(p) for p in self.grid_parameters())
 
     def forward(self, x: Tensor, d: Tensor | None = None) -> StaticFieldOutput:
-        """Same contract as :meth:`nsff_core.fields.StaticField.forward`."""
+        """Same contract as :meth:`nsff_core.model.fields.StaticField.forward`."""
         lead = x.shape[:-1]
         coords = x.reshape(-1, 3).float() * self.scale
         feat = torch.cat([level(coords) for level in self.levels], dim=-1)
@@ -247,7 +248,7 @@ class PlaneDynamicField(nn.Module):
         return t.float() * (2.0 / (rows - 1)) - 1.0
 
     def forward(self, x: Tensor, t: Tensor) -> DynamicFieldOutput:
-        """Same contract as :meth:`nsff_core.fields.DynamicField.forward` (integer ``t``)."""
+        """Same contract as :meth:`nsff_core.model.fields.DynamicField.forward` (integer ``t``)."""
         lead = x.shape[:-1]
         try:
             ok = torch.broadcast_shapes(t.shape, lead) == lead

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CorruptFileError
+from nsff_core.errors import CorruptFileError
 
 log = logging.getLogger(__name__)
 

@@ -39,21 +39,22 @@ from pathlib import Path
 
 import numpy as np
 
-from . import io
+from nsff_core.model import io
+
 from .layout import RENDER_PARTS, RESULTS, BatchLayout, SceneLayout
 
 log = logging.getLogger(__name__)
 
 #: The report sections: each is one folder under ``results/report`` (a rule output).
 SECTIONS = ("renders", "priors", "training", "evaluation", "status", "summary")
-#: The diagnose rule's images (roles of :data:`nsff_core.layout.DIAGNOSTIC_IMAGES`), in the
+#: The diagnose rule's images (roles of :data:`nsff_core.workflow.layout.DIAGNOSTIC_IMAGES`), in the
 #: order a person reads them.
 PRIOR_IMAGES = ("contact_sheet", "camera_path", "per_frame", "depth")
 #: The videos of one render split: the part (None = the colour video) and its label.
 VIDEO_PARTS = ((None, "colour"), *((part, part) for part in RENDER_PARTS))
 #: Lines of a log shown on a status item.
 LOG_TAIL_LINES = 60
-#: The train log's progress lines (nsff_core.train.ProgressLog): step and rays/s.
+#: The train log's progress lines (nsff_core.workflow.stages.train.ProgressLog): step and rays/s.
 _TRAIN_LINE = re.compile(r"train: step (\d+)/\d+, .*?([0-9.]+) rays/s")
 #: Status colours of the tables (summary.csv's status column).
 _STATUS_COLOUR = {
@@ -468,7 +469,7 @@ def write_report_items(
     video_format: str = "mp4",
 ) -> None:
     """Write the report's items of every scene of ``rows`` (summary.csv's rows, see
-    :func:`nsff_core.report.write_summary`) into the section folders ``out_dirs`` (section
+    :func:`nsff_core.workflow.report.write_summary`) into the section folders ``out_dirs`` (section
     name -> folder, every name of :data:`SECTIONS`), each replaced atomically.
 
     ``splits``: the render splits of each scene. A scene's item that cannot be made (an

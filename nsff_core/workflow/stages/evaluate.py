@@ -17,7 +17,7 @@ Two parts, both written to ``eval/metrics.json``:
    nearest training frame when that frame is held out, part 3), which is what a method that
    ignores the viewpoint change would get.
 
-3. **Held-out frames** (``eval.holdout_every`` k >= 2, :mod:`nsff_core.holdout`; any video).
+3. **Held-out frames** (``eval.holdout_every`` k >= 2, :mod:`nsff_core.workflow.stages.holdout`; any video).
    The frames left out of training are in the ``test`` split too (rendered at their own pose
    and at their time, by time interpolation between their training neighbours); they are
    scored apart as ``holdout`` (full frame and dynamic region), beside the **nearest-frame
@@ -26,7 +26,7 @@ Two parts, both written to ``eval/metrics.json``:
 
 LPIPS needs local weights: those listed by the marker of rule ``weights_evaluate``
 (``results/{scene}/weights_evaluate.json``, :func:`lpips_files_from_marker`), else those found
-by :func:`nsff_core.metrics.lpips_weight_files` (which never downloads); without them its
+by :func:`nsff_core.model.metrics.lpips_weight_files` (which never downloads); without them its
 values are null and ``lpips_state`` says ``"unavailable: <reason>"``.
 
 In the JSON, non-finite numbers are written as ``null``: no dynamic pixels in a frame, LPIPS
@@ -44,8 +44,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import io
-from .cameras import (
+from nsff_core.config import RenderSplitConfig
+from nsff_core.errors import StageError
+from nsff_core.model import io
+from nsff_core.model.cameras import (
     camera_centres,
     path_length,
     project_to_rotation,
@@ -53,9 +55,7 @@ from .cameras import (
     transform_c2w,
     umeyama,
 )
-from .config import RenderSplitConfig
-from .errors import StageError
-from .progress import Progress
+from nsff_core.workflow.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -171,12 +171,81 @@ def align_to_sfm(
 # --------------------------------------------------------------------------- scoring
 
 
+#: the pretrained LPIPS modules loaded by :func:`load_lpips`, per (backbone, linear, device)
+_LPIPS_MODELS: dict = {}
+_LPIPS_WARNED = False
+
+
+def load_lpips(net: str = "alex", weights_path=None, device=None, scene=None, files=None):
+    """The pretrained LPIPS module from local files (cached per files and device).
+
+    ``files``: the (backbone, linear) paths to load, e.g. those rule ``weights_evaluate``
+    resolved (:func:`lpips_files_from_marker`); without them the files are searched for
+    (:func:`nsff_core.model.metrics.lpips_weight_files` with ``weights_path``).
+
+    Both files are checked against the registry entries ``alexnet`` and ``lpips_alex`` of
+    :mod:`nsff_core.priors.weights` (by file name: the ``lpips`` package's names ``alexnet.pth``
+    and ``alex.pth`` included): the first use records their full sha256 in ``sha256.json`` of
+    their folder (the backbone's prefix ``7be5be79`` is checked then), and every later use must
+    match it. They are loaded with ``weights_only=True``. (This lives on the stage side, not in
+    :mod:`nsff_core.model.metrics`, because the checked loading is the priors' weight code.)
+
+    Raises:
+        LpipsUnavailable: when a weight file is missing (see
+            :func:`~nsff_core.model.metrics.lpips_weight_files`).
+        nsff_core.priors.weights.WeightsMismatch: a file differs from its recorded sha256
+            (a :class:`~nsff_core.errors.StageError` of rule ``evaluate`` for ``scene``).
+    """
+    import os
+
+    from nsff_core.model.metrics import build_lpips, lpips_weight_files
+    from nsff_core.priors.pretrained import torch_load_weights
+
+    if files is None:
+        backbone, linear = lpips_weight_files(net, weights_path)
+    elif net != "alex":
+        raise ValueError(f"only the AlexNet LPIPS is implemented, got net={net!r}")
+    else:
+        backbone, linear = (os.fspath(f) for f in files)
+    key = (backbone, linear, str(device))
+    if key not in _LPIPS_MODELS:
+        model = build_lpips(
+            torch_load_weights(backbone, scene, "evaluate"),
+            torch_load_weights(linear, scene, "evaluate"),
+        )
+        _LPIPS_MODELS[key] = model.to(device) if device is not None else model
+    return _LPIPS_MODELS[key]
+
+
+def lpips_or_nan(
+    pred, target, mask=None, net: str = "alex", weights_path=None, model=None
+) -> float:
+    """:func:`nsff_core.model.metrics.lpips` with ``model`` or the module :func:`load_lpips`
+    finds, but ``nan`` (with one logged warning per process) when weights are absent.
+
+    This is what offline evaluation calls, so a missing download reports "unavailable"
+    instead of failing the rule.
+    """
+    from nsff_core.model.metrics import LpipsUnavailable, lpips
+
+    global _LPIPS_WARNED
+    try:
+        if model is None:
+            model = load_lpips(net, weights_path, getattr(pred, "device", None))
+        return lpips(pred, target, mask=mask, model=model)
+    except LpipsUnavailable as err:
+        if not _LPIPS_WARNED:
+            log.warning("%s LPIPS is reported as nan.", err)
+            _LPIPS_WARNED = True
+        return float("nan")
+
+
 def lpips_files_from_marker(
     marker: str | Path, scene: str | None = None
 ) -> tuple[tuple[Path, Path] | None, str]:
     """The LPIPS files a marker of rule ``weights_evaluate`` lists: ``((backbone, linear),
     "")``, or ``(None, why)`` when it does not list both or a listed file is gone (the caller
-    then searches, :func:`nsff_core.metrics.lpips_weight_files`).
+    then searches, :func:`nsff_core.model.metrics.lpips_weight_files`).
 
     The checkpoints are those of the registry record ``evaluate``/``lpips``
     (:mod:`nsff_core.priors.backends`), backbone first. ``why`` carries the marker's own
@@ -185,7 +254,7 @@ def lpips_files_from_marker(
     Raises:
         StageError: the marker is not a readable JSON object (delete it and rerun).
     """
-    from .priors.backends import METRIC_STAGE, get
+    from nsff_core.priors.backends import METRIC_STAGE, get
 
     names = get(METRIC_STAGE, "lpips").weights
     try:
@@ -214,12 +283,12 @@ class Scorer:
     """PSNR, SSIM and LPIPS of image pairs, with LPIPS loaded once (or reported unavailable).
 
     The LPIPS files are those a ``weights_marker`` lists, else those found by
-    :func:`nsff_core.metrics.lpips_weight_files` (starting at ``lpips_weights``); with neither,
+    :func:`nsff_core.model.metrics.lpips_weight_files` (starting at ``lpips_weights``); with neither,
     LPIPS is unavailable and scored as nan.
 
     Args:
         lpips_weights: directory or file with the LPIPS weights (default: ``$NSFF_WEIGHTS_DIR``
-            and torch hub's cache; see :func:`nsff_core.metrics.lpips_weight_files`).
+            and torch hub's cache; see :func:`nsff_core.model.metrics.lpips_weight_files`).
         scene: scene name for error messages.
         weights_marker: ``weights_evaluate.json`` of rule ``weights_evaluate``, or None.
     Attributes:
@@ -232,7 +301,7 @@ class Scorer:
         scene: str | None = None,
         weights_marker: str | Path | None = None,
     ) -> None:
-        from .metrics import LpipsUnavailable, load_lpips, lpips_weight_files
+        from nsff_core.model.metrics import LpipsUnavailable, lpips_weight_files
 
         self.model = None
         files, why = None, ""
@@ -256,7 +325,7 @@ class Scorer:
 
         Returns ``{"psnr", "ssim", "lpips"}`` floats (nan: empty mask or LPIPS unavailable).
         """
-        from .metrics import lpips, psnr, ssim
+        from nsff_core.model.metrics import lpips, psnr, ssim
 
         p = np.asarray(pred, np.float64) / 255.0
         t = np.asarray(target, np.float64) / 255.0
@@ -317,7 +386,7 @@ def score_test_split(
     """Scores of the ``test`` split renders against the real frames (full and dynamic).
 
     Returns ``(test, holdout)``: ``test`` over the training frames; ``holdout`` over the
-    frames left out of training (``holdout_every`` k >= 2, :mod:`nsff_core.holdout`; None
+    frames left out of training (``holdout_every`` k >= 2, :mod:`nsff_core.workflow.stages.holdout`; None
     when k is 0), with the **nearest-frame baseline** beside it: each held-out frame scored
     against the nearest training frame, which is what showing the video without a model gives.
     """
@@ -414,10 +483,11 @@ def evaluate_novel_views(
     nearest training frame, since the frame of that time was not trained on."""
     import torch
 
+    from nsff_core.model.paths import CameraPath
+    from nsff_core.model.synthetic import load_ground_truth
+
     from .holdout import nearest_training_frame, training_frames
-    from .paths import CameraPath
     from .render_split import load_system, render_camera_path, to_uint8
-    from .synthetic import load_ground_truth
 
     gt = load_ground_truth(gt_path)
     n, hw = len(cams["c2w"]), tuple(int(v) for v in cams["hw"])

@@ -1,6 +1,6 @@
 """Static and dynamic radiance fields of NSFF (the nsff_pl MLPs; docs/method.md, Fields).
 
-Both fields take sample positions in **NDC** (``x = o' + z d'``, see :mod:`nsff_core.rays`).
+Both fields take sample positions in **NDC** (``x = o' + z d'``, see :mod:`nsff_core.model.rays`).
 
 - :class:`StaticField`: time-invariant background. ``x`` (and the NDC ray direction ``d'`` when
   ``use_viewdir``) -> raw density (before softplus) and colour in [0, 1].
@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .config import TrainConfig
-from .errors import ConfigError
+from nsff_core.config import TrainConfig
+from nsff_core.errors import ConfigError
 
 
 @dataclass(frozen=True)

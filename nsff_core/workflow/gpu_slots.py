@@ -160,7 +160,7 @@ def available_devices(devices: str | Sequence[str | int] | None = None) -> list[
 class LockDirError(ValueError):
     """The GPU lock directory or a lock file in it is unsafe to use (the message says why and
     what to do). A ``ValueError``, as a claim that could never succeed: the rule's
-    :func:`~nsff_core.workflow.run_stage` reports it as a user error of the job."""
+    :func:`~nsff_core.workflow.stage.run_stage` reports it as a user error of the job."""
 
 
 def private_lock_dir() -> Path:

@@ -10,7 +10,7 @@ Conventions used throughout the project (summed up in README.md, Conventions):
   principal point is ``((W - 1) / 2, (H - 1) / 2)``. COLMAP puts pixel centres at
   ``(c + 0.5, r + 0.5)``; :func:`colmap_to_opencv_pixels` converts at the boundary.
 - LLFF ``poses_bounds.npy`` rows: a 3x5 matrix ``[R | t | (h, w, f)]`` with rotation columns
-  (down, right, backwards), then near and far (see :func:`nsff_core.io.write_poses_bounds`).
+  (down, right, backwards), then near and far (see :func:`nsff_core.model.io.write_poses_bounds`).
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def colmap_to_opencv_pixels(xy: np.ndarray) -> np.ndarray:
 
 
 def c2w_from_poses_bounds(pb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Invert :func:`nsff_core.io.write_poses_bounds`.
+    """Invert :func:`nsff_core.model.io.write_poses_bounds`.
 
     Args:
         pb: (N, 17) LLFF rows.

@@ -1,8 +1,8 @@
 """The NSFF LightningModule: wiring of fields, renderer and losses (no file IO).
 
-One training step renders a :class:`~nsff_core.data.RayBatch` of one frame t with the warped
+One training step renders a :class:`~nsff_core.model.data.RayBatch` of one frame t with the warped
 renders to t +- 1, computes every loss term (docs/method.md, Losses) as its own function
-(:mod:`nsff_core.losses`) and sums them with the epoch's weights (:func:`losses.weights_at`).
+(:mod:`nsff_core.model.losses`) and sums them with the epoch's weights (:func:`losses.weights_at`).
 Terms that need a neighbour frame are masked at the first and last frame (nsff_pl was not).
 
 Under DDP (``train.gpus`` > 1) every rank trains on its own rays: the logged terms are averaged
@@ -22,10 +22,11 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
+from nsff_core.config import TrainConfig, from_dict
+from nsff_core.errors import ConfigError
+
 from . import losses as L
-from .config import TrainConfig, from_dict
 from .data import RayBatch
-from .errors import ConfigError
 from .fields import DynamicField, FieldConfig, StaticField
 from .fields_planes import PlaneDynamicField, PlaneFieldConfig, PlaneStaticField
 from .rays import ndc_extent, ndc_to_world, projection_matrices
@@ -165,7 +166,7 @@ class NSFFSystem(pl.LightningModule):
         normalization: ``SceneNormalization.to_dict()`` (kept in the checkpoint for rendering).
         hw: (H, W) of the training frames (needed by hard sampling).
         frame_ids: (N,) source frame of each training frame, for a run with held-out frames
-            (:mod:`nsff_core.holdout`); None: frame i is source frame i.
+            (:mod:`nsff_core.workflow.stages.holdout`); None: frame i is source frame i.
     """
 
     def __init__(
@@ -211,7 +212,7 @@ class NSFFSystem(pl.LightningModule):
             self.register_buffer(
                 "last_step", torch.full((num_frames, n_pix), -1, dtype=torch.int32), False
             )
-        #: the :class:`~nsff_core.data.FrameSampler` that draws the training pixels (set by
+        #: the :class:`~nsff_core.model.data.FrameSampler` that draws the training pixels (set by
         #: the trainer; hard sampling hands it new weights)
         self.pixel_sampler = None
         #: (N, H, W, 3) training frames in [0, 1], for the hard-sampling weights (set by the

@@ -4,9 +4,9 @@ Each ``workflow_scripts/<rule>.py`` does all of its work, imports of the library
 :func:`run_stage`, which
 
 1. sends log records to the rule's log file and to the console;
-2. claims the job's GPU slots (:mod:`nsff_core.gpu_slots`; a job that declares no ``gpu``
+2. claims the job's GPU slots (:mod:`nsff_core.workflow.gpu_slots`; a job that declares no ``gpu``
    resource claims none) before the rule's body runs, i.e. before anything imports torch;
-3. ends every job's log with one of two lines that :mod:`nsff_core.report` reads back:
+3. ends every job's log with one of two lines that :mod:`nsff_core.workflow.report` reads back:
    ``FINISHED`` on success, ``FAILED`` on any exception (an interrupt and a non-zero
    ``sys.exit`` included). Nothing is written to the log file after that line.
 
@@ -16,7 +16,7 @@ traceback goes to the log file only; any other exception is logged with its full
 Either way the job exits non-zero, so Snakemake marks it failed and removes its outputs. A job
 killed by a signal (SIGKILL, out of memory) writes neither line.
 
-This module and :mod:`nsff_core.gpu_slots` import neither torch nor numpy: a script imports
+This module and :mod:`nsff_core.workflow.gpu_slots` import neither torch nor numpy: a script imports
 them before its GPU claim.
 """
 
@@ -30,9 +30,9 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from .errors import ConfigError, CorruptFileError, StageError
+from nsff_core.errors import ConfigError, CorruptFileError, StageError
 
-#: the last line of a job's log that succeeded / failed (read by :mod:`nsff_core.report`)
+#: the last line of a job's log that succeeded / failed (read by :mod:`nsff_core.workflow.report`)
 FINISHED = "FINISHED"
 FAILED = "FAILED"
 #: an end line as :func:`run_stage` writes it (after the time, level and logger name)

@@ -61,10 +61,10 @@ from typing import Any
 
 import numpy as np
 
-from . import cameras as cam
-from . import io
-from .config import DiagnosticsConfig
-from .errors import StageError
+from nsff_core.config import DiagnosticsConfig
+from nsff_core.errors import StageError
+from nsff_core.model import cameras as cam
+from nsff_core.model import io
 
 log = logging.getLogger(__name__)
 
@@ -479,7 +479,7 @@ def _static_points(
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per frame, the pixels (M, 2) int (col, row) and disparities (M,) of the SfM points
     it sees on static pixels (see :func:`nsff_core.priors.depth.sparse_points`)."""
-    from .priors.depth import sparse_points
+    from nsff_core.priors.depth import sparse_points
 
     if not (sfm_dir / "sparse" / "0" / "points3D.bin").is_file():
         raise StageError(

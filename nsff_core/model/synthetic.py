@@ -75,8 +75,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from nsff_core.config import SyntheticConfig
+
 from .cameras import project, scale_intrinsics
-from .config import SyntheticConfig
 from .io import atomic_file, write_video
 
 #: horizontal field of view of the camera, degrees
@@ -127,7 +128,7 @@ SUITE_COMMON: dict = dict(num_frames=24, width=854, height=480, fps=10.0, layout
 def suite_config(name: str, **overrides) -> SyntheticConfig:
     """The :class:`SyntheticConfig` of suite preset ``name`` (a key of :data:`SUITE_PRESETS`),
     with keyword overrides (e.g. ``width=160, height=90, novel_offsets=()`` for a quick test)."""
-    from .config import stage_config
+    from nsff_core.config import stage_config
 
     if name not in SUITE_PRESETS:
         raise ValueError(f"unknown suite preset {name!r}; presets: {sorted(SUITE_PRESETS)}")
@@ -1500,7 +1501,8 @@ def load_ground_truth(gt_path) -> SyntheticScene:
         CorruptFileError: the file is not a readable ``.npz`` (truncated, garbled) or lacks an
             array; the advice names the rule ``synthetic``, which writes it.
     """
-    from .errors import CorruptFileError
+    from nsff_core.errors import CorruptFileError
+
     from .io import read_npz
 
     z = read_npz(gt_path, made_by="synthetic")
