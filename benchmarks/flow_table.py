@@ -47,7 +47,7 @@ import numpy as np
 from nsff_core.config import FlowConfig, FramesConfig
 from nsff_core.model.io import list_frames, read_flo, read_image, write_video
 from nsff_core.priors.flow import DisFlow, dis_pair, dis_scale
-from nsff_core.priors.flow_ops import consistency_mask, resize_flow
+from nsff_core.priors.nets.flow_ops import consistency_mask, resize_flow
 
 HERE = Path(__file__).resolve().parent
 OLD = dict(dis_preset="medium", dis_scale="training", dis_fill_radius=0)

@@ -46,7 +46,7 @@ def main() -> None:
     for backend in args.only:
         t0 = time.perf_counter()
         if backend == "raft":
-            from nsff_core.priors.raft import compute_flow_raft, load_raft
+            from nsff_core.priors.nets.raft import compute_flow_raft, load_raft
 
             model = load_raft(None, args.device)
             t1 = time.perf_counter()
@@ -56,14 +56,14 @@ def main() -> None:
             )  # fmt: skip
             items, unit = args.frames - 1, "pair"
         elif backend.startswith("dpt"):
-            from nsff_core.priors.dpt import compute_depth_dpt, load_dpt
+            from nsff_core.priors.nets.dpt import compute_depth_dpt, load_dpt
 
             model = load_dpt(backend, None, args.device)
             t1 = time.perf_counter()
             compute_depth_dpt(frames, tmp / backend, (h, w), backend, model=model)
             items, unit = args.frames, "frame"
         elif backend == "maskrcnn":
-            from nsff_core.priors.maskrcnn import compute_masks_maskrcnn, load_maskrcnn
+            from nsff_core.priors.nets.maskrcnn import compute_masks_maskrcnn, load_maskrcnn
 
             model = load_maskrcnn(None, args.device)
             t1 = time.perf_counter()

@@ -1,4 +1,4 @@
-"""DPT depth backend (nsff_core.priors.dpt) with random weights: checkpoint layout, strict
+"""DPT depth backend (nsff_core.priors.nets.dpt) with random weights: checkpoint layout, strict
 loading, the resize rule, and the disparity maps it writes. Nothing is downloaded.
 
 Each network is built once per module (DPT-Large has ~340 M parameters) and run on tiny inputs
@@ -16,7 +16,7 @@ import torch
 
 from nsff_core.errors import StageError
 from nsff_core.model import io
-from nsff_core.priors import dpt
+from nsff_core.priors.nets import dpt
 
 KINDS = ("dpt_large", "dpt_hybrid")
 #: parameter names and shapes of the official checkpoints (outside the project: optional)

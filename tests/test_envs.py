@@ -11,7 +11,7 @@ Exempt: the standard library (``sys.stdlib_module_names``), imports under ``if T
 and optional modules. A module is optional in a file that probes it: imports it inside a ``try``
 whose handlers catch ``ImportError`` (or ``ModuleNotFoundError``, ``Exception``, a bare
 ``except``), or calls ``importlib.util.find_spec("name")``; its other imports in that file are
-then taken to run only after the probe succeeded (as ``nsff_core.priors.maskrcnn`` does with
+then taken to run only after the probe succeeded (as ``nsff_core.priors.nets.maskrcnn`` does with
 detectron2: ``require_detectron2()`` first, then ``from detectron2 import ...``). A module that
 some reached file imports without probing it is required. Rules without a script, shell, notebook
 or wrapper (``rule all``, ``rule priors``) need no env.
@@ -367,9 +367,9 @@ def test_envs_agree_with_each_other_and_pyproject():
 #: backend modules a rule's script may not import yet (the wiring is separate): their imports
 #: must be in the rule's env all the same
 BACKEND_MODULES = {
-    "flow": ["nsff_core.priors.raft"],
-    "masks": ["nsff_core.priors.maskrcnn"],
-    "depth": ["nsff_core.priors.dpt"],
+    "flow": ["nsff_core.priors.nets.raft"],
+    "masks": ["nsff_core.priors.nets.maskrcnn"],
+    "depth": ["nsff_core.priors.nets.dpt"],
 }
 
 

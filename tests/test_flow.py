@@ -52,7 +52,7 @@ def _affine(h, w, a, b):
 
 @pytest.mark.parametrize("src_hw, dst_hw", [((60, 100), (38, 64)), ((30, 40), (48, 64))])
 def test_resize_flow_scales_vectors_and_keeps_pixel_centres(src_hw, dst_hw):
-    from nsff_core.priors.flow_ops import resize_flow
+    from nsff_core.priors.nets.flow_ops import resize_flow
 
     a = np.array([[0.03, -0.02], [0.01, 0.04]])
     b = np.array([1.5, -0.7])
@@ -76,7 +76,7 @@ def test_resize_flow_scales_vectors_and_keeps_pixel_centres(src_hw, dst_hw):
 
 
 def test_resize_flow_constant_field_and_same_size():
-    from nsff_core.priors.flow_ops import resize_flow
+    from nsff_core.priors.nets.flow_ops import resize_flow
 
     flow = np.zeros((50, 100, 2), np.float32)
     flow[...] = (3.0, 2.0)
@@ -88,7 +88,7 @@ def test_resize_flow_constant_field_and_same_size():
 
 
 def test_fill_inconsistent_takes_the_flow_of_its_own_surface():
-    from nsff_core.priors.flow_ops import fill_inconsistent
+    from nsff_core.priors.nets.flow_ops import fill_inconsistent
 
     h, w = 40, 60
     guide = np.zeros((h, w, 3), np.uint8)
@@ -108,7 +108,7 @@ def test_fill_inconsistent_takes_the_flow_of_its_own_surface():
 
 
 def test_fill_inconsistent_keeps_pixels_out_of_reach():
-    from nsff_core.priors.flow_ops import fill_inconsistent
+    from nsff_core.priors.nets.flow_ops import fill_inconsistent
 
     flow = np.zeros((30, 30, 2), np.float32)
     flow[..., 0] = 5.0

@@ -7,13 +7,13 @@ import pytest
 from nsff_core.config import MasksConfig
 from nsff_core.model.io import frame_name, list_frames, read_flo, read_mask
 from nsff_core.model.metrics import iou
-from nsff_core.priors.flow_ops import consistency_mask, sample_flow, textured
 from nsff_core.priors.masks import (
     clean_mask,
     compute_masks,
     fill_holes,
     sampson_distance,
 )
+from nsff_core.priors.nets.flow_ops import consistency_mask, sample_flow, textured
 
 
 def test_sample_flow_shifts_by_the_flow():

@@ -1,4 +1,6 @@
-"""No import cycle among the modules of ``nsff_core``.
+"""No import cycle among the modules of ``nsff_core``, and the layering of its packages: the
+model library ``nsff_core.model`` imports nothing of ``nsff_core.workflow``, ``nsff_core.priors``
+or Snakemake.
 
 The graph is read from the source with :mod:`ast`, so imports inside functions (the lazy ones
 that keep torch out of the workflow's start-up) count as much as those at the top of a file.
@@ -8,6 +10,8 @@ from __future__ import annotations
 
 import ast
 import graphlib
+import subprocess
+import sys
 from pathlib import Path
 
 from .conftest import REPO
@@ -78,5 +82,79 @@ def test_the_cycle_finder_sees_function_level_and_relative_imports(tmp_path):
 
 def test_nsff_core_has_no_import_cycle():
     graph = import_graph(REPO / "nsff_core")
-    assert "nsff_core.priors.flow_ops" in graph["nsff_core.priors.raft"]
+    assert "nsff_core.priors.nets.flow_ops" in graph["nsff_core.priors.nets.raft"]
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+
+
+def imported_names(path: Path, package: str) -> set[str]:
+    """Every module name a file imports, anywhere in it (relative ones made absolute)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1])
+                source = f"{base}.{node.module}" if node.module else base
+            else:
+                source = node.module or ""
+            names |= {source} | {f"{source}.{alias.name}" for alias in node.names}
+    return names
+
+
+#: what the model library must not import: the workflow package, the prior stages, Snakemake
+MODEL_FORBIDDEN = ("nsff_core.workflow", "nsff_core.priors", "snakemake")
+
+
+def model_violations(root: Path) -> list[str]:
+    """``module -> forbidden import`` for every module of ``nsff_core.model`` under ``root``."""
+    found = []
+    for name, path in module_names(root).items():
+        if name != "nsff_core.model" and not name.startswith("nsff_core.model."):
+            continue
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for target in sorted(imported_names(path, package)):
+            if any(target == f or target.startswith(f + ".") for f in MODEL_FORBIDDEN):
+                found.append(f"{name} -> {target}")
+    return found
+
+
+def test_the_layering_check_sees_lazy_and_relative_imports(tmp_path):
+    pkg = tmp_path / "nsff_core"
+    for sub in ("model", "workflow"):
+        (pkg / sub).mkdir(parents=True)
+        (pkg / sub / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("")
+    (pkg / "model" / "a.py").write_text("def f():\n    from ..workflow import stage\n")
+    (pkg / "model" / "b.py").write_text("import snakemake.io\nfrom . import a\n")
+    (pkg / "model" / "c.py").write_text("from nsff_core.priors.nets.raft import x\n")
+    (pkg / "workflow" / "stage.py").write_text("from nsff_core.model import a\n")
+    assert model_violations(pkg) == [
+        "nsff_core.model.a -> nsff_core.workflow",
+        "nsff_core.model.a -> nsff_core.workflow.stage",
+        "nsff_core.model.b -> snakemake.io",
+        "nsff_core.model.c -> nsff_core.priors.nets.raft",
+        "nsff_core.model.c -> nsff_core.priors.nets.raft.x",
+    ]
+
+
+def test_the_model_library_imports_no_workflow_priors_or_snakemake():
+    """``nsff_core.model`` is the pure model library: nothing in it (lazy imports included)
+    imports ``nsff_core.workflow``, ``nsff_core.priors`` or Snakemake."""
+    assert "nsff_core.model.system" in module_names(REPO / "nsff_core")
+    assert model_violations(REPO / "nsff_core") == []
+
+
+def test_importing_the_model_loads_no_snakemake():
+    code = (
+        "import sys\n"
+        "import nsff_core.model.render, nsff_core.model.system\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] == 'snakemake'"
+        " or m.startswith(('nsff_core.workflow', 'nsff_core.priors')))\n"
+        "print(bad)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]", out.stdout

@@ -12,7 +12,7 @@ pytest.importorskip("torchvision")
 
 from nsff_core.errors import ConfigError, StageError  # noqa: E402
 from nsff_core.model.io import frame_name, read_mask, write_mask  # noqa: E402
-from nsff_core.priors.maskrcnn import (  # noqa: E402
+from nsff_core.priors.nets.maskrcnn import (  # noqa: E402
     COCO_CLASSES,
     DEFAULT_DYNAMIC_CLASSES,
     TORCHVISION_COCO_CATEGORIES,
@@ -245,7 +245,7 @@ def _written(folder, n=3):
 
 def test_a_still_person_is_dropped_and_a_moving_one_kept(tmp_path, caplog):
     """Before: every person was masked, the seated one too (and no motion argument existed)."""
-    caplog.set_level(logging.INFO, logger="nsff_core.priors.maskrcnn")
+    caplog.set_level(logging.INFO, logger="nsff_core.priors.nets.maskrcnn")
     summary = compute_masks_maskrcnn(
         _frames(),
         tmp_path / "masks",
@@ -381,7 +381,7 @@ def test_bad_motion_masks_name_the_scene_and_the_rule(tmp_path, kind, union_moti
 
 
 def test_predict_instances_returns_each_instance(tmp_path):
-    from nsff_core.priors.maskrcnn import predict_instances, predict_masks
+    from nsff_core.priors.nets.maskrcnn import predict_instances, predict_masks
 
     ids = torchvision_label_ids(["people"])
     model = StubMaskRCNN([(PERSON, 0.9, WALKER), (CHAIR, 0.9, SITTER), (PERSON, 0.7, SITTER)])
@@ -552,7 +552,7 @@ def _zoo_pkl(path, weight, protocol=2):
 
 def test_detectron2_weights_load_without_pickle_and_are_hash_checked(tmp_path, fake_detectron2):
     from nsff_core.priors import weights as W
-    from nsff_core.priors.maskrcnn import load_detectron2
+    from nsff_core.priors.nets.maskrcnn import load_detectron2
 
     pkl = _zoo_pkl(tmp_path / "cache" / "model_final_f10217.pkl", 3.0)
     predictor = load_detectron2(pkl, "cpu")
@@ -569,7 +569,7 @@ def test_a_detectron2_pkl_that_runs_code_is_refused(tmp_path, fake_detectron2):
     """Before: detectron2's pickle.load ran the file's code while loading the weights."""
     import pickle
 
-    from nsff_core.priors.maskrcnn import load_detectron2
+    from nsff_core.priors.nets.maskrcnn import load_detectron2
 
     ran = tmp_path / "ran.txt"
     pkl = tmp_path / "cache" / "model_final_f10217.pkl"
@@ -588,7 +588,7 @@ def test_pickled_arrays_load_without_running_code(tmp_path, protocol):
     import io
     import pickle
 
-    from nsff_core.priors.pretrained import load_pickled_arrays
+    from nsff_core.priors.nets.pretrained import load_pickled_arrays
 
     data = {
         "model": collections.OrderedDict(
@@ -614,7 +614,7 @@ def test_pickled_arrays_allow_only_the_latin1_codec():
     import io
     import pickle
 
-    from nsff_core.priors.pretrained import load_pickled_arrays
+    from nsff_core.priors.nets.pretrained import load_pickled_arrays
 
     # protocol 2 stores bytes as _codecs.encode(text, "latin1"); another codec is refused
     ok = pickle.dumps(b"\xff\x00", protocol=2)

@@ -69,9 +69,9 @@ def test_a_missing_marker_entry_names_the_stage_and_what_to_do(scene):
 
 
 def test_masks_and_depth_dispatch(scene, monkeypatch):
-    from nsff_core.priors import dpt, maskrcnn
     from nsff_core.priors.depth import compute_depth
     from nsff_core.priors.masks import compute_masks
+    from nsff_core.priors.nets import dpt, maskrcnn
 
     calls = {}
 
@@ -122,8 +122,8 @@ def test_pretrained_loads_stay_weights_only_whatever_the_environment(tmp_path, m
     leaves weights_only unset; ours pass weights_only=True, which it cannot override."""
     import pickle
 
-    from nsff_core.priors.pretrained import torch_load_weights
-    from nsff_core.priors.raft import load_raft
+    from nsff_core.priors.nets.pretrained import torch_load_weights
+    from nsff_core.priors.nets.raft import load_raft
 
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     ran = tmp_path / "ran.txt"
@@ -150,7 +150,7 @@ def test_every_pretrained_torch_load_passes_weights_only_true():
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1] / "nsff_core"
-    files = [*sorted((root / "priors").glob("*.py")), root / "model" / "metrics.py"]
+    files = [*sorted((root / "priors").rglob("*.py")), root / "model" / "metrics.py"]
     calls = 0
     for path in files:
         for node in ast.walk(ast.parse(path.read_text())):
@@ -173,7 +173,7 @@ def test_a_registry_named_checkpoint_is_hash_checked_by_its_loader(scene):
     start with the prefix in its name (before: any such file was loaded)."""
     from torchvision.models.optical_flow import raft_large
 
-    from nsff_core.priors.raft import load_raft
+    from nsff_core.priors.nets.raft import load_raft
     from nsff_core.priors.weights import WeightsMismatch
 
     ckpt = scene / "raft_large_C_T_V1-22a6c225.pth"

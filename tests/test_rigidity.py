@@ -1,4 +1,4 @@
-"""The rigidity motion test (nsff_core.priors.rigidity) and the masks backend built on it."""
+"""The rigidity motion test (nsff_core.priors.nets.rigidity) and the masks backend built on it."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from nsff_core.errors import StageError
 from nsff_core.model import io
 from nsff_core.model.metrics import iou
 from nsff_core.model.synthetic import suite_config
-from nsff_core.priors import rigidity as R
-from nsff_core.priors.flow_ops import consistency_mask
 from nsff_core.priors.masks import compute_masks, sfm_masks_config
+from nsff_core.priors.nets import rigidity as R
+from nsff_core.priors.nets.flow_ops import consistency_mask
 
 
 def _two_cameras():

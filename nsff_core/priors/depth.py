@@ -32,7 +32,7 @@ from nsff_core.model import io
 from ..config import DepthConfig
 from ..errors import StageError
 from . import backends
-from . import pretrained as P
+from .nets import pretrained as P
 from .sfm import resize_mask_conservative
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ def compute_depth(
         cfg: depth settings; ``cfg.backend`` picks the backend.
         scene: scene name for error messages.
         frames_json, weights: for the pretrained backend (dpt): ``frames.json`` (source frames)
-            and the ``weights.json`` marker (checkpoint); see :mod:`nsff_core.priors.pretrained`.
+            and the ``weights.json`` marker (checkpoint); see :mod:`nsff_core.priors.nets.pretrained`.
 
     Returns:
         A summary dict (backend, per-frame point counts, timings).
@@ -400,7 +400,7 @@ def pretrained_depth(
     disparity at source resolution, resized to the training size."""
     P.require(frames_json, "frames.json", "depth", scene)
     P.require(weights, "the weights.json marker", "depth", scene)
-    from .dpt import compute_depth_dpt
+    from .nets.dpt import compute_depth_dpt
 
     return compute_depth_dpt(
         P.source_frames(frames_json, "depth", scene),

@@ -48,8 +48,8 @@ from nsff_core.model.io import (
 from ..config import FlowConfig
 from ..errors import StageError
 from . import backends
-from . import pretrained as P
-from .flow_ops import consistency_mask, fill_inconsistent, resize_flow
+from .nets import pretrained as P
+from .nets.flow_ops import consistency_mask, fill_inconsistent, resize_flow
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ def compute_flow(
     fraction of consistent pixels and the mean flow magnitude. ``frames_json`` locates the
     source frames, which the pretrained backend (raft) always reads and ``dis`` reads when
     ``flow.dis_scale`` asks for them (see the module docstring); raft takes its checkpoint
-    from the ``weights`` marker (:mod:`nsff_core.priors.pretrained`).
+    from the ``weights`` marker (:mod:`nsff_core.priors.nets.pretrained`).
 
     The backend is the record ``cfg.backend`` of :mod:`nsff_core.priors.backends`; an unknown
     name takes the ``dis`` path, which reports it.
@@ -386,7 +386,7 @@ def pretrained_flow(
     size (vectors scaled); ``indices``: of that subsequence of the frames only."""
     P.require(frames_json, "frames.json", "flow", scene)
     P.require(weights, "the weights.json marker", "flow", scene)
-    from .raft import compute_flow_raft
+    from .nets.raft import compute_flow_raft
 
     if indices is not None:
         count = len(json.loads(Path(frames_json).read_text())["source_indices"])

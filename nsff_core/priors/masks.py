@@ -37,8 +37,8 @@ from nsff_core.model.io import (
 from ..config import MasksConfig
 from ..errors import StageError
 from . import backends
-from . import pretrained as P
-from .flow_ops import textured
+from .nets import pretrained as P
+from .nets.flow_ops import textured
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +204,7 @@ def compute_masks(
     The ``rigidity`` backend (and a semantic backend whose ``motion_backend`` is rigidity)
     needs the SfM ``cameras`` (cameras.npz) and the depth prior ``disp_dir``. The semantic
     backends (maskrcnn, detectron2) read the source frames through ``frames_json`` and their
-    checkpoint through the ``weights`` marker (:mod:`nsff_core.priors.pretrained`).
+    checkpoint through the ``weights`` marker (:mod:`nsff_core.priors.nets.pretrained`).
 
     The backend is the record ``cfg.backend`` of :mod:`nsff_core.priors.backends`; an unknown
     name takes the weights-free path, which reports it.
@@ -270,7 +270,7 @@ def motion_masks(
             else:
                 rgb = read_image(frames[i], made_by="frames")
                 if cfg.backend == "rigidity":
-                    from .rigidity import frame_motion_mask
+                    from .nets.rigidity import frame_motion_mask
 
                     K, c2w, disp = geometry
                     neighbours = flows.neighbours(i, n, cfg.rigidity_neighbours)
@@ -331,7 +331,7 @@ class _FlowCache:
     def neighbours(self, i: int, n: int, reach: int) -> list[tuple[int, np.ndarray, np.ndarray]]:
         """``(j, flow i->j, ok)`` for j = i +- 1 .. i +- reach inside [0, n), nearest first;
         flows to farther frames are chained through the frames between."""
-        from .rigidity import chain_flow
+        from .nets.rigidity import chain_flow
 
         out = []
         for direction in (1, -1):
@@ -406,7 +406,7 @@ def pretrained_masks(
     (movers outside the COCO classes)."""
     P.require(frames_json, "frames.json", "masks", scene)
     P.require(weights, "the weights.json marker", "masks", scene)
-    from . import maskrcnn
+    from .nets import maskrcnn
 
     with tempfile.TemporaryDirectory(dir=Path(masks_dir).parent) as tmp:
         motion = None

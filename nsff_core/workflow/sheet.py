@@ -440,7 +440,7 @@ def check_splits(config: dict, scenes: dict[str, dict[str, Any]]) -> None:
 
 def check_mask_classes(config: dict, scenes: dict[str, dict[str, Any]]) -> None:
     """The COCO classes of every scene's semantic mask backend must be known names."""
-    from nsff_core.priors.maskrcnn import resolve_classes
+    from nsff_core.priors.nets.maskrcnn import resolve_classes
 
     for name, row in scenes.items():
         values = scene_stage_config(config, row, "masks")

@@ -199,7 +199,7 @@ def load_lpips(net: str = "alex", weights_path=None, device=None, scene=None, fi
     import os
 
     from nsff_core.model.metrics import build_lpips, lpips_weight_files
-    from nsff_core.priors.pretrained import torch_load_weights
+    from nsff_core.priors.nets.pretrained import torch_load_weights
 
     if files is None:
         backbone, linear = lpips_weight_files(net, weights_path)

@@ -21,7 +21,7 @@ import pickle
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ..errors import StageError
+from nsff_core.errors import StageError
 
 
 def require(value: Any, what: str, stage: str, scene: str | None) -> None:
@@ -40,13 +40,13 @@ def training_hw(frames_json: str | Path) -> tuple[int, int]:
 
 
 def source_frames(frames_json: str | Path, stage: str, scene: str | None):
-    from .frames import read_source_frames
+    from nsff_core.priors.frames import read_source_frames
 
     return read_source_frames(frames_json, scene=scene, stage=stage)
 
 
 def checkpoint(weights: str | Path, name: str, stage: str, scene: str | None) -> Path:
-    from .weights import resolve_from_marker
+    from nsff_core.priors.weights import resolve_from_marker
 
     return resolve_from_marker(weights, name, scene, stage)
 
@@ -86,7 +86,7 @@ def torch_load_weights(path: str | Path, scene: str | None = None, stage: str = 
     """
     import torch
 
-    from .weights import open_verified
+    from nsff_core.priors.weights import open_verified
 
     with open_verified(path, scene, stage) as f:
         return torch.load(f, map_location="cpu", weights_only=True)

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from nsff_core.errors import StageError
 from nsff_core.model.io import (
     atomic_dir,
     frame_name,
@@ -41,11 +42,10 @@ from nsff_core.model.io import (
     write_flo,
     write_mask,
 )
+from nsff_core.priors.frames import cap_size
 from nsff_core.workflow.progress import Progress
 
-from ..errors import StageError
 from .flow_ops import consistency_mask, resize_flow
-from .frames import cap_size
 from .pretrained import fp16_autocast, load_state_dict_file
 
 log = logging.getLogger(__name__)
@@ -267,7 +267,7 @@ def compute_flow_raft(
         checkpoint: torchvision RAFT-Large state dict (see :func:`load_raft`).
         device: torch device; default CUDA when available, else CPU.
         alpha1, alpha2: forward-backward consistency thresholds (training pixels), see
-            :func:`nsff_core.priors.flow_ops.consistency_mask`.
+            :func:`nsff_core.priors.nets.flow_ops.consistency_mask`.
         batch_pairs: frame pairs per network call (each gives a forward and a backward flow);
             default 4 on CUDA, 1 on the CPU.
         max_source_size: (w, h) cap applied to the frames before RAFT (:func:`cap_size`);

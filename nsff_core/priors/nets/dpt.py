@@ -50,11 +50,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nsff_core.errors import StageError
 from nsff_core.model import io
+from nsff_core.priors.frames import cap_size
 from nsff_core.workflow.progress import Progress
 
-from ..errors import StageError
-from .frames import cap_size
 from .pretrained import fp16_autocast, torch_load_weights
 
 log = logging.getLogger(__name__)

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from nsff_core.errors import ConfigError, StageError
 from nsff_core.model.io import (
     atomic_dir,
     frame_name,
@@ -48,7 +49,6 @@ from nsff_core.model.io import (
 )
 from nsff_core.workflow.progress import Progress
 
-from ..errors import ConfigError, StageError
 from .pretrained import fp16_autocast, load_state_dict_file
 
 log = logging.getLogger(__name__)
@@ -701,7 +701,7 @@ def _detectron2_checkpointer(model, scene: str | None):
 
     Its ``_load_file`` (fvcore's hook for file formats) opens the local file through
     :func:`~nsff_core.priors.weights.open_verified` (registry or recorded sha256) and reads a
-    ``.pkl`` with :func:`~nsff_core.priors.pretrained.load_pickled_arrays` instead of
+    ``.pkl`` with :func:`~nsff_core.priors.nets.pretrained.load_pickled_arrays` instead of
     ``pickle.load``; model-zoo and Caffe2-style contents are told apart as detectron2 does. Any
     other file goes through ``torch.load(weights_only=True)``.
     """
@@ -710,8 +710,9 @@ def _detectron2_checkpointer(model, scene: str | None):
     from detectron2 import model_zoo
     from detectron2.checkpoint import DetectionCheckpointer
 
+    from nsff_core.priors.weights import open_verified
+
     from .pretrained import load_pickled_arrays, torch_load_weights
-    from .weights import open_verified
 
     def refuse(filename: str, exc: BaseException) -> StageError:
         return StageError(
