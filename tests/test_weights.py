@@ -110,12 +110,12 @@ def test_registry_has_the_known_checkpoints():
 )
 def test_backends_name_the_registered_files(module, attr, name):
     """One place knows every checkpoint: what a backend module spells out must agree."""
-    mod = pytest.importorskip(f"nsff_core.priors.{module}")
+    mod = pytest.importorskip(f"nsff_core.priors.nets.{module}")
     value = mod
     for part in attr.split("."):
         value = value.get(part) if isinstance(value, dict) else getattr(value, part, None)
         if value is None:
-            pytest.skip(f"nsff_core.priors.{module} has no {attr}")
+            pytest.skip(f"nsff_core.priors.nets.{module} has no {attr}")
     e = W.REGISTRY[name]
     if hasattr(value, "checkpoint"):  # a DPT architecture: file and URL
         assert (value.checkpoint, value.url) == (e.file, e.url)
