@@ -123,7 +123,12 @@ def main() -> None:
     ap.add_argument("--out", default="/tmp/nsff_bench")
     ap.add_argument("--throughput", action="store_true")
     ap.add_argument(
-        "--set", nargs="*", default=[], metavar="KEY=VALUE", help="train settings (YAML values)"
+        "--set",
+        nargs="*",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="train settings (YAML values); repeat --set or list several after one",
     )
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)

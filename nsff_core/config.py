@@ -372,7 +372,7 @@ class EvalConfig:
 
     #: k >= 2: frames k-1, 2k-1, ... (never the first or last) are left out of training and
     #: scored at their own pose and time against the real frame (0 = off); see
-    #: :mod:`nsff_core.workflow.stages.holdout`
+    #: :mod:`nsff_core.holdout`
     holdout_every: int = 0
     #: let rule weights_evaluate download the LPIPS weights (AlexNet and LPIPS v0.1 linear
     #: layers) into the weights cache; false: it only uses files already there (or in torch

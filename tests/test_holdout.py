@@ -10,14 +10,14 @@ import pytest
 
 from nsff_core.config import FlowConfig, TrainConfig
 from nsff_core.errors import CorruptFileError, StageError
-from nsff_core.model import io
-from nsff_core.workflow.stages.holdout import (
+from nsff_core.holdout import (
     held_out_frames,
     model_times,
     nearest_training_frame,
     source_frame_count,
     training_frames,
 )
+from nsff_core.model import io
 
 TINY = dict(width=16, depth=2, time_dim=4, num_samples=8, batch_size=32, steps_per_epoch=5)
 

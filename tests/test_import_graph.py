@@ -103,19 +103,23 @@ def imported_names(path: Path, package: str) -> set[str]:
     return names
 
 
-#: what the model library must not import: the workflow package, the prior stages, Snakemake
-MODEL_FORBIDDEN = ("nsff_core.workflow", "nsff_core.priors", "snakemake")
+#: what each package must not import: the model library neither the workflow, the prior
+#: stages nor Snakemake; the priors not the workflow (the workflow builds on both)
+FORBIDDEN = {
+    "nsff_core.model": ("nsff_core.workflow", "nsff_core.priors", "snakemake"),
+    "nsff_core.priors": ("nsff_core.workflow", "snakemake"),
+}
 
 
-def model_violations(root: Path) -> list[str]:
-    """``module -> forbidden import`` for every module of ``nsff_core.model`` under ``root``."""
+def layer_violations(root: Path, package: str = "nsff_core.model") -> list[str]:
+    """``module -> forbidden import`` for every module of ``package`` under ``root``."""
     found = []
     for name, path in module_names(root).items():
-        if name != "nsff_core.model" and not name.startswith("nsff_core.model."):
+        if name != package and not name.startswith(package + "."):
             continue
-        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        for target in sorted(imported_names(path, package)):
-            if any(target == f or target.startswith(f + ".") for f in MODEL_FORBIDDEN):
+        parent = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for target in sorted(imported_names(path, parent)):
+            if any(target == f or target.startswith(f + ".") for f in FORBIDDEN[package]):
                 found.append(f"{name} -> {target}")
     return found
 
@@ -130,7 +134,7 @@ def test_the_layering_check_sees_lazy_and_relative_imports(tmp_path):
     (pkg / "model" / "b.py").write_text("import snakemake.io\nfrom . import a\n")
     (pkg / "model" / "c.py").write_text("from nsff_core.priors.nets.raft import x\n")
     (pkg / "workflow" / "stage.py").write_text("from nsff_core.model import a\n")
-    assert model_violations(pkg) == [
+    assert layer_violations(pkg) == [
         "nsff_core.model.a -> nsff_core.workflow",
         "nsff_core.model.a -> nsff_core.workflow.stage",
         "nsff_core.model.b -> snakemake.io",
@@ -143,7 +147,12 @@ def test_the_model_library_imports_no_workflow_priors_or_snakemake():
     """``nsff_core.model`` is the pure model library: nothing in it (lazy imports included)
     imports ``nsff_core.workflow``, ``nsff_core.priors`` or Snakemake."""
     assert "nsff_core.model.system" in module_names(REPO / "nsff_core")
-    assert model_violations(REPO / "nsff_core") == []
+    assert layer_violations(REPO / "nsff_core") == []
+
+
+def test_the_priors_do_not_import_the_workflow():
+    assert "nsff_core.priors.nets.raft" in module_names(REPO / "nsff_core")
+    assert layer_violations(REPO / "nsff_core", "nsff_core.priors") == []
 
 
 def test_importing_the_model_loads_no_snakemake():

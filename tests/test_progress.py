@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from nsff_core.workflow.progress import Progress, eta_seconds, format_duration, progress_text
+from nsff_core.progress import Progress, eta_seconds, format_duration, progress_text
 
 
 class FakeClock:

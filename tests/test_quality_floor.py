@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from nsff_core.config import SyntheticConfig, TrainConfig, to_dict
+from nsff_core.holdout import held_out_frames, model_times, nearest_training_frame
 from nsff_core.model.data import scene_data_from_arrays
 from nsff_core.model.interp import render_view
 from nsff_core.model.synthetic import render_scene
 from nsff_core.model.system import NSFFSystem
-from nsff_core.workflow.stages.holdout import held_out_frames, model_times, nearest_training_frame
 from tests.fitting import fit_in_memory
 
 pytestmark = pytest.mark.stage

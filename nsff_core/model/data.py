@@ -44,7 +44,7 @@ class SceneData:
         normalization: SfM world -> NSFF world similarity.
         near_depth: SfM units, the scale of the normalisation (see :mod:`nsff_core.model.rays`).
         frame_ids: (N,) source frame of each training frame: ``0 .. N - 1``, or the training
-            frames of a run with held-out frames (:mod:`nsff_core.workflow.stages.holdout`).
+            frames of a run with held-out frames (:mod:`nsff_core.holdout`).
     """
 
     rgb: Tensor

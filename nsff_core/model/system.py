@@ -166,7 +166,7 @@ class NSFFSystem(pl.LightningModule):
         normalization: ``SceneNormalization.to_dict()`` (kept in the checkpoint for rendering).
         hw: (H, W) of the training frames (needed by hard sampling).
         frame_ids: (N,) source frame of each training frame, for a run with held-out frames
-            (:mod:`nsff_core.workflow.stages.holdout`); None: frame i is source frame i.
+            (:mod:`nsff_core.holdout`); None: frame i is source frame i.
     """
 
     def __init__(

@@ -171,7 +171,7 @@ def compute_flow(
 
     ``indices`` (increasing frame numbers): the flow of that subsequence instead, its pairs
     numbered 0, 1, ... as if it were the whole video (rule ``flow_holdout``: the training
-    frames of a run with held-out frames, :mod:`nsff_core.workflow.stages.holdout`).
+    frames of a run with held-out frames, :mod:`nsff_core.holdout`).
 
     Writes the three output folders atomically (all or nothing) and returns a summary with the
     fraction of consistent pixels and the mean flow magnitude. ``frames_json`` locates the
@@ -292,14 +292,14 @@ def compute_holdout_flow(
     weights: str | Path | None = None,
 ) -> dict:
     """Flow between consecutive training frames of a run with held-out frames (rule
-    ``flow_holdout``, :mod:`nsff_core.workflow.stages.holdout`).
+    ``flow_holdout``, :mod:`nsff_core.holdout`).
 
     Writes ``out_dir/{flow_fw,flow_bw,flow_ok}`` in the layout of :func:`compute_flow`, pairs
     numbered by training frame (pair j links training frames j and j + 1), and
     ``out_dir/training_frames.json`` (``holdout_every``, ``num_frames``, ``frame_ids``: the
     source frame of each training frame); all or nothing.
     """
-    from nsff_core.workflow.stages.holdout import training_frames
+    from nsff_core.holdout import training_frames
 
     n = len(list_frames(frames_dir))
     try:

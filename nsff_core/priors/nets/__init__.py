@@ -1,0 +1,2 @@
+"""Pretrained networks (RAFT, DPT, Mask R-CNN, their loading) and the pure algorithms the prior
+stages share (flow operations, the rigidity test)."""

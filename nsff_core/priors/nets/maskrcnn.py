@@ -47,7 +47,7 @@ from nsff_core.model.io import (
     read_mask,
     write_mask,
 )
-from nsff_core.workflow.progress import Progress
+from nsff_core.progress import Progress
 
 from .pretrained import fp16_autocast, load_state_dict_file
 

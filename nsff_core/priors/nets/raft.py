@@ -43,7 +43,7 @@ from nsff_core.model.io import (
     write_mask,
 )
 from nsff_core.priors.frames import cap_size
-from nsff_core.workflow.progress import Progress
+from nsff_core.progress import Progress
 
 from .flow_ops import consistency_mask, resize_flow
 from .pretrained import fp16_autocast, load_state_dict_file

@@ -17,7 +17,7 @@ Two parts, both written to ``eval/metrics.json``:
    nearest training frame when that frame is held out, part 3), which is what a method that
    ignores the viewpoint change would get.
 
-3. **Held-out frames** (``eval.holdout_every`` k >= 2, :mod:`nsff_core.workflow.stages.holdout`; any video).
+3. **Held-out frames** (``eval.holdout_every`` k >= 2, :mod:`nsff_core.holdout`; any video).
    The frames left out of training are in the ``test`` split too (rendered at their own pose
    and at their time, by time interpolation between their training neighbours); they are
    scored apart as ``holdout`` (full frame and dynamic region), beside the **nearest-frame
@@ -55,7 +55,7 @@ from nsff_core.model.cameras import (
     transform_c2w,
     umeyama,
 )
-from nsff_core.workflow.progress import Progress
+from nsff_core.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -386,11 +386,11 @@ def score_test_split(
     """Scores of the ``test`` split renders against the real frames (full and dynamic).
 
     Returns ``(test, holdout)``: ``test`` over the training frames; ``holdout`` over the
-    frames left out of training (``holdout_every`` k >= 2, :mod:`nsff_core.workflow.stages.holdout`; None
+    frames left out of training (``holdout_every`` k >= 2, :mod:`nsff_core.holdout`; None
     when k is 0), with the **nearest-frame baseline** beside it: each held-out frame scored
     against the nearest training frame, which is what showing the video without a model gives.
     """
-    from .holdout import held_out_frames, nearest_training_frame, training_frames
+    from nsff_core.holdout import held_out_frames, nearest_training_frame, training_frames
 
     frames = _read_frames(frames_dir, "training frames", scene, "rerun the frames rule")
     renders = _read_frames(
@@ -483,10 +483,10 @@ def evaluate_novel_views(
     nearest training frame, since the frame of that time was not trained on."""
     import torch
 
+    from nsff_core.holdout import nearest_training_frame, training_frames
     from nsff_core.model.paths import CameraPath
     from nsff_core.model.synthetic import load_ground_truth
 
-    from .holdout import nearest_training_frame, training_frames
     from .render_split import load_system, render_camera_path, to_uint8
 
     gt = load_ground_truth(gt_path)

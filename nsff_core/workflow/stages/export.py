@@ -65,7 +65,7 @@ from nsff_core.config import RenderSplitConfig
 from nsff_core.errors import StageError
 from nsff_core.model import cameras as cam
 from nsff_core.model import io
-from nsff_core.workflow.progress import Progress
+from nsff_core.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -552,10 +552,10 @@ def export_scene(
     """
     import torch
 
+    from nsff_core.holdout import model_times, source_frame_count
     from nsff_core.model.interp import render_view
     from nsff_core.model.rays import SceneNormalization
 
-    from .holdout import model_times, source_frame_count
     from .render_split import load_system, to_uint8
 
     t_start = time.perf_counter()

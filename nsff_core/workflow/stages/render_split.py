@@ -26,13 +26,12 @@ import torch
 
 from nsff_core.config import RenderSplitConfig
 from nsff_core.errors import StageError
+from nsff_core.holdout import model_times, source_frame_count
 from nsff_core.model import io
 from nsff_core.model.interp import render_view, split_time
 from nsff_core.model.paths import CameraPath, make_path, parse_split
 from nsff_core.model.rays import SceneNormalization
-from nsff_core.workflow.progress import Progress
-
-from .holdout import model_times, source_frame_count
+from nsff_core.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +70,7 @@ def render_camera_path(
     four streams (rgb, depth, static-only, dynamic-only with dynamicness).
 
     The path's times are source frame times; a run with held-out frames maps them to its
-    own frame numbering first (:func:`nsff_core.workflow.stages.holdout.model_times`), so a held-out frame is
+    own frame numbering first (:func:`nsff_core.holdout.model_times`), so a held-out frame is
     a fractional time between its two training neighbours.
 
     ``what`` starts the progress lines (done/total and an ETA, at least every 30 s).

@@ -46,9 +46,8 @@ def _read_stack(paths: list[Path], read, hw: tuple[int, int] | None, made_by: st
 def _holdout_ids(d: Path, n: int, every: int, scene: str | None) -> np.ndarray:
     """The training frames of a run with held-out frames, checked against what rule
     ``flow_holdout`` wrote (its flow links exactly these frames)."""
+    from nsff_core.holdout import training_frames
     from nsff_core.priors.flow import HOLDOUT_JSON
-
-    from .holdout import training_frames
 
     try:
         ids = training_frames(n, every)
@@ -78,7 +77,7 @@ def load_scene(
 ) -> SceneData:
     """Read frames, flows, masks, disparities and cameras of ``results/<scene>/``.
 
-    ``holdout_every`` k >= 2: only the training frames of :mod:`nsff_core.workflow.stages.holdout` are read,
+    ``holdout_every`` k >= 2: only the training frames of :mod:`nsff_core.holdout` are read,
     renumbered 0 .. M - 1, with the flow between them from ``flow_holdout/``; the held-out
     frames' images and priors are not read at all.
 

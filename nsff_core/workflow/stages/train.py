@@ -63,7 +63,7 @@ from nsff_core.model.checkpoint import (
 )
 from nsff_core.model.data import FrameSampler, SceneData, make_batch
 from nsff_core.model.system import NSFFSystem
-from nsff_core.workflow.progress import EVERY_S, eta_seconds, format_duration
+from nsff_core.progress import EVERY_S, eta_seconds, format_duration
 
 from .scene import load_scene
 
@@ -371,7 +371,7 @@ def train_scene(
     docstring); this process prepares the run, waits for them and then finishes the run.
 
     ``holdout_every`` (config ``eval.holdout_every``) k >= 2: frames k-1, 2k-1, ... are left
-    out (:mod:`nsff_core.workflow.stages.holdout`); the checkpoint keeps the source frame of each training
+    out (:mod:`nsff_core.holdout`); the checkpoint keeps the source frame of each training
     frame (``frame_ids``).
     """
     out_dir = Path(out_dir)
