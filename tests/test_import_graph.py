@@ -28,29 +28,34 @@ def module_names(root: Path) -> dict[str, Path]:
     return names
 
 
+def imported_names(path: Path, package: str) -> set[str]:
+    """Every module name a file imports, anywhere in it (relative ones made absolute)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1])
+                source = f"{base}.{node.module}" if node.module else base
+            else:
+                source = node.module or ""
+            names |= {source} | {f"{source}.{alias.name}" for alias in node.names}
+    return names
+
+
 def import_graph(root: Path) -> dict[str, set[str]]:
     """Module -> the package's modules it imports (anywhere in the file, relative or absolute).
 
     ``from .x import y`` counts as an import of ``x`` and, when ``x.y`` is a module, of ``x.y``.
     """
     modules = module_names(root)
-    graph: dict[str, set[str]] = {name: set() for name in modules}
+    graph: dict[str, set[str]] = {}
     for name, path in modules.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.Import):
-                targets = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                if node.level:
-                    parts = package.split(".")
-                    base = ".".join(parts[: len(parts) - node.level + 1])
-                    source = f"{base}.{node.module}" if node.module else base
-                else:
-                    source = node.module or ""
-                targets = [source] + [f"{source}.{alias.name}" for alias in node.names]
-            else:
-                continue
-            graph[name] |= {t for t in targets if t in modules and t != name}
+        targets = imported_names(path, package)
+        graph[name] = {t for t in targets if t in modules and t != name}
     return graph
 
 
@@ -84,23 +89,6 @@ def test_nsff_core_has_no_import_cycle():
     graph = import_graph(REPO / "nsff_core")
     assert "nsff_core.priors.nets.flow_ops" in graph["nsff_core.priors.nets.raft"]
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
-
-
-def imported_names(path: Path, package: str) -> set[str]:
-    """Every module name a file imports, anywhere in it (relative ones made absolute)."""
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            names |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                parts = package.split(".")
-                base = ".".join(parts[: len(parts) - node.level + 1])
-                source = f"{base}.{node.module}" if node.module else base
-            else:
-                source = node.module or ""
-            names |= {source} | {f"{source}.{alias.name}" for alias in node.names}
-    return names
 
 
 #: what each package must not import: the model library neither the workflow, the prior
