@@ -77,9 +77,8 @@ def calibrate(scene_dir: Path, cfg: TrainConfig, steps: int = 12, holdout_every:
     """Seconds per training step of ``cfg`` on this machine (after 2 warm-up steps)."""
     import torch
 
-    from nsff_core.config import to_dict
     from nsff_core.model import losses as L
-    from nsff_core.model.data import FrameSampler, make_batch
+    from nsff_core.model.data import FrameSampler, SceneMeta, make_batch
     from nsff_core.model.system import NSFFSystem, loss_terms
     from nsff_core.workflow.stages.scene import load_scene
     from nsff_core.workflow.stages.train import device_settings
@@ -87,7 +86,8 @@ def calibrate(scene_dir: Path, cfg: TrainConfig, steps: int = 12, holdout_every:
     data = load_scene(scene_dir, holdout_every=holdout_every)
     settings = device_settings(cfg.precision)
     device = "cuda" if settings["accelerator"] == "gpu" else "cpu"
-    system = NSFFSystem(to_dict(cfg), data.num_frames, data.K.tolist(), data.c2w.tolist(), 100)
+    # without hw the plane fields cover the NDC cube (grid_bounds rays needs the frame size)
+    system = NSFFSystem(cfg, SceneMeta(data.num_frames, data.K, data.c2w), 100)
     system = system.to(device)
     opt = torch.optim.Adam(system.parameters(), lr=1e-4)
     sampler = FrameSampler(data.num_frames, data.hw, cfg.batch_size)

@@ -24,9 +24,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nsff_core.config import SyntheticConfig, TrainConfig, to_dict
+from nsff_core.config import SyntheticConfig, TrainConfig
 from nsff_core.model import losses as L
-from nsff_core.model.data import FrameSampler, make_batch, scene_data_from_arrays
+from nsff_core.model.data import FrameSampler, SceneMeta, make_batch, scene_data_from_arrays
 from nsff_core.model.synthetic import render_scene
 from nsff_core.model.system import NSFFSystem, loss_terms
 from nsff_core.workflow.stages.train import cpu_has_fast_bf16
@@ -102,9 +102,8 @@ def main() -> None:
         for bf16 in (False, True) if has_bf16 else (False,):
             cfg = TrainConfig(**size)
             torch.manual_seed(0)
-            system = NSFFSystem(
-                to_dict(cfg), data.num_frames, data.K.tolist(), data.c2w.tolist(), 100
-            ).to(args.device)
+            system = NSFFSystem(cfg, SceneMeta(data.num_frames, data.K, data.c2w), 100)
+            system = system.to(args.device)
             opt = torch.optim.Adam(system.parameters(), lr=cfg.lr)
             sampler = FrameSampler(data.num_frames, data.hw, cfg.batch_size)
             weights = L.weights_at(epoch=0.0)

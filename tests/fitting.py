@@ -1,9 +1,12 @@
 """A minimal in-memory training loop for quality-floor tests (no Lightning, no files)."""
 
+import dataclasses
+
 import torch
 
 from nsff_core.model import losses as L
 from nsff_core.model.data import FrameSampler, make_batch
+from nsff_core.model.train_views import sampler_config
 
 
 def fit_in_memory(system, data, steps: int, steps_per_epoch: int = 100, seed: int = 0) -> None:
@@ -14,9 +17,8 @@ def fit_in_memory(system, data, steps: int, steps_per_epoch: int = 100, seed: in
     grid = [p for n, p in system.named_parameters() if "planes" in n]
     rest = [p for n, p in system.named_parameters() if "planes" not in n]
     opt = torch.optim.Adam([{"params": rest}, {"params": grid, "lr": cfg.grid_lr}], lr=cfg.lr)
-    sampler = FrameSampler(
-        data.num_frames, data.hw, cfg.batch_size, seed, data.dynamic, cfg.dynamic_sampling
-    )
+    sampling = dataclasses.replace(sampler_config(cfg), seed=seed)
+    sampler = FrameSampler.from_config(sampling, data.num_frames, data.hw, data.dynamic)
     from nsff_core.model.system import loss_terms
 
     for step in range(steps):

@@ -43,7 +43,8 @@ def scene_dir(gt_scene, tmp_path_factory):
     import pytorch_lightning as pl
     import torch
 
-    from nsff_core.config import TrainConfig, to_dict
+    from nsff_core.config import TrainConfig
+    from nsff_core.model.data import SceneMeta
     from nsff_core.model.rays import normalize_poses
     from nsff_core.model.synthetic import write_scene
     from nsff_core.model.system import NSFFSystem
@@ -72,7 +73,7 @@ def scene_dir(gt_scene, tmp_path_factory):
     c2w_nsff, norm = normalize_poses(c2w, near)
     cfg = TrainConfig(width=16, depth=2, time_dim=4, num_samples=8, batch_size=32)
     torch.manual_seed(0)
-    system = NSFFSystem(to_dict(cfg), n, gt_scene.K.tolist(), c2w_nsff.tolist(), 5, norm.to_dict())
+    system = NSFFSystem(cfg, SceneMeta(n, gt_scene.K, c2w_nsff, normalization=norm), 5)
     (d / "train").mkdir()
     torch.save(
         {

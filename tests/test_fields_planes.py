@@ -93,12 +93,13 @@ def test_total_variation():
 
 
 def test_system_gives_the_planes_their_own_learning_rate():
+    from nsff_core.model.data import SceneMeta
     from nsff_core.model.system import NSFFSystem
 
     cfg = TrainConfig(field="planes", grid_levels=2, grid_channels=2, grid_hidden=8, grid_lr=0.05)
     K = [[50.0, 0, 31.5], [0, 50.0, 17.5], [0, 0, 1]]
     c2w = [torch.eye(4).tolist()] * 3
-    system = NSFFSystem(to_dict(cfg), 3, K, c2w, 10)
+    system = NSFFSystem(cfg, SceneMeta(3, K, c2w), 10)
 
     class FakeTrainer:
         max_steps = 10
@@ -135,6 +136,7 @@ def test_planes_cover_their_extent_instead_of_reading_the_border():
 
 
 def test_the_system_fits_the_planes_to_its_rays_and_old_checkpoints_keep_the_cube():
+    from nsff_core.model.data import SceneMeta
     from nsff_core.model.system import NSFFSystem
 
     k = [[40.0, 0.0, 31.5], [0.0, 40.0, 23.5], [0.0, 0.0, 1.0]]
@@ -142,23 +144,24 @@ def test_the_system_fits_the_planes_to_its_rays_and_old_checkpoints_keep_the_cub
     moved[0, 3] = 0.5
     c2w = torch.stack([torch.eye(4), moved]).tolist()
     cfg = to_dict(TrainConfig(field="planes", grid_levels=1, grid_dynamic_levels=1))
-    fitted = NSFFSystem(cfg, 2, k, c2w, 10, hw=[48, 64])
+    meta = SceneMeta(2, k, c2w, hw=(48, 64))
+    fitted = NSFFSystem(cfg, meta, 10)
     assert fitted.extent[0] > 1.5 and fitted.static_field.scale[0] < 0.7
-    assert NSFFSystem({**cfg, "grid_bounds": "ndc"}, 2, k, c2w, 10, hw=[48, 64]).extent == (1, 1)
+    assert NSFFSystem({**cfg, "grid_bounds": "ndc"}, meta, 10).extent == (1, 1)
     old = {key: value for key, value in cfg.items() if key != "grid_bounds"}
-    assert NSFFSystem(old, 2, k, c2w, 10, hw=[48, 64]).extent == (1.0, 1.0)
+    assert NSFFSystem(old, meta.to_dict(), 10).extent == (1.0, 1.0)
 
 
 def test_the_regulariser_runs_every_kth_step_at_k_times_the_weight():
+    from nsff_core.model.data import SceneMeta
     from nsff_core.model.system import NSFFSystem
 
     k = [[40.0, 0.0, 31.5], [0.0, 40.0, 23.5], [0.0, 0.0, 1.0]]
     c2w = torch.stack([torch.eye(4), torch.eye(4)]).tolist()
     small = {"grid_levels": 1, "grid_dynamic_levels": 1, "grid_base_resolution": 4}
-    every = NSFFSystem(to_dict(TrainConfig(field="planes", **small)), 2, k, c2w, 10)
-    fourth = NSFFSystem(
-        to_dict(TrainConfig(field="planes", grid_tv_every=4, **small)), 2, k, c2w, 10
-    )
+    meta = SceneMeta(2, k, c2w)
+    every = NSFFSystem(TrainConfig(field="planes", **small), meta, 10)
+    fourth = NSFFSystem(TrainConfig(field="planes", grid_tv_every=4, **small), meta, 10)
     fourth.load_state_dict(every.state_dict())
     reg = every.field_regularization(5)
     assert reg is not None and reg > 0 and torch.equal(reg, every.field_regularization(0))
@@ -166,5 +169,5 @@ def test_the_regulariser_runs_every_kth_step_at_k_times_the_weight():
         False, True, True, True, False, True
     ]  # fmt: skip
     assert torch.allclose(fourth.field_regularization(8), 4 * reg)
-    mlp = NSFFSystem(to_dict(TrainConfig(width=8, depth=1)), 2, k, c2w, 10)
+    mlp = NSFFSystem(TrainConfig(width=8, depth=1), meta, 10)
     assert mlp.field_regularization(0) is None

@@ -143,8 +143,8 @@ def test_held_out_frames_are_rendered_between_their_neighbours_and_scored(
     from nsff_core.workflow.stages.render_split import render_split
 
     system = load_system(holdout_ckpt, "cpu")
-    assert system.hparams["num_frames"] == 9
-    assert list(system.hparams["frame_ids"]) == training_frames(12, 3).tolist()
+    assert system.meta.num_frames == 9
+    assert list(system.meta.frame_ids) == training_frames(12, 3).tolist()
     facts = json.loads((holdout_ckpt.parent / "config.json").read_text())
     assert facts["holdout_every"] == 3 and facts["num_frames"] == 9
     cams = holdout_scene / "cameras.npz"

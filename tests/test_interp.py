@@ -229,7 +229,8 @@ def untrained_scene(tmp_path_factory):
     """cameras.npz of 4 frames (48x32) and a checkpoint of an untrained tiny NSFFSystem."""
     import pytorch_lightning as pl
 
-    from nsff_core.config import TrainConfig, to_dict
+    from nsff_core.config import TrainConfig
+    from nsff_core.model.data import SceneMeta
     from nsff_core.model.rays import normalize_poses
     from nsff_core.model.system import NSFFSystem
 
@@ -242,9 +243,9 @@ def untrained_scene(tmp_path_factory):
         d / "cameras.npz", c2w, K_cam, hw, np.full(n, 2.0), np.full(n, 20.0), ["a"] * n
     )
     c2w_nsff, norm = normalize_poses(c2w, near_depth=1.5)
-    cfg = to_dict(TrainConfig(width=16, depth=2, time_dim=4, num_samples=8))
+    cfg = TrainConfig(width=16, depth=2, time_dim=4, num_samples=8)
     torch.manual_seed(0)
-    system = NSFFSystem(cfg, n, K_cam.tolist(), c2w_nsff.tolist(), 10, norm.to_dict())
+    system = NSFFSystem(cfg, SceneMeta(n, K_cam, c2w_nsff, normalization=norm), 10)
     ckpt = d / "untrained.ckpt"
     torch.save(
         {

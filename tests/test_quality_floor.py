@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from nsff_core.config import SyntheticConfig, TrainConfig, to_dict
+from nsff_core.config import SyntheticConfig, TrainConfig
 from nsff_core.holdout import held_out_frames, model_times, nearest_training_frame
-from nsff_core.model.data import scene_data_from_arrays
+from nsff_core.model.data import SceneMeta, scene_data_from_arrays
 from nsff_core.model.interp import render_view
 from nsff_core.model.synthetic import render_scene
 from nsff_core.model.system import NSFFSystem
@@ -48,10 +48,7 @@ def test_a_held_out_frame_beats_the_nearest_training_frame():
         scene.dynamic_mask[ids], scene.K, scene.c2w[ids], float(scene.depth.min()),
     )  # fmt: skip
     cfg = TrainConfig(field="planes", num_samples=24, batch_size=512)
-    system = NSFFSystem(
-        to_dict(cfg), 6, data.K.tolist(), data.c2w.tolist(), 100, hw=list(data.hw),
-        frame_ids=ids.tolist(),
-    )  # fmt: skip
+    system = NSFFSystem(cfg, SceneMeta(6, data.K, data.c2w, hw=data.hw, frame_ids=ids), 100)
     fit_in_memory(system, data, 250)
     system.eval()
     time = float(model_times(np.array([3.0]), ids)[0])

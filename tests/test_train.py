@@ -88,7 +88,7 @@ def test_the_checkpoint_reloads(tiny_scene_dir, tmp_path):
     last = train_scene(tiny_scene_dir, tmp_path, TrainConfig(**TINY, max_steps=1), scene="tiny")
     system = NSFFSystem.load_from_checkpoint(last, map_location="cpu")
     assert system.dynamic_field.num_frames == 12
-    assert system.hparams["normalization"]["scale"] > 0
+    assert system.meta.normalization.scale > 0
     o = torch.zeros(4, 3)
     d = torch.tensor([[0.0, 0.0, 2.0]]).expand(4, 3)
     with torch.inference_mode():
@@ -125,8 +125,8 @@ def test_short_training_reaches_a_psnr_floor(synthetic_scene, tmp_path):
 
     import numpy as np
 
-    from nsff_core.config import SyntheticConfig, to_dict
-    from nsff_core.model.data import scene_data_from_arrays
+    from nsff_core.config import SyntheticConfig
+    from nsff_core.model.data import SceneMeta, scene_data_from_arrays
     from nsff_core.model.rays import get_rays, rays_to_ndc
     from nsff_core.model.render import render_in_chunks
     from nsff_core.model.synthetic import render_scene
@@ -141,7 +141,7 @@ def test_short_training_reaches_a_psnr_floor(synthetic_scene, tmp_path):
         scene.dynamic_mask, scene.K, scene.c2w, float(scene.depth.min()),
     )  # fmt: skip
     cfg = TrainConfig(field="planes", num_samples=24, batch_size=512, grid_lr=0.02)
-    system = NSFFSystem(to_dict(cfg), data.num_frames, data.K.tolist(), data.c2w.tolist(), 100)
+    system = NSFFSystem(cfg, SceneMeta(data.num_frames, data.K, data.c2w), 100)
     fit_in_memory(system, data, 250)
     h, w = data.hw
     psnrs, baseline = [], []

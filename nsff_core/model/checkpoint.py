@@ -155,6 +155,27 @@ def load_checkpoint(
     return ckpt
 
 
+#: the scene facts that checkpoints written before :class:`~nsff_core.model.data.SceneMeta`
+#: kept next to ``cfg`` and ``steps_per_epoch`` in their flat ``hyper_parameters`` (the last
+#: three only in later ones)
+FLAT_META_KEYS = ("num_frames", "K", "c2w", "normalization", "hw", "frame_ids")
+
+
+def system_arguments(hparams: dict[str, Any]) -> dict[str, Any]:
+    """:class:`~nsff_core.model.system.NSFFSystem`'s arguments from a checkpoint's
+    ``hyper_parameters``: ``{"cfg", "meta", "steps_per_epoch"}`` as stored, or built from the
+    flat form of older checkpoints (``cfg``, ``steps_per_epoch`` and the :data:`FLAT_META_KEYS`
+    side by side).
+
+    Raises:
+        KeyError: a key that every checkpoint has is missing.
+    """
+    if "meta" in hparams:
+        return dict(hparams)
+    meta = {k: hparams[k] for k in FLAT_META_KEYS if k in hparams}
+    return {"cfg": hparams["cfg"], "meta": meta, "steps_per_epoch": hparams["steps_per_epoch"]}
+
+
 def load_system(path: str | os.PathLike, device: str | torch.device = "cpu"):
     """The trained :class:`~nsff_core.model.system.NSFFSystem` of a checkpoint, in eval mode on
     ``device``.
@@ -169,7 +190,7 @@ def load_system(path: str | os.PathLike, device: str | torch.device = "cpu"):
     try:
         # the constructor's arguments are plain data (save_hyperparameters), so the system is
         # rebuilt from the dict just read instead of reading the file a second time
-        system = NSFFSystem(**ckpt["hyper_parameters"])
+        system = NSFFSystem(**system_arguments(ckpt["hyper_parameters"]))
         system.load_state_dict(ckpt["state_dict"])
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise CorruptFileError(

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from nsff_core.config import TrainConfig
 from nsff_core.errors import ConfigError
 
 from .rays import SceneNormalization, get_rays_at, normalize_poses, rays_to_ndc
@@ -71,6 +73,79 @@ class SceneData:
     @property
     def hw(self) -> tuple[int, int]:
         return int(self.rgb.shape[1]), int(self.rgb.shape[2])
+
+    def meta(self, keep_frame_ids: bool = False) -> SceneMeta:
+        """What a model trained on this scene keeps of it (:class:`SceneMeta`);
+        ``keep_frame_ids``: a run with held-out frames (else ``frame_ids`` is None)."""
+        return SceneMeta(
+            num_frames=self.num_frames,
+            K=self.K,
+            c2w=self.c2w,
+            hw=self.hw,
+            normalization=self.normalization,
+            frame_ids=tuple(int(i) for i in self.frame_ids) if keep_frame_ids else None,
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class SceneMeta:
+    """What a trained model keeps of its scene (the ``meta`` of a checkpoint's
+    ``hyper_parameters``, stored as :meth:`to_dict`, plain lists and numbers).
+
+    Attributes:
+        num_frames: N, the training frames.
+        K: (3, 3) float64 training intrinsics (for NDC).
+        c2w: (N, 4, 4) float64 training poses, NSFF world and axes.
+        hw: (H, W) of the training frames (hard sampling, plane bounds); None in checkpoints
+            from before it was kept.
+        normalization: SfM world -> NSFF world, for rendering SfM-world cameras; None in
+            checkpoints from before it was kept.
+        frame_ids: (N,) source frame of each training frame, for a run with held-out frames
+            (:mod:`nsff_core.holdout`); None: frame i is source frame i.
+    """
+
+    num_frames: int
+    K: np.ndarray
+    c2w: np.ndarray
+    hw: tuple[int, int] | None = None
+    normalization: SceneNormalization | None = None
+    frame_ids: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        K = np.array(self.K, dtype=np.float64)
+        c2w = np.array(self.c2w, dtype=np.float64)
+        if K.shape != (3, 3):
+            raise ValueError(f"SceneMeta.K must be (3, 3), got {K.shape}")
+        if c2w.shape != (int(self.num_frames), 4, 4):
+            raise ValueError(f"SceneMeta.c2w must be ({self.num_frames}, 4, 4), got {c2w.shape}")
+        object.__setattr__(self, "num_frames", int(self.num_frames))
+        object.__setattr__(self, "K", K)
+        object.__setattr__(self, "c2w", c2w)
+        if self.hw is not None:
+            object.__setattr__(self, "hw", (int(self.hw[0]), int(self.hw[1])))
+        if isinstance(self.normalization, dict):
+            object.__setattr__(
+                self, "normalization", SceneNormalization.from_dict(self.normalization)
+            )
+        if self.frame_ids is not None:
+            object.__setattr__(self, "frame_ids", tuple(int(i) for i in self.frame_ids))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data form (lists, numbers, None): what a checkpoint stores."""
+        return {
+            "num_frames": self.num_frames,
+            "K": self.K.tolist(),
+            "c2w": self.c2w.tolist(),
+            "hw": list(self.hw) if self.hw is not None else None,
+            "normalization": self.normalization.to_dict() if self.normalization else None,
+            "frame_ids": list(self.frame_ids) if self.frame_ids is not None else None,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SceneMeta:
+        """Inverse of :meth:`to_dict`; ``hw``, ``normalization`` and ``frame_ids`` may be
+        missing (older checkpoints). Unknown keys raise ``TypeError``."""
+        return cls(**d)
 
 
 def nearest_content_depth(
@@ -220,6 +295,23 @@ def exclusion_window(num_frames: int, window: int = 5) -> int:
     return max(0, min(window, (num_frames - 1) // 4))
 
 
+@dataclass(frozen=True)
+class SamplerConfig:
+    """How training pixels are drawn (see :class:`FrameSampler`; built from the train settings
+    by :func:`nsff_core.model.train_views.sampler_config`)."""
+
+    #: rays per step, all from one frame
+    batch_size: int = TrainConfig.batch_size
+    #: seed of the sampler's generator (under DDP: train.seed + rank)
+    seed: int = TrainConfig.seed
+    #: share of every batch drawn from the frame's grown motion mask (train.dynamic_sampling)
+    dynamic_share: float = TrainConfig.dynamic_sampling
+    #: draw pixels with probability ~ (1 - SSIM) of their last prediction, the weights
+    #: refreshed every ``hard_sampling_every`` steps (by the system, which keeps them)
+    hard_sampling: bool = TrainConfig.hard_sampling
+    hard_sampling_every: int = TrainConfig.hard_sampling_every
+
+
 class FrameSampler:
     """Draws (frame, pixels) for training batches.
 
@@ -261,6 +353,25 @@ class FrameSampler:
             grown = grow_mask(dynamic, DYNAMIC_SAMPLING_GROW_PX)
             self.dynamic_pixels = [m.reshape(-1).nonzero()[:, 0] for m in grown]
             self.num_dynamic = min(batch_size, round(dynamic_share * batch_size))
+
+    @classmethod
+    def from_config(
+        cls,
+        cfg: SamplerConfig,
+        num_frames: int,
+        hw: tuple[int, int],
+        dynamic: Tensor | None = None,
+    ) -> FrameSampler:
+        """The sampler of ``cfg`` for ``num_frames`` frames of size ``hw``; ``dynamic``: the
+        (N, H, W) motion masks (used only with ``cfg.dynamic_share`` > 0)."""
+        return cls(
+            num_frames,
+            hw,
+            cfg.batch_size,
+            seed=cfg.seed,
+            dynamic=dynamic if cfg.dynamic_share > 0 else None,
+            dynamic_share=cfg.dynamic_share,
+        )
 
     def next_frame(self) -> int:
         frames = torch.arange(self.num_frames)

@@ -369,8 +369,8 @@ def render_view(
 
     Args:
         system: a trained :class:`~nsff_core.model.system.NSFFSystem` (uses ``static_field``,
-            ``dynamic_field``, ``render``, ``render_cfg``, ``hparams["K"]`` (training intrinsics,
-            for NDC) and ``hparams["num_frames"]``), in eval mode.
+            ``dynamic_field``, ``render``, ``render_cfg``, ``meta.K`` (training intrinsics,
+            for NDC) and ``meta.num_frames``), in eval mode.
         c2w_nsff: (4, 4) camera-to-world in the NSFF world with NSFF (OpenGL) camera axes
             (:meth:`nsff_core.model.rays.SceneNormalization.apply_c2w` of a path pose).
         K: (3, 3) intrinsics of the rendering camera at resolution ``hw`` (pixels).
@@ -385,9 +385,8 @@ def render_view(
     Raises:
         ValueError: ``time`` outside [0, N - 1].
     """
-    hp = system.hparams
-    t, dt = split_time(time, int(hp["num_frames"]))
-    K_ndc = np.asarray(hp["K"], np.float64)
+    t, dt = split_time(time, system.meta.num_frames)
+    K_ndc = system.meta.K
     device = system.device
     h, w = int(hw[0]), int(hw[1])
     c2w = torch.as_tensor(np.asarray(c2w_nsff), dtype=torch.float32, device=device)

@@ -18,19 +18,19 @@ import logging
 import math
 from typing import Any
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from nsff_core.config import TrainConfig, from_dict
+from nsff_core.config import TrainConfig, from_dict, to_dict
 from nsff_core.errors import ConfigError
 
 from . import losses as L
-from .data import RayBatch
-from .fields import DynamicField, FieldConfig, StaticField
-from .fields_planes import PlaneDynamicField, PlaneFieldConfig, PlaneStaticField
+from . import train_views as views
+from .data import RayBatch, SceneMeta
+from .fields import DynamicField, StaticField
+from .fields_planes import PlaneDynamicField, PlaneStaticField
 from .rays import ndc_extent, ndc_to_world, projection_matrices
-from .render import RenderConfig, RenderOutput, render_rays
+from .render import RenderOutput, render_rays
 
 Tensor = torch.Tensor
 log = logging.getLogger(__name__)
@@ -44,51 +44,27 @@ def dist_world() -> tuple[int, int]:
     return 0, 1
 
 
-def field_config(cfg: TrainConfig) -> FieldConfig:
-    return FieldConfig(
-        width=cfg.width,
-        depth=cfg.depth,
-        skips=(cfg.depth // 2,) if cfg.depth > 2 else (),
-        xyz_freqs=cfg.xyz_freqs,
-        dir_freqs=cfg.dir_freqs,
-        time_dim=cfg.time_dim,
-        use_viewdir=cfg.use_viewdir,
-        flow_scale=cfg.flow_scale,
-    )
-
-
-def plane_field_config(
-    cfg: TrainConfig, extent: tuple[float, float] = (1.0, 1.0)
-) -> PlaneFieldConfig:
-    return PlaneFieldConfig(
-        base_resolution=cfg.grid_base_resolution,
-        levels=cfg.grid_levels,
-        dynamic_levels=cfg.grid_dynamic_levels,
-        channels=cfg.grid_channels,
-        hidden=cfg.grid_hidden,
-        dir_freqs=cfg.dir_freqs,
-        use_viewdir=cfg.use_viewdir,
-        flow_scale=cfg.flow_scale,
-        extent=tuple(extent),
-    )
-
-
 def make_fields(
     cfg: TrainConfig, num_frames: int, extent: tuple[float, float] = (1.0, 1.0)
 ) -> tuple[torch.nn.Module, torch.nn.Module]:
     """The static and dynamic field of ``cfg.field`` ("mlp" or "planes"); ``extent``: the NDC
     half-widths the planes cover (planes only)."""
     if cfg.field == "mlp":
-        fcfg = field_config(cfg)
+        fcfg = views.mlp_field_config(cfg)
         return StaticField(fcfg), DynamicField(fcfg, num_frames)
     if cfg.field == "planes":
-        pcfg = plane_field_config(cfg, extent)
+        pcfg = views.plane_field_config(cfg, extent)
         return PlaneStaticField(pcfg), PlaneDynamicField(pcfg, num_frames)
     raise ConfigError(f"train.field must be mlp or planes, got {cfg.field!r}")
 
 
-def render_config(cfg: TrainConfig) -> RenderConfig:
-    return RenderConfig(num_samples=cfg.num_samples, noise_std=cfg.noise_std)
+def stored_train_config(values: dict[str, Any]) -> TrainConfig:
+    """The :class:`TrainConfig` of a checkpoint's stored settings (``hyper_parameters["cfg"]``):
+    a checkpoint from before ``train.grid_bounds`` trained its planes on the NDC cube, and
+    keys that moved to other sections (``chunk``) are dropped."""
+    if "grid_bounds" not in values:
+        values = {**values, "grid_bounds": "ndc"}
+    return from_dict(TrainConfig, values)
 
 
 def loss_terms(
@@ -158,51 +134,49 @@ class NSFFSystem(pl.LightningModule):
     """Static + dynamic fields of one scene and their training step.
 
     Args:
-        cfg: training settings (a dict of :class:`TrainConfig` fields, as stored in checkpoints).
-        num_frames: N.
-        K: (3, 3) training intrinsics (nested list or array).
-        c2w: (N, 4, 4) training poses, NSFF world and axes (nested list or array).
+        cfg: training settings; a dict of :class:`TrainConfig` fields is a checkpoint's
+            (:func:`stored_train_config`), as Lightning passes the stored hyper-parameters.
+        meta: the scene's facts the model needs (:class:`~nsff_core.model.data.SceneMeta`),
+            or their :meth:`~nsff_core.model.data.SceneMeta.to_dict` (a checkpoint's).
         steps_per_epoch: for the loss schedule.
-        normalization: ``SceneNormalization.to_dict()`` (kept in the checkpoint for rendering).
-        hw: (H, W) of the training frames (needed by hard sampling).
-        frame_ids: (N,) source frame of each training frame, for a run with held-out frames
-            (:mod:`nsff_core.holdout`); None: frame i is source frame i.
+
+    The hyper-parameters (``hparams``, kept in checkpoints) are plain data, ``{"cfg":
+    to_dict(cfg), "meta": meta.to_dict(), "steps_per_epoch": int}``, so that checkpoints
+    reload without our types (:func:`nsff_core.model.checkpoint.load_system` also reads the
+    flat form of older checkpoints).
     """
 
     def __init__(
         self,
-        cfg: dict[str, Any],
-        num_frames: int,
-        K: list,
-        c2w: list,
+        cfg: TrainConfig | dict[str, Any],
+        meta: SceneMeta | dict[str, Any],
         steps_per_epoch: int,
-        normalization: dict[str, Any] | None = None,
-        hw: list[int] | None = None,
-        frame_ids: list[int] | None = None,
     ) -> None:
         super().__init__()
-        if "grid_bounds" not in cfg:  # a checkpoint from before train.grid_bounds: the cube
-            cfg = {**cfg, "grid_bounds": "ndc"}
-        self.cfg = from_dict(TrainConfig, cfg)
-        # every argument is plain data (lists, dicts), so checkpoints reload without our types
-        self.save_hyperparameters()
+        self.cfg = cfg if isinstance(cfg, TrainConfig) else stored_train_config(cfg)
+        self.meta = meta if isinstance(meta, SceneMeta) else SceneMeta.from_dict(meta)
+        self.save_hyperparameters(
+            {
+                "cfg": to_dict(self.cfg),
+                "meta": self.meta.to_dict(),
+                "steps_per_epoch": int(steps_per_epoch),
+            }
+        )
+        num_frames, hw = self.meta.num_frames, self.meta.hw
         #: NDC half-widths (x, y) the plane fields cover (train.grid_bounds)
         self.extent = (1.0, 1.0)
         if self.cfg.field == "planes" and self.cfg.grid_bounds == "rays" and hw is not None:
-            self.extent = ndc_extent(K, np.asarray(c2w, np.float64), (int(hw[0]), int(hw[1])))
+            self.extent = ndc_extent(self.meta.K, self.meta.c2w, hw)
         self.static_field, self.dynamic_field = make_fields(self.cfg, num_frames, self.extent)
-        self.render_cfg = render_config(self.cfg)
-        self.loss_weights = L.LossWeights(
-            lambda_geo_init=self.cfg.lambda_geo_init,
-            lambda_geo_decay_every=self.cfg.lambda_geo_decay_every,
-            mask=self.cfg.lambda_mask,
-            field_regularization=self.cfg.grid_tv if self.cfg.field == "planes" else 0.0,
-        )
-        self.steps_per_epoch = steps_per_epoch
-        if self.cfg.hard_sampling:
+        self.render_cfg = views.render_config(self.cfg)
+        self.loss_weights = views.loss_weights(self.cfg)
+        #: how the training pixels are drawn; the system keeps the hard-sampling weights
+        self.sampling = views.sampler_config(self.cfg)
+        self.steps_per_epoch = int(steps_per_epoch)
+        if self.sampling.hard_sampling:
             if hw is None:
                 raise ConfigError("train.hard_sampling needs the image size (hw)")
-            n_pix = int(hw[0]) * int(hw[1])
+            n_pix = hw[0] * hw[1]
             # sampling weight of every pixel (hard sampling), kept in checkpoints so that a resumed
             # run samples as the interrupted one did; the last prediction of every pixel
             # (not kept: it is refilled within an epoch)
@@ -225,9 +199,10 @@ class NSFFSystem(pl.LightningModule):
         #: ``field_regularization`` and ``total``), detached; the mean over the ranks under
         #: DDP, so that every rank sees the same values (read by the divergence guard)
         self.step_losses: dict[str, Tensor] = {}
-        K_t = torch.as_tensor(np.asarray(K), dtype=torch.float32)
+        K_t = torch.as_tensor(self.meta.K, dtype=torch.float32)
+        c2w_t = torch.as_tensor(self.meta.c2w).float()
         self.register_buffer("K", K_t, persistent=False)
-        self.register_buffer("P", projection_matrices(K_t, torch.as_tensor(c2w).float()), False)
+        self.register_buffer("P", projection_matrices(K_t, c2w_t), False)
 
     def render(self, origins: Tensor, dirs: Tensor, t: Tensor, training: bool) -> RenderOutput:
         return render_rays(
@@ -250,7 +225,7 @@ class NSFFSystem(pl.LightningModule):
             step=self.global_step, steps_per_epoch=self.steps_per_epoch, base=self.loss_weights
         )
         loss = L.total_loss(terms, weights)
-        if self.cfg.hard_sampling:
+        if self.sampling.hard_sampling:
             self.last_rgb[batch.t, batch.pixel] = out.image.rgb.detach().float()
             self.last_step[batch.t, batch.pixel] = self.global_step
         logs = {f"loss/{k}": v.detach().float() for k, v in terms.items()}
@@ -339,13 +314,13 @@ class NSFFSystem(pl.LightningModule):
         self.pixel_sampler.previous = states[rank]["previous"]
 
     def on_train_start(self) -> None:
-        if self.cfg.hard_sampling and self.pixel_sampler is not None:
+        if self.sampling.hard_sampling and self.pixel_sampler is not None:
             self.pixel_sampler.weights = self.hard_weights.detach().cpu().clone()
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         step = self.global_step
-        every = self.cfg.hard_sampling_every
-        if self.cfg.hard_sampling and step > 0 and step % every == 0:
+        every = self.sampling.hard_sampling_every
+        if self.sampling.hard_sampling and step > 0 and step % every == 0:
             if self.training_frames is None:
                 raise RuntimeError("hard sampling needs system.training_frames (N, H, W, 3)")
             self.update_hard_weights(self.training_frames)

@@ -554,7 +554,6 @@ def export_scene(
 
     from nsff_core.holdout import model_times, source_frame_count
     from nsff_core.model.interp import render_view
-    from nsff_core.model.rays import SceneNormalization
 
     from .render_split import load_system, to_uint8
 
@@ -581,18 +580,25 @@ def export_scene(
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     system = load_system(ckpt, device)
-    hp = system.hparams
-    frame_ids = hp.get("frame_ids")
-    if source_frame_count(frame_ids, int(hp["num_frames"])) != n:
+    meta = system.meta
+    frame_ids = meta.frame_ids
+    if source_frame_count(frame_ids, meta.num_frames) != n:
         raise StageError(
             scene,
             stage,
-            f"the checkpoint {ckpt} has {source_frame_count(frame_ids, int(hp['num_frames']))} "
+            f"the checkpoint {ckpt} has {source_frame_count(frame_ids, meta.num_frames)} "
             f"frames, cameras.npz {n}",
             f"the checkpoint is of another run: delete {ckpt} and rerun (rule 'train')",
         )
-    norm = SceneNormalization.from_dict(hp["normalization"])
-    K_ndc = np.asarray(hp["K"], np.float64)
+    norm = meta.normalization
+    if norm is None:
+        raise StageError(
+            scene,
+            stage,
+            f"the checkpoint {ckpt} keeps no scene normalization (written before it was)",
+            f"delete {ckpt} and rerun (rule 'train')",
+        )
+    K_ndc = meta.K
     K = np.asarray(cams["K"], np.float64)
     c2w_nsff = norm.apply_c2w(cams["c2w"])
     times = model_times(np.arange(n, dtype=np.float64), frame_ids)

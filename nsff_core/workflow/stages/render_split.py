@@ -30,7 +30,6 @@ from nsff_core.holdout import model_times, source_frame_count
 from nsff_core.model import io
 from nsff_core.model.interp import render_view, split_time
 from nsff_core.model.paths import CameraPath, make_path, parse_split
-from nsff_core.model.rays import SceneNormalization
 from nsff_core.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -78,11 +77,13 @@ def render_camera_path(
     Raises:
         ValueError: a time outside [0, N - 1] of the source video's N frames.
     """
-    frame_ids = system.hparams.get("frame_ids")
-    num_frames = int(system.hparams["num_frames"])
+    meta = system.meta
+    frame_ids, num_frames = meta.frame_ids, meta.num_frames
     path.check_times(source_frame_count(frame_ids, num_frames))
     times = model_times(path.times, frame_ids)
-    norm = SceneNormalization.from_dict(system.hparams["normalization"])
+    norm = meta.normalization
+    if norm is None:
+        raise ValueError("the checkpoint keeps no scene normalization (written before it was)")
     h, w = (int(v) for v in path.hw)
     c2w_nsff = norm.apply_c2w(path.c2w)
     num_interp = sum(split_time(t, num_frames)[1] > 0 for t in times)
@@ -170,8 +171,8 @@ def render_split(
     device = "cuda" if torch.cuda.is_available() else "cpu"
     system = load_system(ckpt, device)
     try:
-        hp = system.hparams
-        path.check_times(source_frame_count(hp.get("frame_ids"), int(hp["num_frames"])))
+        meta = system.meta
+        path.check_times(source_frame_count(meta.frame_ids, meta.num_frames))
     except ValueError as exc:
         raise StageError(
             scene, "render", f"split {split}: {exc}", "the checkpoint does not match the scene"

@@ -61,8 +61,9 @@ from nsff_core.model.checkpoint import (
     VerifiedCheckpointIO,
     load_checkpoint,
 )
-from nsff_core.model.data import FrameSampler, SceneData, make_batch
+from nsff_core.model.data import FrameSampler, SamplerConfig, SceneData, make_batch
 from nsff_core.model.system import NSFFSystem
+from nsff_core.model.train_views import sampler_config
 from nsff_core.progress import EVERY_S, eta_seconds, format_duration
 
 from .scene import load_scene
@@ -73,22 +74,14 @@ log = logging.getLogger(__name__)
 class RayBatchStream(torch.utils.data.IterableDataset):
     """An endless stream of training batches (one frame per batch, see :class:`FrameSampler`).
 
-    Under DDP every process has its own stream, seeded ``train.seed + rank``.
+    Under DDP every process has its own stream, seeded ``train.seed + rank``
+    (:func:`~nsff_core.model.train_views.sampler_config`).
     """
 
-    def __init__(
-        self, data: SceneData, batch_size: int, seed: int, dynamic_share: float = 0.0
-    ) -> None:
+    def __init__(self, data: SceneData, sampling: SamplerConfig) -> None:
         super().__init__()
         self.data = data
-        self.sampler = FrameSampler(
-            data.num_frames,
-            data.hw,
-            batch_size,
-            seed=seed,
-            dynamic=data.dynamic if dynamic_share > 0 else None,
-            dynamic_share=dynamic_share,
-        )
+        self.sampler = FrameSampler.from_config(sampling, data.num_frames, data.hw, data.dynamic)
 
     def __iter__(self):
         while True:
@@ -579,21 +572,12 @@ def _fit(
     run_dir = Path(job["run_dir"])
     spe, total, resume = job["steps_per_epoch"], job["max_steps"], job["resume"]
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    system = NSFFSystem(
-        to_dict(cfg),
-        data.num_frames,
-        data.K.tolist(),
-        data.c2w.tolist(),
-        spe,
-        normalization=data.normalization.to_dict(),
-        hw=list(data.hw),
-        frame_ids=data.frame_ids.tolist() if job.get("holdout_every") else None,
-    )
+    system = NSFFSystem(cfg, data.meta(keep_frame_ids=bool(job.get("holdout_every"))), spe)
     if rank:
         # its own density noise (DDP starts every rank from rank 0's weights); seed_everything,
         # since Lightning reseeds from it when it sets up DDP
         pl.seed_everything(cfg.seed + rank, workers=True, verbose=False)
-    stream = RayBatchStream(data, cfg.batch_size, cfg.seed + rank, cfg.dynamic_sampling)
+    stream = RayBatchStream(data, sampler_config(cfg, rank))
     system.pixel_sampler = stream.sampler
     system.training_frames = data.rgb
     system.lr_scale = float(job.get("lr_scale", 1.0))
