@@ -380,6 +380,17 @@ class EvalConfig:
     lpips_fetch: bool = False
 
 
+@dataclass(frozen=True)
+class WorkflowConfig:
+    """Settings of the workflow itself: the top-level keys of ``config.yaml`` besides
+    ``scenes`` and the sections (read with :func:`workflow_config`)."""
+
+    #: keep the large intermediates that neither render nor evaluate read (flow_fw, flow_bw,
+    #: flow_ok, disp, sfm); false makes them Snakemake temp() outputs, deleted once train has
+    #: used them
+    keep_intermediates: bool = True
+
+
 STAGES: dict[str, type] = {
     "frames": FramesConfig,
     "flow": FlowConfig,
@@ -435,6 +446,14 @@ def stage_config(stage: str, values: dict[str, Any] | None) -> Any:
     return from_dict(STAGES[stage], values, where=f"config section '{stage}'")
 
 
+def workflow_config(config: dict[str, Any] | None) -> WorkflowConfig:
+    """The :class:`WorkflowConfig` of a whole config (its top-level keys that are fields of
+    it; ``scenes`` and the sections are read elsewhere)."""
+    names = {f.name for f in dataclasses.fields(WorkflowConfig)}
+    values = {k: v for k, v in (config or {}).items() if k in names}
+    return from_dict(WorkflowConfig, values, where="config")
+
+
 __all__ = [
     "DepthConfig",
     "DiagnosticsConfig",
@@ -448,7 +467,9 @@ __all__ = [
     "RenderSplitConfig",
     "SyntheticConfig",
     "TrainConfig",
+    "WorkflowConfig",
     "from_dict",
     "stage_config",
     "to_dict",
+    "workflow_config",
 ]

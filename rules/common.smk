@@ -39,8 +39,16 @@ def _load_scenes():
 
 SCENES = _load_scenes()
 
-#: config keep_intermediates (default true); false marks the large intermediates temp()
-KEEP_INTERMEDIATES = config.get("keep_intermediates", True)
+
+def _workflow_config():
+    """The workflow's own settings (top-level keys; WorkflowConfig in nsff_core/config.py)."""
+    from nsff_core.config import workflow_config
+
+    return workflow_config(config)
+
+
+#: config keep_intermediates; false marks the large intermediates temp()
+KEEP_INTERMEDIATES = _workflow_config().keep_intermediates
 
 
 wildcard_constraints:
@@ -71,7 +79,7 @@ def weights_config():
     """The typed ``weights`` section (cache folder, trust on first use)."""
     from nsff_core.config import stage_config
 
-    return stage_config("weights", config.get("weights"))
+    return stage_config("weights", _sheet.scene_stage_config(config, {}, "weights"))
 
 
 def train_gpus(wc):

@@ -35,6 +35,12 @@ def test_config_yaml_is_valid_and_matches_dataclass_defaults():
         assert set(cfg[stage]) == names, f"config.yaml section {stage} lists every setting"
     demo = C.stage_config("synthetic", cfg["synthetic"]["demo"])
     assert (demo.num_frames, demo.width, demo.height) == (24, 320, 180)
+    # the workflow's own settings are top-level keys
+    top = {f.name for f in dataclasses.fields(C.WorkflowConfig)}
+    assert top <= set(cfg), "config.yaml lists every top-level setting"
+    assert C.workflow_config(cfg) == C.WorkflowConfig()
+    assert C.workflow_config({"scenes": "x.tsv"}) == C.WorkflowConfig()
+    assert not C.workflow_config({"keep_intermediates": False}).keep_intermediates
 
 
 def test_schema_covers_every_dataclass_field():
@@ -50,6 +56,8 @@ def test_schema_covers_every_dataclass_field():
         moved = {k for k, v in section["properties"].items() if v.get("deprecated")}
         assert current == names, stage
         assert moved == {key for (old, key) in C.MOVED_KEYS if old == stage}, stage
+    for f in dataclasses.fields(C.WorkflowConfig):
+        assert f.name in schema["properties"], f.name
 
 
 @pytest.mark.parametrize(
