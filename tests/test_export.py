@@ -258,12 +258,11 @@ def true_renders(gt_scene, monkeypatch):
     import torch
 
     from nsff_core.model import interp
-    from nsff_core.model.rays import SceneNormalization
     from nsff_core.model.render import RenderImage
 
     def fake(system, c2w_nsff, K, hw, time, chunk=4096, plane_chunk=None):
         i = int(round(time))
-        norm = SceneNormalization.from_dict(system.hparams["normalization"])
+        norm = system.meta.normalization
         t = true_ndc_depth(gt_scene, norm, i)
         t[0] = 1.0
         t = torch.as_tensor(t, dtype=torch.float32)
