@@ -9,9 +9,9 @@ pytest.importorskip("torchvision")
 from nsff_core.errors import StageError  # noqa: E402
 from nsff_core.model.io import frame_name, read_flo, read_mask, write_image  # noqa: E402
 from nsff_core.priors.nets.flow_ops import resize_flow  # noqa: E402
+from nsff_core.priors.nets.images import cap_size  # noqa: E402
 from nsff_core.priors.nets.raft import (  # noqa: E402
     _raft_forward,
-    cap_size,
     compute_flow_raft,
     load_raft,
     pad_amounts,

@@ -32,7 +32,7 @@ def test_analysis_size(source, long_side, expected):
 
 
 def test_capped_size_is_the_size_cap_size_gives():
-    from nsff_core.priors.frames import cap_size
+    from nsff_core.priors.nets.images import cap_size
 
     for wh in [(1920, 1080), (854, 480), (4000, 300), (300, 4000), (1281, 721)]:
         rgb = np.zeros((wh[1], wh[0], 3), np.uint8)

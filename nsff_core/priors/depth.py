@@ -400,13 +400,15 @@ def pretrained_depth(
     disparity at source resolution, resized to the training size."""
     P.require(frames_json, "frames.json", "depth", scene)
     P.require(weights, "the weights.json marker", "depth", scene)
+    from .frames import read_source_frames
     from .nets.dpt import compute_depth_dpt
+    from .weights import resolve_from_marker
 
     return compute_depth_dpt(
-        P.source_frames(frames_json, "depth", scene),
+        read_source_frames(frames_json, scene=scene, stage="depth"),
         disp_dir,
         P.training_hw(frames_json),
         cfg.dpt_model,
-        P.checkpoint(weights, cfg.dpt_model, "depth", scene),
+        resolve_from_marker(weights, cfg.dpt_model, scene, "depth"),
         scene=scene,
     )

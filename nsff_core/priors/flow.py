@@ -386,19 +386,23 @@ def pretrained_flow(
     size (vectors scaled); ``indices``: of that subsequence of the frames only."""
     P.require(frames_json, "frames.json", "flow", scene)
     P.require(weights, "the weights.json marker", "flow", scene)
+    from .frames import read_source_frames
     from .nets.raft import compute_flow_raft
+    from .weights import resolve_from_marker
 
     if indices is not None:
         count = len(json.loads(Path(frames_json).read_text())["source_indices"])
         indices = _check_indices(indices, count, scene)
     return compute_flow_raft(
-        _subsequence(P.source_frames(frames_json, "flow", scene), indices),
+        _subsequence(read_source_frames(frames_json, scene=scene, stage="flow"), indices),
         flow_fw_dir,
         flow_bw_dir,
         flow_ok_dir,
         out_hw=P.training_hw(frames_json),
         iters=cfg.raft_iters,
-        checkpoint=P.checkpoint(weights, backends.get("flow", "raft").weights[0], "flow", scene),
+        checkpoint=resolve_from_marker(
+            weights, backends.get("flow", "raft").weights[0], scene, "flow"
+        ),
         alpha1=cfg.consistency_alpha1,
         alpha2=cfg.consistency_alpha2,
         scene=scene,

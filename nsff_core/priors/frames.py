@@ -47,6 +47,7 @@ from nsff_core.model.io import atomic_dir, atomic_file, frame_name, read_image, 
 
 from ..config import MAX_FRAME_SIDE, MIN_FRAME_SIDE, FramesConfig, to_dict
 from ..errors import CorruptFileError, StageError
+from .nets.images import SOURCE_MAX_SIZE, cap_size
 
 logger = logging.getLogger(__name__)
 
@@ -665,33 +666,6 @@ def _extract_video(src: Path, out_dir: Path, cfg: FramesConfig, scene: str | Non
 
 
 # --------------------------------------------------------------------------- source frames
-
-#: pretrained backends read the source frames no larger than this (nsff_pl's preprocessing cap)
-SOURCE_MAX_SIZE = (1280, 720)
-
-
-def cap_size(rgb: np.ndarray, max_size: tuple[int, int] | None) -> np.ndarray:
-    """Scale ``rgb`` down by max(w / max_w, h / max_h) when that exceeds 1 (nsff_pl's rule,
-    cv2.INTER_AREA, sizes truncated); otherwise return it unchanged."""
-    h, w = rgb.shape[:2]
-    size = capped_size((w, h), max_size)
-    if size == (w, h):
-        return rgb
-    import cv2
-
-    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
-
-
-def capped_size(wh: tuple[int, int], max_size: tuple[int, int] | None) -> tuple[int, int]:
-    """(W, H) that :func:`cap_size` gives a frame of size ``wh``."""
-    w, h = (int(v) for v in wh)
-    if max_size is None:
-        return w, h
-    s = max(w / max_size[0], h / max_size[1])
-    if s <= 1:
-        return w, h
-    # at least 1 px: a very elongated frame would otherwise truncate its short side to 0
-    return max(1, int(w / s)), max(1, int(h / s))
 
 
 def read_source_frames(

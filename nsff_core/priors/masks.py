@@ -406,7 +406,9 @@ def pretrained_masks(
     (movers outside the COCO classes)."""
     P.require(frames_json, "frames.json", "masks", scene)
     P.require(weights, "the weights.json marker", "masks", scene)
+    from .frames import read_source_frames
     from .nets import maskrcnn
+    from .weights import resolve_from_marker
 
     with tempfile.TemporaryDirectory(dir=Path(masks_dir).parent) as tmp:
         motion = None
@@ -431,13 +433,13 @@ def pretrained_masks(
             fn = maskrcnn.compute_masks_detectron2
         name = backends.get("masks", cfg.backend).weights[0]
         return fn(
-            P.source_frames(frames_json, "masks", scene),
+            read_source_frames(frames_json, scene=scene, stage="masks"),
             masks_dir,
             P.training_hw(frames_json),
             classes=cfg.classes,
             score_threshold=cfg.score_threshold,
             dilate_px=cfg.dilate,
-            checkpoint=P.checkpoint(weights, name, "masks", scene),
+            checkpoint=resolve_from_marker(weights, name, scene, "masks"),
             motion=motion,
             min_moving_fraction=cfg.min_moving_fraction,
             union_motion=cfg.union_motion,

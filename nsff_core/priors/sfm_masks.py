@@ -68,8 +68,9 @@ def compute_sfm_masks(
     import cv2
 
     from .flow import compute_flow
-    from .frames import SOURCE_MAX_SIZE, capped_size, read_source_frames
+    from .frames import read_source_frames
     from .masks import compute_masks, sfm_masks_config
+    from .nets.images import SOURCE_MAX_SIZE, capped_size
 
     info = json.loads(Path(frames_json).read_text())
     size = analysis_size(capped_size(info["source_size"], SOURCE_MAX_SIZE), mask_size)

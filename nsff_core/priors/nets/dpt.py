@@ -52,9 +52,9 @@ from torch import nn
 
 from nsff_core.errors import StageError
 from nsff_core.model import io
-from nsff_core.priors.frames import cap_size
 from nsff_core.progress import Progress
 
+from .images import cap_size
 from .pretrained import fp16_autocast, torch_load_weights
 
 log = logging.getLogger(__name__)

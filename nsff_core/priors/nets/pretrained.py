@@ -39,18 +39,6 @@ def training_hw(frames_json: str | Path) -> tuple[int, int]:
     return int(h), int(w)
 
 
-def source_frames(frames_json: str | Path, stage: str, scene: str | None):
-    from nsff_core.priors.frames import read_source_frames
-
-    return read_source_frames(frames_json, scene=scene, stage=stage)
-
-
-def checkpoint(weights: str | Path, name: str, stage: str, scene: str | None) -> Path:
-    from nsff_core.priors.weights import resolve_from_marker
-
-    return resolve_from_marker(weights, name, scene, stage)
-
-
 def fp16_autocast(device: Any, enabled: bool):
     """float16 autocast on ``device`` (a torch.device) when ``enabled``, else a no-op context.
 

@@ -42,10 +42,10 @@ from nsff_core.model.io import (
     write_flo,
     write_mask,
 )
-from nsff_core.priors.frames import cap_size
 from nsff_core.progress import Progress
 
 from .flow_ops import consistency_mask, resize_flow
+from .images import cap_size
 from .pretrained import fp16_autocast, load_state_dict_file
 
 log = logging.getLogger(__name__)
