@@ -13,7 +13,8 @@ from nsff_core.config import FlowConfig, FramesConfig, MasksConfig
 from nsff_core.errors import StageError
 from nsff_core.model import io
 from nsff_core.priors import sfm
-from nsff_core.priors.frames import capped_size, extract_frames
+from nsff_core.priors.frames import extract_frames
+from nsff_core.priors.nets.images import cap_size, capped_size
 from nsff_core.priors.sfm_masks import analysis_size, compute_sfm_masks
 
 
@@ -32,8 +33,6 @@ def test_analysis_size(source, long_side, expected):
 
 
 def test_capped_size_is_the_size_cap_size_gives():
-    from nsff_core.priors.nets.images import cap_size
-
     for wh in [(1920, 1080), (854, 480), (4000, 300), (300, 4000), (1281, 721)]:
         rgb = np.zeros((wh[1], wh[0], 3), np.uint8)
         assert capped_size(wh, (1280, 720)) == cap_size(rgb, (1280, 720)).shape[1::-1]

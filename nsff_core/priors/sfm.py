@@ -386,7 +386,7 @@ def _check_inputs(frames: list[Path], cfg: SfmConfig, scene: str | None, frames_
 def capped_size(wh: tuple[int, int], max_size: int) -> tuple[int, int]:
     """(w, h) of a (w, h) frame scaled down so that its long side is at most ``max_size``:
     the size :func:`~nsff_core.priors.nets.images.cap_size` gives with ``(max_size, max_size)``."""
-    from .frames import capped_size as capped
+    from .nets.images import capped_size as capped
 
     return capped(wh, (max_size, max_size))
 
