@@ -158,3 +158,18 @@ def test_short_training_reaches_a_psnr_floor(synthetic_scene, tmp_path):
             baseline.append(-10 * math.log10(((gt.mean(0) - gt) ** 2).mean().item()))
     assert np.mean(psnrs) > 21.0, psnrs
     assert np.mean(psnrs) > np.mean(baseline) + 3.5, (psnrs, baseline)
+
+
+def test_a_budget_inside_the_first_prior_period_is_warned_with_the_setting_that_fits():
+    from nsff_core.workflow.stages.train import schedule_warning
+
+    cfg = TrainConfig(max_steps=1100)  # epochs 50, lambda_geo decays every 10 epochs
+    note = schedule_warning(cfg, spe=1382, total=1100)
+    assert note is not None
+    assert "epoch 0.80" in note and "steps_per_epoch to about 22" in note
+    # two processes split each epoch: the suggestion counts before the split
+    assert "about 44" in schedule_warning(cfg, spe=691, total=1100, world_size=2)
+    # the whole schedule fits (22 x 50 = 1,100 steps): the priors decay at steps 220, 440, ...
+    assert schedule_warning(cfg, spe=22, total=1100) is None
+    # no depth/flow prior: nothing to decay
+    assert schedule_warning(TrainConfig(lambda_geo_init=0.0), spe=1382, total=1100) is None
