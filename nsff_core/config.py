@@ -257,7 +257,7 @@ class DiagnosticsConfig:
 
 @dataclass(frozen=True)
 class WeightsConfig:
-    """Pretrained checkpoints (nsff_core/priors/weights.py)."""
+    """Pretrained checkpoints (nsff_core/priors/weights/)."""
 
     #: cache folder; None = $NSFF_WEIGHTS_DIR, else ~/.cache/nsff/weights. On a cluster: a
     #: shared filesystem path.

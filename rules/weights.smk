@@ -2,7 +2,7 @@
 # weights.cache_dir, else $NSFF_WEIGHTS_DIR, else ~/.cache/nsff/weights) and checked by hash.
 # A local rule: it runs where Snakemake runs, so cluster jobs never download. The marker lists
 # the resolved paths; weights-free backends (dis, epipolar, sparse, none) list nothing and
-# touch no network. See nsff_core/priors/weights.py and nsff_core/priors/backends.py.
+# touch no network. See nsff_core/priors/weights/ and nsff_core/priors/backends.py.
 
 from nsff_core.priors.backends import metric_request, weights_request
 

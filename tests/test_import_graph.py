@@ -1,6 +1,7 @@
 """No import cycle among the modules of ``nsff_core``, and the layering of its packages: the
 model library ``nsff_core.model`` imports nothing of ``nsff_core.workflow``, ``nsff_core.priors``
-or Snakemake, and the prior networks ``nsff_core.priors.nets`` no prior stage module.
+or Snakemake, and the prior networks ``nsff_core.priors.nets`` no prior stage module (of the
+weights package, only its registry and its hash checks, which hold no download code).
 
 The graph is read from the source with :mod:`ast`, so imports inside functions (the lazy ones
 that keep torch out of the workflow's start-up) count as much as those at the top of a file.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import graphlib
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -91,10 +93,23 @@ def test_nsff_core_has_no_import_cycle():
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
 
 
-#: the prior stage modules: one per rule of the priors, and the backend registry they share
+#: the prior stage modules: one per rule of the priors, the backend registry they share, and
+#: the weights package of the rule ``weights`` (its registry, hash checks and fetching)
 PRIOR_STAGES = tuple(
     f"nsff_core.priors.{name}"
-    for name in ("backends", "depth", "flow", "frames", "masks", "sfm", "sfm_masks", "weights")
+    for name in (
+        "backends",
+        "depth",
+        "flow",
+        "frames",
+        "masks",
+        "sfm",
+        "sfm_masks",
+        "weights",
+        "weights.fetching",
+        "weights.registry",
+        "weights.verify",
+    )
 )
 
 #: what each package must not import: the model library neither the workflow, the prior
@@ -106,6 +121,16 @@ FORBIDDEN = {
     "nsff_core.priors.nets": ("nsff_core.workflow", "snakemake", *PRIOR_STAGES),
 }
 
+#: what a package may import all the same: the networks' loaders check a pretrained file through
+#: the weights registry and its hash checks (``verify.open_verified``), which hold no download
+#: code; the package ``nsff_core.priors.weights`` itself and its ``fetching`` stay forbidden
+ALLOWED = {
+    "nsff_core.priors.nets": (
+        "nsff_core.priors.weights.registry",
+        "nsff_core.priors.weights.verify",
+    ),
+}
+
 
 def layer_violations(root: Path, package: str = "nsff_core.model") -> list[str]:
     """``module -> forbidden import`` for every module of ``package`` under ``root``."""
@@ -115,6 +140,8 @@ def layer_violations(root: Path, package: str = "nsff_core.model") -> list[str]:
             continue
         parent = name if path.name == "__init__.py" else name.rpartition(".")[0]
         for target in sorted(imported_names(path, parent)):
+            if any(target == a or target.startswith(a + ".") for a in ALLOWED.get(package, ())):
+                continue
             if any(target == f or target.startswith(f + ".") for f in FORBIDDEN[package]):
                 found.append(f"{name} -> {target}")
     return found
@@ -151,16 +178,6 @@ def test_the_priors_do_not_import_the_workflow():
     assert layer_violations(REPO / "nsff_core", "nsff_core.priors") == []
 
 
-#: known exceptions to the layering of ``nsff_core.priors.nets``: the loaders open a pretrained
-#: file through the hash-checked ``open_verified`` of the weights registry, which shares its
-#: module with the rule ``weights``'s fetching (splitting that module would remove them)
-NETS_KNOWN = [
-    f"nsff_core.priors.nets.{module} -> nsff_core.priors.weights{name}"
-    for module in ("maskrcnn", "pretrained")
-    for name in ("", ".open_verified")
-]
-
-
 def test_the_prior_stage_list_is_complete():
     """Every module of ``nsff_core.priors`` outside ``nets`` is a prior stage of the list, so
     that a new stage module is forbidden to the networks too."""
@@ -176,16 +193,76 @@ def test_the_prior_stage_list_is_complete():
 def test_the_prior_networks_import_no_prior_stage(tmp_path):
     pkg = tmp_path / "nsff_core"
     (pkg / "priors" / "nets").mkdir(parents=True)
-    for init in (pkg, pkg / "priors", pkg / "priors" / "nets"):
+    (pkg / "priors" / "weights").mkdir()
+    for init in (pkg, pkg / "priors", pkg / "priors" / "nets", pkg / "priors" / "weights"):
         (init / "__init__.py").write_text("")
+    for module in ("registry", "verify", "fetching"):
+        (pkg / "priors" / "weights" / f"{module}.py").write_text("")
     (pkg / "priors" / "frames.py").write_text("from .nets import a\n")
     (pkg / "priors" / "nets" / "a.py").write_text("def f():\n    from ..frames import cap\n")
     (pkg / "priors" / "nets" / "b.py").write_text("from . import a\nfrom .a import f\n")
+    (pkg / "priors" / "nets" / "c.py").write_text(
+        "from ..weights.registry import entry\n"
+        "def g():\n"
+        "    from nsff_core.priors.weights.verify import open_verified\n"
+        "    from ..weights.fetching import fetch\n"
+        "    from nsff_core.priors.weights import open_verified\n"
+    )
     assert layer_violations(pkg, "nsff_core.priors.nets") == [
         "nsff_core.priors.nets.a -> nsff_core.priors.frames",
         "nsff_core.priors.nets.a -> nsff_core.priors.frames.cap",
+        "nsff_core.priors.nets.c -> nsff_core.priors.weights",
+        "nsff_core.priors.nets.c -> nsff_core.priors.weights.fetching",
+        "nsff_core.priors.nets.c -> nsff_core.priors.weights.fetching.fetch",
+        "nsff_core.priors.nets.c -> nsff_core.priors.weights.open_verified",
     ]
-    assert layer_violations(REPO / "nsff_core", "nsff_core.priors.nets") == NETS_KNOWN
+    assert layer_violations(REPO / "nsff_core", "nsff_core.priors.nets") == []
+
+
+#: network code: the download modules of the standard library
+NETWORK_MODULES = ("urllib.request", "http.client")
+
+
+def test_the_weights_modules_of_the_networks_hold_no_network_code():
+    """The weights modules the networks may import (and the package, which runs first) import
+    neither ``urllib`` nor ``http``, anywhere in the file; ``fetching`` does."""
+    weights = REPO / "nsff_core" / "priors" / "weights"
+    package = "nsff_core.priors.weights"
+    for path in (weights / "__init__.py", weights / "registry.py", weights / "verify.py"):
+        names = imported_names(path, package)
+        assert not [n for n in names if n.split(".")[0] in ("urllib", "http")], path
+    assert set(NETWORK_MODULES) <= imported_names(weights / "fetching.py", package)
+
+
+def test_importing_the_prior_networks_loads_no_download_code():
+    """Importing ``nsff_core.priors.nets``, the weights modules its loaders import (lazily,
+    inside functions) and then every module of it loads no module of the rule ``weights``'s
+    fetching; until torch is imported (it loads ``urllib.request`` itself, for torch hub),
+    neither ``urllib.request`` nor ``http.client`` is loaded."""
+    graph = import_graph(REPO / "nsff_core")
+    nets = sorted(m for m in graph if m.startswith("nsff_core.priors.nets"))
+    used = sorted({t for m in nets for t in graph[m] if t.startswith("nsff_core.priors.weights")})
+    assert used == ["nsff_core.priors.weights.verify"], used  # open_verified, lazily
+    watched = [*NETWORK_MODULES, "torch", "nsff_core.priors.weights.fetching"]
+    code = (
+        "import importlib, json, sys\n"
+        f"watched = {watched!r}\n"
+        "def loaded():\n"
+        "    return sorted(m for m in watched if m in sys.modules)\n"
+        "import nsff_core.priors.nets\n"
+        f"for m in {used!r}:\n"
+        "    importlib.import_module(m)\n"
+        "first = loaded()\n"
+        f"for m in {nets!r}:\n"
+        "    importlib.import_module(m)\n"
+        "print(json.dumps([first, loaded()]))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    first, after = json.loads(out.stdout.strip().splitlines()[-1])
+    assert first == [], first
+    assert "nsff_core.priors.weights.fetching" not in after, after
 
 
 def test_importing_the_model_loads_no_snakemake():

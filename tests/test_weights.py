@@ -1,4 +1,4 @@
-"""The checkpoint registry and downloader (nsff_core/priors/weights.py) and the rule weights.
+"""The checkpoint registry and downloader (nsff_core/priors/weights/) and the rule weights.
 
 Nothing here touches the network: an autouse fixture lets only file:// URLs through and makes
 every other URL fail as it would offline, and the caches (ours, torch hub's) live in tmp_path.
@@ -7,6 +7,7 @@ every other URL fail as it would offline, and the caches (ours, torch hub's) liv
 from __future__ import annotations
 
 import hashlib
+import importlib
 import io
 import json
 import logging
@@ -23,9 +24,13 @@ import pytest
 
 from nsff_core.errors import StageError
 from nsff_core.priors import weights as W
+from nsff_core.priors.weights import fetching as F
 
 from .conftest import REPO
 from .test_envs import parse_rules
+
+#: the module (the package's attribute ``verify`` is the function of that name)
+V = importlib.import_module("nsff_core.priors.weights.verify")
 
 PAYLOAD = b"not really a checkpoint\n" * 1000
 
@@ -41,7 +46,7 @@ def offline(monkeypatch, tmp_path):
             return urllib.request.urlopen(url, timeout=timeout)
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
-    monkeypatch.setattr(W, "_urlopen", urlopen)
+    monkeypatch.setattr(F, "_urlopen", urlopen)
     monkeypatch.delenv(W.ENV_VAR, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
@@ -183,6 +188,18 @@ def test_verify_full_hash_prefix_and_none(tmp_path):
         W.verify(f, W.WeightsEntry("a", "x.bin", "u", sha256_prefix=wrong[:8]))
 
 
+def test_the_package_passes_on_the_names_of_its_modules():
+    """``nsff_core.priors.weights`` names what its modules define, the very objects (so a patch
+    of a module's function, as here of ``F._urlopen``, is what the package's callers run)."""
+    R = importlib.import_module("nsff_core.priors.weights.registry")
+    for name in W.__all__:
+        assert any(getattr(m, name, None) is getattr(W, name) for m in (R, V, F)), name
+    assert W.fetch is F.fetch and W.verify is V.verify and W._urlopen is F._urlopen
+    assert W.log is V.log is F.log and W.log.name == W.__name__
+    with pytest.raises(AttributeError, match="no_such_name"):
+        W.no_such_name  # noqa: B018
+
+
 # --------------------------------------------------------------------------- fetching
 
 
@@ -191,7 +208,7 @@ def test_fetch_downloads_verifies_and_reuses(toy, tmp_path, offline, monkeypatch
     path = W.fetch("toy", cache, scene="demo")
     assert path == cache / toy.file and path.read_bytes() == PAYLOAD
     assert offline == [toy.url] and leftovers(cache) == []
-    monkeypatch.setattr(W, "_urlopen", pytest.fail)  # a second fetch must not download
+    monkeypatch.setattr(F, "_urlopen", pytest.fail)  # a second fetch must not download
     assert W.fetch("toy", cache) == path
 
 
@@ -199,9 +216,9 @@ def test_fetch_through_an_opener_logs_progress(toy, tmp_path, monkeypatch, caplo
     class Response(io.BytesIO):
         headers = {"Content-Length": str(len(PAYLOAD))}
 
-    monkeypatch.setattr(W, "_urlopen", lambda url, timeout: Response(PAYLOAD))
-    monkeypatch.setattr(W, "CHUNK", 1000)
-    monkeypatch.setattr(W, "PROGRESS_EVERY_S", 0.0)
+    monkeypatch.setattr(F, "_urlopen", lambda url, timeout: Response(PAYLOAD))
+    monkeypatch.setattr(F, "CHUNK", 1000)
+    monkeypatch.setattr(F, "PROGRESS_EVERY_S", 0.0)
     with caplog.at_level(logging.INFO, logger=W.__name__):
         path = W.fetch("toy", tmp_path / "cache")
     assert path.read_bytes() == PAYLOAD
@@ -212,7 +229,7 @@ def test_truncated_transfer_fails_and_leaves_nothing(toy, tmp_path, monkeypatch)
     class Response(io.BytesIO):
         headers = {"Content-Length": str(len(PAYLOAD) + 10)}
 
-    monkeypatch.setattr(W, "_urlopen", lambda url, timeout: Response(PAYLOAD))
+    monkeypatch.setattr(F, "_urlopen", lambda url, timeout: Response(PAYLOAD))
     cache = tmp_path / "cache"
     with pytest.raises(StageError, match=f"stopped after {len(PAYLOAD)} of"):
         W.fetch("toy", cache)
@@ -289,7 +306,7 @@ def test_torch_hub_copy_is_reused_without_network(toy, tmp_path, monkeypatch):
     hub = tmp_path / "torch" / "hub" / "checkpoints"
     hub.mkdir(parents=True)
     (hub / toy.file).write_bytes(PAYLOAD)
-    monkeypatch.setattr(W, "_urlopen", pytest.fail)
+    monkeypatch.setattr(F, "_urlopen", pytest.fail)
     assert W.fetch("toy", tmp_path / "cache").read_bytes() == PAYLOAD
 
 
@@ -509,8 +526,8 @@ def test_the_fetch_reuses_the_recorded_digest_while_the_file_is_unchanged(
     cache = tmp_path / "cache"
     path = W.fetch("toy", cache)
     hashed = []
-    real = W._hash_open_file
-    monkeypatch.setattr(W, "_hash_open_file", lambda f: hashed.append(1) or real(f))
+    real = V._hash_open_file
+    monkeypatch.setattr(V, "_hash_open_file", lambda f: hashed.append(1) or real(f))
     assert W.fetch("toy", cache) == path and hashed == []  # stat unchanged: no hashing
     st = path.stat()
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
@@ -593,7 +610,7 @@ def test_concurrent_fetches_of_one_file_download_it_once(toy, tmp_path, monkeypa
         calls.append(url)
         return Slow(PAYLOAD) if len(calls) == 1 else io.BytesIO(PAYLOAD)
 
-    monkeypatch.setattr(W, "_urlopen", urlopen)
+    monkeypatch.setattr(F, "_urlopen", urlopen)
     real_info = W.log.info
 
     def info(msg, *args):  # B waits on A's lock: let A finish
@@ -651,7 +668,7 @@ def test_an_optional_fetch_offline_lists_the_lpips_weights_as_unavailable(
 
 
 def test_without_download_the_network_and_the_cache_are_never_touched(tmp_path, monkeypatch):
-    monkeypatch.setattr(W, "_urlopen", lambda url, timeout: pytest.fail(f"opened {url}"))
+    monkeypatch.setattr(F, "_urlopen", lambda url, timeout: pytest.fail(f"opened {url}"))
     cache = tmp_path / "cache"
     content = W.fetch_for_scene(
         {"evaluate": "lpips"},
@@ -684,7 +701,7 @@ def test_without_download_files_in_the_caches_are_used(toy, tmp_path, monkeypatc
     hub = tmp_path / "torch" / "hub" / "checkpoints"
     hub.mkdir(parents=True)
     (hub / hub_only.file).write_bytes(PAYLOAD + b"x")
-    monkeypatch.setattr(W, "_urlopen", lambda url, timeout: pytest.fail(f"opened {url}"))
+    monkeypatch.setattr(F, "_urlopen", lambda url, timeout: pytest.fail(f"opened {url}"))
     content = W.fetch_for_scene(
         {"flow": "toy", "masks": "toy2"}, tmp_path / "m.json", cache, optional=True, download=False
     )

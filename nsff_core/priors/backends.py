@@ -7,7 +7,7 @@ Everything else reads this table:
   :func:`~nsff_core.priors.masks.compute_masks` and :func:`~nsff_core.priors.depth.compute_depth`
   call the ``run`` function of the record named by ``cfg.backend``;
 - the rule ``weights`` fetches what :func:`weights_request` and :func:`weights_table` name (the
-  latter is :data:`nsff_core.priors.weights.BACKEND_WEIGHTS`), and the rule
+  latter is :data:`nsff_core.priors.weights.registry.BACKEND_WEIGHTS`), and the rule
   ``weights_evaluate`` what :func:`metric_request` names (LPIPS, for rule ``evaluate``);
 - ``rules/common.smk`` asks :func:`needs_gpu` for the GPU and memory resources of a prior rule;
 - ``tests/test_backends.py`` checks that the ``backend`` enums of the config and sheet schemas
@@ -42,7 +42,7 @@ class Backend:
         run: ``"module:function"`` that computes the stage with this backend; its arguments are
             those of the stage function (``compute_flow``, ``compute_masks``, ``compute_depth``).
         weights: names of the checkpoints it needs (keys of
-            :data:`nsff_core.priors.weights.REGISTRY`); empty for a weights-free backend.
+            :data:`nsff_core.priors.weights.registry.REGISTRY`); empty for a weights-free backend.
         gpu: whether its rule asks for a GPU (and more memory).
         model_setting: the stage setting that picks one of several checkpoints (``dpt_model``),
             if any; ``models`` maps each of its values to that value's checkpoints, and
@@ -137,7 +137,7 @@ def run_function(stage: str, name: str, fallback: Callable[..., Any]) -> Callabl
 
 
 def weights_table() -> dict[tuple[str, str], tuple[str, ...]]:
-    """Checkpoints per (stage, key), for :func:`nsff_core.priors.weights.needed_weights`.
+    """Checkpoints per (stage, key), for :func:`nsff_core.priors.weights.registry.needed_weights`.
 
     The key is a backend's name, or a value of its ``model_setting`` (what
     :func:`weights_request` sends for such a backend). Weights-free backends are left out.
@@ -157,7 +157,7 @@ def weights_request(settings: Callable[[str], Mapping[str, Any]]) -> dict[str, A
     Args:
         settings: stage -> the scene's settings of that stage as given (config and sheet,
             without defaults: ``backend`` absent or ``None`` means the stage's default, which
-            :func:`~nsff_core.priors.weights.needed_weights` fills in).
+            :func:`~nsff_core.priors.weights.registry.needed_weights` fills in).
 
     Returns:
         ``{"flow": ..., "masks": ..., "depth": ...}``: the backend's name, or, for a backend

@@ -184,16 +184,17 @@ def load_lpips(net: str = "alex", weights_path=None, device=None, scene=None, fi
     (:func:`nsff_core.model.metrics.lpips_weight_files` with ``weights_path``).
 
     Both files are checked against the registry entries ``alexnet`` and ``lpips_alex`` of
-    :mod:`nsff_core.priors.weights` (by file name: the ``lpips`` package's names ``alexnet.pth``
-    and ``alex.pth`` included): the first use records their full sha256 in ``sha256.json`` of
-    their folder (the backbone's prefix ``7be5be79`` is checked then), and every later use must
-    match it. They are loaded with ``weights_only=True``. (This lives on the stage side, not in
-    :mod:`nsff_core.model.metrics`, because the checked loading is the priors' weight code.)
+    :mod:`nsff_core.priors.weights.registry` (by file name: the ``lpips`` package's names
+    ``alexnet.pth`` and ``alex.pth`` included): the first use records their full sha256 in
+    ``sha256.json`` of their folder (the backbone's prefix ``7be5be79`` is checked then), and
+    every later use must match it. They are loaded with ``weights_only=True``. (This lives on
+    the stage side, not in :mod:`nsff_core.model.metrics`, because the checked loading is the
+    priors' weight code.)
 
     Raises:
         LpipsUnavailable: when a weight file is missing (see
             :func:`~nsff_core.model.metrics.lpips_weight_files`).
-        nsff_core.priors.weights.WeightsMismatch: a file differs from its recorded sha256
+        nsff_core.priors.weights.verify.WeightsMismatch: a file differs from its recorded sha256
             (a :class:`~nsff_core.errors.StageError` of rule ``evaluate`` for ``scene``).
     """
     import os
