@@ -108,7 +108,7 @@ PRIOR_STAGES = tuple(
         "weights",
         "weights.fetching",
         "weights.registry",
-        "weights.verify",
+        "weights.hashing",
     )
 )
 
@@ -122,12 +122,12 @@ FORBIDDEN = {
 }
 
 #: what a package may import all the same: the networks' loaders check a pretrained file through
-#: the weights registry and its hash checks (``verify.open_verified``), which hold no download
+#: the weights registry and its hash checks (``hashing.open_verified``), which hold no download
 #: code; the package ``nsff_core.priors.weights`` itself and its ``fetching`` stay forbidden
 ALLOWED = {
     "nsff_core.priors.nets": (
         "nsff_core.priors.weights.registry",
-        "nsff_core.priors.weights.verify",
+        "nsff_core.priors.weights.hashing",
     ),
 }
 
@@ -196,7 +196,7 @@ def test_the_prior_networks_import_no_prior_stage(tmp_path):
     (pkg / "priors" / "weights").mkdir()
     for init in (pkg, pkg / "priors", pkg / "priors" / "nets", pkg / "priors" / "weights"):
         (init / "__init__.py").write_text("")
-    for module in ("registry", "verify", "fetching"):
+    for module in ("registry", "hashing", "fetching"):
         (pkg / "priors" / "weights" / f"{module}.py").write_text("")
     (pkg / "priors" / "frames.py").write_text("from .nets import a\n")
     (pkg / "priors" / "nets" / "a.py").write_text("def f():\n    from ..frames import cap\n")
@@ -204,7 +204,7 @@ def test_the_prior_networks_import_no_prior_stage(tmp_path):
     (pkg / "priors" / "nets" / "c.py").write_text(
         "from ..weights.registry import entry\n"
         "def g():\n"
-        "    from nsff_core.priors.weights.verify import open_verified\n"
+        "    from nsff_core.priors.weights.hashing import open_verified\n"
         "    from ..weights.fetching import fetch\n"
         "    from nsff_core.priors.weights import open_verified\n"
     )
@@ -228,7 +228,7 @@ def test_the_weights_modules_of_the_networks_hold_no_network_code():
     neither ``urllib`` nor ``http``, anywhere in the file; ``fetching`` does."""
     weights = REPO / "nsff_core" / "priors" / "weights"
     package = "nsff_core.priors.weights"
-    for path in (weights / "__init__.py", weights / "registry.py", weights / "verify.py"):
+    for path in (weights / "__init__.py", weights / "registry.py", weights / "hashing.py"):
         names = imported_names(path, package)
         assert not [n for n in names if n.split(".")[0] in ("urllib", "http")], path
     assert set(NETWORK_MODULES) <= imported_names(weights / "fetching.py", package)
@@ -242,7 +242,7 @@ def test_importing_the_prior_networks_loads_no_download_code():
     graph = import_graph(REPO / "nsff_core")
     nets = sorted(m for m in graph if m.startswith("nsff_core.priors.nets"))
     used = sorted({t for m in nets for t in graph[m] if t.startswith("nsff_core.priors.weights")})
-    assert used == ["nsff_core.priors.weights.verify"], used  # open_verified, lazily
+    assert used == ["nsff_core.priors.weights.hashing"], used  # open_verified, lazily
     watched = [*NETWORK_MODULES, "torch", "nsff_core.priors.weights.fetching"]
     code = (
         "import importlib, json, sys\n"

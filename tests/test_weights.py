@@ -29,8 +29,8 @@ from nsff_core.priors.weights import fetching as F
 from .conftest import REPO
 from .test_envs import parse_rules
 
-#: the module (the package's attribute ``verify`` is the function of that name)
-V = importlib.import_module("nsff_core.priors.weights.verify")
+#: the module of the hash checks
+V = importlib.import_module("nsff_core.priors.weights.hashing")
 
 PAYLOAD = b"not really a checkpoint\n" * 1000
 

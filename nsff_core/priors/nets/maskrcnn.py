@@ -700,7 +700,7 @@ def _detectron2_checkpointer(model, scene: str | None):
     """A detectron2 ``DetectionCheckpointer`` for ``model`` that reads files safely.
 
     Its ``_load_file`` (fvcore's hook for file formats) opens the local file through
-    :func:`~nsff_core.priors.weights.verify.open_verified` (registry or recorded sha256) and
+    :func:`~nsff_core.priors.weights.hashing.open_verified` (registry or recorded sha256) and
     reads a ``.pkl`` with :func:`~nsff_core.priors.nets.pretrained.load_pickled_arrays` instead of
     ``pickle.load``; model-zoo and Caffe2-style contents are told apart as detectron2 does. Any
     other file goes through ``torch.load(weights_only=True)``.
@@ -710,7 +710,7 @@ def _detectron2_checkpointer(model, scene: str | None):
     from detectron2 import model_zoo
     from detectron2.checkpoint import DetectionCheckpointer
 
-    from nsff_core.priors.weights.verify import open_verified
+    from nsff_core.priors.weights.hashing import open_verified
 
     from .pretrained import load_pickled_arrays, torch_load_weights
 

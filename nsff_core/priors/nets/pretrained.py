@@ -61,7 +61,7 @@ def torch_load_weights(path: str | Path, scene: str | None = None, stage: str = 
     """``torch.load`` of a pretrained file: hash-checked first, then tensors and containers only.
 
     The file is checked against the registry's or the recorded sha256
-    (:func:`~nsff_core.priors.weights.verify.open_verified`; a file whose name is no registry
+    (:func:`~nsff_core.priors.weights.hashing.open_verified`; a file whose name is no registry
     file is not checked) and loaded from the same open file, on the CPU, with ``weights_only=True``
     passed explicitly: torch's unpickler then refuses any other Python object, and the
     environment variable ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` cannot turn that off (torch
@@ -74,7 +74,7 @@ def torch_load_weights(path: str | Path, scene: str | None = None, stage: str = 
     """
     import torch
 
-    from nsff_core.priors.weights.verify import open_verified
+    from nsff_core.priors.weights.hashing import open_verified
 
     with open_verified(path, scene, stage) as f:
         return torch.load(f, map_location="cpu", weights_only=True)
@@ -162,7 +162,7 @@ def load_state_dict_file(
     """Load a torch state-dict file into ``model`` strictly, through :func:`torch_load_weights`
     (hash check, ``weights_only=True``); a missing file, an unreadable one or one with other
     keys or shapes is a :class:`StageError` naming ``what`` and the path, and a file that fails
-    its hash check is a :class:`~nsff_core.priors.weights.verify.WeightsMismatch`."""
+    its hash check is a :class:`~nsff_core.priors.weights.hashing.WeightsMismatch`."""
     path = Path(checkpoint)
     if not path.is_file():
         raise StageError(scene, stage, f"{what} checkpoint not found: {path}", missing_hint)

@@ -5,7 +5,7 @@ Three modules, each building on the one before:
 - :mod:`~nsff_core.priors.weights.registry`: every checkpoint the workflow can use
   (:data:`REGISTRY`: file name, URL, hash), the ones a scene's backends need
   (:func:`needed_weights`) and the cache directory (:func:`cache_dir`);
-- :mod:`~nsff_core.priors.weights.verify`: the hash checks of local files and the digest record
+- :mod:`~nsff_core.priors.weights.hashing`: the hash checks of local files and the digest record
   of their folder (:func:`open_verified` for the loaders, :func:`verify_file` for the rule
   ``weights``; trust on first use). No network code: the loaders of
   :mod:`nsff_core.priors.nets` import this module and the registry only;
@@ -16,15 +16,13 @@ Three modules, each building on the one before:
 The public names of the three modules can be imported from this package, as before it was
 split (the rules and scripts do: ``from nsff_core.priors.weights import fetch_for_scene``). The
 names of ``fetching`` are looked up there on first use (:func:`__getattr__`), so that importing
-this package, or ``verify`` through it, does not import ``urllib`` or ``http``. Code that
+this package, or ``hashing`` through it, does not import ``urllib`` or ``http``. Code that
 replaces one of these functions (a test's ``monkeypatch``) must do so in the module that defines
 it: the others call it from there.
 
-The package's attribute ``verify`` is the function :func:`verify`, not the module of that name:
-reach the module with an import statement (``from nsff_core.priors.weights.verify import
-open_verified``) or :func:`importlib.import_module`. (The fetching module is not named
-``fetch`` for the same reason: the function :func:`fetch` would be replaced by the module
-whenever something imported the module before the package's first lookup of ``fetch``.)
+The fetching module is not named ``fetch`` (nor the hash checks ``verify``): a submodule
+named like one of the package's functions would replace that function as the package's
+attribute whenever something imported the module first.
 """
 
 from __future__ import annotations
@@ -33,6 +31,20 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from ...config import STAGES  # the stages' defaults, which needed_weights reads
+from .hashing import (
+    CHUNK,
+    RECORD_FILE,
+    HashMismatch,
+    WeightsMismatch,
+    digest_matches,
+    log,
+    open_verified,
+    read_record,
+    sha256_file,
+    verify,
+    verify_file,
+)
+from .hashing import _hash_open_file as _hash_open_file
 from .registry import (
     BACKEND_WEIGHTS,
     ENV_VAR,
@@ -46,20 +58,6 @@ from .registry import (
     needed_weights,
     weights_path,
 )
-from .verify import (
-    CHUNK,
-    RECORD_FILE,
-    HashMismatch,
-    WeightsMismatch,
-    digest_matches,
-    log,
-    open_verified,
-    read_record,
-    sha256_file,
-    verify,
-    verify_file,
-)
-from .verify import _hash_open_file as _hash_open_file
 
 if TYPE_CHECKING:
     from .fetching import (

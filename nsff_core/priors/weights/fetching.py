@@ -9,7 +9,7 @@ a local rule, so on a cluster only the submitting machine touches the network. E
 records the full sha256 of each file it lists, so a full digest can be copied into the registry
 once a trusted file is at hand.
 
-Every file kept or fetched is checked by :mod:`nsff_core.priors.weights.verify` (registry or
+Every file kept or fetched is checked by :mod:`nsff_core.priors.weights.hashing` (registry or
 recorded sha256, trusted on first use). The LPIPS weights of rule ``evaluate`` are resolved by
 the rule ``weights_evaluate`` (marker ``results/{scene}/weights_evaluate.json``), an optional
 fetch: it downloads only with config ``eval.lpips_fetch: true``, and a file it cannot have is
@@ -39,8 +39,7 @@ from typing import Any
 from nsff_core.model.io import atomic_file
 
 from ...errors import StageError
-from .registry import ENV_VAR, REGISTRY, STAGE, WeightsEntry, cache_dir, entry, needed_weights
-from .verify import (
+from .hashing import (
     CHUNK,
     RECORD_FILE,
     WeightsMismatch,
@@ -51,6 +50,7 @@ from .verify import (
     read_record,
     verify_file,
 )
+from .registry import ENV_VAR, REGISTRY, STAGE, WeightsEntry, cache_dir, entry, needed_weights
 
 #: one logger for the whole package, under the name its lines have always had
 log = logging.getLogger(__package__)
@@ -366,7 +366,7 @@ def fetch_for_scene(
     The marker: ``{"cache_dir", "backends", "weights": {name: {"path", "file", "url",
     "sha256", "check", "bytes"}}}`` with ``check`` ``"registry-sha256"`` (the registry's full
     digest) or ``"recorded-sha256"`` (the digest recorded on first use, see
-    :mod:`nsff_core.priors.weights.verify`); ``weights`` is empty for weights-free backends
+    :mod:`nsff_core.priors.weights.hashing`); ``weights`` is empty for weights-free backends
     (and then nothing touches the network or the cache). ``trust_on_first_use`` is config
     ``weights.trust_on_first_use``.
 

@@ -4,7 +4,7 @@ Every checkpoint the workflow can use is an entry of :data:`REGISTRY` (file name
 :func:`needed_weights` names those a scene's backends need (from the backend registry,
 :data:`BACKEND_WEIGHTS`), and :func:`cache_dir` is the folder they are fetched into
 (:mod:`nsff_core.priors.weights.fetching`) and checked in
-(:mod:`nsff_core.priors.weights.verify`).
+(:mod:`nsff_core.priors.weights.hashing`).
 
 Hashes. An entry can carry a full ``sha256`` and/or a ``sha256_prefix``: the leading hex
 digits of the file's sha256, which torchvision and torch hub embed in their file names
@@ -12,7 +12,7 @@ digits of the file's sha256, which torchvision and torch hub embed in their file
 ``check_hash`` checks exactly this prefix). The full digests of the public checkpoints were not
 known when the registry was written (they cannot be downloaded here), so no entry carries one
 yet. Such entries are trusted on first use (config ``weights.trust_on_first_use``, default
-true; see :mod:`nsff_core.priors.weights.verify`). With ``trust_on_first_use: false`` only
+true; see :mod:`nsff_core.priors.weights.hashing`). With ``trust_on_first_use: false`` only
 entries with a full ``sha256`` in the registry are used.
 
 Loaders find the entry of a file by its name (:func:`entry_for_file`; the LPIPS files also by
@@ -22,7 +22,7 @@ checkpoint the caller chose) is not checked.
 Cache directory: the configured value (config ``weights.cache_dir``), else ``$NSFF_WEIGHTS_DIR``,
 else ``$XDG_CACHE_HOME/nsff/weights`` (``~/.cache/nsff/weights``).
 
-No network code here, nor in :mod:`nsff_core.priors.weights.verify`: the loaders of
+No network code here, nor in :mod:`nsff_core.priors.weights.hashing`: the loaders of
 :mod:`nsff_core.priors.nets` import these two modules only.
 """
 

@@ -194,7 +194,7 @@ def load_lpips(net: str = "alex", weights_path=None, device=None, scene=None, fi
     Raises:
         LpipsUnavailable: when a weight file is missing (see
             :func:`~nsff_core.model.metrics.lpips_weight_files`).
-        nsff_core.priors.weights.verify.WeightsMismatch: a file differs from its recorded sha256
+        nsff_core.priors.weights.hashing.WeightsMismatch: a file differs from its recorded sha256
             (a :class:`~nsff_core.errors.StageError` of rule ``evaluate`` for ``scene``).
     """
     import os
