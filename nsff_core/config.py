@@ -302,6 +302,11 @@ class TrainConfig:
     #: planes: the NDC box the planes cover: rays (fitted to every training ray's samples,
     #: so turned or moved cameras do not read the border) | ndc (the NDC cube, as before)
     grid_bounds: str = "rays"
+    #: planes: the dynamic field: kplanes (space-time planes, the shape rebuilt per frame) |
+    #: deform (a canonical field warped per frame, so a mover keeps its shape)
+    grid_dynamic: str = "kplanes"
+    #: planes, deform: levels of the warp field, at grid_base_resolution / 2^k (k < levels)
+    grid_motion_levels: int = 1
     #: bound of the scene flow per frame (NDC units)
     flow_scale: float = 0.2
     #: samples per ray (linear in NDC depth)
@@ -321,6 +326,10 @@ class TrainConfig:
     #: geometric prior weight lambda_geo: init, and x decay every decay_every epochs
     lambda_geo_init: float = 0.04
     lambda_geo_decay_every: float = 10.0
+    #: factor on lambda_geo for the depth (disparity) prior alone; the flow prior keeps
+    #: lambda_geo / 2 per direction. 1 = nsff_pl. The weights-free depth prior (densified SfM
+    #: points) is off by 17-31 % per pixel on the synthetic suite; docs/method.md, Schedule
+    lambda_disparity: float = 1.0
     #: width of the box along the ray of the cross-entropy ("thickness") loss
     thickness: int = 1
     #: Gaussian noise std on raw densities during training

@@ -303,3 +303,21 @@ def test_a_checkpoint_of_other_settings_is_never_resumed(tiny_scene_dir, tmp_pat
     last = train_scene(tiny_scene_dir, out, TrainConfig(**CFG), scene="tiny")
     assert load_checkpoint(last)["hyper_parameters"]["cfg"]["width"] == CFG["width"]
     assert [int(r["step"]) for r in _rows(out / "metrics.csv")] == list(range(6))
+
+
+def test_a_deforming_dynamic_field_trains_and_comes_back_from_its_checkpoint(
+    tiny_scene_dir, tmp_path
+):
+    from nsff_core.model.fields_planes import PlaneDeformDynamicField
+    from nsff_core.workflow.stages.render_split import load_system
+    from nsff_core.workflow.stages.train import train_scene
+
+    cfg = TrainConfig(**dict(TINY, field="planes", grid_dynamic="deform", max_steps=3))
+    ckpt = train_scene(tiny_scene_dir, tmp_path, cfg, "tiny")
+    system = load_system(ckpt, "cpu")
+    assert isinstance(system.dynamic_field, PlaneDeformDynamicField)
+    saved = load_checkpoint(ckpt)["state_dict"]
+    loaded = system.state_dict()
+    assert set(saved) == set(loaded) and all(torch.equal(saved[k], loaded[k]) for k in saved)
+    offset = system.dynamic_field.motion_decoder[-1]  # training moved the warp off the identity
+    assert offset.weight[:3].abs().sum() > 0

@@ -7,6 +7,7 @@ import torch
 from nsff_core.config import TrainConfig, to_dict
 from nsff_core.errors import ConfigError
 from nsff_core.model.fields_planes import (
+    PlaneDeformDynamicField,
     PlaneDynamicField,
     PlaneFieldConfig,
     PlaneStack,
@@ -57,8 +58,9 @@ def test_dynamic_field_reads_the_row_of_its_frame():
         assert torch.allclose(field(x, torch.full((7,), t)).raw_sigma, before[t])
 
 
-def test_fields_keep_the_mlp_interface_and_bounds():
-    static, dynamic = PlaneStaticField(SMALL), PlaneDynamicField(SMALL, num_frames=4)
+@pytest.mark.parametrize("dynamic_class", [PlaneDynamicField, PlaneDeformDynamicField])
+def test_fields_keep_the_mlp_interface_and_bounds(dynamic_class):
+    static, dynamic = PlaneStaticField(SMALL), dynamic_class(SMALL, num_frames=4)
     x = torch.rand(5, 6, 3) * 2 - 1
     s = static(x, torch.randn(5, 1, 3))
     assert s.raw_sigma.shape == (5, 6) and s.rgb.shape == (5, 6, 3)
@@ -71,8 +73,9 @@ def test_fields_keep_the_mlp_interface_and_bounds():
         dynamic(x, torch.zeros(3, dtype=torch.long))
 
 
-def test_gradients_reach_the_query_positions_and_the_planes():
-    field = PlaneDynamicField(SMALL, num_frames=3)
+@pytest.mark.parametrize("dynamic_class", [PlaneDynamicField, PlaneDeformDynamicField])
+def test_gradients_reach_the_query_positions_and_the_planes(dynamic_class):
+    field = dynamic_class(SMALL, num_frames=3)
     torch.manual_seed(0)
     with torch.no_grad():
         for p in field.grid_parameters():
@@ -82,6 +85,26 @@ def test_gradients_reach_the_query_positions_and_the_planes():
     (out.raw_sigma.sum() + out.rgb.sum()).backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
     assert all(p.grad is not None for p in field.grid_parameters())
+
+
+def test_the_deforming_field_starts_time_invariant_and_moves_its_canonical_shape():
+    torch.manual_seed(0)
+    field = PlaneDeformDynamicField(SMALL, num_frames=4)
+    x = torch.rand(9, 3) * 1.6 - 0.8
+    at = {t: field(x, torch.full((9,), t)) for t in range(4)}
+    for t in (1, 2, 3):  # the warp starts as the identity: every frame reads the same shape
+        assert torch.equal(at[t].raw_sigma, at[0].raw_sigma)
+        assert torch.equal(at[t].rgb, at[0].rgb)
+    # an offset of +0.25 in x: the field at x reads what it read at x + 0.25 before
+    shifted = x.clone()
+    shifted[:, 0] += 0.25
+    expected = field(shifted, torch.full((9,), 2))
+    with torch.no_grad():
+        field.motion_decoder[-1].bias[0] = 0.25
+    moved = field(x, torch.full((9,), 2))
+    assert torch.allclose(moved.raw_sigma, expected.raw_sigma)
+    assert torch.allclose(moved.rgb, expected.rgb)
+    assert not torch.allclose(moved.raw_sigma, at[2].raw_sigma)
 
 
 def test_total_variation():

@@ -174,6 +174,17 @@ def test_schedule_by_step_and_custom_base():
         L.LossWeights(entropy=-1)
 
 
+def test_the_depth_prior_has_its_own_factor_and_the_flow_prior_keeps_lambda_geo():
+    from nsff_core.config import TrainConfig
+    from nsff_core.model.train_views import loss_weights
+
+    w = L.weights_at(12, base=loss_weights(TrainConfig(lambda_disparity=0.25)))
+    assert w["disparity"] == pytest.approx(0.004 * 0.25)
+    assert w["flow_fw"] == w["flow_bw"] == pytest.approx(0.002)
+    with pytest.raises(ValueError):
+        L.LossWeights(disparity=-0.5)
+
+
 def test_total_loss():
     terms = {"color": t(2.0, requires_grad=True), "flow_fw": t(10.0)}
     total = L.total_loss(terms, L.weights_at(0))

@@ -322,7 +322,7 @@ class LossWeights:
 
     The geometric prior weight decays stepwise, ``lambda_geo(e) = lambda_geo_init *
     lambda_geo_decay ** floor(e / lambda_geo_decay_every)``; the disparity term gets
-    ``lambda_geo`` and each flow direction ``lambda_geo / 2``. The cross-entropy weight ramps
+    ``lambda_geo * disparity`` and each flow direction ``lambda_geo / 2``. The cross-entropy weight ramps
     in linearly: ``cross_entropy * min(e / cross_entropy_ramp_epochs, 1)``. The photometric and
     cycle weights apply to each direction (fw and bw add up, as in nsff_pl).
     """
@@ -343,6 +343,8 @@ class LossWeights:
     lambda_geo_init: float = 0.04
     lambda_geo_decay: float = 0.1
     lambda_geo_decay_every: float = 10.0
+    #: factor on ``lambda_geo`` for the disparity term only (1 = nsff_pl)
+    disparity: float = 1.0
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -388,7 +390,7 @@ def weights_at(
     geo = w.lambda_geo(epoch)
     return {
         "color": w.color,
-        "disparity": geo,
+        "disparity": geo * w.disparity,
         "flow_fw": geo / 2,
         "flow_bw": geo / 2,
         "photometric_fw": w.photometric,

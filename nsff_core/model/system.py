@@ -28,7 +28,7 @@ from . import losses as L
 from . import train_views as views
 from .data import RayBatch, SceneMeta
 from .fields import DynamicField, StaticField
-from .fields_planes import PlaneDynamicField, PlaneStaticField
+from .fields_planes import PlaneDeformDynamicField, PlaneDynamicField, PlaneStaticField
 from .rays import ndc_extent, ndc_to_world, projection_matrices
 from .render import RenderOutput, render_rays
 
@@ -54,7 +54,12 @@ def make_fields(
         return StaticField(fcfg), DynamicField(fcfg, num_frames)
     if cfg.field == "planes":
         pcfg = views.plane_field_config(cfg, extent)
-        return PlaneStaticField(pcfg), PlaneDynamicField(pcfg, num_frames)
+        dynamic = {"kplanes": PlaneDynamicField, "deform": PlaneDeformDynamicField}
+        if cfg.grid_dynamic not in dynamic:
+            raise ConfigError(
+                f"train.grid_dynamic must be kplanes or deform, got {cfg.grid_dynamic!r}"
+            )
+        return PlaneStaticField(pcfg), dynamic[cfg.grid_dynamic](pcfg, num_frames)
     raise ConfigError(f"train.field must be mlp or planes, got {cfg.field!r}")
 
 

@@ -50,6 +50,7 @@ def plane_field_config(
         base_resolution=cfg.grid_base_resolution,
         levels=cfg.grid_levels,
         dynamic_levels=cfg.grid_dynamic_levels,
+        motion_levels=cfg.grid_motion_levels,
         channels=cfg.grid_channels,
         hidden=cfg.grid_hidden,
         dir_freqs=cfg.dir_freqs,
@@ -70,6 +71,7 @@ def loss_weights(cfg: TrainConfig) -> LossWeights:
     return LossWeights(
         lambda_geo_init=cfg.lambda_geo_init,
         lambda_geo_decay_every=cfg.lambda_geo_decay_every,
+        disparity=cfg.lambda_disparity,
         mask=cfg.lambda_mask,
         field_regularization=cfg.grid_tv if cfg.field == "planes" else 0.0,
     )
