@@ -140,6 +140,16 @@ class DynamicFieldOutput:
     scene_flow_bw: Tensor
 
 
+def check_times(t: Tensor, lead: torch.Size) -> None:
+    """Raise ValueError unless frame indices ``t`` broadcast to the points' leading shape."""
+    try:
+        ok = torch.broadcast_shapes(t.shape, lead) == lead
+    except RuntimeError:
+        ok = False
+    if not ok:
+        raise ValueError(f"times of shape {tuple(t.shape)} do not broadcast to {tuple(lead)}")
+
+
 class StaticField(nn.Module):
     """Time-invariant field: NDC position (and NDC ray direction) -> raw sigma, rgb."""
 
@@ -211,12 +221,7 @@ class DynamicField(nn.Module):
             raw_sigma (...), rgb (..., 3), scene_flow_fw (..., 3), scene_flow_bw (..., 3).
         """
         lead = x.shape[:-1]
-        try:
-            ok = torch.broadcast_shapes(t.shape, lead) == lead
-        except RuntimeError:
-            ok = False
-        if not ok:
-            raise ValueError(f"times of shape {tuple(t.shape)} do not broadcast to {tuple(lead)}")
+        check_times(t, lead)
         code = self.time_embedding(t)
         code = code.expand(*lead, code.shape[-1]).reshape(-1, code.shape[-1])
         h = self.trunk(torch.cat([self.xyz_encoding(x.reshape(-1, 3)), code], dim=-1))

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from nsff_core.config import TrainConfig
 from nsff_core.errors import ConfigError
 
-from .fields import DynamicFieldOutput, PositionalEncoding, StaticFieldOutput
+from .fields import DynamicFieldOutput, PositionalEncoding, StaticFieldOutput, check_times
 
 #: planes as slices of the coordinate vector [x, y, z, t]: (x, y), (x, z), (y, z) and, for the
 #: dynamic field, (x, t), (y, t), (z, t) (time along the plane's height)
@@ -171,6 +171,44 @@ def _mlp(in_dim: int, hidden: int, out_dim: int, layers: int) -> nn.Sequential:
     return nn.Sequential(*mods)
 
 
+def space_time_coords(x: Tensor, t: Tensor, scale: Tensor, num_frames: int) -> Tensor:
+    """(M, 4) plane coordinates [x, y, z, t] of points ``x`` (..., 3) at integer frames ``t``
+    (broadcast to ``x.shape[:-1]``): the position scaled by the covered box, and frame t's
+    time row (``align_corners``: frame 0 at -1, frame N-1 at +1)."""
+    lead = x.shape[:-1]
+    check_times(t, lead)
+    rows = max(num_frames, 2)  # a single frame still needs two rows for align_corners
+    tc = (t.float() * (2.0 / (rows - 1)) - 1.0).expand(lead).reshape(-1, 1)
+    return torch.cat([x.reshape(-1, 3).float() * scale, tc], dim=-1)
+
+
+def space_time_features(spatial: nn.ModuleList, temporal: nn.ModuleList, coords: Tensor) -> Tensor:
+    """Per level, the product of the spatial and the time planes' features, concatenated."""
+    return torch.cat(
+        [s(coords) * tl(coords) for s, tl in zip(spatial, temporal, strict=True)], dim=-1
+    )
+
+
+def space_time_regularization(spatial: nn.ModuleList, temporal: nn.ModuleList) -> Tensor:
+    """Total variation of the spatial planes and smoothness in time of the time planes."""
+    tv = sum(total_variation(level.planes) for level in spatial)
+    return tv + sum(torch.diff(lv.planes, dim=-2).square().mean() for lv in temporal)
+
+
+def dynamic_output(
+    lead: torch.Size, raw_sigma: Tensor, rgb: Tensor, flows: tuple[Tensor, Tensor], bound: float
+) -> DynamicFieldOutput:
+    """The decoders' raw outputs, flat, as a :class:`DynamicFieldOutput` of leading shape
+    ``lead``: colour through a sigmoid, each flow component bounded by ``bound * tanh``."""
+    flow_fw, flow_bw = flows
+    return DynamicFieldOutput(
+        raw_sigma=raw_sigma.reshape(lead),
+        rgb=torch.sigmoid(rgb).reshape(*lead, 3),
+        scene_flow_fw=(bound * torch.tanh(flow_fw)).reshape(*lead, 3),
+        scene_flow_bw=(bound * torch.tanh(flow_bw)).reshape(*lead, 3),
+    )
+
+
 class PlaneStaticField(nn.Module):
     """Time-invariant plane field: NDC position (and NDC ray direction) -> raw sigma, rgb."""
 
@@ -242,36 +280,14 @@ class PlaneDynamicField(nn.Module):
 
     def regularization(self) -> Tensor:
         """Total variation of the spatial planes and smoothness in time of the time planes."""
-        tv = sum(total_variation(level.planes) for level in self.levels)
-        return tv + sum(torch.diff(lv.planes, dim=-2).square().mean() for lv in self.time_levels)
-
-    def _time_coord(self, t: Tensor) -> Tensor:
-        rows = max(self.num_frames, 2)
-        return t.float() * (2.0 / (rows - 1)) - 1.0
+        return space_time_regularization(self.levels, self.time_levels)
 
     def forward(self, x: Tensor, t: Tensor) -> DynamicFieldOutput:
         """Same contract as :meth:`nsff_core.model.fields.DynamicField.forward` (integer ``t``)."""
-        lead = x.shape[:-1]
-        try:
-            ok = torch.broadcast_shapes(t.shape, lead) == lead
-        except RuntimeError:
-            ok = False
-        if not ok:
-            raise ValueError(f"times of shape {tuple(t.shape)} do not broadcast to {tuple(lead)}")
-        tc = self._time_coord(t).expand(lead).reshape(-1, 1)
-        coords = torch.cat([x.reshape(-1, 3).float() * self.scale, tc], dim=-1)  # [x, y, z, t]
-        feat = torch.cat(
-            [s(coords) * tl(coords) for s, tl in zip(self.levels, self.time_levels, strict=True)],
-            dim=-1,
-        )
+        coords = space_time_coords(x, t, self.scale, self.num_frames)
+        feat = space_time_features(self.levels, self.time_levels, coords)
         raw_sigma, rgb, flow_fw, flow_bw = self.decoder(feat).split([1, 3, 3, 3], dim=-1)
-        scale = self.cfg.flow_scale
-        return DynamicFieldOutput(
-            raw_sigma=raw_sigma.reshape(lead),
-            rgb=torch.sigmoid(rgb).reshape(*lead, 3),
-            scene_flow_fw=(scale * torch.tanh(flow_fw)).reshape(*lead, 3),
-            scene_flow_bw=(scale * torch.tanh(flow_bw)).reshape(*lead, 3),
-        )
+        return dynamic_output(x.shape[:-1], raw_sigma, rgb, (flow_fw, flow_bw), self.cfg.flow_scale)
 
     def at_times(self, x: Tensor, t: Tensor) -> DynamicFieldOutput:
         """Query per-ray samples ``x`` (B, S, 3) at one integer frame per ray ``t`` (B,)."""
@@ -330,40 +346,17 @@ class PlaneDeformDynamicField(nn.Module):
 
     def regularization(self) -> Tensor:
         """Total variation of the spatial planes and smoothness in time of the time planes."""
-        tv = sum(total_variation(level.planes) for level in [*self.levels, *self.motion])
-        return tv + sum(torch.diff(lv.planes, dim=-2).square().mean() for lv in self.motion_time)
-
-    def _time_coord(self, t: Tensor) -> Tensor:
-        rows = max(self.num_frames, 2)
-        return t.float() * (2.0 / (rows - 1)) - 1.0
+        tv = sum(total_variation(level.planes) for level in self.levels)
+        return tv + space_time_regularization(self.motion, self.motion_time)
 
     def forward(self, x: Tensor, t: Tensor) -> DynamicFieldOutput:
         """Same contract as :meth:`nsff_core.model.fields.DynamicField.forward` (integer ``t``)."""
-        lead = x.shape[:-1]
-        try:
-            ok = torch.broadcast_shapes(t.shape, lead) == lead
-        except RuntimeError:
-            ok = False
-        if not ok:
-            raise ValueError(f"times of shape {tuple(t.shape)} do not broadcast to {tuple(lead)}")
-        tc = self._time_coord(t).expand(lead).reshape(-1, 1)
-        xs = x.reshape(-1, 3).float() * self.scale  # plane coordinates of the covered box
-        coords = torch.cat([xs, tc], dim=-1)
-        motion = torch.cat(
-            [s(coords) * tl(coords) for s, tl in zip(self.motion, self.motion_time, strict=True)],
-            dim=-1,
-        )
+        coords = space_time_coords(x, t, self.scale, self.num_frames)
+        motion = space_time_features(self.motion, self.motion_time, coords)
         offset, flow_fw, flow_bw = self.motion_decoder(motion).split([3, 3, 3], dim=-1)
-        canonical = xs + offset
-        feat = torch.cat([level(canonical) for level in self.levels], dim=-1)
+        feat = torch.cat([level(coords[:, :3] + offset) for level in self.levels], dim=-1)
         raw_sigma, rgb = self.decoder(feat).split([1, 3], dim=-1)
-        scale = self.cfg.flow_scale
-        return DynamicFieldOutput(
-            raw_sigma=raw_sigma.reshape(lead),
-            rgb=torch.sigmoid(rgb).reshape(*lead, 3),
-            scene_flow_fw=(scale * torch.tanh(flow_fw)).reshape(*lead, 3),
-            scene_flow_bw=(scale * torch.tanh(flow_bw)).reshape(*lead, 3),
-        )
+        return dynamic_output(x.shape[:-1], raw_sigma, rgb, (flow_fw, flow_bw), self.cfg.flow_scale)
 
     def at_times(self, x: Tensor, t: Tensor) -> DynamicFieldOutput:
         """Query per-ray samples ``x`` (B, S, 3) at one integer frame per ray ``t`` (B,)."""
