@@ -337,6 +337,12 @@ class TrainConfig:
     #: weight of a squared penalty between each ray's dynamic opacity and the motion mask
     #: (0 = nsff_pl, which does not use the masks in training)
     lambda_mask: float = 0.0
+    #: weight of the distortion term: the spread of each ray's compositing weights along the
+    #: ray (0 = nsff_pl, which has no such term); docs/method.md, Loss terms
+    lambda_distortion: float = 0.0
+    #: the warped renders of the photometric and cycle terms on every k-th ray of a batch only
+    #: (1 = every ray, nsff_pl); they cost more than the rest of a step on a CPU
+    warp_every: int = 1
     #: sample training pixels with probability ~ (1 - SSIM) of the last render of their frame
     #: (nsff_pl --hard_sampling); the weights are refreshed every hard_sampling_every steps
     hard_sampling: bool = False

@@ -319,6 +319,27 @@ def test_warped_render_uses_neighbour_time_and_returned_flow():
     assert not torch.allclose(out.fw.rgb[~same], out.image.rgb[~same])
 
 
+def test_warp_every_k_renders_the_same_warps_for_every_kth_ray():
+    """warp_every=2 queries the neighbour times for rays 0, 2, 4 only, and gives them exactly
+    the warped render of the full batch; the loss terms read the matching rows."""
+    static, dynamic = _fields()
+    rays_o, rays_d = _rays()
+    t = torch.tensor([0, 1, 2, 3, 4, 2])
+    full = render_rays(static, dynamic, rays_o, rays_d, t, DETERMINISTIC, training=True)
+    cfg = dataclasses.replace(DETERMINISTIC, warp_every=2)
+    part = render_rays(static, dynamic, rays_o, rays_d, t, cfg, training=True)
+    for a, b in ((full.fw, part.fw), (full.bw, part.bw)):
+        assert a is not None and b is not None and a.rays is None
+        assert b.rays.tolist() == [0, 2, 4]
+        for name in ("time", "valid", "points"):  # every ray: cheap, used by the flow terms
+            assert_close(getattr(b, name), getattr(a, name))
+        for name in ("rgb", "dynamic_weights", "cycle_points", "disocclusion"):
+            assert_close(getattr(b, name), getattr(a, name)[::2])
+        assert_close(b.on_rays(full.image.rgb), full.image.rgb[::2])
+    with pytest.raises(ConfigError, match="warp_every"):
+        RenderConfig(warp_every=0)
+
+
 def test_gradients_reach_both_fields():
     static, dynamic = _fields()
     rays_o, rays_d = _rays()

@@ -129,6 +129,42 @@ def test_entropy_loss():
     )
 
 
+def test_distortion_loss_hand_values_and_brute_force():
+    z = torch.linspace(0, 1, 11)[None]
+    one_bin = torch.zeros(1, 11)
+    one_bin[0, 5] = 1.0
+    assert_close(L.distortion_loss(one_bin, z), torch.tensor(0.1 / 3))
+    two_ends = L.distortion_loss(torch.tensor([[0.5, 0, 0, 0.5]]), torch.tensor([[0.0, 0, 1, 1]]))
+    assert_close(two_ends, torch.tensor(0.5))
+    g = torch.Generator().manual_seed(0)
+    z = torch.sort(torch.rand(7, 9, generator=g), dim=-1).values
+    w = torch.rand(7, 9, generator=g)
+    edges = torch.cat([z[:, :1], 0.5 * (z[:, 1:] + z[:, :-1]), z[:, -1:]], dim=-1)
+    centre, width = 0.5 * (edges[:, 1:] + edges[:, :-1]), edges[:, 1:] - edges[:, :-1]
+    pairs = w[:, :, None] * w[:, None, :] * (centre[:, :, None] - centre[:, None, :]).abs()
+    expected = (pairs.sum(dim=(1, 2)) + (w.square() * width).sum(dim=1) / 3).mean()
+    assert_close(L.distortion_loss(w, z), expected)
+
+
+def test_distortion_loss_prefers_one_thin_surface():
+    """Same total weight: one bin beats two neighbours, which beat two far apart; the gradient
+    pulls a split ray together."""
+    z = torch.linspace(0, 1, 32)[None]
+
+    def ray(*idx):
+        w = torch.zeros(1, 32)
+        w[0, list(idx)] = 1.0 / len(idx)
+        return w
+
+    one, near, far = (L.distortion_loss(ray(*i), z) for i in ((10,), (10, 11), (5, 25)))
+    assert one < near < far
+    w = ray(5, 25).requires_grad_()
+    L.distortion_loss(w, z).backward()
+    # weight added between the two surfaces costs less than weight added outside them
+    assert w.grad[0, 6:25].max() < w.grad[0, :5].min()
+    assert w.grad[0, 6:25].max() < w.grad[0, 26:].min()
+
+
 def test_cross_entropy_thickness_loss():
     w_d = t([[0.0, 1.0, 0.0, 0.0]], requires_grad=True)
     w_s = t([[0.5, 0.25, 1.0, 0.125]], requires_grad=True)
@@ -172,6 +208,19 @@ def test_schedule_by_step_and_custom_base():
         L.weights_at()
     with pytest.raises(ValueError):
         L.LossWeights(entropy=-1)
+
+
+def test_distortion_weight_is_constant_and_off_by_default():
+    from nsff_core.config import TrainConfig
+    from nsff_core.model.train_views import loss_weights
+
+    assert L.weights_at(0)["distortion"] == 0.0
+    base = loss_weights(TrainConfig(lambda_distortion=0.01))
+    assert (
+        L.weights_at(0, base=base)["distortion"]
+        == L.weights_at(33, base=base)["distortion"]
+        == 0.01
+    )
 
 
 def test_the_depth_prior_has_its_own_factor_and_the_flow_prior_keeps_lambda_geo():

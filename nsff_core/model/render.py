@@ -59,6 +59,8 @@ class RenderConfig:
     dynamic_last_delta: float = 1e-3
     #: grey level behind the dynamic-only image
     dynamic_background: float = 0.8
+    #: training: the warped renders (photometric and cycle terms) on every k-th ray only
+    warp_every: int = 1
 
     def __post_init__(self) -> None:
         if self.num_samples < 2:
@@ -67,6 +69,8 @@ class RenderConfig:
             raise ConfigError(f"render noise_std must be >= 0, got {self.noise_std}")
         if self.static_last_delta <= 0 or self.dynamic_last_delta <= 0:
             raise ConfigError("render last deltas must be > 0")
+        if self.warp_every < 1:
+            raise ConfigError(f"render warp_every must be >= 1, got {self.warp_every}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -296,26 +300,35 @@ class WarpedRender:
     """Frame t rendered with its dynamic content moved to the neighbour frame.
 
     The dynamic field is queried at x_i + f_i with the neighbour's time code and composited with
-    the static density and colour of frame t. Shapes: R rays, S samples.
+    the static density and colour of frame t. Shapes: R rays, S samples. The field query and
+    what comes from it (``rgb`` to ``disocclusion_samples``) cover the R' rays ``rays`` of the
+    batch (all R when ``rays`` is None; :attr:`RenderConfig.warp_every`); :meth:`on_rays`
+    selects the same rays from any (R, ...) tensor of the batch.
     """
 
     #: (R,) long, neighbour frame t +- 1 clamped to [0, N - 1]
     time: Tensor
     #: (R,) bool, False where t +- 1 is outside [0, N - 1] (the first/last frame): mask these
     valid: Tensor
-    #: (R, 3) composite colour
-    rgb: Tensor
     #: (R, S, 3) warped sample points x_i + f_i (NDC)
     points: Tensor
-    #: (R, S) dynamic weights w'_d of the warped render
+    #: (R', 3) composite colour
+    rgb: Tensor
+    #: (R', S) dynamic weights w'_d of the warped render
     dynamic_weights: Tensor
-    #: (R, S, 3) warped points moved back by the flow returned at the neighbour time (NDC);
+    #: (R', S, 3) warped points moved back by the flow returned at the neighbour time (NDC);
     #: equal to the original points for a cycle-consistent flow
     cycle_points: Tensor
-    #: (R,) per-ray disocclusion indicator D (detached)
+    #: (R',) per-ray disocclusion indicator D (detached)
     disocclusion: Tensor
-    #: (R, S) per-sample disocclusion indicator D_i (detached)
+    #: (R', S) per-sample disocclusion indicator D_i (detached)
     disocclusion_samples: Tensor
+    #: (R',) long indices of the rays the field was queried for; None = every ray
+    rays: Tensor | None = None
+
+    def on_rays(self, x: Tensor) -> Tensor:
+        """The rows of a per-ray tensor (R, ...) that the warped render covers (R', ...)."""
+        return x if self.rays is None else x[self.rays]
 
 
 @dataclass
@@ -387,34 +400,37 @@ def _warped_render(
     noise_std: float,
     z_far: float,
     generator: torch.Generator | None,
+    rays: Tensor | None = None,
 ) -> WarpedRender:
     """Render frame t's samples moved by their scene flow to t + step (step = +-1).
 
-    ``warped`` is the dynamic field at the moved points and time ``time`` (the caller queries
-    both directions in one pass).
+    ``warped`` is the dynamic field at the moved points of the rays ``rays`` (None: all) and
+    time ``time`` (the caller queries both directions in one pass).
     """
+    sel = slice(None) if rays is None else rays
     scene_flow = current.scene_flow_fw if step > 0 else current.scene_flow_bw
     warped_points = current.points + scene_flow
     alpha = alphas_from_sigma(
-        warped.raw_sigma.float(), dynamic_deltas, noise_std, training=True, generator=generator
+        warped.raw_sigma.float(), dynamic_deltas[sel], noise_std, training=True, generator=generator
     )
-    weights = composite_weights(current.static_alpha, alpha)
+    weights = composite_weights(current.static_alpha[sel], alpha)
     rgb = composite_rgb(
-        weights.static, current.static_sample_rgb, weights.dynamic, warped.rgb.float()
+        weights.static, current.static_sample_rgb[sel], weights.dynamic, warped.rgb.float()
     )
     # the flow that leads back to frame t: backward flow at t + 1, forward flow at t - 1
     flow_back = warped.scene_flow_bw if step > 0 else warped.scene_flow_fw
-    flow_back = zero_far_flow(flow_back.float(), current.z, z_far)
-    per_ray, per_sample = disocclusion(weights.dynamic, current.dynamic_weights)
+    flow_back = zero_far_flow(flow_back.float(), current.z[sel], z_far)
+    per_ray, per_sample = disocclusion(weights.dynamic, current.dynamic_weights[sel])
     return WarpedRender(
         time=time,
         valid=valid,
-        rgb=rgb,
         points=warped_points,
+        rgb=rgb,
         dynamic_weights=weights.dynamic,
-        cycle_points=warped_points + flow_back,
+        cycle_points=warped_points[sel] + flow_back,
         disocclusion=per_ray,
         disocclusion_samples=per_sample,
+        rays=rays,
     )
 
 
@@ -426,25 +442,25 @@ def _warped_renders(
     noise_std: float,
     z_far: float,
     generator: torch.Generator | None,
+    warp_every: int = 1,
 ) -> tuple[WarpedRender, WarpedRender]:
-    """The renders warped to t + 1 and t - 1, with one dynamic-field pass for both."""
+    """The renders warped to t + 1 and t - 1, with one dynamic-field pass for both, over every
+    ``warp_every``-th ray (rays 0, k, 2k, ...)."""
     time_fw, valid_fw = neighbour_frames(t, +1, dynamic_field.num_frames)
     time_bw, valid_bw = neighbour_frames(t, -1, dynamic_field.num_frames)
-    points = torch.cat(
-        [current.points + current.scene_flow_fw, current.points + current.scene_flow_bw]
-    )
-    both = dynamic_field.at_times(points, torch.cat([time_fw, time_bw]))
-    r = len(t)
+    rays = None if warp_every == 1 else torch.arange(0, len(t), warp_every, device=t.device)
+    sel = slice(None) if rays is None else rays
+    points = current.points[sel]
+    points = torch.cat([points + current.scene_flow_fw[sel], points + current.scene_flow_bw[sel]])
+    both = dynamic_field.at_times(points, torch.cat([time_fw[sel], time_bw[sel]]))
+    r = len(points) // 2
     fw_out, bw_out = (
         DynamicFieldOutput(**{k: getattr(both, k)[sl] for k in both.__dataclass_fields__})
         for sl in (slice(0, r), slice(r, 2 * r))
     )
-    fw = _warped_render(
-        fw_out, current, time_fw, valid_fw, +1, dynamic_deltas, noise_std, z_far, generator
-    )
-    bw = _warped_render(
-        bw_out, current, time_bw, valid_bw, -1, dynamic_deltas, noise_std, z_far, generator
-    )
+    args = (dynamic_deltas, noise_std, z_far, generator, rays)
+    fw = _warped_render(fw_out, current, time_fw, valid_fw, +1, *args)
+    bw = _warped_render(bw_out, current, time_bw, valid_bw, -1, *args)
     return fw, bw
 
 
@@ -541,7 +557,7 @@ def render_rays(
     )
     if training:
         out.fw, out.bw = _warped_renders(
-            dynamic_field, out, t, dynamic_deltas, noise_std, cfg.z_far, generator
+            dynamic_field, out, t, dynamic_deltas, noise_std, cfg.z_far, generator, cfg.warp_every
         )
     return out
 

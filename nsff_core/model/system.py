@@ -84,6 +84,7 @@ def loss_terms(
         K: (3, 3) training intrinsics (for NDC -> world).
     """
     assert out.fw is not None and out.bw is not None, "loss_terms needs a training render"
+    fw, bw = out.fw, out.bw  # the photometric and cycle terms cover their rays (fw.rays)
     X = ndc_to_world(out.points, K)
     X_fw = ndc_to_world(out.fw.points, K)
     X_bw = ndc_to_world(out.bw.points, K)
@@ -108,16 +109,16 @@ def loss_terms(
             bw_valid,
         ),
         "photometric_fw": L.photometric_warp_loss(
-            out.fw.rgb, batch.rgb, out.fw.disocclusion, out.fw.valid
+            out.fw.rgb, fw.on_rays(batch.rgb), out.fw.disocclusion, fw.on_rays(fw.valid)
         ),
         "photometric_bw": L.photometric_warp_loss(
-            out.bw.rgb, batch.rgb, out.bw.disocclusion, out.bw.valid
+            out.bw.rgb, bw.on_rays(batch.rgb), out.bw.disocclusion, bw.on_rays(bw.valid)
         ),
         "cycle_fw": L.cycle_loss(
-            out.points, out.fw.cycle_points, out.fw.disocclusion_samples, out.fw.valid
+            fw.on_rays(out.points), fw.cycle_points, fw.disocclusion_samples, fw.on_rays(fw.valid)
         ),
         "cycle_bw": L.cycle_loss(
-            out.points, out.bw.cycle_points, out.bw.disocclusion_samples, out.bw.valid
+            bw.on_rays(out.points), bw.cycle_points, bw.disocclusion_samples, bw.on_rays(bw.valid)
         ),
         "temporal_smoothness": L.temporal_smoothness(X, X_fw, X_bw, both),
         "minimal_flow": L.minimal_flow(X, X_fw, X_bw),
@@ -127,6 +128,7 @@ def loss_terms(
             out.dynamic_weights, out.static_weights, thickness
         ),
         "mask": L.mask_dynamicness_loss(out.image.dynamicness, batch.dynamic),
+        "distortion": L.distortion_loss(out.weights, out.z),
     }
 
 

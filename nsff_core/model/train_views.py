@@ -62,7 +62,9 @@ def plane_field_config(
 
 def render_config(cfg: TrainConfig) -> RenderConfig:
     """Ray sampling of training and rendering (the other settings keep their defaults)."""
-    return RenderConfig(num_samples=cfg.num_samples, noise_std=cfg.noise_std)
+    return RenderConfig(
+        num_samples=cfg.num_samples, noise_std=cfg.noise_std, warp_every=cfg.warp_every
+    )
 
 
 def loss_weights(cfg: TrainConfig) -> LossWeights:
@@ -73,6 +75,7 @@ def loss_weights(cfg: TrainConfig) -> LossWeights:
         lambda_geo_decay_every=cfg.lambda_geo_decay_every,
         disparity=cfg.lambda_disparity,
         mask=cfg.lambda_mask,
+        distortion=cfg.lambda_distortion,
         field_regularization=cfg.grid_tv if cfg.field == "planes" else 0.0,
     )
 
