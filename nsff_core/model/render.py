@@ -392,6 +392,7 @@ class RenderOutput:
 
 def _warped_render(
     warped: DynamicFieldOutput,
+    warped_points: Tensor,
     current: RenderOutput,
     time: Tensor,
     valid: Tensor,
@@ -404,12 +405,11 @@ def _warped_render(
 ) -> WarpedRender:
     """Render frame t's samples moved by their scene flow to t + step (step = +-1).
 
-    ``warped`` is the dynamic field at the moved points of the rays ``rays`` (None: all) and
-    time ``time`` (the caller queries both directions in one pass).
+    ``warped_points`` are frame t's sample points plus that flow, for every ray; ``warped`` is
+    the dynamic field at those of the rays ``rays`` (None: all) and time ``time`` (the caller
+    queries both directions in one pass).
     """
     sel = slice(None) if rays is None else rays
-    scene_flow = current.scene_flow_fw if step > 0 else current.scene_flow_bw
-    warped_points = current.points + scene_flow
     alpha = alphas_from_sigma(
         warped.raw_sigma.float(), dynamic_deltas[sel], noise_std, training=True, generator=generator
     )
@@ -450,8 +450,9 @@ def _warped_renders(
     time_bw, valid_bw = neighbour_frames(t, -1, dynamic_field.num_frames)
     rays = None if warp_every == 1 else torch.arange(0, len(t), warp_every, device=t.device)
     sel = slice(None) if rays is None else rays
-    points = current.points[sel]
-    points = torch.cat([points + current.scene_flow_fw[sel], points + current.scene_flow_bw[sel]])
+    points_fw = current.points + current.scene_flow_fw
+    points_bw = current.points + current.scene_flow_bw
+    points = torch.cat([points_fw[sel], points_bw[sel]])
     both = dynamic_field.at_times(points, torch.cat([time_fw[sel], time_bw[sel]]))
     r = len(points) // 2
     fw_out, bw_out = (
@@ -459,8 +460,8 @@ def _warped_renders(
         for sl in (slice(0, r), slice(r, 2 * r))
     )
     args = (dynamic_deltas, noise_std, z_far, generator, rays)
-    fw = _warped_render(fw_out, current, time_fw, valid_fw, +1, *args)
-    bw = _warped_render(bw_out, current, time_bw, valid_bw, -1, *args)
+    fw = _warped_render(fw_out, points_fw, current, time_fw, valid_fw, +1, *args)
+    bw = _warped_render(bw_out, points_bw, current, time_bw, valid_bw, -1, *args)
     return fw, bw
 
 
