@@ -4,6 +4,7 @@ models, the focal-length prior and the field-of-view warning (synthetic data onl
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -514,3 +515,40 @@ def test_the_diagnose_threshold_is_the_sfm_one():
     from nsff_core.config import DiagnosticsConfig
 
     assert DiagnosticsConfig().min_focal_sensitivity == sfm.FOCAL_MIN_SENSITIVITY
+
+
+def test_focal_scan_finds_the_minimum_a_free_focal_length_missed(tmp_path):
+    """A model bundle-adjusted at a focal length 40 % too short (as free bundle adjustment left
+    davis_bear, there 80 % short) is searched over the ladder of fields of view: the rung nearest
+    the true 300 px has the lowest error, and the free adjustment from there lands on it. Rungs
+    far too short diverge and count as infinite. A camera that slides without turning has no
+    such minimum: the estimate is kept."""
+    cfg = SfmConfig()
+    turning = _text_model(tmp_path / "turn", 40.0)
+    assert sfm._adjusted_at_focal(turning, cfg, focal_px=100.0)[1] == math.inf  # diverges
+    stuck, err = sfm._adjusted_at_focal(turning, cfg, focal_px=180.0)
+    assert math.isfinite(err) and sfm._camera(stuck).mean_focal_length() == pytest.approx(180.0)
+    found, record = sfm.scan_focal(stuck, cfg)
+    assert record["taken"] and record["gain"] >= sfm.FOCAL_SCAN_MIN_GAIN
+    assert len(record["focal_px"]) == len(record["error"]) == 13
+    assert abs(record["best_px"] / 300.0 - 1) < 0.15
+    assert record["refined"] and abs(sfm._camera(found).mean_focal_length() / 300.0 - 1) < 0.02
+    assert found.compute_mean_reprojection_error() < (1 - sfm.FOCAL_SCAN_MIN_GAIN) * err
+
+    kept, record = sfm.scan_focal(_text_model(tmp_path / "slide", 0.0), cfg)
+    assert kept is None and not record["taken"] and record["gain"] < sfm.FOCAL_SCAN_MIN_GAIN
+
+
+def test_focal_scan_keeps_the_held_rung_when_the_free_adjustment_diverges(tmp_path, monkeypatch):
+    cfg = SfmConfig()
+    stuck, _ = sfm._adjusted_at_focal(_text_model(tmp_path / "turn", 40.0), cfg, focal_px=180.0)
+
+    def diverges(rec, cfg):
+        rec = sfm._adjusted_at_focal(rec, cfg, focal_px=20.0)[0]  # a thrown-away model
+        return rec, 0.0
+
+    monkeypatch.setattr(sfm, "_refine_focal", diverges)
+    found, record = sfm.scan_focal(stuck, cfg)
+    assert record["taken"] and not record["refined"]
+    assert sfm._camera(found).mean_focal_length() == pytest.approx(record["best_px"])
+    assert found.compute_mean_reprojection_error() < sfm.DIVERGED_ERROR_PX

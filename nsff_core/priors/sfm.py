@@ -113,6 +113,20 @@ FOCAL_PROBE_FACTORS = (0.8, 1.25)
 #: 5.1 %, sam2_bedroom 1.8 %; smooth-textured synthetic clips whose focal length came out 7-16 %
 #: off (a sideways camera without rotation fixes no focal length at all) 0.3-0.4 %
 FOCAL_MIN_SENSITIVITY = 0.01
+#: without a prior, a focal length that fails that test is searched over this ladder of
+#: horizontal fields of view (degrees; geometric in the focal length, ratio about 1.25): the
+#: model bundle-adjusted with the focal length held at each, the lowest reprojection error wins.
+#: A free focal length can stall in a flat valley far from the error's minimum: on
+#: davis_bear (854x480) free bundle adjustment ended at 382 px (96 deg) with the error flat to
+#: 0.03 % from 191 to 956 px, while held at 1,912 px (25 deg) it is 4.3 % lower
+FOCAL_SCAN_FOV_DEG = (120.0, 15.0)
+FOCAL_SCAN_RATIO = 1.25
+#: ... and the search's best replaces the estimate only when its error is lower by this fraction
+#: (a flat error, a clip that fixes no focal length, keeps the estimate)
+FOCAL_SCAN_MIN_GAIN = 0.02
+#: a bundle adjustment whose mean reprojection error ends above this (px) has diverged (a focal
+#: length far too short puts points behind the cameras: errors of 1e154 px)
+DIVERGED_ERROR_PX = 1e3
 #: mapper options of the retries (COLMAP defaults in comments): a smaller initial triangulation
 #: angle and fewer inliers for the initial pair (short baselines of video), and fewer, less
 #: clean 2D-3D inliers with more trials for registering the next frame (masked movers, blur)
@@ -619,6 +633,14 @@ def _reconstruct(
         t0 = time.perf_counter()
         focal["sensitivity"] = focal_sensitivity(best, cfg)
         timings["focal_sensitivity"] = time.perf_counter() - t0
+        if not fixed and focal["sensitivity"] < FOCAL_MIN_SENSITIVITY:
+            t0 = time.perf_counter()
+            scanned, focal["scan"] = scan_focal(best, cfg)
+            if scanned is not None:
+                best = scanned
+                focal["refined"] = True
+                focal["sensitivity"] = focal_sensitivity(best, cfg)
+            timings["focal_scan"] = time.perf_counter() - t0
     last = attempts[-1]["model_sizes"] if attempts else []
     return best, {
         "matching": mode,
@@ -850,6 +872,90 @@ def _refine_focal(rec: Any, cfg: SfmConfig) -> tuple[Any, float]:
     return rec, (1.0 - after / before) if before > 0 else 0.0
 
 
+def _adjusted_at_focal(rec: Any, cfg: SfmConfig, focal_px: float | None = None, factor=1.0):
+    """A copy of ``rec`` with its focal length set to ``focal_px`` (or multiplied by
+    ``factor``), held there while poses and points are bundle-adjusted; and its mean
+    reprojection error (inf when the adjustment diverges: a non-finite error, or one over
+    :data:`DIVERGED_ERROR_PX`, or none at all)."""
+    import copy
+
+    import pycolmap
+
+    probe = copy.deepcopy(rec)
+    for camera in probe.cameras.values():
+        params = np.array(camera.params, dtype=float)
+        for i in camera.focal_length_idxs():
+            params[i] = focal_px if focal_px is not None else params[i] * factor
+        camera.params = params
+    opts = pycolmap.BundleAdjustmentOptions()
+    opts.refine_focal_length = False
+    opts.refine_principal_point = False
+    opts.refine_extra_params = False
+    opts.print_summary = False
+    opts.ceres.solver_options.num_threads = schedule_threads(cfg)
+    pycolmap.bundle_adjustment(probe, opts)
+    err = float(probe.compute_mean_reprojection_error())
+    return probe, err if 0 < err < DIVERGED_ERROR_PX else math.inf
+
+
+def scan_focal(rec: Any, cfg: SfmConfig) -> tuple[Any | None, dict[str, Any]]:
+    """Search the focal length of a model whose error barely depends on it near the estimate.
+
+    The model is bundle-adjusted with the focal length held at each rung of a ladder spanning
+    :data:`FOCAL_SCAN_FOV_DEG` (ratio :data:`FOCAL_SCAN_RATIO`); when the best rung lowers the
+    mean reprojection error by :data:`FOCAL_SCAN_MIN_GAIN` or more, that model is adjusted once
+    more with the focal length free and returned (the held one when the free adjustment
+    raises the error or diverges), else None (keep ``rec``). The record lists
+    every rung's focal length (px) and error, the best, the gain and whether it was taken.
+
+    Example: 320 px wide frames -> 13 rungs from 92 px (120 deg) to 1,215 px (15 deg). A model
+    (8 turning cameras) adjusted at 180 px whose true focal length is 300 px: the 92 px rung
+    diverges, the lowest error is at the 270 px rung (3.5 % below the model's), and the free
+    adjustment from there ends at 304 px.
+    """
+    camera = _camera(rec)
+    width = int(camera.width)
+    base = float(rec.compute_mean_reprojection_error())
+    lo, hi = (focal_from_fov(fov, width) for fov in FOCAL_SCAN_FOV_DEG)
+    count = int(math.ceil(math.log(hi / lo) / math.log(FOCAL_SCAN_RATIO))) + 1
+    rungs = np.geomspace(lo, hi, count)
+    errors, best, best_err = [], None, math.inf
+    for f in rungs:
+        probe, err = _adjusted_at_focal(rec, cfg, focal_px=float(f))
+        errors.append(err)
+        if err < best_err:
+            best, best_err = probe, err
+    gain = 1.0 - best_err / base if base > 0 and math.isfinite(best_err) else 0.0
+    record = {
+        "focal_px": [float(f) for f in rungs],
+        "error": [float(e) if math.isfinite(e) else None for e in errors],
+        "best_px": float(rungs[int(np.argmin(errors))]),
+        "gain": float(gain),
+        "taken": bool(gain >= FOCAL_SCAN_MIN_GAIN),
+    }
+    log.info(
+        "the clip barely fixes the focal length near %.1f px: scanned %d focal lengths from "
+        "%.0f to %.0f px; lowest error at %.1f px, %.1f %% below the estimate's (threshold "
+        "%g %%): %s",
+        camera.mean_focal_length(),
+        count,
+        lo,
+        hi,
+        record["best_px"],
+        100 * gain,
+        100 * FOCAL_SCAN_MIN_GAIN,
+        "taken" if record["taken"] else "estimate kept",
+    )
+    if not record["taken"]:
+        return None, record
+    refined, _ = _refine_focal(best, cfg)
+    err = float(refined.compute_mean_reprojection_error())
+    # the free adjustment can diverge from a rung where the held one did not (davis_bear: a few
+    # points thrown to 1e149 px); then the held rung stays
+    record["refined"] = bool(0 < err <= best_err)
+    return (refined if record["refined"] else best), record
+
+
 def focal_sensitivity(rec: Any, cfg: SfmConfig) -> float:
     """How much the clip fixes the focal length: the smaller relative rise of the mean
     reprojection error when the focal length is held at :data:`FOCAL_PROBE_FACTORS` times the
@@ -859,29 +965,12 @@ def focal_sensitivity(rec: Any, cfg: SfmConfig) -> float:
     nearly flat over a wide range of focal lengths; the estimate is then as good as a guess.
     Rises are capped at 1 (the error doubled), and a probe whose adjustment diverges (a
     non-finite error) counts as 1."""
-    import copy
-
-    import pycolmap
-
     base = float(rec.compute_mean_reprojection_error())
     if not base > 0:
         return 1.0
     rises = []
     for factor in FOCAL_PROBE_FACTORS:
-        probe = copy.deepcopy(rec)
-        for camera in probe.cameras.values():
-            params = np.array(camera.params, dtype=float)
-            for i in camera.focal_length_idxs():
-                params[i] *= factor
-            camera.params = params
-        opts = pycolmap.BundleAdjustmentOptions()
-        opts.refine_focal_length = False
-        opts.refine_principal_point = False
-        opts.refine_extra_params = False
-        opts.print_summary = False
-        opts.ceres.solver_options.num_threads = schedule_threads(cfg)
-        pycolmap.bundle_adjustment(probe, opts)
-        err = float(probe.compute_mean_reprojection_error())
+        _, err = _adjusted_at_focal(rec, cfg, factor=factor)
         rises.append(min(1.0, err / base - 1.0) if math.isfinite(err) else 1.0)
     return float(min(rises))
 
