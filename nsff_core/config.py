@@ -330,6 +330,11 @@ class TrainConfig:
     #: lambda_geo / 2 per direction. 1 = nsff_pl. The weights-free depth prior (densified SfM
     #: points) is off by 17-31 % per pixel on the synthetic suite; docs/method.md, Schedule
     lambda_disparity: float = 1.0
+    #: false: the depth prior's term leaves out the rays inside the motion masks. The sparse
+    #: backend knows no mover's depth (SfM sees static points only; its interpolation, or the
+    #: points of a mover the camera follows, which triangulate far behind the scene, fill the
+    #: mask), so there the term can only mislead; true = nsff_pl (with DPT depth on movers)
+    disparity_movers: bool = True
     #: width of the box along the ray of the cross-entropy ("thickness") loss
     thickness: int = 1
     #: Gaussian noise std on raw densities during training
@@ -393,6 +398,12 @@ class EvalConfig:
     #: layers) into the weights cache; false: it only uses files already there (or in torch
     #: hub's cache) and never opens the network. Without the files LPIPS is reported unavailable
     lpips_fetch: bool = False
+    #: synthetic scenes, how a held-out true camera is placed in the SfM frame: "relative" (the
+    #: SfM camera of the same time moved by the true camera-frame offset, translation times the
+    #: alignment's scale) or "aligned" (the true pose through the one similarity fitted to all
+    #: training cameras, which adds SfM's absolute pose error to the score); see
+    #: docs/evaluation.md
+    novel_poses: str = "relative"
 
 
 @dataclass(frozen=True)

@@ -30,5 +30,6 @@ rule evaluate:
     params:
         chunk=stage_setting("render", "chunk"),
         holdout_every=holdout_every,
+        novel_poses=stage_setting("eval", "novel_poses"),
     script:
         "../workflow_scripts/evaluate.py"

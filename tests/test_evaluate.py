@@ -11,9 +11,14 @@ import pytest
 from nsff_core.config import SyntheticConfig
 from nsff_core.errors import StageError
 from nsff_core.model import io
-from nsff_core.model.cameras import invert_rigid, transform_c2w
+from nsff_core.model.cameras import invert_rigid, rotation_angle_deg, transform_c2w
 from nsff_core.model.synthetic import rotation
-from nsff_core.workflow.stages.evaluate import Scorer, align_to_sfm, evaluate_scene
+from nsff_core.workflow.stages.evaluate import (
+    Scorer,
+    align_to_sfm,
+    evaluate_scene,
+    novel_cameras_in_sfm,
+)
 
 # a known similarity true world -> "SfM" world
 SIM_S, SIM_T = 2.5, np.array([0.3, -1.0, 4.0])
@@ -109,6 +114,33 @@ def test_alignment_recovers_similarity_and_maps_held_out_poses(gt_scene):
         rel = invert_rigid(sfm[t]) @ novel[t, 0]
         np.testing.assert_allclose(rel[:3, :3], np.eye(3), atol=1e-9)
         np.testing.assert_allclose(rel[:3, 3], SIM_S * gt_scene.novel_offsets[0], atol=1e-9)
+
+
+def test_relative_novel_poses_follow_each_sfm_camera_where_the_alignment_cannot(gt_scene):
+    # SfM exact up to the similarity, except camera 1 turned by 1 deg and camera 2 unregistered
+    sfm = transform_c2w(SIM_S, SIM_R, SIM_T, gt_scene.c2w)
+    turn = rotation(np.array([0.0, 1.0, 0.0]), np.deg2rad(1.0))
+    sfm[1, :3, :3] = sfm[1, :3, :3] @ turn
+    sfm[2, :3, 3] += 5.0
+    registered = np.ones(len(sfm), bool)
+    registered[2] = False
+    a = align_to_sfm(sfm, gt_scene.c2w, registered)
+    aligned = novel_cameras_in_sfm(a, sfm, gt_scene.c2w, gt_scene.novel_c2w, "aligned")
+    rel = novel_cameras_in_sfm(a, sfm, gt_scene.c2w, gt_scene.novel_c2w, "relative", registered)
+    assert rel.shape == aligned.shape == gt_scene.novel_c2w.shape
+    for t in range(gt_scene.num_frames):
+        # from the SfM camera of its time, the relative pose is the true offset times s ...
+        seen = invert_rigid(sfm[t]) @ rel[t, 0]
+        if t != 2:
+            np.testing.assert_allclose(seen[:3, :3], np.eye(3), atol=1e-9)
+            np.testing.assert_allclose(seen[:3, 3], a.s * gt_scene.novel_offsets[0], atol=1e-9)
+    # ... so it turns with camera 1, while the aligned pose keeps the true orientation
+    assert rotation_angle_deg(rel[1, 0, :3, :3], aligned[1, 0, :3, :3]) == pytest.approx(1.0)
+    # where SfM is exact both agree; the unregistered camera takes the aligned pose
+    np.testing.assert_allclose(rel[0], aligned[0], atol=1e-9)
+    np.testing.assert_allclose(rel[2], aligned[2], atol=1e-12)
+    with pytest.raises(ValueError, match="novel_poses"):
+        novel_cameras_in_sfm(a, sfm, gt_scene.c2w, gt_scene.novel_c2w, "nearest")
 
 
 def test_alignment_ignores_unregistered_and_reports_residual(gt_scene):

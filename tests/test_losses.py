@@ -261,3 +261,21 @@ def test_mask_dynamicness_loss():
     # (0.5^2 + 0 + 0.8^2 + 0) / 4
     expected = torch.tensor((0.25 + 0.64) / 4)
     assert torch.isclose(L.mask_dynamicness_loss(dynamicness, dynamic), expected)
+
+
+def test_disparity_loss_leaves_out_the_rays_not_kept():
+    g = torch.Generator().manual_seed(0)
+    depth = torch.rand(64, generator=g)
+    disp = 2.0 - 3.0 * depth  # depth = a - b disp: the static rays agree exactly
+    wrong = disp.clone()
+    wrong[:20] = torch.rand(20, generator=g) * 5  # a mover whose prior is nonsense
+    keep = torch.ones(64, dtype=torch.bool)
+    keep[:20] = False
+    assert float(L.disparity_loss(depth, wrong)) > 0.1
+    assert float(L.disparity_loss(depth, wrong, keep=keep)) == pytest.approx(0.0, abs=1e-10)
+    # too few kept rays: no term, but still a graph node
+    few = torch.zeros(64, dtype=torch.bool)
+    few[: L.MIN_DISPARITY_RAYS - 1] = True
+    d = depth.clone().requires_grad_()
+    out = L.disparity_loss(d, wrong, keep=few)
+    assert float(out) == 0.0 and out.requires_grad

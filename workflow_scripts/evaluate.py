@@ -24,5 +24,6 @@ with run_stage(snakemake):
         chunk=snakemake.params.chunk,
         scene=snakemake.wildcards.scene,
         holdout_every=snakemake.params.holdout_every,
+        novel_poses=snakemake.params.novel_poses,
         weights_marker=snakemake.input.weights,
     )

@@ -62,7 +62,14 @@ def _normalise_scale_shift(a: Tensor, eps: float) -> Tensor:
     return centred / (centred.abs().mean() + eps)
 
 
-def disparity_loss(depth_ndc: Tensor, disp_prior: Tensor, eps: float = 1e-8) -> Tensor:
+#: :func:`disparity_loss` with ``keep``: fewer kept rays than this give no term (a median and a
+#: mean deviation of a handful of rays say nothing of a frame's scale and shift)
+MIN_DISPARITY_RAYS = 16
+
+
+def disparity_loss(
+    depth_ndc: Tensor, disp_prior: Tensor, eps: float = 1e-8, keep: Tensor | None = None
+) -> Tensor:
     """Scale- and shift-invariant depth term against a monocular disparity prior (``disp_l``).
 
     With ``norm(a) = (a - median a) / mean|a - median a|`` over the batch,
@@ -79,12 +86,21 @@ def disparity_loss(depth_ndc: Tensor, disp_prior: Tensor, eps: float = 1e-8) -> 
         depth_ndc: (R,) rendered depth as the NDC ray parameter in [0, 1].
         disp_prior: (R,) prior disparity at the same pixels, any scale and shift.
         eps: added to the normalising mean absolute deviation (a constant batch gives 0).
+        keep: optional (R,) bool, the rays the term covers (normalisation and mean over them
+            alone; :attr:`TrainConfig.disparity_movers`); fewer than :data:`MIN_DISPARITY_RAYS`
+            kept gives 0.
 
     Example: depth = [0.1, 0.2, 0.6] normalises to [-0.6, 0, 2.4]; disp = [3, 2, 1] gives
     -disp normalised to [-1.5, 0, 1.5]; loss = (0.81 + 0 + 0.81) / 3 = 0.54.
     """
     depth_ndc = depth_ndc.reshape(-1)
-    target = _normalise_scale_shift(-disp_prior.reshape(-1).to(depth_ndc.dtype), eps)
+    disp_prior = disp_prior.reshape(-1)
+    if keep is not None:
+        keep = keep.reshape(-1).bool()
+        if int(keep.sum()) < MIN_DISPARITY_RAYS:
+            return depth_ndc.sum() * 0.0
+        depth_ndc, disp_prior = depth_ndc[keep], disp_prior[keep]
+    target = _normalise_scale_shift(-disp_prior.to(depth_ndc.dtype), eps)
     return (_normalise_scale_shift(depth_ndc, eps) - target.detach()).square().mean()
 
 

@@ -73,7 +73,12 @@ def stored_train_config(values: dict[str, Any]) -> TrainConfig:
 
 
 def loss_terms(
-    out: RenderOutput, batch: RayBatch, P: Tensor, K: Tensor, thickness: int
+    out: RenderOutput,
+    batch: RayBatch,
+    P: Tensor,
+    K: Tensor,
+    thickness: int,
+    disparity_movers: bool = True,
 ) -> dict[str, Tensor]:
     """Every loss term of one training batch (names as :data:`losses.TERMS`).
 
@@ -82,6 +87,9 @@ def loss_terms(
         batch: the rays and their targets.
         P: (N, 3, 4) NSFF world -> pixel projection of every frame.
         K: (3, 3) training intrinsics (for NDC -> world).
+        thickness: :attr:`TrainConfig.thickness` of the cross-entropy term.
+        disparity_movers: False leaves the rays inside the motion masks out of the depth-prior
+            term (:attr:`TrainConfig.disparity_movers`).
     """
     assert out.fw is not None and out.bw is not None, "loss_terms needs a training render"
     fw, bw = out.fw, out.bw  # the photometric and cycle terms cover their rays (fw.rays)
@@ -93,7 +101,9 @@ def loss_terms(
     both = out.fw.valid & out.bw.valid
     return {
         "color": L.color_loss(out.image.rgb, batch.rgb),
-        "disparity": L.disparity_loss(out.image.depth, batch.disp),
+        "disparity": L.disparity_loss(
+            out.image.depth, batch.disp, keep=None if disparity_movers else ~batch.dynamic.bool()
+        ),
         "flow_fw": L.optical_flow_loss(
             ndc_to_world(out.surface_point_fw, K),
             P[out.fw.time],
@@ -224,7 +234,9 @@ class NSFFSystem(pl.LightningModule):
 
     def training_step(self, batch: RayBatch, batch_idx: int) -> Tensor:
         out = self.render(batch.origins, batch.dirs, batch.t, training=True)
-        terms = loss_terms(out, batch, self.P, self.K, self.cfg.thickness)
+        terms = loss_terms(
+            out, batch, self.P, self.K, self.cfg.thickness, self.cfg.disparity_movers
+        )
         reg = self.field_regularization(self.global_step)
         if reg is not None:
             terms["field_regularization"] = reg
