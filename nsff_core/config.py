@@ -316,7 +316,7 @@ class TrainConfig:
     lr: float = 5e-4
     #: epochs of ``steps_per_epoch`` steps; the loss schedule counts in epochs
     epochs: int = 50
-    #: steps per epoch; None = H * W * N / 1000 (nsff_pl)
+    #: steps per epoch, overriding epoch_rays; None = epoch_rays / batch_size
     steps_per_epoch: int | None = None
     #: stop after this many steps whatever ``epochs`` says; None = epochs x steps_per_epoch
     max_steps: int | None = None
@@ -358,6 +358,17 @@ class TrainConfig:
     #: numeric precision: auto (bf16 autocast where the device has fast bf16: CUDA with bf16,
     #: CPUs with AMX; fp32 otherwise), fp32, or bf16
     precision: str = "auto"
+    #: training batches drawn on the training device from the scene's frames and priors kept
+    #: there, with no host synchronisation per step (fused Adam skips a non-finite step on the
+    #: device; the divergence guard and the CSV log read the device every log_every steps):
+    #: auto (device with CUDA, else host) | device (the training device: the GPU, or the CPU
+    #: without CUDA) | host (drawn on the host, the guard reads every step)
+    device_resident: str = "auto"
+    #: torch.compile in training: none | fields (each field) | render (the whole render step)
+    compile: str = "none"
+    #: rays per epoch (the loss schedule counts epochs); None = nsff_pl's H * W * N / 1000
+    #: steps of 512 rays, so that the schedule follows the rays seen at any batch_size
+    epoch_rays: int | None = None
     #: GPUs that train the scene together, one DDP process each (each draws batch_size rays
     #: per step; an epoch stays the same number of rays, so it takes ceil(1-GPU steps / gpus)
     #: steps). Without CUDA, gpus > 1 runs that many CPU processes (gloo)

@@ -69,8 +69,9 @@ def test_steps_per_epoch_is_the_same_rays_on_n_processes():
         1,
         1,
     ]
-    nsff_pl = TrainConfig(**dict(TINY, steps_per_epoch=None))  # H * W * N / 1000 = 172
-    assert [steps_per_epoch(nsff_pl, TINY_SCENE, n) for n in (1, 2, 3)] == [172, 86, 58]
+    # nsff_pl's epoch: H * W * N / 1000 = 172 steps of 512 rays, 1,376 steps of TINY's 64
+    nsff_pl = TrainConfig(**dict(TINY, steps_per_epoch=None))
+    assert [steps_per_epoch(nsff_pl, TINY_SCENE, n) for n in (1, 2, 3)] == [1376, 688, 459]
 
 
 def test_two_processes_train_one_scene_and_resume(tiny_scene_dir, tmp_path, cpu_only):

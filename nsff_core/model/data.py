@@ -381,6 +381,28 @@ class FrameSampler:
         self.previous = t
         return t
 
+    def set_weights(self, weights: Tensor | None) -> None:
+        """Hard sampling: draw pixels ~ ``weights`` (N, H*W) from now on (None: uniform)."""
+        self.weights = None if weights is None else weights.detach().float().cpu().clone()
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint keeps of the stream (see :meth:`load_state`)."""
+        return {"kind": "host", "rng": self.generator.get_state(), "previous": self.previous}
+
+    def load_state(self, state: dict[str, Any]) -> bool:
+        """Continue the stream of :meth:`state`; False (nothing changed) for a state of the
+        other kind of sampler (:class:`DeviceFrameSampler`), whose generator differs."""
+        if state.get("kind", "host") != "host":
+            return False
+        self.generator.set_state(state["rng"])
+        self.previous = state["previous"]
+        return True
+
+    def next_batch(self, data: SceneData) -> RayBatch:
+        """The next training batch (a frame and its pixels) of ``data``."""
+        t = self.next_frame()
+        return make_batch(data, t, self.next_pixels(t))
+
     def next_pixels(self, t: int) -> Tensor:
         n_dyn = 0
         if self.dynamic_pixels is not None and len(self.dynamic_pixels[t]):
@@ -395,6 +417,146 @@ class FrameSampler:
         pool = self.dynamic_pixels[t]
         picks = pool[torch.randint(len(pool), (n_dyn,), generator=self.generator)]
         return torch.cat([picks, rest])
+
+
+class DeviceFrameSampler:
+    """:class:`FrameSampler`'s draws made where the model trains, with the scene's frames and
+    priors kept there: no host work and no host synchronisation per step.
+
+    The distribution is :class:`FrameSampler`'s: the frame uniform among those outside the
+    exclusion window of the previous one; the first ``round(share * batch)`` pixels from the
+    frame's grown motion mask (all from the rest when the frame has none), the others uniform
+    or ~ the hard-sampling weights. The draws differ (another generator, other arithmetic: the
+    frame by the rank among the allowed ones, weighted pixels by inverse CDF), so a stream of
+    this sampler is not that of a :class:`FrameSampler` with the same seed.
+
+    Args:
+        data: the scene (its tensors are copied to ``device`` once).
+        cfg: the sampling settings (:class:`SamplerConfig`).
+        device: where the model trains.
+    """
+
+    def __init__(self, data: SceneData, cfg: SamplerConfig, device: torch.device | str) -> None:
+        if not 0.0 <= cfg.dynamic_share < 1.0:
+            raise ConfigError(f"train.dynamic_sampling must be in [0, 1), got {cfg.dynamic_share}")
+        dev = torch.device(device)
+        self.device = dev
+        n, (h, w) = data.num_frames, data.hw
+        self.num_frames, self.hw, self.num_pixels = n, (h, w), h * w
+        self.batch_size = cfg.batch_size
+        self.window = exclusion_window(n)
+        self.generator = torch.Generator(device=dev).manual_seed(cfg.seed)
+        #: the previous frame as a 0-d tensor on the device (-1: none yet)
+        self.previous = torch.full((), -1, dtype=torch.long, device=dev)
+        self.frames = torch.arange(n, device=dev)
+        flat = n * h * w
+        self.rgb = data.rgb.reshape(flat, 3).to(dev)
+        self.disp = data.disp.reshape(flat).to(dev)
+        self.flow_fw = data.flow_fw.reshape(flat, 2).to(dev)
+        self.flow_bw = data.flow_bw.reshape(flat, 2).to(dev)
+        self.flow_fw_valid = data.flow_fw_valid.reshape(flat).to(dev)
+        self.flow_bw_valid = data.flow_bw_valid.reshape(flat).to(dev)
+        self.dynamic = data.dynamic.reshape(flat).to(dev)
+        self.K = torch.as_tensor(data.K, dtype=torch.float32, device=dev)
+        self.c2w = torch.as_tensor(data.c2w, dtype=torch.float32, device=dev)
+        #: (N, H*W) float64 cumulative hard-sampling weights, or None for uniform pixels
+        self.cdf: Tensor | None = None
+        self.num_dynamic = 0
+        if cfg.dynamic_share > 0:
+            grown = grow_mask(data.dynamic, DYNAMIC_SAMPLING_GROW_PX).reshape(n, -1)
+            counts = grown.sum(dim=1)
+            width = max(1, int(counts.max()))
+            # every frame's mask pixels first (stable sort of "not in mask"), padded by others
+            order = torch.sort((~grown).to(torch.uint8), dim=1, stable=True).indices
+            self.pool = order[:, :width].contiguous().to(dev)
+            self.pool_size = counts.to(dev)
+            self.num_dynamic = min(cfg.batch_size, round(cfg.dynamic_share * cfg.batch_size))
+
+    def set_weights(self, weights: Tensor | None) -> None:
+        """Hard sampling: draw pixels ~ ``weights`` (N, H*W) from now on (None: uniform)."""
+        if weights is None:
+            self.cdf = None
+            return
+        w = weights.detach().to(self.device, torch.float64).reshape(self.num_frames, -1)
+        self.cdf = torch.cumsum(w, dim=1)
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint keeps of the stream (reads the device once)."""
+        return {
+            "kind": "device",
+            "rng": self.generator.get_state(),
+            "previous": int(self.previous),
+        }
+
+    def load_state(self, state: dict[str, Any]) -> bool:
+        """Continue the stream of :meth:`state`; False (nothing changed) for a host
+        sampler's state or one of another device type (the generators differ)."""
+        mine = self.generator.get_state()
+        if state.get("kind") != "device" or state["rng"].numel() != mine.numel():
+            return False
+        self.generator.set_state(state["rng"])
+        self.previous.fill_(-1 if state["previous"] is None else int(state["previous"]))
+        return True
+
+    def _uniform(self, *shape: int) -> Tensor:
+        return torch.rand(shape, generator=self.generator, device=self.device)
+
+    def next_frame(self) -> Tensor:
+        """The next frame, a (1,) long tensor on the device."""
+        allowed = ((self.frames - self.previous).abs() > self.window) | (self.previous < 0)
+        if self.num_frames == 1:
+            allowed = torch.ones_like(allowed)
+        rank = torch.cumsum(allowed.long(), 0)
+        count = rank[-1]
+        r = (self._uniform(1) * count).long().clamp_max(count - 1)
+        t = torch.searchsorted(rank, r, right=True)
+        self.previous.copy_(t[0])
+        return t
+
+    def next_pixels(self, t: Tensor) -> Tensor:
+        """(batch_size,) flat pixel indices of frame ``t`` ((1,) tensor on the device)."""
+        n = self.batch_size
+        if self.cdf is None:
+            pixels = torch.randint(
+                self.num_pixels, (n,), generator=self.generator, device=self.device
+            )
+        else:
+            cdf = self.cdf.index_select(0, t)[0]
+            u = self._uniform(n).to(cdf.dtype) * cdf[-1]
+            pixels = torch.searchsorted(cdf, u, right=True).clamp_max(self.num_pixels - 1)
+        if not self.num_dynamic:
+            return pixels
+        k = self.num_dynamic
+        size = self.pool_size.index_select(0, t)
+        slot = (self._uniform(k) * size).long().clamp_max((size - 1).clamp_min(0))
+        picks = self.pool.index_select(0, t)[0].gather(0, slot)
+        return torch.cat([torch.where(size > 0, picks, pixels[:k]), pixels[k:]])
+
+    def next_batch(self, data: SceneData | None = None) -> RayBatch:
+        """The next training batch, on the device (``data`` is not read: the sampler holds
+        the scene's tensors)."""
+        t = self.next_frame()
+        pixel = self.next_pixels(t)
+        h, w = self.hw
+        y, x = pixel // w, pixel % w
+        xy = torch.stack([x, y], dim=-1).to(torch.float32)
+        o, d = get_rays_at(self.K, self.c2w.index_select(0, t)[0], xy)
+        o_ndc, d_ndc = rays_to_ndc(o, d, self.K)
+        flat = t * self.num_pixels + pixel
+        return RayBatch(
+            origins=o_ndc,
+            dirs=d_ndc,
+            rgb=self.rgb[flat],
+            t=t.expand_as(pixel).contiguous(),
+            disp=self.disp[flat],
+            xy=xy,
+            flow_fw=self.flow_fw[flat],
+            flow_bw=self.flow_bw[flat],
+            flow_fw_valid=self.flow_fw_valid[flat],
+            flow_bw_valid=self.flow_bw_valid[flat],
+            dynamic=self.dynamic[flat],
+            pixel=pixel,
+        )
 
 
 #: px by which the motion masks grow for :class:`FrameSampler`'s mover pixels: a mover's

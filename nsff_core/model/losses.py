@@ -41,6 +41,16 @@ def _weighted_mean(values: Tensor, weights: Tensor) -> Tensor:
     return (weights * values).sum() / weights.sum().clamp_min(torch.finfo(values.dtype).tiny)
 
 
+def _kept(keep: Tensor, x: Tensor) -> Tensor:
+    """``x`` (R, ...) with the rows where ``keep`` (R,) is False set to 0.
+
+    The masked terms select their rays this way rather than by indexing: the shapes do not
+    depend on the data, so a step needs no host synchronisation on a GPU, and a NaN or inf in a
+    masked row reaches neither the value nor the gradient (zero it BEFORE the maths that
+    follows, as in ``(_kept(k, a) - _kept(k, b)).square()``)."""
+    return torch.where(keep.reshape(keep.shape + (1,) * (x.dim() - keep.dim())), x, 0.0)
+
+
 # --------------------------------------------------------------------------- reconstruction
 
 
@@ -95,13 +105,28 @@ def disparity_loss(
     """
     depth_ndc = depth_ndc.reshape(-1)
     disp_prior = disp_prior.reshape(-1)
-    if keep is not None:
-        keep = keep.reshape(-1).bool()
-        if int(keep.sum()) < MIN_DISPARITY_RAYS:
-            return depth_ndc.sum() * 0.0
-        depth_ndc, disp_prior = depth_ndc[keep], disp_prior[keep]
-    target = _normalise_scale_shift(-disp_prior.to(depth_ndc.dtype), eps)
-    return (_normalise_scale_shift(depth_ndc, eps) - target.detach()).square().mean()
+    if keep is None:
+        target = _normalise_scale_shift(-disp_prior.to(depth_ndc.dtype), eps)
+        return (_normalise_scale_shift(depth_ndc, eps) - target.detach()).square().mean()
+    # the kept rays alone, with shapes that do not depend on the data (no host sync on a GPU)
+    keep = keep.reshape(-1).bool()
+    count = keep.sum()
+    target = _masked_normalise(-disp_prior.to(depth_ndc.dtype), keep, count, eps)
+    pred = _masked_normalise(depth_ndc, keep, count, eps)
+    err = _kept(keep, pred - target.detach()).square().sum() / count.clamp_min(1)
+    return torch.where(count >= MIN_DISPARITY_RAYS, err, depth_ndc.sum() * 0.0)
+
+
+def _masked_normalise(a: Tensor, keep: Tensor, count: Tensor, eps: float) -> Tensor:
+    """:func:`_normalise_scale_shift` over the entries of ``a`` where ``keep`` (``count`` of
+    them); the others are left at any finite value. The median is the lower middle value of
+    the kept entries, as ``torch.median``, found by sorting them to the front."""
+    big = torch.finfo(a.dtype).max
+    ordered = torch.sort(torch.where(keep, a, big)).values
+    median = ordered.gather(0, ((count - 1).clamp_min(0) // 2).reshape(1))
+    centred = _kept(keep, a - median)
+    mad = centred.abs().sum() / count.clamp_min(1)
+    return centred / (mad + eps)
 
 
 def optical_flow_loss(
@@ -129,12 +154,11 @@ def optical_flow_loss(
     with torch.no_grad():
         in_front = project_points_depth(P_neighbour.to(X_world.dtype), X_world)[1] > 0  # NaN: False
     keep = valid.reshape(-1).bool() & in_front
-    if P_neighbour.dim() == 3:
-        P_neighbour = P_neighbour[keep]
-    # rows are selected before the maths, so garbage in masked rays cannot reach the gradient
-    uv, _ = project_points_depth(P_neighbour.to(X_world.dtype), X_world[keep])
-    target = pixel_xy[keep].to(uv.dtype) + flow_prior[keep].to(uv.dtype)
-    per_ray = (uv - target).abs().mean(dim=-1)
+    # masked rays are set to the origin before the maths (any finite point), so garbage in
+    # them cannot reach the value or the gradient, and no shape depends on the data
+    uv, _ = project_points_depth(P_neighbour.to(X_world.dtype), _kept(keep, X_world))
+    target = _kept(keep, pixel_xy.to(uv.dtype) + flow_prior.to(uv.dtype))
+    per_ray = _kept(keep, (uv - target).abs().mean(dim=-1))
     return per_ray.sum() / keep.sum().clamp_min(1)
 
 
@@ -158,8 +182,8 @@ def photometric_warp_loss(
     Example: D = [1, 0.5], e = [0.3, 0.6] gives (0.3 + 0.3) / 1.5 = 0.4.
     """
     keep = valid.reshape(-1).bool()
-    per_ray = (rgb_warped[keep] - target[keep]).square().mean(dim=-1)
-    return _weighted_mean(per_ray, disocclusion.reshape(-1)[keep].detach().to(per_ray.dtype))
+    per_ray = (_kept(keep, rgb_warped) - _kept(keep, target)).square().mean(dim=-1)
+    return _weighted_mean(per_ray, _kept(keep, disocclusion.reshape(-1).detach().to(per_ray.dtype)))
 
 
 def cycle_loss(x: Tensor, x_cycled: Tensor, disocclusion_samples: Tensor, valid: Tensor) -> Tensor:
@@ -181,8 +205,10 @@ def cycle_loss(x: Tensor, x_cycled: Tensor, disocclusion_samples: Tensor, valid:
     Example: one ray, D = [1, 0], |dx| = [[0.3, 0, 0], [9, 9, 9]] gives 0.1.
     """
     keep = valid.reshape(-1).bool()
-    per_sample = (x_cycled[keep] - x[keep]).abs().mean(dim=-1)
-    return _weighted_mean(per_sample, disocclusion_samples[keep].detach().to(per_sample.dtype))
+    per_sample = (_kept(keep, x_cycled) - _kept(keep, x)).abs().mean(dim=-1)
+    return _weighted_mean(
+        per_sample, _kept(keep, disocclusion_samples.detach().to(per_sample.dtype))
+    )
 
 
 # --------------------------------------------------------------------------- scene-flow priors
@@ -206,12 +232,13 @@ def temporal_smoothness(
     Example: X = 0, X^fw = (1, 0, 0), X^bw = (0, 0, 0) on every sample gives 1/3.
     """
     n = math.floor(TEMPORAL_SAMPLE_FRACTION * X_world.shape[1])
-    if valid is not None:
-        keep = valid.reshape(-1).bool()
-        X_world, X_fw_world, X_bw_world = X_world[keep], X_fw_world[keep], X_bw_world[keep]
     accel = (X_fw_world[:, :n] + X_bw_world[:, :n] - 2 * X_world[:, :n]).abs()
+    if valid is None:
+        return accel.sum() / max(accel.numel(), 1)
+    keep = valid.reshape(-1).bool()
     # sum / count rather than mean: 0 (not NaN) when no ray is valid
-    return accel.sum() / max(accel.numel(), 1)
+    count = keep.sum() * (accel.shape[1] * accel.shape[2])
+    return _kept(keep, accel).sum() / count.clamp_min(1)
 
 
 def minimal_flow(X_world: Tensor, X_fw_world: Tensor, X_bw_world: Tensor) -> Tensor:

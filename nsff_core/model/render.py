@@ -143,9 +143,34 @@ def alphas_from_sigma(
 # Weights and colour
 
 
+#: the factors of :func:`_exclusive_cumprod` are at least this: a sample whose clear share
+#: 1 - alpha is below it is opaque either way, and the product's gradient needs no zero test
+CLEAR_MIN = 1e-10
+
+
+class _Cumprod(torch.autograd.Function):
+    """``torch.cumprod`` along the last axis of factors that are never 0, with a backward that
+    needs no host synchronisation (torch's own tests the factors for zeros, a device-to-host
+    read per call on a GPU). Forward and gradient are torch's for such factors:
+    ``grad_i = sum_{k >= i} g_k out_k / x_i``."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        out = torch.cumprod(x, dim=-1)
+        ctx.save_for_backward(x, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        x, out = ctx.saved_tensors
+        return (grad * out).flip(-1).cumsum(-1).flip(-1) / x
+
+
 def _exclusive_cumprod(x: Tensor, start: Tensor | None = None) -> Tensor:
-    """[s, s x_0, s x_0 x_1, ...] along the last axis; s = ``start`` (...,), or 1 if None."""
-    out = torch.cumprod(torch.cat([torch.ones_like(x[..., :1]), x[..., :-1]], dim=-1), dim=-1)
+    """[s, s x_0, s x_0 x_1, ...] along the last axis; s = ``start`` (...,), or 1 if None.
+    Factors below :data:`CLEAR_MIN` count as that."""
+    factors = torch.cat([torch.ones_like(x[..., :1]), x[..., :-1].clamp_min(CLEAR_MIN)], dim=-1)
+    out = _Cumprod.apply(factors)
     return out if start is None else start[..., None] * out
 
 

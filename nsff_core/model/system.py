@@ -216,13 +216,18 @@ class NSFFSystem(pl.LightningModule):
         #: ``field_regularization`` and ``total``), detached; the mean over the ranks under
         #: DDP, so that every rank sees the same values (read by the divergence guard)
         self.step_losses: dict[str, Tensor] = {}
+        #: the renderer of :meth:`render` (a compiled one under ``train.compile: render``)
+        self.render_rays = render_rays
+        #: fused Adam (set by the trainer for device-resident training: it skips a step whose
+        #: ``found_inf`` flag the divergence guard set, without a host read)
+        self.fused_adam = False
         K_t = torch.as_tensor(self.meta.K, dtype=torch.float32)
         c2w_t = torch.as_tensor(self.meta.c2w).float()
         self.register_buffer("K", K_t, persistent=False)
         self.register_buffer("P", projection_matrices(K_t, c2w_t), False)
 
     def render(self, origins: Tensor, dirs: Tensor, t: Tensor, training: bool) -> RenderOutput:
-        return render_rays(
+        return self.render_rays(
             self.static_field,
             self.dynamic_field,
             origins,
@@ -290,7 +295,7 @@ class NSFFSystem(pl.LightningModule):
         sampler = self.pixel_sampler
         if sampler is None:
             return
-        state = {"rng": sampler.generator.get_state(), "previous": sampler.previous}
+        state = sampler.state()
         checkpoint["pixel_sampler"] = state
         rank, world = dist_world()
         if world == 1:
@@ -329,12 +334,16 @@ class NSFFSystem(pl.LightningModule):
             )
             if rank >= len(states):
                 return
-        self.pixel_sampler.generator.set_state(states[rank]["rng"])
-        self.pixel_sampler.previous = states[rank]["previous"]
+        if not self.pixel_sampler.load_state(states[rank]):
+            log.warning(
+                "train: the checkpoint's ray stream was drawn by another kind of sampler (host"
+                " or device, train.device_resident); rank %d starts its stream afresh",
+                rank,
+            )
 
     def on_train_start(self) -> None:
         if self.sampling.hard_sampling and self.pixel_sampler is not None:
-            self.pixel_sampler.weights = self.hard_weights.detach().cpu().clone()
+            self.pixel_sampler.set_weights(self.hard_weights)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         step = self.global_step
@@ -378,15 +387,15 @@ class NSFFSystem(pl.LightningModule):
         h, w = frames.shape[1:3]
         if rank == 0:
             for t in range(frames.shape[0]):
-                pred = self.last_rgb[t].reshape(h, w, 3).cpu()
-                smap = ssim_map(pred, frames[t].cpu())
+                pred = self.last_rgb[t].reshape(h, w, 3)
+                smap = ssim_map(pred, frames[t].to(pred.device))
                 self.hard_weights[t] = (1.0 - smap).clamp_min(0).reshape(-1).to(
                     self.hard_weights
                 ) + 0.01
         if world > 1:
             torch.distributed.broadcast(self.hard_weights, src=0)
         if self.pixel_sampler is not None:
-            self.pixel_sampler.weights = self.hard_weights.detach().cpu().clone()
+            self.pixel_sampler.set_weights(self.hard_weights)
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, idx: int) -> Any:
         return batch.to(device) if isinstance(batch, RayBatch) else batch
@@ -401,7 +410,8 @@ class NSFFSystem(pl.LightningModule):
         groups = [{"params": [p for p in self.parameters() if id(p) not in grid_ids]}]
         if grids:
             groups.append({"params": grids, "lr": self.cfg.grid_lr * self.lr_scale})
-        opt = torch.optim.Adam(groups, lr=self.cfg.lr * self.lr_scale, eps=1e-8)
+        fused = {"fused": True} if self.fused_adam else {}
+        opt = torch.optim.Adam(groups, lr=self.cfg.lr * self.lr_scale, eps=1e-8, **fused)
         total = max(1, self.trainer.max_steps if self.trainer.max_steps > 0 else 1)
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))

@@ -61,7 +61,7 @@ from nsff_core.model.checkpoint import (
     VerifiedCheckpointIO,
     load_checkpoint,
 )
-from nsff_core.model.data import FrameSampler, SamplerConfig, SceneData, make_batch
+from nsff_core.model.data import DeviceFrameSampler, FrameSampler, SamplerConfig, SceneData
 from nsff_core.model.system import NSFFSystem
 from nsff_core.model.train_views import sampler_config
 from nsff_core.progress import EVERY_S, eta_seconds, format_duration
@@ -74,33 +74,50 @@ log = logging.getLogger(__name__)
 class RayBatchStream(torch.utils.data.IterableDataset):
     """An endless stream of training batches (one frame per batch, see :class:`FrameSampler`).
 
-    Under DDP every process has its own stream, seeded ``train.seed + rank``
-    (:func:`~nsff_core.model.train_views.sampler_config`).
+    ``device`` None: drawn on the host (:class:`FrameSampler`, the batch moved to the model's
+    device by Lightning); else drawn there from the scene's tensors copied there once
+    (:class:`DeviceFrameSampler`, ``train.device_resident``). Under DDP every process has its
+    own stream, seeded ``train.seed + rank`` (:func:`~nsff_core.model.train_views.sampler_config`).
     """
 
-    def __init__(self, data: SceneData, sampling: SamplerConfig) -> None:
+    def __init__(
+        self, data: SceneData, sampling: SamplerConfig, device: torch.device | None = None
+    ) -> None:
         super().__init__()
         self.data = data
-        self.sampler = FrameSampler.from_config(sampling, data.num_frames, data.hw, data.dynamic)
+        if device is None:
+            self.sampler = FrameSampler.from_config(
+                sampling, data.num_frames, data.hw, data.dynamic
+            )
+        else:
+            self.sampler = DeviceFrameSampler(data, sampling, device)
 
     def __iter__(self):
         while True:
-            t = self.sampler.next_frame()
-            yield make_batch(self.data, t, self.sampler.next_pixels(t))
+            yield self.sampler.next_batch(self.data)
+
+
+#: nsff_pl's rays per step: an epoch is H * W * N / 1000 steps of this many rays
+NSFF_PL_BATCH = 512
 
 
 def steps_per_epoch(cfg: TrainConfig, data: SceneData, world_size: int = 1) -> int:
     """Steps per epoch of each of ``world_size`` processes.
 
-    One process: ``cfg.steps_per_epoch``, or H * W * N / 1000 as nsff_pl (at least 1). An epoch
-    is that many batches of rays whatever the number of processes, and each of them draws a
-    batch per step, so N processes take ceil(that / N) steps per epoch.
+    An epoch is a number of rays: ``cfg.epoch_rays``, or nsff_pl's H * W * N / 1000 steps of
+    512 rays; one process takes that / ``batch_size`` steps (at least 1), so a run at batch
+    4096 sees the loss schedule and learning rate of one at 512 after the same rays. An
+    explicit ``cfg.steps_per_epoch`` counts steps instead. N processes each draw a batch per
+    step, so they take ceil(that / N) steps per epoch.
+
+    Example: 512x288, 30 frames: 4,423 steps at batch 512, 553 at batch 4096.
     """
     if cfg.steps_per_epoch:
         single = cfg.steps_per_epoch
     else:
         h, w = data.hw
-        single = max(1, h * w * data.num_frames // 1000)
+        rays = cfg.epoch_rays or NSFF_PL_BATCH * max(1, h * w * data.num_frames // 1000)
+        single = max(1, round(rays / cfg.batch_size))
     return max(1, math.ceil(single / world_size))
 
 
@@ -250,15 +267,29 @@ def _first_nonfinite(losses: dict[str, torch.Tensor], params: list[tuple[str, An
 
 
 class DivergenceGuard(pl.Callback):
-    """Stops training at the first step with a non-finite loss term or gradient, before the
-    optimizer applies it (:class:`Diverged`), so the weights and every later checkpoint stay
-    finite.
+    """Stops training at a step with a non-finite loss term or gradient, without the optimizer
+    applying it (:class:`Diverged`), so the weights and every later checkpoint stay finite.
 
     Reads ``pl_module.step_losses`` (every loss term of the step, set by
-    :meth:`~nsff_core.model.system.NSFFSystem.training_step`) and the gradients after backward (under
-    DDP after their all-reduce). One host read of one flag per step; the names are looked up
-    only when the flag is set.
+    :meth:`~nsff_core.model.system.NSFFSystem.training_step`) and the gradients after backward
+    (under DDP after their all-reduce).
+
+    ``every`` 1: one host read of one flag per step, and the run stops before the optimizer
+    step. ``every`` k > 1 (``train.device_resident``, no host synchronisation per step): the flag
+    stays on the device and is handed to the optimizer as ``found_inf`` (the fused Adam of
+    :meth:`~nsff_core.model.system.NSFFSystem.configure_optimizers` then skips the update on
+    the device); the first bad step and its terms are remembered there, and read on the host
+    every k steps, at every checkpoint step and at the end, where the run stops naming that
+    step. The names are looked up only when a step was bad.
     """
+
+    def __init__(self, every: int = 1, checkpoint_every: int = 0) -> None:
+        self.every = max(1, int(every))
+        self.checkpoint_every = int(checkpoint_every)
+        #: deferred mode: the first bad step (-1: none) and, per set of term names, which
+        #: of them (and the gradient, last) were not finite at that step; on the device
+        self.first_bad: torch.Tensor | None = None
+        self.bad_terms: dict[tuple[str, ...], torch.Tensor] = {}
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         losses = pl_module.step_losses
@@ -268,9 +299,55 @@ class DivergenceGuard(pl.Callback):
             # the largest |g|: finite exactly when every gradient value is (NaN propagates)
             norm = torch.nn.utils.get_total_norm([g for _, g in params], norm_type=math.inf)
             checks.append(norm.float().reshape(()).to(checks[0].device if checks else norm.device))
-        if not checks or bool(torch.isfinite(torch.stack(checks)).all()):
+        if not checks:
             return
-        raise Diverged(trainer.global_step, _first_nonfinite(losses, params))
+        finite = torch.isfinite(torch.stack(checks))
+        if self.every == 1:
+            if bool(finite.all()):
+                return
+            raise Diverged(trainer.global_step, _first_nonfinite(losses, params))
+        bad = ~finite.all()
+        getattr(optimizer, "optimizer", optimizer).found_inf = bad.float()
+        if self.first_bad is None:
+            self.first_bad = torch.full((), -1, dtype=torch.long, device=bad.device)
+        new = bad & (self.first_bad < 0)
+        self.first_bad = torch.where(
+            new, torch.full_like(self.first_bad, trainer.global_step), self.first_bad
+        )
+        key = tuple(losses) + (("<gradient>",) if params else ())
+        old = self.bad_terms.get(key, torch.zeros_like(finite))
+        self.bad_terms[key] = torch.where(new, ~finite, old)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        due = step % self.every == 0 or step == trainer.max_steps
+        if self.checkpoint_every and step % self.checkpoint_every == 0:
+            due = True
+        if self.every > 1 and due:
+            self.check()
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Deferred mode: raise :class:`Diverged` for the first bad step seen (a host read)."""
+        if self.first_bad is None:
+            return
+        step = int(self.first_bad)
+        if step < 0:
+            return
+        what = "a loss term or gradient is not finite"
+        for names, flags in self.bad_terms.items():
+            hits = [n for n, f in zip(names, flags.tolist(), strict=True) if f]
+            if hits:
+                name = hits[0]
+                what = (
+                    "a gradient is not finite"
+                    if name == "<gradient>"
+                    else f"loss term '{name}' is not finite"
+                )
+                break
+        raise Diverged(step, f"{what} (the update was skipped)")
 
 
 #: settings that change how long training runs, not what it trains: a checkpoint written under
@@ -585,8 +662,47 @@ def _after_divergence(
     raise StageError(scene, "train", cause, hint) from None
 
 
+def resident_device(cfg: TrainConfig, rank: int = 0) -> torch.device | None:
+    """Where the training batches are drawn under ``train.device_resident`` (None: on the
+    host). auto: on the GPU when CUDA is there, else on the host; device: on the training
+    device (the CPU without CUDA, what the tests use); host: on the host."""
+    mode = cfg.device_resident
+    if mode not in ("auto", "device", "host"):
+        raise ConfigError(f"train.device_resident must be auto, device or host, got {mode!r}")
+    cuda = torch.cuda.is_available()
+    if mode == "host" or (mode == "auto" and not cuda):
+        return None
+    if not cuda:
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+
+
+def compile_system(system: NSFFSystem, what: str, backend: str = "inductor") -> None:
+    """``train.compile``: none; fields (each field module compiled in place, its parameters and
+    checkpoint keys unchanged); render (the whole training render, fields included, as one
+    compiled function). Eager stays the switch (``none``) and the fallback: a graph that fails
+    to compile runs eagerly (``suppress_errors``; seen for ``render`` with torch 2.11 on an
+    H200, where Triton failed on a fused kernel holding the compositing product)."""
+    if what == "none":
+        return
+    # a graph the compiler cannot build runs eagerly (with a warning) instead of failing the run
+    torch._dynamo.config.suppress_errors = True
+    if what == "fields":
+        system.static_field.compile(backend=backend, dynamic=False)
+        system.dynamic_field.compile(backend=backend, dynamic=False)
+    elif what == "render":
+        system.render_rays = torch.compile(system.render_rays, backend=backend, dynamic=False)
+    else:
+        raise ConfigError(f"train.compile must be none, fields or render, got {what!r}")
+
+
 def _fit(
-    data: SceneData, cfg: TrainConfig, job: dict[str, Any], rank: int = 0, world: int = 1
+    data: SceneData,
+    cfg: TrainConfig,
+    job: dict[str, Any],
+    rank: int = 0,
+    world: int = 1,
+    callbacks: list[pl.Callback] | None = None,
 ) -> None:
     """Lightning fit in this process, rank ``rank`` of ``world``, then ``last.ckpt`` in
     ``job["run_dir"]``. Under DDP every rank runs this; only rank 0 writes files (Lightning's
@@ -605,10 +721,17 @@ def _fit(
         # its own density noise (DDP starts every rank from rank 0's weights); seed_everything,
         # since Lightning reseeds from it when it sets up DDP
         pl.seed_everything(cfg.seed + rank, workers=True, verbose=False)
-    stream = RayBatchStream(data, sampler_config(cfg, rank))
+    device = resident_device(cfg, rank)
+    stream = RayBatchStream(data, sampler_config(cfg, rank), device)
     system.pixel_sampler = stream.sampler
     system.training_frames = data.rgb
     system.lr_scale = float(job.get("lr_scale", 1.0))
+    # no host synchronisation per step: fused Adam skips a non-finite step on the device, the
+    # guard and the CSV log read the device every log_every steps
+    resident = device is not None
+    system.fused_adam = resident
+    sync_every = cfg.log_every if resident else 1
+    compile_system(system, cfg.compile)
     ckpt_cb = ModelCheckpoint(
         dirpath=run_dir,
         filename="step{step}",
@@ -641,15 +764,16 @@ def _fit(
         max_epochs=-1,
         logger=CSVLogger(save_dir=run_dir, name="", version=""),
         callbacks=[
-            DivergenceGuard(),
+            DivergenceGuard(sync_every, cfg.checkpoint_every),
             ckpt_cb,
             ProgressLog(cfg.log_every, cfg.batch_size * world, total),
+            *(callbacks or []),
         ],
         # verified saves, and weights_only loads for the resume
         plugins=[VerifiedCheckpointIO(job["scene"])],
         enable_progress_bar=False,
         enable_model_summary=False,
-        log_every_n_steps=1,
+        log_every_n_steps=sync_every,
         num_sanity_val_steps=0,
         **device_settings(cfg.precision, world),
         **distributed,
