@@ -144,7 +144,9 @@ def frame_psnr(system, data, frames, chunk) -> float:
     return float(np.mean(out))
 
 
-def run_fit(data, cfg: TrainConfig, steps: int, callbacks) -> None:
+def run_fit(data, cfg: TrainConfig, steps: int, callbacks, quiet: bool = True) -> None:
+    """``steps`` steps of the workflow's training function in a scratch folder; ``quiet``:
+    its warnings hidden."""
     with tempfile.TemporaryDirectory() as tmp:
         job = {
             "run_dir": tmp,
@@ -154,7 +156,8 @@ def run_fit(data, cfg: TrainConfig, steps: int, callbacks) -> None:
             "scene": "synthetic",
         }
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+            if quiet:
+                warnings.simplefilter("ignore")
             _fit(data, cfg, job, callbacks=callbacks)
 
 
@@ -194,15 +197,7 @@ def sync_check(data, models, out) -> None:
 
         with warnings.catch_warnings(record=True) as got:
             warnings.simplefilter("always")
-            with tempfile.TemporaryDirectory() as tmp:
-                job = {
-                    "run_dir": tmp,
-                    "steps_per_epoch": 1000,
-                    "max_steps": 6,
-                    "resume": None,
-                    "scene": "synthetic",
-                }
-                _fit(data, cfg, job, callbacks=[Debug()])
+            run_fit(data, cfg, 6, [Debug()], quiet=False)
         torch.cuda.set_sync_debug_mode(0)
         for w in got:
             if "synchroniz" in str(w.message):
@@ -238,54 +233,28 @@ def throughput(data, args, cuda, has_bf16, out) -> dict:
             key, device_resident=resident, batch_size=batch, precision=prec, compile=comp
         )
         clock = Clock(args.warmup, cuda)
+        label = f"{MODELS[key][0]:30s} {resident:>7s} {batch:6d} {prec:>5s} {comp:>7s}"
+        row = {
+            "section": "throughput",
+            "model": key,
+            "resident": resident,
+            "batch": batch,
+            "precision": prec,
+            "compile": comp,
+        }
         try:
             torch.manual_seed(0)
             run_fit(data, cfg, args.warmup + args.steps, [clock])
         except Exception as err:  # a row that fails (memory, compile) is reported, not fatal
-            print(
-                f"{MODELS[key][0]:30s} {resident:>7s} {batch:6d} {prec:>5s} {comp:>7s} "
-                f"failed: {type(err).__name__}: {str(err)[:200]}",
-                flush=True,
-            )
-            emit(
-                {
-                    "section": "throughput",
-                    "model": key,
-                    "resident": resident,
-                    "batch": batch,
-                    "precision": prec,
-                    "compile": comp,
-                    "error": repr(err)[:500],
-                },
-                out,
-            )
-            if cuda:
-                torch.cuda.empty_cache()
-            continue
-        dt = (clock.t1 - clock.t0) / max(clock.steps, 1)
-        row = (
-            f"{MODELS[key][0]:30s} {resident:>7s} {batch:6d} {prec:>5s} {comp:>7s} "
-            f"{dt:8.4f} {1 / dt:8.1f} {batch / dt:9.0f}"
-        )
-        if cuda:
-            row += f" {clock.peak:9.2f}"
-        print(row, flush=True)
-        emit(
-            {
-                "section": "throughput",
-                "model": key,
-                "resident": resident,
-                "batch": batch,
-                "precision": prec,
-                "compile": comp,
-                "s_per_step": dt,
-                "rays_per_s": batch / dt,
-                "peak_gib": clock.peak,
-            },
-            out,
-        )
-        if resident == "device" and comp == "none":
-            best[(key, batch, prec)] = batch / dt
+            print(f"{label} failed: {type(err).__name__}: {str(err)[:200]}", flush=True)
+            emit({**row, "error": repr(err)[:500]}, out)
+        else:
+            dt = (clock.t1 - clock.t0) / max(clock.steps, 1)
+            line = f"{label} {dt:8.4f} {1 / dt:8.1f} {batch / dt:9.0f}"
+            print(line + (f" {clock.peak:9.2f}" if cuda else ""), flush=True)
+            emit({**row, "s_per_step": dt, "rays_per_s": batch / dt, "peak_gib": clock.peak}, out)
+            if resident == "device" and comp == "none":
+                best[(key, batch, prec)] = batch / dt
         if cuda:
             torch.cuda.empty_cache()
     return best
@@ -315,17 +284,7 @@ def psnr_per_rays(data, args, out) -> None:
         clock = Clock(1, torch.cuda.is_available())
         t0 = time.perf_counter()
         torch.manual_seed(0)
-        with tempfile.TemporaryDirectory() as tmp:
-            job = {
-                "run_dir": tmp,
-                "steps_per_epoch": spe_of(cfg, data),
-                "max_steps": steps,
-                "resume": None,
-                "scene": "synthetic",
-            }
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                _fit(data, cfg, job, callbacks=[clock, probe])
+        run_fit(data, cfg, steps, [clock, probe])
         wall = time.perf_counter() - t0
         psnr = probe.curve[-1][2]
         print(
@@ -337,6 +296,7 @@ def psnr_per_rays(data, args, out) -> None:
             {
                 "section": "psnr_rays",
                 "batch": batch,
+                "lr_scale": scale,
                 "rays": args.psnr_rays,
                 "steps": steps,
                 "psnr": psnr,
@@ -360,17 +320,7 @@ def preset_run(data, args, rays_per_s, out) -> None:
     probe = Probe(data, frames, quarters)
     epochs_total = steps / spe_of(cfg, data)
     torch.manual_seed(0)
-    with tempfile.TemporaryDirectory() as tmp:
-        job = {
-            "run_dir": tmp,
-            "steps_per_epoch": spe_of(cfg, data),
-            "max_steps": steps,
-            "resume": None,
-            "scene": "synthetic",
-        }
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            _fit(data, cfg, job, callbacks=[probe])
+    run_fit(data, cfg, steps, [probe])
     for step, elapsed, psnr in probe.curve:
         print(
             f"step {step:6d} ({step * cfg.batch_size / 1e6:6.1f} M rays, "

@@ -203,6 +203,17 @@ def test_an_epoch_is_the_same_rays_at_any_batch_size():
 DEVICE = dict(TINY, device_resident="device")
 
 
+def _job(run_dir, steps):
+    """What the training function needs of a run besides the data and the settings."""
+    return {
+        "run_dir": str(run_dir),
+        "steps_per_epoch": 10,
+        "max_steps": steps,
+        "resume": None,
+        "scene": "tiny",
+    }
+
+
 def test_device_resident_training_runs_logs_every_log_every_steps_and_resumes(
     tiny_scene_dir, tmp_path
 ):
@@ -258,13 +269,7 @@ def test_the_deferred_guard_leaves_the_weights_finite_under_a_nan_gradient(
     _fault(monkeypatch, "grad", first=2, last=2)  # step 1 only
     data = load_scene(tiny_scene_dir, scene="tiny")
     cfg = TrainConfig(**DEVICE, max_steps=4, log_every=4, checkpoint_every=100)
-    job = {
-        "run_dir": str(tmp_path),
-        "steps_per_epoch": 10,
-        "max_steps": 4,
-        "resume": None,
-        "scene": "tiny",
-    }
+    job = _job(tmp_path, 4)
     with pytest.raises(Diverged) as info:
         _fit(data, cfg, job, callbacks=[Keep()])
     assert info.value.step == 1 and "gradient" in info.value.what
@@ -354,13 +359,7 @@ def test_device_resident_hard_sampling_hands_the_weights_to_the_device_sampler(
 
     data = load_scene(tiny_scene_dir, scene="tiny")
     cfg = TrainConfig(**DEVICE, hard_sampling=True, hard_sampling_every=2, log_every=2)
-    job = {
-        "run_dir": str(tmp_path),
-        "steps_per_epoch": 10,
-        "max_steps": 4,
-        "resume": None,
-        "scene": "tiny",
-    }
+    job = _job(tmp_path, 4)
     _fit(data, cfg, job, callbacks=[Look()])
     assert seen["cdf"] is not None, "the refreshed weights reach the device sampler"
     torch.testing.assert_close(
