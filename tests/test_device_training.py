@@ -366,3 +366,22 @@ def test_device_resident_hard_sampling_hands_the_weights_to_the_device_sampler(
         seen["cdf"][:, -1].float(), seen["weights"].sum(dim=1).float(), rtol=1e-4, atol=1e-3
     )
     assert (seen["weights"] != 1.0).any(), "refreshed from the predictions"
+
+
+def test_a_run_resumes_when_only_where_its_batches_are_drawn_changed(tiny_scene_dir, tmp_path):
+    from nsff_core.workflow.stages.train import train_scene
+
+    out = tmp_path / "train"
+    host = dict(TINY, device_resident="host", checkpoint_every=2)
+    train_scene(tiny_scene_dir, out, TrainConfig(**host, max_steps=2), scene="tiny")
+    moved = dict(host, device_resident="device", compile="none")
+    train_scene(tiny_scene_dir, out, TrainConfig(**moved, max_steps=4), scene="tiny")
+    ckpt = load_checkpoint(out / "last.ckpt")
+    assert ckpt["global_step"] == 4 and ckpt["pixel_sampler"]["kind"] == "device"
+    assert [int(r["step"]) for r in _rows(out / "metrics.csv")][:2] == [0, 1], "resumed"
+    assert ckpt["optimizer_states"][0]["param_groups"][0]["fused"] is True
+    # and back: plain Adam again, its step counts on the CPU
+    train_scene(tiny_scene_dir, out, TrainConfig(**host, max_steps=6), scene="tiny")
+    ckpt = load_checkpoint(out / "last.ckpt")
+    assert ckpt["global_step"] == 6 and ckpt["pixel_sampler"]["kind"] == "host"
+    assert not ckpt["optimizer_states"][0]["param_groups"][0]["fused"]

@@ -314,6 +314,7 @@ class NSFFSystem(pl.LightningModule):
         ratio = self.lr_scale / float(checkpoint.get("lr_scale", 1.0))
         if ratio != 1.0:
             rescale_learning_rates(checkpoint, ratio)
+        set_fused_adam(checkpoint, self.fused_adam)
         if self.pixel_sampler is None:
             return
         rank, world = dist_world()
@@ -434,3 +435,21 @@ def rescale_learning_rates(checkpoint: dict[str, Any], factor: float) -> None:
         for key in ("base_lrs", "_last_lr"):
             if key in sched:
                 sched[key] = [v * factor for v in sched[key]]
+
+
+def set_fused_adam(checkpoint: dict[str, Any], fused: bool) -> None:
+    """Make the optimizer state of a Lightning checkpoint dict restore as fused Adam or not,
+    in place (a run that moves between host- and device-drawn batches, see
+    ``train.device_resident``): Lightning restores the saved parameter groups, ``fused`` flag
+    included, after the module's ``on_load_checkpoint``. Plain Adam keeps its step counts on
+    the CPU, so they move there when ``fused`` is off."""
+    for opt in checkpoint.get("optimizer_states", []):
+        groups = opt.get("param_groups", [])
+        if all(bool(g.get("fused")) == fused for g in groups):
+            continue
+        for group in groups:
+            group["fused"] = True if fused else None
+        if not fused:
+            for state in opt.get("state", {}).values():
+                if isinstance(state.get("step"), torch.Tensor):
+                    state["step"] = state["step"].cpu()

@@ -354,8 +354,9 @@ class DivergenceGuard(pl.Callback):
 #: other values of these is still resumed
 BUDGET_KEYS = ("epochs", "max_steps", "max_time_minutes", "checkpoint_every", "log_every")
 #: settings that change neither what a run trains nor how long: also ignored on resume (a run
-#: stopped by divergence resumes when only on_divergence changed)
-HANDLING_KEYS = ("on_divergence",)
+#: stopped by divergence resumes when only on_divergence changed; a run moved from the CPU to a
+#: GPU resumes with its batches drawn there, its ray stream started afresh with a warning)
+HANDLING_KEYS = ("on_divergence", "device_resident", "compile")
 #: facts that record what happened in a run (divergence retries), not its settings
 RUN_RECORD_KEYS = ("lr_scale", "divergence")
 
