@@ -194,3 +194,5 @@ def test_the_regulariser_runs_every_kth_step_at_k_times_the_weight():
     assert torch.allclose(fourth.field_regularization(8), 4 * reg)
     mlp = NSFFSystem(TrainConfig(width=8, depth=1), meta, 10)
     assert mlp.field_regularization(0) is None
+    off = NSFFSystem(TrainConfig(field="planes", grid_tv=0.0, **small), meta, 10)
+    assert off.field_regularization(0) is None, "a zero weight costs no pass over the planes"

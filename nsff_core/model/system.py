@@ -266,13 +266,15 @@ class NSFFSystem(pl.LightningModule):
         return loss
 
     def field_regularization(self, step: int) -> Tensor | None:
-        """The plane fields' regulariser at ``step`` (None for MLP fields and skipped steps).
+        """The plane fields' regulariser at ``step`` (None for MLP fields, skipped steps and a
+        zero weight ``grid_tv``, where it would cost a pass over every plane, forward and
+        backward, for nothing).
 
         With ``grid_tv_every`` k it is computed on every k-th step only, times k: the same pull
         on average at 1/k of the cost. Example: k = 4 -> steps 0, 4, 8, ... at 4x the value.
         """
         every = self.cfg.grid_tv_every
-        if self.cfg.field != "planes" or step % every:
+        if self.cfg.field != "planes" or self.cfg.grid_tv == 0 or step % every:
             return None
         return every * (self.static_field.regularization() + self.dynamic_field.regularization())
 
