@@ -20,10 +20,11 @@ checkpoint at half the learning rates; otherwise, or when that diverges too, the
 a :class:`~nsff_core.errors.StageError` naming the step and the term. Under DDP every rank sees
 the same loss means and the same all-reduced gradients, so all ranks stop at the same step.
 
-The check reads one flag per step on the host (a device synchronisation on a GPU). The CSV
-logger already reads the logged losses to the host at every step (``log_every_n_steps=1``), so
-the guard adds no stall of its own; it only ends the overlap of the optimizer's kernel launches
-with the end of the backward pass.
+With batches drawn on the host (``train.device_resident: host``, the CPU default) the check
+reads one flag per step on the host, and the CSV logger writes every step. With batches drawn
+on the device (the default with CUDA) nothing is read per step: fused Adam skips a non-finite
+step on the device, and the guard and the CSV logger read it every ``log_every`` steps
+(:class:`DivergenceGuard`).
 """
 
 from __future__ import annotations
