@@ -13,6 +13,7 @@ that scenes with fewer than 12 frames train (nsff_pl crashed there).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -265,27 +266,41 @@ class RayBatch:
         return RayBatch(**{k: v.to(device) for k, v in self.__dict__.items()})
 
 
+#: the per-pixel targets of a :class:`RayBatch` (SceneData tensors of the same names)
+PIXEL_TARGETS = ("rgb", "disp", "flow_fw", "flow_bw", "flow_fw_valid", "flow_bw_valid", "dynamic")
+
+
+def rays_of_pixels(
+    K: Tensor | np.ndarray,
+    c2w: Tensor,
+    t: Tensor,
+    pixel: Tensor,
+    width: int,
+    take: Callable[[str, Tensor, Tensor], Tensor],
+) -> RayBatch:
+    """The :class:`RayBatch` of one frame's flat pixel indices ``pixel`` (R,): NDC rays of
+    camera ``c2w`` (3 or 4, 4) with intrinsics ``K``, frame index ``t`` broadcast to (R,),
+    and each of :data:`PIXEL_TARGETS` as ``take(name, y, x)`` for the pixels' rows and columns."""
+    y, x = pixel // width, pixel % width
+    xy = torch.stack([x, y], dim=-1).to(torch.float32)
+    o, d = get_rays_at(K, c2w, xy)
+    o_ndc, d_ndc = rays_to_ndc(o, d, K)
+    targets = {name: take(name, y, x) for name in PIXEL_TARGETS}
+    return RayBatch(
+        origins=o_ndc, dirs=d_ndc, t=t.expand_as(pixel).contiguous(), xy=xy, pixel=pixel, **targets
+    )
+
+
 def make_batch(data: SceneData, t: int, pixel: Tensor) -> RayBatch:
     """The rays of frame ``t`` through flat pixel indices ``pixel`` (R,), in NDC."""
-    h, w = data.hw
-    y, x = pixel // w, pixel % w
-    xy = torch.stack([x, y], dim=-1).to(torch.float32)
     c2w = torch.as_tensor(data.c2w[t], dtype=torch.float32)
-    o, d = get_rays_at(data.K, c2w, xy)
-    o_ndc, d_ndc = rays_to_ndc(o, d, data.K)
-    return RayBatch(
-        origins=o_ndc,
-        dirs=d_ndc,
-        rgb=data.rgb[t, y, x],
-        t=torch.full_like(pixel, t),
-        disp=data.disp[t, y, x],
-        xy=xy,
-        flow_fw=data.flow_fw[t, y, x],
-        flow_bw=data.flow_bw[t, y, x],
-        flow_fw_valid=data.flow_fw_valid[t, y, x],
-        flow_bw_valid=data.flow_bw_valid[t, y, x],
-        dynamic=data.dynamic[t, y, x],
-        pixel=pixel,
+    return rays_of_pixels(
+        data.K,
+        c2w,
+        torch.full_like(pixel, t),
+        pixel,
+        data.hw[1],
+        lambda name, y, x: getattr(data, name)[t, y, x],
     )
 
 
@@ -450,13 +465,11 @@ class DeviceFrameSampler:
         self.previous = torch.full((), -1, dtype=torch.long, device=dev)
         self.frames = torch.arange(n, device=dev)
         flat = n * h * w
-        self.rgb = data.rgb.reshape(flat, 3).to(dev)
-        self.disp = data.disp.reshape(flat).to(dev)
-        self.flow_fw = data.flow_fw.reshape(flat, 2).to(dev)
-        self.flow_bw = data.flow_bw.reshape(flat, 2).to(dev)
-        self.flow_fw_valid = data.flow_fw_valid.reshape(flat).to(dev)
-        self.flow_bw_valid = data.flow_bw_valid.reshape(flat).to(dev)
-        self.dynamic = data.dynamic.reshape(flat).to(dev)
+        #: each of :data:`PIXEL_TARGETS`, flat over (frame, pixel), on the device
+        self.targets = {
+            name: getattr(data, name).reshape(flat, *getattr(data, name).shape[3:]).to(dev)
+            for name in PIXEL_TARGETS
+        }
         self.K = torch.as_tensor(data.K, dtype=torch.float32, device=dev)
         self.c2w = torch.as_tensor(data.c2w, dtype=torch.float32, device=dev)
         #: (N, H*W) float64 cumulative hard-sampling weights, or None for uniform pixels
@@ -537,25 +550,14 @@ class DeviceFrameSampler:
         the scene's tensors)."""
         t = self.next_frame()
         pixel = self.next_pixels(t)
-        h, w = self.hw
-        y, x = pixel // w, pixel % w
-        xy = torch.stack([x, y], dim=-1).to(torch.float32)
-        o, d = get_rays_at(self.K, self.c2w.index_select(0, t)[0], xy)
-        o_ndc, d_ndc = rays_to_ndc(o, d, self.K)
         flat = t * self.num_pixels + pixel
-        return RayBatch(
-            origins=o_ndc,
-            dirs=d_ndc,
-            rgb=self.rgb[flat],
-            t=t.expand_as(pixel).contiguous(),
-            disp=self.disp[flat],
-            xy=xy,
-            flow_fw=self.flow_fw[flat],
-            flow_bw=self.flow_bw[flat],
-            flow_fw_valid=self.flow_fw_valid[flat],
-            flow_bw_valid=self.flow_bw_valid[flat],
-            dynamic=self.dynamic[flat],
-            pixel=pixel,
+        return rays_of_pixels(
+            self.K,
+            self.c2w.index_select(0, t)[0],
+            t,
+            pixel,
+            self.hw[1],
+            lambda name, y, x: self.targets[name][flat],
         )
 
 
