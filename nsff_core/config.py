@@ -345,6 +345,10 @@ class TrainConfig:
     #: weight of the distortion term: the spread of each ray's compositing weights along the
     #: ray (0 = nsff_pl, which has no such term); docs/method.md, Loss terms
     lambda_distortion: float = 0.0
+    #: weight of the canonical-consistency term of ``grid_dynamic: deform``: a mover's point
+    #: and its scene-flow image at t +- 1 read the same place of the canonical field (not in
+    #: nsff_pl; docs/method.md, "A warped canonical dynamic field")
+    lambda_canonical: float = 0.0
     #: the warped renders of the photometric and cycle terms on every k-th ray of a batch only
     #: (1 = every ray, nsff_pl); they cost more than the rest of a step on a CPU
     warp_every: int = 1

@@ -196,3 +196,60 @@ def test_the_regulariser_runs_every_kth_step_at_k_times_the_weight():
     assert mlp.field_regularization(0) is None
     off = NSFFSystem(TrainConfig(field="planes", grid_tv=0.0, **small), meta, 10)
     assert off.field_regularization(0) is None, "a zero weight costs no pass over the planes"
+
+
+def test_the_canonical_term_pulls_a_point_and_its_flow_image_to_one_canonical_place():
+    """Only the canonical term trains the warp of a field whose scene flow is a known shift:
+    afterwards a point at t and the point shifted by the flow at t + 1 read (nearly) the same
+    canonical place, while before they were a whole shift apart."""
+    from nsff_core.model import losses as L
+
+    torch.manual_seed(0)
+    field = PlaneDeformDynamicField(SMALL, num_frames=2)
+    x = torch.rand(64, 1, 3) * 1.2 - 0.6
+    shift = torch.tensor([0.2, -0.1, 0.0])
+    t0, t1 = torch.zeros(64, dtype=torch.long), torch.ones(64, dtype=torch.long)
+    valid, w = torch.ones(64, dtype=torch.bool), torch.ones(64, 1)
+
+    def gap() -> torch.Tensor:
+        a, b = field.at_times(x, t0), field.at_times(x + shift, t1)
+        assert a.canonical is not None and b.canonical is not None
+        return L.canonical_loss(a.canonical, b.canonical, w, valid)
+
+    before = float(gap())
+    assert before == pytest.approx(float(shift.abs().sum() / field.scale.mean()), rel=0.3)
+    opt = torch.optim.Adam(field.parameters(), lr=0.01)
+    for _ in range(300):
+        opt.zero_grad()
+        gap().backward()
+        opt.step()
+    assert float(gap()) < 0.1 * before
+    kplanes = PlaneDynamicField(SMALL, num_frames=2).at_times(x, t0)
+    assert kplanes.canonical is None
+
+
+def test_a_training_step_logs_the_canonical_term_and_other_fields_refuse_it():
+    from nsff_core.model.data import SceneMeta
+    from nsff_core.model.system import NSFFSystem, canonical_term
+
+    k = [[40.0, 0.0, 31.5], [0.0, 40.0, 23.5], [0.0, 0.0, 1.0]]
+    c2w = torch.stack([torch.eye(4)] * 3).tolist()
+    small = {"grid_levels": 1, "grid_dynamic_levels": 1, "grid_base_resolution": 4}
+    cfg = TrainConfig(
+        field="planes", grid_dynamic="deform", lambda_canonical=0.5, num_samples=8, **small
+    )
+    system = NSFFSystem(cfg, SceneMeta(3, k, c2w), 10)
+    assert system.loss_weights.canonical == 0.5
+    o = torch.zeros(16, 3)
+    d = torch.nn.functional.normalize(torch.randn(16, 3), dim=-1)
+    d[:, 2] = -d[:, 2].abs() - 0.5
+    out = system.render(o, d, torch.ones(16, dtype=torch.long), training=True)
+    term = canonical_term(out)
+    assert term.ndim == 0 and torch.isfinite(term)
+    term.backward()
+    offset_rows = system.dynamic_field.motion_decoder[-1].weight.grad[:3]
+    assert offset_rows.abs().sum() > 0, "the term trains the warp"
+    with pytest.raises(ConfigError, match="lambda_canonical"):
+        NSFFSystem(
+            TrainConfig(field="planes", lambda_canonical=0.5, **small), SceneMeta(3, k, c2w), 10
+        )

@@ -279,3 +279,17 @@ def test_disparity_loss_leaves_out_the_rays_not_kept():
     d = depth.clone().requires_grad_()
     out = L.disparity_loss(d, wrong, keep=few)
     assert float(out) == 0.0 and out.requires_grad
+
+
+def test_canonical_loss_weights_the_movers_surface_and_skips_invalid_rays():
+    c = torch.zeros(2, 2, 3)
+    warped = torch.tensor([[[0.3, 0.0, 0.0], [9.0, 9.0, 9.0]], [[float("nan")] * 3] * 2])
+    warped.requires_grad_()
+    w = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    loss = L.canonical_loss(c, warped, w, torch.tensor([True, False]))
+    assert_close(loss, torch.tensor(0.3))  # the docstring's example; ray 1 has no neighbour
+    loss.backward()
+    assert torch.isfinite(warped.grad).all() and warped.grad[1].abs().sum() == 0
+    # both samples weighted: (0.3 + 27) / 2
+    both = L.canonical_loss(c[:1], warped[:1].detach(), torch.ones(1, 2), torch.tensor([True]))
+    assert_close(both, torch.tensor(13.65))

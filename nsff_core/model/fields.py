@@ -138,6 +138,9 @@ class DynamicFieldOutput:
     scene_flow_fw: Tensor
     #: (..., 3) NDC displacement of the point from frame t to t-1, each axis in [-s, s]
     scene_flow_bw: Tensor
+    #: (..., 3) where the point reads a time-invariant canonical field (grid coordinates), for
+    #: fields that warp one (``grid_dynamic: deform``); None for the others
+    canonical: Tensor | None = None
 
 
 def check_times(t: Tensor, lead: torch.Size) -> None:

@@ -196,7 +196,12 @@ def space_time_regularization(spatial: nn.ModuleList, temporal: nn.ModuleList) -
 
 
 def dynamic_output(
-    lead: torch.Size, raw_sigma: Tensor, rgb: Tensor, flows: tuple[Tensor, Tensor], bound: float
+    lead: torch.Size,
+    raw_sigma: Tensor,
+    rgb: Tensor,
+    flows: tuple[Tensor, Tensor],
+    bound: float,
+    canonical: Tensor | None = None,
 ) -> DynamicFieldOutput:
     """The decoders' raw outputs, flat, as a :class:`DynamicFieldOutput` of leading shape
     ``lead``: colour through a sigmoid, each flow component bounded by ``bound * tanh``."""
@@ -206,6 +211,7 @@ def dynamic_output(
         rgb=torch.sigmoid(rgb).reshape(*lead, 3),
         scene_flow_fw=(bound * torch.tanh(flow_fw)).reshape(*lead, 3),
         scene_flow_bw=(bound * torch.tanh(flow_bw)).reshape(*lead, 3),
+        canonical=None if canonical is None else canonical.reshape(*lead, 3),
     )
 
 
@@ -354,9 +360,12 @@ class PlaneDeformDynamicField(nn.Module):
         coords = space_time_coords(x, t, self.scale, self.num_frames)
         motion = space_time_features(self.motion, self.motion_time, coords)
         offset, flow_fw, flow_bw = self.motion_decoder(motion).split([3, 3, 3], dim=-1)
-        feat = torch.cat([level(coords[:, :3] + offset) for level in self.levels], dim=-1)
+        canonical = coords[:, :3] + offset
+        feat = torch.cat([level(canonical) for level in self.levels], dim=-1)
         raw_sigma, rgb = self.decoder(feat).split([1, 3], dim=-1)
-        return dynamic_output(x.shape[:-1], raw_sigma, rgb, (flow_fw, flow_bw), self.cfg.flow_scale)
+        return dynamic_output(
+            x.shape[:-1], raw_sigma, rgb, (flow_fw, flow_bw), self.cfg.flow_scale, canonical
+        )
 
     def at_times(self, x: Tensor, t: Tensor) -> DynamicFieldOutput:
         """Query per-ray samples ``x`` (B, S, 3) at one integer frame per ray ``t`` (B,)."""

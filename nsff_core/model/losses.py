@@ -211,6 +211,34 @@ def cycle_loss(x: Tensor, x_cycled: Tensor, disocclusion_samples: Tensor, valid:
     )
 
 
+def canonical_loss(
+    canonical: Tensor, canonical_warped: Tensor, dynamic_weights: Tensor, valid: Tensor
+) -> Tensor:
+    """How far a mover's points at t and their scene-flow images at t +- 1 land apart in the
+    canonical field of ``grid_dynamic: deform``.
+
+        loss = sum_{valid r, i} w_d,r,i |c'_r,i - c_r,i|_1 / sum_{valid r, i} w_d,r,i
+
+    A warp that maps the same material point to the same canonical point in every frame lets
+    the canonical field learn a mover once from all frames; without this term nothing asks for
+    it, and the warp can file each frame's mover under its own canonical coordinates (which
+    then only sees that frame's rays). The dynamic weights w_d (detached) restrict it to the
+    mover's visible surface.
+
+    Args:
+        canonical: (R, S, 3) canonical coordinates of the samples at t.
+        canonical_warped: (R, S, 3) those of the samples moved by their scene flow, at t +- 1.
+        dynamic_weights: (R, S) composite dynamic weights at t.
+        valid: (R,) bool, the neighbour frame exists.
+
+    Example: one ray, w_d = [1, 0], |dc| = [[0.3, 0, 0], [9, 9, 9]] gives 0.3.
+    """
+    keep = valid.reshape(-1).bool()
+    per_sample = (_kept(keep, canonical_warped) - _kept(keep, canonical)).abs().sum(dim=-1)
+    weights = _kept(keep, dynamic_weights.detach().to(per_sample.dtype))
+    return _weighted_mean(per_sample, weights)
+
+
 # --------------------------------------------------------------------------- scene-flow priors
 
 
@@ -392,6 +420,7 @@ TERMS = (
     "mask",
     "distortion",
     "field_regularization",
+    "canonical",
 )
 
 
@@ -421,6 +450,8 @@ class LossWeights:
     distortion: float = 0.0
     #: the field's own regulariser (total variation of plane features; 0 for MLP fields)
     field_regularization: float = 0.0
+    #: the same material point at t and t +- 1 in the same canonical place (deform fields; 0)
+    canonical: float = 0.0
     lambda_geo_init: float = 0.04
     lambda_geo_decay: float = 0.1
     lambda_geo_decay_every: float = 10.0
@@ -486,6 +517,7 @@ def weights_at(
         "mask": w.mask,
         "distortion": w.distortion,
         "field_regularization": w.field_regularization,
+        "canonical": w.canonical,
     }
 
 

@@ -350,6 +350,9 @@ class WarpedRender:
     disocclusion_samples: Tensor
     #: (R',) long indices of the rays the field was queried for; None = every ray
     rays: Tensor | None = None
+    #: (R', S, 3) canonical coordinates of the warped points at t +- 1 (fields that warp a
+    #: canonical field, else None)
+    canonical: Tensor | None = None
 
     def on_rays(self, x: Tensor) -> Tensor:
         """The rows of a per-ray tensor (R, ...) that the warped render covers (R', ...)."""
@@ -409,6 +412,9 @@ class RenderOutput:
     scene_flow_fw: Tensor
     #: (R, S, 3) scene flow to t - 1 (NDC), zero where z > z_far
     scene_flow_bw: Tensor
+    #: (R, S, 3) canonical coordinates of the samples (fields that warp a canonical field,
+    #: else None)
+    canonical: Tensor | None = None
     #: render warped to t + 1 (training only, else None)
     fw: WarpedRender | None = None
     #: render warped to t - 1 (training only, else None)
@@ -456,6 +462,7 @@ def _warped_render(
         disocclusion=per_ray,
         disocclusion_samples=per_sample,
         rays=rays,
+        canonical=warped.canonical,
     )
 
 
@@ -481,7 +488,12 @@ def _warped_renders(
     both = dynamic_field.at_times(points, torch.cat([time_fw[sel], time_bw[sel]]))
     r = len(points) // 2
     fw_out, bw_out = (
-        DynamicFieldOutput(**{k: getattr(both, k)[sl] for k in both.__dataclass_fields__})
+        DynamicFieldOutput(
+            **{
+                k: None if getattr(both, k) is None else getattr(both, k)[sl]
+                for k in both.__dataclass_fields__
+            }
+        )
         for sl in (slice(0, r), slice(r, 2 * r))
     )
     args = (dynamic_deltas, noise_std, z_far, generator, rays)
@@ -580,6 +592,7 @@ def render_rays(
         weights=weights.total,
         scene_flow_fw=scene_flow_fw,
         scene_flow_bw=scene_flow_bw,
+        canonical=dynamic.canonical,
     )
     if training:
         out.fw, out.bw = _warped_renders(

@@ -49,6 +49,12 @@ def make_fields(
 ) -> tuple[torch.nn.Module, torch.nn.Module]:
     """The static and dynamic field of ``cfg.field`` ("mlp" or "planes"); ``extent``: the NDC
     half-widths the planes cover (planes only)."""
+    if cfg.lambda_canonical > 0 and (cfg.field, cfg.grid_dynamic) != ("planes", "deform"):
+        raise ConfigError(
+            "train.lambda_canonical needs a canonical field to be consistent in: field planes "
+            f"with grid_dynamic deform (got field {cfg.field}, grid_dynamic {cfg.grid_dynamic});"
+            " set lambda_canonical: 0"
+        )
     if cfg.field == "mlp":
         fcfg = views.mlp_field_config(cfg)
         return StaticField(fcfg), DynamicField(fcfg, num_frames)
@@ -70,6 +76,25 @@ def stored_train_config(values: dict[str, Any]) -> TrainConfig:
     if "grid_bounds" not in values:
         values = {**values, "grid_bounds": "ndc"}
     return from_dict(TrainConfig, values)
+
+
+def canonical_term(out: RenderOutput) -> Tensor:
+    """The canonical-consistency term (:func:`~nsff_core.model.losses.canonical_loss`), the
+    mean of its two directions, on the rays of the warped renders."""
+    assert out.fw is not None and out.bw is not None and out.canonical is not None
+    both = []
+    for warped in (out.fw, out.bw):
+        if warped.canonical is None:
+            raise ValueError("canonical_term needs a dynamic field with canonical coordinates")
+        both.append(
+            L.canonical_loss(
+                warped.on_rays(out.canonical),
+                warped.canonical,
+                warped.on_rays(out.dynamic_weights),
+                warped.on_rays(warped.valid),
+            )
+        )
+    return (both[0] + both[1]) / 2
 
 
 def loss_terms(
@@ -245,6 +270,8 @@ class NSFFSystem(pl.LightningModule):
         reg = self.field_regularization(self.global_step)
         if reg is not None:
             terms["field_regularization"] = reg
+        if self.loss_weights.canonical > 0:
+            terms["canonical"] = canonical_term(out)
         weights = L.weights_at(
             step=self.global_step, steps_per_epoch=self.steps_per_epoch, base=self.loss_weights
         )

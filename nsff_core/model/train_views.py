@@ -76,6 +76,7 @@ def loss_weights(cfg: TrainConfig) -> LossWeights:
         disparity=cfg.lambda_disparity,
         mask=cfg.lambda_mask,
         distortion=cfg.lambda_distortion,
+        canonical=cfg.lambda_canonical,
         field_regularization=cfg.grid_tv if cfg.field == "planes" else 0.0,
     )
 
