@@ -1,0 +1,92 @@
+"""Does a trained ``grid_dynamic: deform`` field file a mover under one canonical place?
+
+    python benchmarks/warp_consistency.py CHECKPOINT SCENE_DIR [--holdout-every K] [--points 400]
+
+For a synthetic scene (``SCENE_DIR/gt/scene.npz``: true motion masks and optical flow) and a
+checkpoint trained on it (``benchmarks/train_demo.py --out DIR`` writes ``DIR/train/last.ckpt``;
+give the same ``--holdout-every``): for each pair of consecutive training frames, mover pixels
+of the first frame and, through the true flow, the same material points in the second are
+rendered to their expected surface points, and both are mapped into the canonical field
+(``x + offset(x, t)``). Printed per pair: the median distance between the two canonical points
+and between the two raw NDC points, in cells of the finest canonical level. A warp that shares
+the mover across frames brings the canonical points closer than the raw ones; a ratio above 1
+means each frame's mover is stored in its own place of the canonical field.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def main() -> None:
+    from nsff_core.holdout import training_frames
+    from nsff_core.model.checkpoint import load_system
+    from nsff_core.model.data import make_batch
+    from nsff_core.model.fields_planes import PlaneDeformDynamicField
+    from nsff_core.workflow.stages.scene import load_scene
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("checkpoint")
+    ap.add_argument("scene_dir")
+    ap.add_argument("--holdout-every", type=int, default=0)
+    ap.add_argument("--points", type=int, default=400)
+    args = ap.parse_args()
+    system = load_system(args.checkpoint)
+    field = system.dynamic_field
+    if not isinstance(field, PlaneDeformDynamicField):
+        sys.exit(f"{args.checkpoint} has no canonical field (train.grid_dynamic is not deform)")
+    gt_path = Path(args.scene_dir) / "gt" / "scene.npz"
+    if not gt_path.is_file():
+        sys.exit(f"{gt_path} missing: this check needs a synthetic scene's ground truth")
+    gt = np.load(gt_path)
+    data = load_scene(args.scene_dir, holdout_every=args.holdout_every)
+    n = gt["images"].shape[0]
+    ids = list(training_frames(n, args.holdout_every)) if args.holdout_every else list(range(n))
+    if len(ids) != data.num_frames:
+        sys.exit(f"{len(ids)} training frames here, {data.num_frames} in the scene: check K")
+    cells = (field.cfg.dynamic_resolutions[-1] - 1) / 2
+    h, w = data.hw
+    rng = np.random.default_rng(0)
+    rows = []
+    print(f"{'frames':>8s} {'points':>6s} {'canonical':>9s} {'raw':>6s}  (median, cells)")
+    for a in range(len(ids) - 1):
+        fa, fb = ids[a], ids[a + 1]
+        if fb != fa + 1:
+            continue
+        ys, xs = np.nonzero(gt["dynamic_mask"][fa])
+        if len(ys) == 0:
+            continue
+        pick = rng.choice(len(ys), min(args.points, len(ys)), replace=False)
+        ys, xs = ys[pick], xs[pick]
+        flow = gt["flow_fw"][fa][ys, xs]
+        xb, yb = np.rint(xs + flow[:, 0]).astype(int), np.rint(ys + flow[:, 1]).astype(int)
+        ok = (xb >= 0) & (xb < w) & (yb >= 0) & (yb < h)
+        ok &= gt["dynamic_mask"][fb][yb.clip(0, h - 1), xb.clip(0, w - 1)]
+        canon, raw = [], []
+        with torch.no_grad():
+            for t, yy, xx in ((a, ys[ok], xs[ok]), (a + 1, yb[ok], xb[ok])):
+                batch = make_batch(data, t, torch.as_tensor(yy * w + xx))
+                out = system.render(batch.origins, batch.dirs, batch.t, training=False)
+                q = field(out.surface_point.float(), batch.t)
+                canon.append(q.canonical.numpy())
+                raw.append((out.surface_point.float() * field.scale).numpy())
+        dc = np.median(np.linalg.norm(canon[0] - canon[1], axis=1)) * cells
+        dr = np.median(np.linalg.norm(raw[0] - raw[1], axis=1)) * cells
+        rows.append((dc, dr))
+        print(f"{fa:>3d}->{fb:<3d} {int(ok.sum()):>6d} {dc:>9.2f} {dr:>6.2f}")
+    if not rows:
+        sys.exit("no pair of consecutive training frames with movers")
+    dc, dr = np.mean(rows, axis=0)
+    print(f"mean of the medians: canonical {dc:.2f} cells, raw {dr:.2f} cells, ratio {dc / dr:.2f}")
+
+
+if __name__ == "__main__":
+    main()
