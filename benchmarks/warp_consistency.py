@@ -19,6 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 
@@ -54,6 +55,11 @@ def main() -> None:
         sys.exit(f"{len(ids)} training frames here, {data.num_frames} in the scene: check K")
     cells = (field.cfg.dynamic_resolutions[-1] - 1) / 2
     h, w = data.hw
+    gh, gw = gt["dynamic_mask"].shape[1:3]  # the ground truth may be larger than training
+    masks = [
+        cv2.resize(m.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
+        for m in gt["dynamic_mask"]
+    ]
     rng = np.random.default_rng(0)
     rows = []
     print(f"{'frames':>8s} {'points':>6s} {'canonical':>9s} {'raw':>6s}  (median, cells)")
@@ -61,15 +67,18 @@ def main() -> None:
         fa, fb = ids[a], ids[a + 1]
         if fb != fa + 1:
             continue
-        ys, xs = np.nonzero(gt["dynamic_mask"][fa])
+        ys, xs = np.nonzero(masks[fa])
         if len(ys) == 0:
             continue
         pick = rng.choice(len(ys), min(args.points, len(ys)), replace=False)
         ys, xs = ys[pick], xs[pick]
-        flow = gt["flow_fw"][fa][ys, xs]
+        # the true flow at the ground truth's own size, read at the pixel's centre
+        gy = np.clip(((ys + 0.5) * gh / h).astype(int), 0, gh - 1)
+        gx = np.clip(((xs + 0.5) * gw / w).astype(int), 0, gw - 1)
+        flow = gt["flow_fw"][fa][gy, gx] * np.array([w / gw, h / gh])
         xb, yb = np.rint(xs + flow[:, 0]).astype(int), np.rint(ys + flow[:, 1]).astype(int)
         ok = (xb >= 0) & (xb < w) & (yb >= 0) & (yb < h)
-        ok &= gt["dynamic_mask"][fb][yb.clip(0, h - 1), xb.clip(0, w - 1)]
+        ok &= masks[fb][yb.clip(0, h - 1), xb.clip(0, w - 1)]
         canon, raw = [], []
         with torch.no_grad():
             for t, yy, xx in ((a, ys[ok], xs[ok]), (a + 1, yb[ok], xb[ok])):
