@@ -81,19 +81,18 @@ def stored_train_config(values: dict[str, Any]) -> TrainConfig:
 def canonical_term(out: RenderOutput) -> Tensor:
     """The canonical-consistency term (:func:`~nsff_core.model.losses.canonical_loss`), the
     mean of its two directions, on the rays of the warped renders."""
-    assert out.fw is not None and out.bw is not None and out.canonical is not None
-    both = []
-    for warped in (out.fw, out.bw):
-        if warped.canonical is None:
-            raise ValueError("canonical_term needs a dynamic field with canonical coordinates")
-        both.append(
-            L.canonical_loss(
-                warped.on_rays(out.canonical),
-                warped.canonical,
-                warped.on_rays(out.dynamic_weights),
-                warped.on_rays(warped.valid),
-            )
+    warps = (out.fw, out.bw)
+    if out.canonical is None or any(w is None or w.canonical is None for w in warps):
+        raise ValueError("canonical_term needs a training render of a canonical (deform) field")
+    both = [
+        L.canonical_loss(
+            w.on_rays(out.canonical),
+            w.canonical,
+            w.on_rays(out.dynamic_weights),
+            w.on_rays(w.valid),
         )
+        for w in warps
+    ]
     return (both[0] + both[1]) / 2
 
 
