@@ -307,6 +307,9 @@ class TrainConfig:
     grid_dynamic: str = "kplanes"
     #: planes, deform: levels of the warp field, at grid_base_resolution / 2^k (k < levels)
     grid_motion_levels: int = 1
+    #: planes, deform: resolution of the finest warp level (the others halve it); None =
+    #: grid_base_resolution
+    grid_motion_resolution: int | None = None
     #: bound of the scene flow per frame (NDC units)
     flow_scale: float = 0.2
     #: samples per ray (linear in NDC depth)

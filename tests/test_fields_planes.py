@@ -107,6 +107,26 @@ def test_the_deforming_field_starts_time_invariant_and_moves_its_canonical_shape
     assert not torch.allclose(moved.raw_sigma, at[2].raw_sigma)
 
 
+def test_the_warp_levels_halve_from_their_own_finest_resolution():
+    def warp_sizes(**kw):
+        cfg = PlaneFieldConfig(base_resolution=8, channels=2, hidden=4, **kw)
+        field = PlaneDeformDynamicField(cfg, num_frames=5)
+        return [tuple(s.planes.shape[-2:]) for s in field.motion], [
+            tuple(s.planes.shape[-2:]) for s in field.motion_time
+        ]
+
+    # default: the base resolution, then halved (coarsest first)
+    assert warp_sizes(motion_levels=2) == ([(4, 4), (8, 8)], [(5, 4), (5, 8)])
+    # a finer warp than the canonical field's coarsest level, its time planes as wide
+    assert warp_sizes(motion_levels=3, motion_resolution=32) == (
+        [(8, 8), (16, 16), (32, 32)],
+        [(5, 8), (5, 16), (5, 32)],
+    )
+    assert warp_sizes(motion_levels=3, motion_resolution=4)[0] == [(2, 2), (2, 2), (4, 4)]
+    with pytest.raises(ConfigError, match="grid_motion_resolution"):
+        PlaneFieldConfig(motion_resolution=1)
+
+
 def test_total_variation():
     assert total_variation(torch.ones(1, 2, 4, 4)) == 0
     ramp = torch.arange(4.0).view(1, 1, 1, 4).expand(1, 1, 4, 4)

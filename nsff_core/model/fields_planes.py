@@ -60,6 +60,8 @@ class PlaneFieldConfig:
     dynamic_levels: int = TrainConfig.grid_dynamic_levels
     #: levels of the warp field of ``grid_dynamic: deform`` (base, base / 2, ...)
     motion_levels: int = TrainConfig.grid_motion_levels
+    #: resolution of the finest warp level; None = ``base_resolution``
+    motion_resolution: int | None = TrainConfig.grid_motion_resolution
     #: feature channels per plane and level
     channels: int = TrainConfig.grid_channels
     #: width of the decoder MLPs
@@ -84,6 +86,10 @@ class PlaneFieldConfig:
                 f"grid_hidden >= 1; got {self.base_resolution}, {self.levels}, "
                 f"{self.channels}, {self.hidden}"
             )
+        if self.motion_resolution is not None and self.motion_resolution < 2:
+            raise ConfigError(
+                f"grid_motion_resolution must be >= 2 (or null), got {self.motion_resolution}"
+            )
 
     @property
     def resolutions(self) -> list[int]:
@@ -92,6 +98,13 @@ class PlaneFieldConfig:
     @property
     def dynamic_resolutions(self) -> list[int]:
         return [self.base_resolution * 2**level for level in range(self.dynamic_levels)]
+
+    @property
+    def motion_resolutions(self) -> list[int]:
+        """The warp levels of ``grid_dynamic: deform``, coarsest first: the finest
+        (``motion_resolution``, default ``base_resolution``) halved per level, at least 2."""
+        finest = self.motion_resolution or self.base_resolution
+        return [max(finest // 2**k, 2) for k in reversed(range(self.motion_levels))]
 
 
 class PlaneStack(nn.Module):
@@ -306,8 +319,8 @@ class PlaneDeformDynamicField(nn.Module):
     ``train.grid_dynamic: deform``. A point x at frame t reads a time-invariant canonical field
     (spatial planes only, ``dynamic_levels`` resolutions) at ``x + offset(x, t)``; the offset
     and the two scene flows are decoded from a coarse space-time plane field (the planes of
-    :class:`PlaneDynamicField` at ``motion_levels`` resolutions ``base / 2^k``, k < levels: motion
-    is smoother than shape). A mover's appearance is then learned once, from every frame it is
+    :class:`PlaneDynamicField` at ``motion_levels`` resolutions ``finest / 2^k``, k < levels,
+    ``finest`` = ``motion_resolution`` or the base resolution: motion is smoother than shape). A mover's appearance is then learned once, from every frame it is
     seen in, and each frame only has to find where it is, where the factorised space-time
     feature of :class:`PlaneDynamicField` has to rebuild the shape per frame from products of
     per-axis profiles (what smears a tumbling cube or a walking figure there).
@@ -323,10 +336,7 @@ class PlaneDeformDynamicField(nn.Module):
         self.cfg = cfg
         self.num_frames = num_frames
         rows = max(num_frames, 2)
-        # the coarsest resolutions, finest last: motion is smoother than shape
-        motion_res = [
-            max(cfg.base_resolution // 2**k, 2) for k in reversed(range(cfg.motion_levels))
-        ]
+        motion_res = cfg.motion_resolutions
         self.motion = nn.ModuleList(
             PlaneStack(SPATIAL_PLANES, (r, r), cfg.channels, "uniform") for r in motion_res
         )

@@ -51,6 +51,7 @@ def plane_field_config(
         levels=cfg.grid_levels,
         dynamic_levels=cfg.grid_dynamic_levels,
         motion_levels=cfg.grid_motion_levels,
+        motion_resolution=cfg.grid_motion_resolution,
         channels=cfg.grid_channels,
         hidden=cfg.grid_hidden,
         dir_freqs=cfg.dir_freqs,
