@@ -248,6 +248,29 @@ def test_the_canonical_term_pulls_a_point_and_its_flow_image_to_one_canonical_pl
     assert kplanes.canonical is None
 
 
+def test_the_canonical_term_moves_the_warp_not_the_scene_flow():
+    """Before, an identity warp made the term |f|: its gradient pulled the scene flow (the
+    query at x + f) to zero instead of teaching the warp to follow it."""
+    from nsff_core.model import losses as L
+
+    torch.manual_seed(0)
+    field = PlaneDeformDynamicField(SMALL, num_frames=2)
+    x = torch.rand(32, 1, 3) * 1.2 - 0.6
+    flow = torch.full((32, 1, 3), 0.1, requires_grad=True)
+    a = field.at_times(x, torch.zeros(32, dtype=torch.long))
+    b = field.at_times(x + flow, torch.ones(32, dtype=torch.long))
+    gap = L.canonical_loss(a.canonical, b.canonical, torch.ones(32, 1), torch.ones(32).bool())
+    gap.backward()
+    assert float(gap) > 0.1  # a whole flow apart: the warp is still the identity
+    assert flow.grad is not None and torch.count_nonzero(flow.grad) == 0
+    offset_rows = field.motion_decoder[-1].weight.grad[:3]
+    assert offset_rows.abs().sum() > 0
+    # the canonical lookup itself still passes the position's gradient (photometric terms)
+    b = field.at_times(x + flow, torch.ones(32, dtype=torch.long))
+    b.rgb.sum().backward()
+    assert flow.grad.abs().sum() > 0
+
+
 def test_a_training_step_logs_the_canonical_term_and_other_fields_refuse_it():
     from nsff_core.model.data import SceneMeta
     from nsff_core.model.system import NSFFSystem, canonical_term

@@ -139,7 +139,8 @@ class DynamicFieldOutput:
     #: (..., 3) NDC displacement of the point from frame t to t-1, each axis in [-s, s]
     scene_flow_bw: Tensor
     #: (..., 3) where the point reads a time-invariant canonical field (grid coordinates), for
-    #: fields that warp one (``grid_dynamic: deform``); None for the others
+    #: fields that warp one (``grid_dynamic: deform``); None for the others. Its gradient
+    #: reaches the warp only, not the query position
     canonical: Tensor | None = None
 
 

@@ -373,8 +373,13 @@ class PlaneDeformDynamicField(nn.Module):
         canonical = coords[:, :3] + offset
         feat = torch.cat([level(canonical) for level in self.levels], dim=-1)
         raw_sigma, rgb = self.decoder(feat).split([1, 3], dim=-1)
+        # the reported canonical coordinates (for the canonical-consistency term only) carry
+        # no gradient into the query position: the term is to move the warp onto the scene
+        # flow, not the flow (a query at x + f) onto the warp. With its position's gradient,
+        # an identity warp makes the term |f|, a pull of the flow to zero.
+        reported = coords[:, :3].detach() + offset
         return dynamic_output(
-            x.shape[:-1], raw_sigma, rgb, (flow_fw, flow_bw), self.cfg.flow_scale, canonical
+            x.shape[:-1], raw_sigma, rgb, (flow_fw, flow_bw), self.cfg.flow_scale, reported
         )
 
     def at_times(self, x: Tensor, t: Tensor) -> DynamicFieldOutput:

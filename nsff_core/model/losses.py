@@ -223,7 +223,9 @@ def canonical_loss(
     the canonical field learn a mover once from all frames; without this term nothing asks for
     it, and the warp can file each frame's mover under its own canonical coordinates (which
     then only sees that frame's rays). The dynamic weights w_d (detached) restrict it to the
-    mover's visible surface.
+    mover's visible surface. The field reports c' without the gradient of its query position
+    x + f, so the term moves the warp onto the scene flow and leaves the flow to the
+    photometric terms and the priors (else an identity warp turns it into a pull of f to 0).
 
     Args:
         canonical: (R, S, 3) canonical coordinates of the samples at t.
