@@ -305,7 +305,7 @@ class TrainConfig:
     #: planes: the dynamic field: kplanes (space-time planes, the shape rebuilt per frame) |
     #: deform (a canonical field warped per frame, so a mover keeps its shape)
     grid_dynamic: str = "kplanes"
-    #: planes, deform: levels of the warp field, at grid_base_resolution / 2^k (k < levels)
+    #: planes, deform: levels of the warp field, at the finest warp resolution / 2^k (k < levels)
     grid_motion_levels: int = 1
     #: planes, deform: resolution of the finest warp level (the others halve it); None =
     #: grid_base_resolution

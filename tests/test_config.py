@@ -275,6 +275,12 @@ def test_plane_feature_count_is_bounded():
     }
     with pytest.raises(ConfigError, match=r"key 'train_presets\.huge': .*features"):
         sheet.validate_config(cfg, SCHEMAS / "config.schema.yaml")
+    # the warp levels of the deforming field count too
+    warp = {"grid_dynamic": "deform", "grid_motion_levels": 2, "grid_motion_resolution": 64}
+    assert sheet.grid_features({**cfg["train"], **warp}) == default + 3 * 16 * (32**2 + 64**2)
+    cfg["train_presets"]["huge"] = {**warp, "grid_motion_resolution": 1024, "grid_channels": 256}
+    with pytest.raises(ConfigError, match=r"key 'train_presets\.huge': .*grid_motion_resolution"):
+        sheet.validate_config(cfg, SCHEMAS / "config.schema.yaml")
     # a preset inherits what it does not set from train
     cfg["train_presets"]["huge"] = {"grid_levels": 8}
     cfg["train"]["grid_channels"] = 64

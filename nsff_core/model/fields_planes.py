@@ -58,7 +58,7 @@ class PlaneFieldConfig:
     levels: int = TrainConfig.grid_levels
     #: levels of the dynamic field (moving content is usually smaller and smoother)
     dynamic_levels: int = TrainConfig.grid_dynamic_levels
-    #: levels of the warp field of ``grid_dynamic: deform`` (base, base / 2, ...)
+    #: levels of the warp field of ``grid_dynamic: deform`` (finest, finest / 2, ...)
     motion_levels: int = TrainConfig.grid_motion_levels
     #: resolution of the finest warp level; None = ``base_resolution``
     motion_resolution: int | None = TrainConfig.grid_motion_resolution
@@ -320,10 +320,11 @@ class PlaneDeformDynamicField(nn.Module):
     (spatial planes only, ``dynamic_levels`` resolutions) at ``x + offset(x, t)``; the offset
     and the two scene flows are decoded from a coarse space-time plane field (the planes of
     :class:`PlaneDynamicField` at ``motion_levels`` resolutions ``finest / 2^k``, k < levels,
-    ``finest`` = ``motion_resolution`` or the base resolution: motion is smoother than shape). A mover's appearance is then learned once, from every frame it is
-    seen in, and each frame only has to find where it is, where the factorised space-time
-    feature of :class:`PlaneDynamicField` has to rebuild the shape per frame from products of
-    per-axis profiles (what smears a tumbling cube or a walking figure there).
+    ``finest`` = ``motion_resolution`` or the base resolution: motion is smoother than shape).
+    A mover's appearance is then learned once, from every frame it is seen in, and each frame
+    only has to find where it is, where the factorised space-time feature of
+    :class:`PlaneDynamicField` has to rebuild the shape per frame from products of per-axis
+    profiles (what smears a tumbling cube or a walking figure there).
 
     The offset's output layer starts at zero, so at the start the field is time-invariant,
     like :class:`PlaneDynamicField`'s. Same outputs and interface as that class.
