@@ -46,11 +46,11 @@ import numpy as np
 
 from nsff_core.config import FlowConfig, FramesConfig
 from nsff_core.model.io import list_frames, read_flo, read_image, write_video
-from nsff_core.priors.flow import DisFlow, dis_pair, dis_scale
+from nsff_core.priors.flow import DisFlow, dis_pair, dis_scale, dis_sequence
 from nsff_core.priors.nets.flow_ops import consistency_mask, resize_flow
 
 HERE = Path(__file__).resolve().parent
-OLD = dict(dis_preset="medium", dis_scale="training", dis_fill_radius=0)
+OLD = dict(dis_preset="medium", dis_scale="training", dis_fill_radius=0, dis_predict=False)
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,7 @@ SETTINGS: dict[str, Setting] = {
     "fine + fill": Setting({**OLD, "dis_preset": "fine", "dis_fill_radius": 16}),
     "fine + auto": Setting({**OLD, "dis_preset": "fine", "dis_scale": "auto"}),
     "medium + auto + fill": Setting({**OLD, "dis_scale": "auto", "dis_fill_radius": 16}),
+    "default without prediction": Setting({"dis_predict": False}),
     "default": Setting({}),
     "fine + source + fill": Setting({"dis_scale": "source"}),
 }
@@ -95,8 +96,9 @@ class _Tuned(DisFlow):
 
     def __init__(self, preset: str, setters: dict) -> None:
         super().__init__(preset)
-        for name, value in setters.items():
-            getattr(self._dis, name)(value)
+        for dis in self.instances:
+            for name, value in setters.items():
+                getattr(dis, name)(value)
 
 
 def _farneback(rgb_a: np.ndarray, rgb_b: np.ndarray) -> np.ndarray:
@@ -112,9 +114,18 @@ def estimator(setting: Setting, cfg: FlowConfig):
     return _Tuned(cfg.dis_preset, setting.dis) if setting.dis else DisFlow(cfg.dis_preset)
 
 
-def flows(setting: Setting, train: list, frames_json: Path | None, pairs: list) -> tuple:
+def flows(
+    setting: Setting,
+    train: list,
+    frames_json: Path | None,
+    pairs: list,
+    numbers: list | None = None,
+    src: list | None = None,
+) -> tuple:
     """Forward and backward fields at the training size for frame index pairs (i, j), and the
-    CPU seconds per pair."""
+    CPU seconds per pair. ``numbers``: the frames' numbers in the video when ``train`` is a
+    subsequence (their gaps scale the predictions); ``src``: the estimator's images when
+    ``train`` is a subsequence of a scene DIS runs on at source size."""
     import cv2
 
     from nsff_core.priors.frames import read_source_frames
@@ -122,13 +133,20 @@ def flows(setting: Setting, train: list, frames_json: Path | None, pairs: list) 
     cfg = FlowConfig(**setting.flow)
     est = estimator(setting, cfg)
     t0 = time.process_time()
-    if dis_scale(cfg, frames_json) == "source":
-        src = list(read_source_frames(frames_json))
-    else:
-        src = train
+    if src is None:
+        src = (
+            list(read_source_frames(frames_json))
+            if dis_scale(cfg, frames_json) == "source"
+            else train
+        )
+    if pairs == [(i, i + 1) for i in range(len(train) - 1)] and not setting.farneback:
+        # a whole sequence: the flow rule's own path (with dis_predict's predictions)
+        numbers = list(range(len(train))) if numbers is None else numbers
+        fields = list(dis_sequence(zip(train, src, strict=True), numbers, est, cfg))
+    else:  # separate pairs (Sintel, KITTI): nothing to predict from
+        fields = [dis_pair(est, src[i], src[j], train[i], train[j], cfg) for i, j in pairs]
     out = []
-    for i, j in pairs:
-        fw, bw = dis_pair(est, src[i], src[j], train[i], train[j], cfg)
+    for fw, bw in fields:
         if setting.median:
             fw, bw = (cv2.medianBlur(f, setting.median) for f in (fw, bw))
         out.append((fw, bw))
@@ -150,6 +168,7 @@ class Scene:
     valid_fw: list  # per pair: (all, noc) bool masks on the ground-truth grid
     valid_bw: list | None
     to_train: tuple = (1.0, 1.0)  # training / ground-truth size, x and y
+    dynamic: list | None = None  # synthetic: per frame, (H, W) True on a mover
 
 
 def synthetic_scene(cache: Path, name: str, size: tuple | None, width: int) -> Scene:
@@ -175,13 +194,16 @@ def synthetic_scene(cache: Path, name: str, size: tuple | None, width: int) -> S
             d / "video.mp4", d / "frames", d / "frames.json", FramesConfig(width=width)
         )
         gt = render_scene(cfg, size=tuple(info["size"]))
-        fw, bw = gt.flow_fw, gt.flow_bw
+        fw, bw, dyn = gt.flow_fw, gt.flow_bw, gt.dynamic_mask
         # non-occluded: the true round trip closes within 0.5 px and lands inside the image
         noc_fw = np.stack([consistency_mask(f, b, 0.0, 0.25) for f, b in zip(fw, bw, strict=True)])
         noc_bw = np.stack([consistency_mask(b, f, 0.0, 0.25) for f, b in zip(fw, bw, strict=True)])
-        np.savez_compressed(d / "gt.npz", fw=fw, bw=bw, noc_fw=noc_fw, noc_bw=noc_bw)
+        np.savez_compressed(d / "gt.npz", fw=fw, bw=bw, noc_fw=noc_fw, noc_bw=noc_bw, dyn=dyn)
         print(f"# rendered {tag} in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-    z = np.load(d / "gt.npz")
+    z = dict(np.load(d / "gt.npz"))
+    if "dyn" not in z:  # a cache written before the masks were kept
+        z["dyn"] = render_scene(cfg, size=tuple(z["fw"].shape[2:0:-1])).dynamic_mask
+        np.savez_compressed(d / "gt.npz", **z)
     train = [read_image(p) for p in list_frames(d / "frames")]
     n = len(train)
     every = np.ones(z["fw"].shape[1:3], bool)
@@ -196,6 +218,7 @@ def synthetic_scene(cache: Path, name: str, size: tuple | None, width: int) -> S
         gt_bw=list(z["bw"]),
         valid_fw=[(every, m) for m in z["noc_fw"]],
         valid_bw=[(every, m) for m in z["noc_bw"]],
+        dynamic=list(z["dyn"]),
     )
 
 

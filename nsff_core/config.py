@@ -90,6 +90,10 @@ class FlowConfig:
     #: dis: pixels failing the forward-backward test take the colour-weighted mean flow of the
     #: consistent pixels within this many pixels (training size); 0 = keep DIS's flow
     dis_fill_radius: int = 16
+    #: dis: a second DIS run per direction, started from the neighbouring pair's flow continued
+    #: at constant velocity, fused per pixel by colour residual (large motions, gaps left by
+    #: held-out frames); false = one DIS run from zero
+    dis_predict: bool = True
     #: forward-backward consistency test |f + b(x+f)|^2 < alpha1 (|f|^2 + |b|^2) + alpha2
     consistency_alpha1: float = 0.01
     consistency_alpha2: float = 0.5
@@ -342,6 +346,11 @@ class TrainConfig:
     thickness: int = 1
     #: Gaussian noise std on raw densities during training
     noise_std: float = 1.0
+    #: weight of the minimal-scene-flow term (|flow| of every sample, world space; nsff_pl
+    #: 0.1). It is the only term that prefers a static explanation: for a mover whose image
+    #: motion camera parallax can also explain, it picks "closer and still" over "at its depth
+    #: and moving" (docs/method.md, "The depth-motion ambiguity")
+    lambda_minimal_flow: float = 0.1
     #: weight of a squared penalty between each ray's dynamic opacity and the motion mask
     #: (0 = nsff_pl, which does not use the masks in training)
     lambda_mask: float = 0.0

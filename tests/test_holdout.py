@@ -63,7 +63,8 @@ def test_holdout_flow_links_training_frames_and_ignores_the_held_out_ones(tiny_s
         make_flow_backend,
     )
 
-    cfg = FlowConfig()
+    # one DIS run per pair, so that a pair's flow is exactly that of its two images
+    cfg = FlowConfig(dis_predict=False)
     compute_holdout_flow(tiny_scene_dir / "frames", tmp_path / "a", cfg, 3, scene="tiny")
     facts = json.loads((tmp_path / "a" / HOLDOUT_JSON).read_text())
     assert facts == {
@@ -76,10 +77,15 @@ def test_holdout_flow_links_training_frames_and_ignores_the_held_out_ones(tiny_s
     frames = [io.read_image(p) for p in io.list_frames(tiny_scene_dir / "frames")]
     fw, _ = dis_pair(make_flow_backend(cfg), frames[1], frames[3], frames[1], frames[3], cfg)
     np.testing.assert_allclose(io.read_flo(tmp_path / "a" / "flow_fw" / "00001.flo"), fw, atol=1e-5)
+    # the held-out frames are never read, also by the default's predictions from neighbouring
+    # pairs (which span the gaps they leave)
+    cfg = FlowConfig()
+    assert cfg.dis_predict
+    compute_holdout_flow(tiny_scene_dir / "frames", tmp_path / "a2", cfg, 3, scene="tiny")
     _noisy_copy(tiny_scene_dir / "frames", tmp_path / "noisy", held_out_frames(12, 3))
     compute_holdout_flow(tmp_path / "noisy", tmp_path / "b", cfg, 3, scene="tiny")
     for j in range(8):
-        a = io.read_flo(tmp_path / "a" / "flow_fw" / io.frame_name(j, ".flo"))
+        a = io.read_flo(tmp_path / "a2" / "flow_fw" / io.frame_name(j, ".flo"))
         b = io.read_flo(tmp_path / "b" / "flow_fw" / io.frame_name(j, ".flo"))
         np.testing.assert_array_equal(a, b)
     with pytest.raises(StageError, match="at most 11"):
@@ -108,8 +114,11 @@ def test_training_data_holds_no_trace_of_the_held_out_frames(holdout_scene, tmp_
     assert full.frame_ids.tolist() == list(range(12))
     np.testing.assert_array_equal(data.rgb.numpy(), full.rgb.numpy()[kept])
     np.testing.assert_array_equal(data.dynamic.numpy(), full.dynamic.numpy()[kept])
-    # frames 0 -> 1 are neighbours in both; training pair 1 (frames 1 -> 3) is not pair 1
-    np.testing.assert_array_equal(data.flow_fw[0].numpy(), full.flow_fw[0].numpy())
+    # frames 0 -> 1 are neighbours in both (the same field but for the few pixels where the
+    # backward run's prediction, taken from pair 1, differs); training pair 1 (frames 1 -> 3)
+    # is not pair 1
+    same = np.abs(data.flow_fw[0].numpy() - full.flow_fw[0].numpy()).max(-1) < 1e-4
+    assert same.mean() > 0.97
     assert not np.allclose(data.flow_fw[1].numpy(), full.flow_fw[1].numpy())
     # the held-out frames' priors are not read at all: garbage there changes nothing
     d = tmp_path / "scene"

@@ -234,6 +234,18 @@ def test_the_depth_prior_has_its_own_factor_and_the_flow_prior_keeps_lambda_geo(
         L.LossWeights(disparity=-0.5)
 
 
+def test_the_minimal_flow_weight_is_configurable_and_defaults_to_nsff_pl():
+    from nsff_core.config import TrainConfig
+    from nsff_core.model.train_views import loss_weights
+
+    assert L.weights_at(0, base=loss_weights(TrainConfig()))["minimal_flow"] == 0.1
+    w = L.weights_at(25, base=loss_weights(TrainConfig(lambda_minimal_flow=0.01)))
+    assert w["minimal_flow"] == 0.01
+    assert w["temporal_smoothness"] == w["spatial_smoothness"] == 0.1
+    with pytest.raises(ValueError):
+        loss_weights(TrainConfig(lambda_minimal_flow=-0.1))
+
+
 def test_total_loss():
     terms = {"color": t(2.0, requires_grad=True), "flow_fw": t(10.0)}
     total = L.total_loss(terms, L.weights_at(0))

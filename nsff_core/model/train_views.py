@@ -75,6 +75,7 @@ def loss_weights(cfg: TrainConfig) -> LossWeights:
         lambda_geo_init=cfg.lambda_geo_init,
         lambda_geo_decay_every=cfg.lambda_geo_decay_every,
         disparity=cfg.lambda_disparity,
+        minimal_flow=cfg.lambda_minimal_flow,
         mask=cfg.lambda_mask,
         distortion=cfg.lambda_distortion,
         canonical=cfg.lambda_canonical,

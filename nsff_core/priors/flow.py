@@ -20,7 +20,16 @@ The ``dis`` backend, step by step (defaults in brackets):
 2. DIS (``flow.dis_preset``, ``fine``): OpenCV's presets, plus ``fine`` = ``medium`` with its
    finest pyramid level at full resolution (``medium`` stops at half resolution) and a
    smoother variational refinement (alpha 40 instead of 20).
-3. Fill (``flow.dis_fill_radius``, 16 px): pixels that fail the forward-backward test (occluded
+3. Prediction (``flow.dis_predict``, on): DIS searches a limited distance around its coarsest
+   level's estimate, so a thin mover that travels far between the two frames (a walker's
+   legs 11-13 px apart at 320x180 across a held-out frame) is lost: the field follows the
+   background. The neighbouring pair's flow, continued at constant velocity (the flow from
+   frame i to its previous frame, negated and scaled by the ratio of the frame gaps, for
+   i -> i + 1; the next pair's for i + 1 -> i), seeds a second DIS run, and each pixel keeps
+   whichever of the two fields matches the colours better (mean absolute difference of the
+   warped frame in a 7x7 window). Only the frames of the sequence being processed are read,
+   so the flow of a run with held-out frames never sees them.
+4. Fill (``flow.dis_fill_radius``, 16 px): pixels that fail the forward-backward test (occluded
    pixels and the halo that the patches smear around a mover's edge) get the colour- and
    distance-weighted mean flow of the consistent pixels within that radius
    (:func:`~.flow_ops.fill_inconsistent`), so a background pixel takes its background's flow and
@@ -32,6 +41,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -81,18 +91,75 @@ class DisFlow:
             "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
             "fine": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
         }[preset]
+        # Two instances: an OpenCV DIS object that was once given an initial flow returns a
+        # different field for a later call without one (measured: up to 10 px), so the runs
+        # from zero keep their own and stay independent of the order of calls.
         self._dis = cv2.DISOpticalFlow_create(code)
-        if preset == "fine":
-            self._dis.setFinestScale(_FINE_FINEST_SCALE)
-            self._dis.setVariationalRefinementAlpha(_FINE_REFINE_ALPHA)
+        self._dis_init = cv2.DISOpticalFlow_create(code)
+        for dis in self.instances:
+            if preset == "fine":
+                dis.setFinestScale(_FINE_FINEST_SCALE)
+                dis.setVariationalRefinementAlpha(_FINE_REFINE_ALPHA)
 
-    def __call__(self, rgb_a: np.ndarray, rgb_b: np.ndarray) -> np.ndarray:
-        """Flow (H, W, 2) float32 in pixels from image a to image b (RGB uint8)."""
+    @property
+    def instances(self) -> tuple:
+        """The OpenCV DIS objects: for runs from zero, and for runs from an initial flow."""
+        return self._dis, self._dis_init
+
+    def __call__(
+        self, rgb_a: np.ndarray, rgb_b: np.ndarray, init: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Flow (H, W, 2) float32 in pixels from image a to image b (RGB uint8); ``init``: an
+        (H, W, 2) estimate DIS starts from instead of zero."""
         import cv2
 
         grey_a = cv2.cvtColor(rgb_a, cv2.COLOR_RGB2GRAY)
         grey_b = cv2.cvtColor(rgb_b, cv2.COLOR_RGB2GRAY)
-        return self._dis.calc(grey_a, grey_b, None).astype(np.float32)
+        if init is None:
+            return self._dis.calc(grey_a, grey_b, None).astype(np.float32)
+        flow = np.ascontiguousarray(init, dtype=np.float32).copy()
+        return self._dis_init.calc(grey_a, grey_b, flow).astype(np.float32)
+
+
+#: side of the window (pixels at the estimator's size) over which the colour residuals of the
+#: plain and the predicted DIS fields are compared
+_RESIDUAL_WINDOW = 7
+
+
+def warp_residual(rgb_a: np.ndarray, rgb_b: np.ndarray, flow: np.ndarray) -> np.ndarray:
+    """(H, W) mean absolute grey-level difference between image a and image b sampled at
+    ``x + flow(x)``, averaged over a window of :data:`_RESIDUAL_WINDOW` pixels (targets
+    outside image b read its nearest border pixel)."""
+    import cv2
+
+    h, w = flow.shape[:2]
+    xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    grey_a = cv2.cvtColor(rgb_a, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    grey_b = cv2.cvtColor(rgb_b, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    warped = cv2.remap(
+        grey_b,
+        xs + flow[..., 0],
+        ys + flow[..., 1],
+        cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_REPLICATE,
+    )
+    k = _RESIDUAL_WINDOW
+    return cv2.blur(np.abs(grey_a - warped), (k, k))
+
+
+def predicted_dis(
+    estimator,
+    rgb_a: np.ndarray,
+    rgb_b: np.ndarray,
+    plain: np.ndarray,
+    prediction: np.ndarray,
+) -> np.ndarray:
+    """DIS from a to b started at ``prediction``, fused per pixel with the ``plain`` field
+    (DIS from zero): each pixel keeps the field whose warp of b matches a better
+    (:func:`warp_residual`; the plain one on ties). All arrays at the estimator's size."""
+    guided = estimator(rgb_a, rgb_b, init=prediction)
+    better = warp_residual(rgb_a, rgb_b, guided) < warp_residual(rgb_a, rgb_b, plain)
+    return np.where(better[..., None], guided, plain).astype(np.float32)
 
 
 def make_flow_backend(cfg: FlowConfig):
@@ -137,16 +204,26 @@ def dis_pair(
     img_a: np.ndarray,
     img_b: np.ndarray,
     cfg: FlowConfig,
+    *,
+    plain: tuple[np.ndarray, np.ndarray] | None = None,
+    predicted: tuple[np.ndarray | None, np.ndarray | None] = (None, None),
 ) -> tuple[np.ndarray, np.ndarray]:
     """Forward and backward flow (H, W, 2) float32 at the training size of one frame pair.
 
     ``src_a``/``src_b``: the images the estimator runs on (training or source frames, RGB
     uint8); ``img_a``/``img_b``: the training frames (H, W, 3), which set the output size and
     guide the fill of inconsistent pixels (``cfg.dis_fill_radius``, 0 = no fill).
+    ``plain``: the estimator's forward and backward fields of this pair when already computed;
+    ``predicted``: forward and backward estimates at the estimator's size (or None) that seed a
+    second DIS run each, fused with the plain field by :func:`predicted_dis`.
     """
     hw = img_a.shape[:2]
-    fw = resize_flow(estimator(src_a, src_b), hw)
-    bw = resize_flow(estimator(src_b, src_a), hw)
+    fw, bw = plain if plain is not None else (estimator(src_a, src_b), estimator(src_b, src_a))
+    if predicted[0] is not None:
+        fw = predicted_dis(estimator, src_a, src_b, fw, predicted[0])
+    if predicted[1] is not None:
+        bw = predicted_dis(estimator, src_b, src_a, bw, predicted[1])
+    fw, bw = resize_flow(fw, hw), resize_flow(bw, hw)
     if cfg.dis_fill_radius > 0:
         a1, a2 = cfg.consistency_alpha1, cfg.consistency_alpha2
         ok_fw, ok_bw = consistency_mask(fw, bw, a1, a2), consistency_mask(bw, fw, a1, a2)
@@ -231,6 +308,7 @@ def dis_flow(
         sources = _subsequence(_source_frames(frames_json, n_all, scene), indices)
     else:
         sources = None
+    numbers = list(range(n)) if indices is None else [int(i) for i in indices]
     t0 = time.perf_counter()
     consistent, magnitude = [], []
     with (
@@ -238,20 +316,8 @@ def dis_flow(
         atomic_dir(flow_bw_dir) as bw_dir,
         atomic_dir(flow_ok_dir) as ok_dir,
     ):
-        img_a = read_image(frames[0], made_by="frames")
-        src_a = next(sources) if sources is not None else img_a
-        for i in range(n - 1):
-            img_b = read_image(frames[i + 1], made_by="frames")
-            if img_b.shape != img_a.shape:
-                raise StageError(
-                    scene,
-                    "flow",
-                    f"{frames[i + 1].name} is {img_b.shape[1]}x{img_b.shape[0]} but "
-                    f"{frames[i].name} is {img_a.shape[1]}x{img_a.shape[0]}",
-                    "rerun the 'frames' rule, which resizes every frame to one size",
-                )
-            src_b = next(sources) if sources is not None else img_b
-            fw, bw = dis_pair(estimator, src_a, src_b, img_a, img_b, cfg)
+        pairs = dis_sequence(_checked_frames(frames, sources, scene), numbers, estimator, cfg)
+        for i, (fw, bw) in enumerate(pairs):
             ok_fw = consistency_mask(fw, bw, cfg.consistency_alpha1, cfg.consistency_alpha2)
             ok_bw = consistency_mask(bw, fw, cfg.consistency_alpha1, cfg.consistency_alpha2)
             write_flo(fw_dir / frame_name(i, ".flo"), fw)
@@ -262,10 +328,10 @@ def dis_flow(
             magnitude.append(float(np.linalg.norm(fw, axis=-1).mean()))
             if (i + 1) % max(1, (n - 1) // 10) == 0 or i == n - 2:
                 log.info("flow: pair %d/%d (%.1f s)", i + 1, n - 1, time.perf_counter() - t0)
-            img_a, src_a = img_b, src_b
     summary = {
         "backend": cfg.backend,
         "preset": cfg.dis_preset,
+        "predict": cfg.dis_predict,
         "scale": scale,
         "fill_radius": cfg.dis_fill_radius,
         "pairs": n - 1,
@@ -275,6 +341,91 @@ def dis_flow(
     }
     log.info("flow: done %s", summary)
     return summary
+
+
+class _PairWindow:
+    """The frames of a sequence taken in order from an iterator, and the plain DIS fields of
+    its pairs, kept for the pairs around the one being processed only (source frames can be
+    1280x720)."""
+
+    def __init__(self, frames: Iterator[tuple[np.ndarray, np.ndarray]], estimator) -> None:
+        self._iter, self._estimator = frames, estimator
+        self._frames: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._plain: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._next = 0
+
+    def frame(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Training frame k and the image the estimator runs on (the same, or its source)."""
+        while self._next <= k:
+            self._frames[self._next] = next(self._iter)
+            self._next += 1
+        return self._frames[k]
+
+    def plain(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """DIS from zero of pair k: (frame k -> k + 1, frame k + 1 -> k) at the estimator's size."""
+        if k not in self._plain:
+            src_a, src_b = self.frame(k)[1], self.frame(k + 1)[1]
+            self._plain[k] = (self._estimator(src_a, src_b), self._estimator(src_b, src_a))
+        return self._plain[k]
+
+    def forget_before(self, k: int) -> None:
+        """Drop the frames before k and the pairs before k - 1 (the next pair needs pair k)."""
+        for j in [j for j in self._frames if j < k]:
+            del self._frames[j]
+        for j in [j for j in self._plain if j < k - 1]:
+            del self._plain[j]
+
+
+def _checked_frames(paths: list[Path], sources, scene: str | None):
+    """(training frame, estimator image) of each path in order; StageError when a frame's size
+    differs from the previous one's."""
+    prev = None
+    for j, p in enumerate(paths):
+        img = read_image(p, made_by="frames")
+        if prev is not None and img.shape != prev.shape:
+            raise StageError(
+                scene,
+                "flow",
+                f"{p.name} is {img.shape[1]}x{img.shape[0]} but "
+                f"{paths[j - 1].name} is {prev.shape[1]}x{prev.shape[0]}",
+                "rerun the 'frames' rule, which resizes every frame to one size",
+            )
+        prev = img
+        yield img, (next(sources) if sources is not None else img)
+
+
+def dis_sequence(
+    frames: Iterable[tuple[np.ndarray, np.ndarray]],
+    numbers: list[int],
+    estimator,
+    cfg: FlowConfig,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Forward and backward flow at the training size of each consecutive pair of a sequence.
+
+    ``frames``: (training frame, image the estimator runs on) per frame, in order;
+    ``numbers``: the frames' numbers in the video, whose gaps scale the constant-velocity
+    predictions of ``cfg.dis_predict`` (a held-out frame makes a gap of 2). Yields (fw, bw) of
+    pair i (frames i and i + 1) for i = 0 .. len(numbers) - 2, as :func:`dis_pair` makes them.
+    """
+    n = len(numbers)
+    window = _PairWindow(iter(frames), estimator)
+    for i in range(n - 1):
+        (img_a, src_a), (img_b, src_b) = window.frame(i), window.frame(i + 1)
+        predicted: tuple[np.ndarray | None, np.ndarray | None] = (None, None)
+        if cfg.dis_predict:
+            # constant velocity: i -> i+1 continues i -> i-1 backwards, i+1 -> i continues
+            # i+1 -> i+2 backwards, each scaled by the ratio of the frame gaps
+            gap = numbers[i + 1] - numbers[i]
+            fw_pred = bw_pred = None
+            if i > 0:
+                fw_pred = window.plain(i - 1)[1] * (-gap / (numbers[i] - numbers[i - 1]))
+            if i + 2 < n:
+                bw_pred = window.plain(i + 1)[0] * (-gap / (numbers[i + 2] - numbers[i + 1]))
+            predicted = (fw_pred, bw_pred)
+        yield dis_pair(
+            estimator, src_a, src_b, img_a, img_b, cfg, plain=window.plain(i), predicted=predicted
+        )
+        window.forget_before(i)
 
 
 #: written by :func:`compute_holdout_flow` beside its flow folders: which frames they link
