@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 
 try:
-    from flow_table import SETTINGS, flows, synthetic_scene
+    from flow_table import SETTINGS, add_scene_arguments, flows, scenes_and_settings
 except ImportError:  # run as benchmarks/flow_gaps.py from elsewhere
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from flow_table import SETTINGS, flows, synthetic_scene
+    from flow_table import SETTINGS, add_scene_arguments, flows, scenes_and_settings
 
 from nsff_core.config import FlowConfig
 from nsff_core.holdout import training_frames
@@ -54,30 +54,14 @@ def chained(flow_fw: list, a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def main(argv=None) -> None:
-    from nsff_core.model.synthetic import SUITE_PRESETS
     from nsff_core.priors.frames import read_source_frames
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--cache", type=Path, default=Path("/tmp/nsff_flow_table"))
-    ap.add_argument("--width", type=int, default=512, help="training width")
-    ap.add_argument("--variants", default="demo," + ",".join(SUITE_PRESETS))
-    ap.add_argument("--sources", default="854x480", help="suite source sizes")
+    add_scene_arguments(ap, "854x480")
     ap.add_argument("--holdout-every", type=int, default=4)
     ap.add_argument("--settings", default="default without prediction,default")
-    ap.add_argument("--threads", type=int, default=1, help="OpenCV threads")
     args = ap.parse_args(argv)
-    import cv2
-
-    cv2.setNumThreads(args.threads)
-    names = [s for s in args.settings.split(",") if s]
-    unknown = sorted(set(names) - set(SETTINGS))
-    if unknown:
-        ap.error(f"unknown settings {unknown}; known: {list(SETTINGS)}")
-    sizes = [tuple(int(v) for v in s.split("x")) for s in args.sources.split(",") if s]
-    scenes = []
-    for variant in args.variants.split(","):
-        for size in [None] if variant == "demo" else sizes:
-            scenes.append(synthetic_scene(args.cache, variant, size, args.width))
+    scenes, names = scenes_and_settings(ap, args)
 
     print(
         "| scene | setting | movers, gap pairs | movers > 3 px | movers, consecutive "

@@ -311,19 +311,19 @@ def epe(scene: Scene, fields: list) -> tuple[float, float]:
     return float(np.mean(errs_all)), float(np.mean(errs_noc))
 
 
-def main(argv=None) -> None:
+def add_scene_arguments(ap: argparse.ArgumentParser, sources: str) -> None:
+    """The options that pick the synthetic scenes and the threads (shared with flow_gaps.py)."""
     from nsff_core.model.synthetic import SUITE_PRESETS
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cache", type=Path, default=Path("/tmp/nsff_flow_table"))
     ap.add_argument("--width", type=int, default=512, help="training width")
     ap.add_argument("--variants", default="demo," + ",".join(SUITE_PRESETS))
-    ap.add_argument("--sources", default="854x480,320x180", help="suite source sizes")
-    ap.add_argument("--settings", default=",".join(SETTINGS))
-    ap.add_argument("--real", default=str(HERE.parent.parent / "shared" / "data"))
+    ap.add_argument("--sources", default=sources, help="suite source sizes")
     ap.add_argument("--threads", type=int, default=1, help="OpenCV threads (timing)")
-    args = ap.parse_args(argv)
 
+
+def scenes_and_settings(ap: argparse.ArgumentParser, args) -> tuple[list[Scene], list[str]]:
+    """Set OpenCV's threads; the synthetic scenes and the setting names the options ask for."""
     import cv2
 
     cv2.setNumThreads(args.threads)
@@ -336,6 +336,16 @@ def main(argv=None) -> None:
     for v in [v for v in args.variants.split(",") if v]:
         for size in [None] if v == "demo" else sizes:
             scenes.append(synthetic_scene(args.cache, v, size, args.width))
+    return scenes, names
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_scene_arguments(ap, "854x480,320x180")
+    ap.add_argument("--settings", default=",".join(SETTINGS))
+    ap.add_argument("--real", default=str(HERE.parent.parent / "shared" / "data"))
+    args = ap.parse_args(argv)
+    scenes, names = scenes_and_settings(ap, args)
     if args.real != "none" and Path(args.real).is_dir():
         scenes += real_scenes(Path(args.real), args.width)
 
