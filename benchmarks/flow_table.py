@@ -2,7 +2,7 @@
 
     python benchmarks/flow_table.py [--cache /tmp/nsff_flow_table] [--width 512]
         [--variants demo,suite_ball,...] [--sources 854x480,320x180]
-        [--settings old,default,...] [--real ../shared/data | --real none] [--threads 1]
+        [--settings old,default,...] [--real DIR | --real none] [--threads 1]
 
 Scenes:
 
@@ -49,7 +49,6 @@ from nsff_core.model.io import list_frames, read_flo, read_image, write_video
 from nsff_core.priors.flow import DisFlow, dis_pair, dis_scale, dis_sequence
 from nsff_core.priors.nets.flow_ops import consistency_mask, resize_flow
 
-HERE = Path(__file__).resolve().parent
 OLD = dict(dis_preset="medium", dis_scale="training", dis_fill_radius=0, dis_predict=False)
 
 
@@ -343,7 +342,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_scene_arguments(ap, "854x480,320x180")
     ap.add_argument("--settings", default=",".join(SETTINGS))
-    ap.add_argument("--real", default=str(HERE.parent.parent / "shared" / "data"))
+    ap.add_argument("--real", default="none", help="folder with flow_sintel/flow_kitti2012")
     args = ap.parse_args(argv)
     scenes, names = scenes_and_settings(ap, args)
     if args.real != "none" and Path(args.real).is_dir():

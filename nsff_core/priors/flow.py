@@ -368,11 +368,12 @@ class _PairWindow:
             self._plain[k] = (self._estimator(src_a, src_b), self._estimator(src_b, src_a))
         return self._plain[k]
 
-    def forget_before(self, k: int) -> None:
-        """Drop the frames before k and the pairs before k - 1 (the next pair needs pair k)."""
-        for j in [j for j in self._frames if j < k]:
+    def done_with(self, k: int) -> None:
+        """Pair k is written: drop what pair k + 1 no longer needs (frames up to k, pairs
+        before k; its forward prediction comes from pair k)."""
+        for j in [j for j in self._frames if j <= k]:
             del self._frames[j]
-        for j in [j for j in self._plain if j < k - 1]:
+        for j in [j for j in self._plain if j < k]:
             del self._plain[j]
 
 
@@ -425,7 +426,7 @@ def dis_sequence(
         yield dis_pair(
             estimator, src_a, src_b, img_a, img_b, cfg, plain=window.plain(i), predicted=predicted
         )
-        window.forget_before(i)
+        window.done_with(i)
 
 
 #: written by :func:`compute_holdout_flow` beside its flow folders: which frames they link
