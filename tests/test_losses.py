@@ -293,6 +293,56 @@ def test_disparity_loss_leaves_out_the_rays_not_kept():
     assert float(out) == 0.0 and out.requires_grad
 
 
+def test_mover_disparity_averages_the_frames_error_over_the_masked_rays():
+    g = torch.Generator().manual_seed(1)
+    depth = torch.rand(200, generator=g)
+    disp = 2.0 - 3.0 * depth
+    dynamic = torch.zeros(200, dtype=torch.bool)
+    dynamic[:20] = True
+    # right everywhere: 0, whatever the mask
+    assert float(L.mover_disparity_loss(depth, disp, dynamic)) == pytest.approx(0.0, abs=1e-10)
+    # the mover rendered in front of its prior: the same squared errors as disparity_loss has
+    # there, but averaged over the 20 masked rays instead of all 200
+    pushed = depth.clone()
+    pushed[:20] -= 0.3
+    err = (L._normalise_scale_shift(pushed, 1e-8) - L._normalise_scale_shift(-disp, 1e-8)) ** 2
+    got = float(L.mover_disparity_loss(pushed, disp, dynamic))
+    assert got == pytest.approx(float(err[:20].mean()), rel=1e-5)
+    assert got > 5 * float(L.disparity_loss(pushed, disp))
+    # a static error alone counts only through the frame's scale and shift
+    static_wrong = depth.clone()
+    static_wrong[100:110] += 0.5
+    assert float(L.mover_disparity_loss(static_wrong, disp, dynamic)) < 0.2 * float(
+        L.disparity_loss(static_wrong, disp)
+    )
+    # the gradient moves the masked rays only, not the frame's scale through its statistics
+    d = pushed.clone().requires_grad_()
+    L.mover_disparity_loss(d, disp, dynamic).backward()
+    assert d.grad[:20].abs().min() > 0 and float(d.grad[20:].abs().max()) == 0.0
+    # a separate mover depth (the dynamic field's own) is measured in the composite's frame:
+    # the composite right, the mover's own depth off, gives the error of the latter
+    own = depth.clone()
+    own[:20] -= 0.3
+    got_own = float(L.mover_disparity_loss(depth, disp, dynamic, mover_depth=own))
+    swapped = float(L.mover_disparity_loss(own, disp, dynamic, mover_depth=depth))
+    assert got_own > 0.5 and swapped < 0.1 * got_own  # the latter: the frame's shift only
+    # too few masked rays: no term, but a graph node
+    d = depth.clone().requires_grad_()
+    out = L.mover_disparity_loss(d, disp, torch.arange(200) < L.MIN_DISPARITY_RAYS - 1)
+    assert float(out.detach()) == 0.0 and out.requires_grad
+
+
+def test_the_mover_disparity_term_is_off_by_default_and_does_not_decay():
+    from nsff_core.config import TrainConfig
+    from nsff_core.model.train_views import loss_weights
+
+    assert L.weights_at(0, base=loss_weights(TrainConfig()))["mover_disparity"] == 0.0
+    base = loss_weights(TrainConfig(lambda_mover_disparity=0.05))
+    assert [L.weights_at(e, base=base)["mover_disparity"] for e in (0, 15, 45)] == [0.05] * 3
+    with pytest.raises(ValueError):
+        loss_weights(TrainConfig(lambda_mover_disparity=-1.0))
+
+
 def test_canonical_loss_weights_the_movers_surface_and_skips_invalid_rays():
     c = torch.zeros(2, 2, 3)
     warped = torch.tensor([[[0.3, 0.0, 0.0], [9.0, 9.0, 9.0]], [[float("nan")] * 3] * 2])

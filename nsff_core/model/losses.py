@@ -117,6 +117,50 @@ def disparity_loss(
     return torch.where(count >= MIN_DISPARITY_RAYS, err, depth_ndc.sum() * 0.0)
 
 
+def mover_disparity_loss(
+    depth_ndc: Tensor,
+    disp_prior: Tensor,
+    dynamic: Tensor,
+    eps: float = 1e-8,
+    mover_depth: Tensor | None = None,
+) -> Tensor:
+    """The depth prior's error on the rays inside the motion masks, in the whole batch's frame.
+
+    Rendered depth and ``-disp`` are normalised for scale and shift over the whole batch, as in
+    :func:`disparity_loss` without ``keep`` (the static scene fixes the frame's scale and
+    shift), and the squared difference is averaged over the ``dynamic`` rays alone, so that a
+    mover covering a few % of a batch is not outweighed by the rest of the frame. The frame's
+    median and spread are taken as constants: the gradient reaches the masked rays only. Fewer than
+    :data:`MIN_DISPARITY_RAYS` dynamic rays give 0.
+
+    Args:
+        depth_ndc: (R,) rendered depth (NDC ray parameter).
+        disp_prior: (R,) prior disparity at the same pixels, any scale and shift.
+        dynamic: (R,) motion-mask flag of each ray (bool or 0/1).
+        mover_depth: optional (R,) depth whose error is measured (e.g. the dynamic field's own
+            expected depth, which a half-transparent mover in front of the background cannot
+            fake); the frame's scale and shift still come from ``depth_ndc``.
+
+    Example: depth = [0.1, 0.2, 0.6], disp = [3, 2, 1] (errors 0.81, 0, 0.81 as in
+    :func:`disparity_loss`), dynamic = only the last ray: 0 (fewer than 16 rays); with 16 such
+    rays among the batch the term is the mean of their squared errors.
+    """
+    depth_ndc = depth_ndc.reshape(-1)
+    keep = dynamic.reshape(-1).bool()
+    count = keep.sum()
+    target = _normalise_scale_shift(-disp_prior.reshape(-1).to(depth_ndc.dtype), eps)
+    # the frame's median and spread are constants here: the term moves the masked rays' depth,
+    # not the scale of the whole frame (which the static rays of disparity_loss set)
+    frame = depth_ndc.detach()
+    median = frame.median()
+    spread = (frame - median).abs().mean()
+    measured = depth_ndc if mover_depth is None else mover_depth.reshape(-1)
+    pred = (measured - median) / (spread + eps)
+    err = _kept(keep, pred - target.detach()).square()
+    mean = err.sum() / count.clamp_min(1)
+    return torch.where(count >= MIN_DISPARITY_RAYS, mean, depth_ndc.sum() * 0.0)
+
+
 def _masked_normalise(a: Tensor, keep: Tensor, count: Tensor, eps: float) -> Tensor:
     """:func:`_normalise_scale_shift` over the entries of ``a`` where ``keep`` (``count`` of
     them); the others are left at any finite value. The median is the lower middle value of
@@ -423,6 +467,7 @@ TERMS = (
     "distortion",
     "field_regularization",
     "canonical",
+    "mover_disparity",
 )
 
 
@@ -459,6 +504,8 @@ class LossWeights:
     lambda_geo_decay_every: float = 10.0
     #: factor on ``lambda_geo`` for the disparity term only (1 = nsff_pl)
     disparity: float = 1.0
+    #: the depth prior inside the motion masks, constant (no decay; not in nsff_pl: 0)
+    mover_disparity: float = 0.0
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -520,6 +567,7 @@ def weights_at(
         "distortion": w.distortion,
         "field_regularization": w.field_regularization,
         "canonical": w.canonical,
+        "mover_disparity": w.mover_disparity,
     }
 
 

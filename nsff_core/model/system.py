@@ -96,6 +96,11 @@ def canonical_term(out: RenderOutput) -> Tensor:
     return (both[0] + both[1]) / 2
 
 
+#: the mover-depth term covers masked rays whose dynamic opacity is above this (below it the
+#: dynamic field's own depth is the mean of almost nothing)
+MOVER_DEPTH_MIN_OPACITY = 0.1
+
+
 def loss_terms(
     out: RenderOutput,
     batch: RayBatch,
@@ -163,6 +168,13 @@ def loss_terms(
         ),
         "mask": L.mask_dynamicness_loss(out.image.dynamicness, batch.dynamic),
         "distortion": L.distortion_loss(out.weights, out.z),
+        "mover_disparity": L.mover_disparity_loss(
+            out.image.depth,
+            batch.disp,
+            batch.dynamic.bool() & (out.image.dynamicness.detach() > MOVER_DEPTH_MIN_OPACITY),
+            mover_depth=(out.dynamic_weights * out.z).sum(-1)
+            / out.image.dynamicness.clamp_min(MOVER_DEPTH_MIN_OPACITY),
+        ),
     }
 
 

@@ -79,6 +79,7 @@ def loss_weights(cfg: TrainConfig) -> LossWeights:
         mask=cfg.lambda_mask,
         distortion=cfg.lambda_distortion,
         canonical=cfg.lambda_canonical,
+        mover_disparity=cfg.lambda_mover_disparity,
         field_regularization=cfg.grid_tv if cfg.field == "planes" else 0.0,
     )
 
