@@ -351,8 +351,10 @@ class TrainConfig:
     #: motion camera parallax can also explain, it picks "closer and still" over "at its depth
     #: and moving" (docs/method.md, "The depth-motion ambiguity")
     lambda_minimal_flow: float = 0.1
-    #: weight of the depth prior's error inside the motion masks, measured in the frame's
-    #: scale and shift and kept constant (the depth term decays with lambda_geo); 0 = nsff_pl
+    #: weight of the depth prior's error inside the motion masks, on the dynamic field's own
+    #: depth measured in the frame's scale and shift, constant over the run (the depth term
+    #: decays with lambda_geo); 0 = nsff_pl. Measured on suite_walker it places the mover at
+    #: its depth and costs the fit (docs/method.md, "The depth-motion ambiguity")
     lambda_mover_disparity: float = 0.0
     #: weight of a squared penalty between each ray's dynamic opacity and the motion mask
     #: (0 = nsff_pl, which does not use the masks in training)
