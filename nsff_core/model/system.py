@@ -168,14 +168,19 @@ def loss_terms(
         ),
         "mask": L.mask_dynamicness_loss(out.image.dynamicness, batch.dynamic),
         "distortion": L.distortion_loss(out.weights, out.z),
-        "mover_disparity": L.mover_disparity_loss(
-            out.image.depth,
-            batch.disp,
-            batch.dynamic.bool() & (out.image.dynamicness.detach() > MOVER_DEPTH_MIN_OPACITY),
-            mover_depth=(out.dynamic_weights * out.z).sum(-1)
-            / out.image.dynamicness.clamp_min(MOVER_DEPTH_MIN_OPACITY),
-        ),
     }
+
+
+def mover_disparity_term(out: RenderOutput, batch: RayBatch) -> Tensor:
+    """The mover-depth term (:func:`losses.mover_disparity_loss`) on the dynamic field's own
+    expected depth, over the masked rays with some dynamic opacity."""
+    return L.mover_disparity_loss(
+        out.image.depth,
+        batch.disp,
+        batch.dynamic.bool() & (out.image.dynamicness.detach() > MOVER_DEPTH_MIN_OPACITY),
+        mover_depth=(out.dynamic_weights * out.z).sum(-1)
+        / out.image.dynamicness.clamp_min(MOVER_DEPTH_MIN_OPACITY),
+    )
 
 
 def psnr(mse: Tensor) -> Tensor:
@@ -283,6 +288,8 @@ class NSFFSystem(pl.LightningModule):
             terms["field_regularization"] = reg
         if self.loss_weights.canonical > 0:
             terms["canonical"] = canonical_term(out)
+        if self.loss_weights.mover_disparity > 0:  # not computed at weight 0 (the default)
+            terms["mover_disparity"] = mover_disparity_term(out, batch)
         weights = L.weights_at(
             step=self.global_step, steps_per_epoch=self.steps_per_epoch, base=self.loss_weights
         )
