@@ -314,6 +314,12 @@ class TrainConfig:
     #: planes, deform: resolution of the finest warp level (the others halve it); None =
     #: grid_base_resolution
     grid_motion_resolution: int | None = None
+    #: planes, deform: size of a learned code per frame given to the canonical decoder (lets a
+    #: mover change shape where the warp cannot follow, e.g. legs); 0 = none
+    grid_frame_code: int = 0
+    #: planes, deform: levels of space-time planes read at the canonical position (per-frame
+    #: detail that moves with the warp), resolutions base * 2^l; 0 = none
+    grid_detail_levels: int = 0
     #: bound of the scene flow per frame (NDC units)
     flow_scale: float = 0.2
     #: samples per ray (linear in NDC depth)

@@ -278,6 +278,9 @@ def test_plane_feature_count_is_bounded():
     # the warp levels of the deforming field count too
     warp = {"grid_dynamic": "deform", "grid_motion_levels": 2, "grid_motion_resolution": 64}
     assert sheet.grid_features({**cfg["train"], **warp}) == default + 3 * 16 * (32**2 + 64**2)
+    # and its detail planes (base * 2^l per level; the frame codes are not planes)
+    rich = {**warp, "grid_detail_levels": 2, "grid_frame_code": 16}
+    assert sheet.grid_features({**cfg["train"], **rich}) == default + 3 * 16 * 2 * (32**2 + 64**2)
     cfg["train_presets"]["huge"] = {**warp, "grid_motion_resolution": 1024, "grid_channels": 256}
     with pytest.raises(ConfigError, match=r"key 'train_presets\.huge': .*grid_motion_resolution"):
         sheet.validate_config(cfg, SCHEMAS / "config.schema.yaml")

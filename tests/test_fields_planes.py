@@ -107,6 +107,65 @@ def test_the_deforming_field_starts_time_invariant_and_moves_its_canonical_shape
     assert not torch.allclose(moved.raw_sigma, at[2].raw_sigma)
 
 
+RICH = PlaneFieldConfig(
+    base_resolution=4, levels=2, dynamic_levels=1, channels=3, hidden=8, frame_code=4,
+    detail_levels=2,
+)  # fmt: skip
+
+
+def test_frame_codes_and_detail_planes_start_neutral_and_change_only_their_own_frame():
+    torch.manual_seed(0)
+    field = PlaneDeformDynamicField(RICH, num_frames=5)
+    assert field.frame_codes.shape == (5, 4)
+    assert [tuple(s.planes.shape[-2:]) for s in field.detail_time] == [(5, 4), (5, 8)]
+    x = torch.rand(9, 3) * 1.6 - 0.8
+    at = {t: field(x, torch.full((9,), t)).raw_sigma for t in range(5)}
+    for t in range(1, 5):  # codes at zero, detail time planes at one: time-invariant
+        assert torch.equal(at[t], at[0])
+    with torch.no_grad():
+        field.frame_codes[2] = 1.0
+    changed = {t: field(x, torch.full((9,), t)).raw_sigma for t in range(5)}
+    assert not torch.allclose(changed[2], at[2])
+    assert all(torch.equal(changed[t], at[t]) for t in (0, 1, 3, 4))
+    with torch.no_grad():
+        field.frame_codes.zero_()
+        field.detail_time[1].planes[:, :, 3, :] = 2.0
+    changed = {t: field(x, torch.full((9,), t)).raw_sigma for t in range(5)}
+    assert not torch.allclose(changed[3], at[3])
+    assert all(torch.equal(changed[t], at[t]) for t in (0, 1, 2, 4))
+    # the detail planes are read at the canonical (warped) position: an offset moves them too
+    with torch.no_grad():
+        field.detail_time[1].planes.fill_(1.0)
+        field.detail[0].planes.uniform_(0.1, 1.0)
+    shifted = x.clone()
+    shifted[:, 1] -= 0.3
+    expected = field(shifted, torch.full((9,), 1)).raw_sigma
+    with torch.no_grad():
+        field.motion_decoder[-1].bias[1] = -0.3
+    assert torch.allclose(field(x, torch.full((9,), 1)).raw_sigma, expected)
+
+
+def test_frame_codes_and_detail_planes_learn_and_need_the_deforming_field():
+    from nsff_core.model.system import make_fields
+
+    field = PlaneDeformDynamicField(RICH, num_frames=3)
+    x = (torch.rand(16, 3) * 1.8 - 0.9).requires_grad_()
+    out = field(x, torch.tensor([0, 2] * 8))
+    (out.raw_sigma.sum() + out.rgb.sum()).backward()
+    params = field.grid_parameters()
+    assert any(p is field.frame_codes for p in params)
+    assert field.frame_codes.grad[[0, 2]].abs().sum(1).gt(0).all()
+    assert field.frame_codes.grad[1].abs().sum() == 0  # frame 1 was not queried
+    assert all(p.grad is not None for p in params)
+    assert field.regularization() >= 0
+    for key in ("grid_frame_code", "grid_detail_levels"):
+        bad = TrainConfig(field="planes", grid_dynamic="kplanes", **{key: 2})
+        with pytest.raises(ConfigError, match=key):
+            make_fields(bad, num_frames=3)
+    with pytest.raises(ConfigError, match="grid_frame_code"):
+        PlaneFieldConfig(frame_code=-1)
+
+
 def test_the_warp_levels_halve_from_their_own_finest_resolution():
     def warp_sizes(**kw):
         cfg = PlaneFieldConfig(base_resolution=8, channels=2, hidden=4, **kw)

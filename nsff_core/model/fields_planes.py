@@ -62,6 +62,10 @@ class PlaneFieldConfig:
     motion_levels: int = TrainConfig.grid_motion_levels
     #: resolution of the finest warp level; None = ``base_resolution``
     motion_resolution: int | None = TrainConfig.grid_motion_resolution
+    #: deform: size of a learned code per frame, given to the canonical decoder (0 = none)
+    frame_code: int = TrainConfig.grid_frame_code
+    #: deform: levels of space-time detail planes read at the canonical position (0 = none)
+    detail_levels: int = TrainConfig.grid_detail_levels
     #: feature channels per plane and level
     channels: int = TrainConfig.grid_channels
     #: width of the decoder MLPs
@@ -86,6 +90,11 @@ class PlaneFieldConfig:
                 f"grid_hidden >= 1; got {self.base_resolution}, {self.levels}, "
                 f"{self.channels}, {self.hidden}"
             )
+        if self.frame_code < 0 or self.detail_levels < 0:
+            raise ConfigError(
+                "grid_frame_code and grid_detail_levels must be >= 0, got "
+                f"{self.frame_code} and {self.detail_levels}"
+            )
         if self.motion_resolution is not None and self.motion_resolution < 2:
             raise ConfigError(
                 f"grid_motion_resolution must be >= 2 (or null), got {self.motion_resolution}"
@@ -98,6 +107,11 @@ class PlaneFieldConfig:
     @property
     def dynamic_resolutions(self) -> list[int]:
         return [self.base_resolution * 2**level for level in range(self.dynamic_levels)]
+
+    @property
+    def detail_resolutions(self) -> list[int]:
+        """The levels of ``grid_detail_levels``: base * 2^l, as the dynamic levels."""
+        return [self.base_resolution * 2**level for level in range(self.detail_levels)]
 
     @property
     def motion_resolutions(self) -> list[int]:
@@ -326,6 +340,19 @@ class PlaneDeformDynamicField(nn.Module):
     :class:`PlaneDynamicField` has to rebuild the shape per frame from products of per-axis
     profiles (what smears a tumbling cube or a walking figure there).
 
+    Two options give the canonical decoder what a warp of a few tens of cells cannot express
+    (a walker's legs and arms move apart inside one warp cell):
+
+    - ``frame_code`` > 0: a learned code per frame, appended to the canonical features (the
+      "ambient" code of HyperNeRF, Park et al. 2021): the decoder may change density and colour
+      per frame where the warp does not explain a change;
+    - ``detail_levels`` > 0: space-time planes (those of :class:`PlaneDynamicField`) read at
+      the *canonical* position and the frame, appended to the canonical features: per-frame
+      detail that moves with the warp.
+
+    Both start neutral (codes at zero, detail time planes at one), so the field starts
+    time-invariant either way.
+
     The offset's output layer starts at zero, so at the start the field is time-invariant,
     like :class:`PlaneDynamicField`'s. Same outputs and interface as that class.
     """
@@ -354,17 +381,32 @@ class PlaneDeformDynamicField(nn.Module):
             PlaneStack(SPATIAL_PLANES, (r, r), cfg.channels, "uniform")
             for r in cfg.dynamic_resolutions
         )
-        self.decoder = _mlp(cfg.channels * cfg.dynamic_levels, cfg.hidden, 1 + 3, 2)
+        detail_res = cfg.detail_resolutions
+        self.detail = nn.ModuleList(
+            PlaneStack(SPATIAL_PLANES, (r, r), cfg.channels, "uniform") for r in detail_res
+        )
+        self.detail_time = nn.ModuleList(
+            PlaneStack(TIME_PLANES, (rows, r), cfg.channels, "ones") for r in detail_res
+        )
+        # one code per frame row, zero at the start (the decoder then ignores it)
+        self.frame_codes = nn.Parameter(torch.zeros(rows, cfg.frame_code))
+        feat = cfg.channels * (cfg.dynamic_levels + cfg.detail_levels) + cfg.frame_code
+        self.decoder = _mlp(feat, cfg.hidden, 1 + 3, 2)
         self.register_buffer("scale", _extent_scale(cfg), persistent=False)
 
     def grid_parameters(self) -> list[nn.Parameter]:
-        stacks = [*self.levels, *self.motion, *self.motion_time]
-        return [level.planes for level in stacks]
+        stacks = [*self.levels, *self.motion, *self.motion_time, *self.detail, *self.detail_time]
+        codes = [self.frame_codes] if self.cfg.frame_code else []
+        return [level.planes for level in stacks] + codes
 
     def regularization(self) -> Tensor:
-        """Total variation of the spatial planes and smoothness in time of the time planes."""
+        """Total variation of the spatial planes and smoothness in time of the time planes
+        (the frame codes are not regularised)."""
         tv = sum(total_variation(level.planes) for level in self.levels)
-        return tv + space_time_regularization(self.motion, self.motion_time)
+        tv = tv + space_time_regularization(self.motion, self.motion_time)
+        if self.cfg.detail_levels:
+            tv = tv + space_time_regularization(self.detail, self.detail_time)
+        return tv
 
     def forward(self, x: Tensor, t: Tensor) -> DynamicFieldOutput:
         """Same contract as :meth:`nsff_core.model.fields.DynamicField.forward` (integer ``t``)."""
@@ -372,7 +414,15 @@ class PlaneDeformDynamicField(nn.Module):
         motion = space_time_features(self.motion, self.motion_time, coords)
         offset, flow_fw, flow_bw = self.motion_decoder(motion).split([3, 3, 3], dim=-1)
         canonical = coords[:, :3] + offset
-        feat = torch.cat([level(canonical) for level in self.levels], dim=-1)
+        parts = [level(canonical) for level in self.levels]
+        if self.cfg.detail_levels:
+            warped = torch.cat([canonical, coords[:, 3:]], dim=-1)
+            parts.append(space_time_features(self.detail, self.detail_time, warped))
+        if self.cfg.frame_code:
+            rows = max(self.num_frames, 2)
+            frame = torch.round((coords[:, 3] + 1.0) * ((rows - 1) / 2.0)).long()
+            parts.append(self.frame_codes[frame])
+        feat = torch.cat(parts, dim=-1)
         raw_sigma, rgb = self.decoder(feat).split([1, 3], dim=-1)
         # the reported canonical coordinates (for the canonical-consistency term only) carry
         # no gradient into the query position: the term is to move the warp onto the scene

@@ -55,6 +55,16 @@ def make_fields(
             f"with grid_dynamic deform (got field {cfg.field}, grid_dynamic {cfg.grid_dynamic});"
             " set lambda_canonical: 0"
         )
+    deform_only = {
+        "grid_frame_code": cfg.grid_frame_code,
+        "grid_detail_levels": cfg.grid_detail_levels,
+    }
+    used = [k for k, v in deform_only.items() if v]
+    if used and (cfg.field, cfg.grid_dynamic) != ("planes", "deform"):
+        raise ConfigError(
+            f"train.{used[0]} extends the canonical field of field planes with grid_dynamic "
+            f"deform (got field {cfg.field}, grid_dynamic {cfg.grid_dynamic}); set it to 0"
+        )
     if cfg.field == "mlp":
         fcfg = views.mlp_field_config(cfg)
         return StaticField(fcfg), DynamicField(fcfg, num_frames)

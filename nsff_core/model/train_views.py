@@ -52,6 +52,8 @@ def plane_field_config(
         dynamic_levels=cfg.grid_dynamic_levels,
         motion_levels=cfg.grid_motion_levels,
         motion_resolution=cfg.grid_motion_resolution,
+        frame_code=cfg.grid_frame_code,
+        detail_levels=cfg.grid_detail_levels,
         channels=cfg.grid_channels,
         hidden=cfg.grid_hidden,
         dir_freqs=cfg.dir_freqs,

@@ -148,7 +148,7 @@ def grid_features(values: dict[str, Any]) -> int:
     """Learned features of the planes field with train settings ``values`` (missing keys take
     the defaults): 3 spatial planes of (base x 2^l)^2 cells per level l, in the static and in the
     dynamic field, times the channels, and for ``grid_dynamic: deform`` those of its warp
-    levels. The time planes (resolution x frames) are not counted: the frame count is not
+    and detail levels. The time planes (resolution x frames) are not counted: the frame count is not
     known before the frames rule ran."""
     from nsff_core.config import TrainConfig
 
@@ -164,6 +164,7 @@ def grid_features(values: dict[str, Any]) -> int:
     if get("grid_dynamic") == "deform":
         finest = int(get("grid_motion_resolution") or base)
         cells += sum(max(finest // 2**k, 2) ** 2 for k in range(int(get("grid_motion_levels"))))
+        cells += sum((base * 2**level) ** 2 for level in range(int(get("grid_detail_levels"))))
     return 3 * channels * cells
 
 
@@ -179,7 +180,7 @@ def _check_grid_size(config: dict) -> None:
             raise ConfigError(
                 f"invalid configuration: key '{where}': the planes field would learn "
                 f"{features:,} features (grid_base_resolution, grid_levels, "
-                f"grid_dynamic_levels, grid_channels, grid_motion_resolution), more than the {MAX_GRID_FEATURES:,} "
+                f"grid_dynamic_levels, grid_channels, grid_motion_resolution, grid_detail_levels), more than the {MAX_GRID_FEATURES:,} "
                 f"allowed ({MAX_GRID_FEATURES * 4 // 2**30} GiB of float32 before gradients "
                 "and optimiser state); lower grid_levels or grid_base_resolution"
             )
