@@ -117,6 +117,8 @@ def test_frame_codes_and_detail_planes_start_neutral_and_change_only_their_own_f
     torch.manual_seed(0)
     field = PlaneDeformDynamicField(RICH, num_frames=5)
     assert field.frame_codes.shape == (5, 4)
+    # without codes the field has no such parameter: checkpoints from before the option load
+    assert "frame_codes" not in PlaneDeformDynamicField(SMALL, num_frames=5).state_dict()
     assert [tuple(s.planes.shape[-2:]) for s in field.detail_time] == [(5, 4), (5, 8)]
     x = torch.rand(9, 3) * 1.6 - 0.8
     at = {t: field(x, torch.full((9,), t)).raw_sigma for t in range(5)}

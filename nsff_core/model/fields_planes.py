@@ -388,15 +388,18 @@ class PlaneDeformDynamicField(nn.Module):
         self.detail_time = nn.ModuleList(
             PlaneStack(TIME_PLANES, (rows, r), cfg.channels, "ones") for r in detail_res
         )
-        # one code per frame row, zero at the start (the decoder then ignores it)
-        self.frame_codes = nn.Parameter(torch.zeros(rows, cfg.frame_code))
+        # one code per frame row, zero at the start (the decoder then ignores it); none at
+        # frame_code 0, so that checkpoints from before the option load unchanged
+        self.frame_codes = (
+            nn.Parameter(torch.zeros(rows, cfg.frame_code)) if cfg.frame_code else None
+        )
         feat = cfg.channels * (cfg.dynamic_levels + cfg.detail_levels) + cfg.frame_code
         self.decoder = _mlp(feat, cfg.hidden, 1 + 3, 2)
         self.register_buffer("scale", _extent_scale(cfg), persistent=False)
 
     def grid_parameters(self) -> list[nn.Parameter]:
         stacks = [*self.levels, *self.motion, *self.motion_time, *self.detail, *self.detail_time]
-        codes = [self.frame_codes] if self.cfg.frame_code else []
+        codes = [] if self.frame_codes is None else [self.frame_codes]
         return [level.planes for level in stacks] + codes
 
     def regularization(self) -> Tensor:
@@ -418,10 +421,8 @@ class PlaneDeformDynamicField(nn.Module):
         if self.cfg.detail_levels:
             warped = torch.cat([canonical, coords[:, 3:]], dim=-1)
             parts.append(space_time_features(self.detail, self.detail_time, warped))
-        if self.cfg.frame_code:
-            rows = max(self.num_frames, 2)
-            frame = torch.round((coords[:, 3] + 1.0) * ((rows - 1) / 2.0)).long()
-            parts.append(self.frame_codes[frame])
+        if self.frame_codes is not None:
+            parts.append(self.frame_codes[t.expand(x.shape[:-1]).reshape(-1)])
         feat = torch.cat(parts, dim=-1)
         raw_sigma, rgb = self.decoder(feat).split([1, 3], dim=-1)
         # the reported canonical coordinates (for the canonical-consistency term only) carry
