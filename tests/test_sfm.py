@@ -377,21 +377,41 @@ def test_deterministic_runs_schedule_sensitive_steps_on_one_thread(
 
 
 @pytest.mark.stage
-def test_deterministic_runs_repeat_exactly(inputs, tmp_path):
-    """Two runs with 2 threads give the same cameras, and the database numbers the images in
-    the frames' order (not in the order extraction threads finish)."""
+def test_deterministic_runs_repeat(inputs, tmp_path):
+    """Two deterministic runs, with 2 and 4 matching threads: the database numbers the images
+    in the frames' order (not in the order extraction threads finish), the verified matches of
+    every pair are identical (matching's result does not depend on its threads), and the
+    cameras agree.
+
+    The cameras are compared to 1e-2 (scene units; translations here are about 6) and the
+    focal length to 0.1 %, not bit for bit: one CI run under load got two models 0.0036 apart
+    from identical features and verified matches (COLMAP's mapper, on one thread, registered
+    the same images in the same order with 1-5 more points triangulated). The defect this
+    test guards against, threads numbering the images, moved the focal length by 1.6 %.
+    """
     import pycolmap
 
-    got = []
-    for k in range(2):
-        _run(inputs["short"], tmp_path / str(k), SfmConfig(num_threads=2))
+    got, geometries = [], []
+    for k, threads in enumerate((2, 4)):
+        _run(inputs["short"], tmp_path / str(k), SfmConfig(num_threads=threads))
         got.append(io.read_cameras(tmp_path / str(k) / "cameras.npz"))
         db = pycolmap.Database.open(tmp_path / str(k) / "sfm" / "database.db")
         ids = sorted((img.image_id, img.name) for img in db.read_all_images())
+        pairs, two_view = db.read_two_view_geometries()
+        geometries.append(
+            {
+                int(p): (int(g.config), np.asarray(g.inlier_matches).copy())
+                for p, g in zip(pairs, two_view, strict=True)
+            }
+        )
         db.close()
         assert [name for _, name in ids] == [io.frame_name(j) for j in range(len(SHORT))]
-    np.testing.assert_array_equal(got[0]["c2w"], got[1]["c2w"])
-    np.testing.assert_array_equal(got[0]["K"], got[1]["K"])
+    assert geometries[0].keys() == geometries[1].keys() and len(geometries[0]) > 0
+    for pair, (config, inliers) in geometries[0].items():
+        assert geometries[1][pair][0] == config
+        np.testing.assert_array_equal(geometries[1][pair][1], inliers)
+    np.testing.assert_allclose(got[0]["c2w"], got[1]["c2w"], rtol=0, atol=1e-2)
+    np.testing.assert_allclose(got[0]["K"], got[1]["K"], rtol=1e-3)
 
 
 # --------------------------------------------------------------------------- split models

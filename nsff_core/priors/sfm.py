@@ -812,9 +812,12 @@ def schedule_threads(cfg: SfmConfig) -> int:
     These are feature extraction (COLMAP numbers the images in the order its threads finish
     them, and the mapper's choices follow the numbering), the incremental mapper and bundle
     adjustment. Matching keeps ``num_threads``: its pairs are independent and the RANSAC of
-    its geometric verification is seeded with ``cfg.random_seed``. Measured on a synthetic
-    smooth-texture clip: two runs with 2 threads gave focal lengths 1.6 % apart, two
-    deterministic runs the same model.
+    its geometric verification is seeded with ``cfg.random_seed`` (measured: 1, 2, 3, 4, 8
+    and 16 matching threads gave identical verified matches for every pair of a 12-frame
+    clip). Measured on a synthetic smooth-texture clip: two runs with 2 threads gave focal
+    lengths 1.6 % apart, deterministic runs the same model (30 of 30 runs beside two busy
+    trainings bit-identical; one CI run under load once differed by 0.0036 in the camera
+    matrices, from identical matches, inside COLMAP's single-threaded mapper).
     """
     return 1 if cfg.deterministic else cfg.num_threads
 
