@@ -12,7 +12,6 @@ ceiling low: a target above it asks for a per-pixel fit, not a better scene mode
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nsff_core.model import io  # noqa: E402
+from nsff_core.model.metrics import psnr  # noqa: E402
 
 
 def copy_psnr(img: np.ndarray, scale: float) -> float:
@@ -31,9 +31,7 @@ def copy_psnr(img: np.ndarray, scale: float) -> float:
     small = cv2.resize(
         img, (max(1, round(w / scale)), max(1, round(h / scale))), interpolation=cv2.INTER_AREA
     )
-    back = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
-    mse = float(np.mean((back - img) ** 2))
-    return math.inf if mse == 0 else -10.0 * math.log10(mse)
+    return psnr(cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR), img)
 
 
 def main() -> None:
