@@ -164,6 +164,10 @@ class MasksConfig:
     #: final dilation in pixels (a margin around movers; the rigidity masks follow colour
     #: edges, so a small one suffices)
     dilate: int = 1
+    #: weights-free backends: a mask is carried along the flow into the next and previous
+    #: frames, up to this many frames from where it was detected, so a mover that stops (its
+    #: flow is static then) stays masked while it rests; 0 = off
+    persist_frames: int = 8
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,15 @@ Backends:
   test; a pixel's disagreement is its Sampson distance to F (pixels). Pixels above a threshold
   in any neighbour are cleaned up by morphology (open, close, small-component removal) and the
   result is dilated.
+- ``rigidity`` (weights-free, the default): flow against the SfM cameras and the depth prior
+  (:mod:`nsff_core.priors.nets.rigidity`).
 - ``none``: no pixel is dynamic.
 
-Known limit: an object moving along the epipolar lines of the camera motion (e.g. sideways with a
+The weights-free masks are then carried through the frames where a mover rests
+(:func:`persist_masks`, ``masks.persist_frames``): a mover that stops is static then, and no
+flow test sees it.
+
+Known limit of ``epipolar``: an object moving along the epipolar lines of the camera motion (e.g. sideways with a
 sideways-moving camera) looks static to this test; such scenes need the semantic masks.
 """
 
@@ -262,38 +268,47 @@ def motion_masks(
         geometry = _rigidity_inputs(cameras, disp_dir, n, (h, w), scene)
     rng = np.random.default_rng(0)
     t0 = time.perf_counter()
-    fractions, residuals = [], []
-    with atomic_dir(masks_dir) as out:
-        for i in range(n):
-            if cfg.backend == "none":
-                mask = np.zeros((h, w), bool)
-            else:
-                rgb = read_image(frames[i], made_by="frames")
-                if cfg.backend == "rigidity":
-                    from .nets.rigidity import frame_motion_mask
+    residuals = []
+    masks = []
+    for i in range(n):
+        if cfg.backend == "none":
+            mask = np.zeros((h, w), bool)
+        else:
+            rgb = read_image(frames[i], made_by="frames")
+            if cfg.backend == "rigidity":
+                from .nets.rigidity import frame_motion_mask
 
-                    K, c2w, disp = geometry
-                    neighbours = flows.neighbours(i, n, cfg.rigidity_neighbours)
-                    raw, res = frame_motion_mask(rgb, K, c2w, i, neighbours, disp(i), cfg)
-                    residuals.append(res)
-                else:
-                    pairs = flows.neighbours(i, n, 1)
-                    flow_list = [f for _, f, _ in pairs]
-                    oks = [ok for _, _, ok in pairs]
-                    if cfg.min_texture > 0:
-                        tex = textured(rgb, cfg.min_texture)
-                        oks = [ok & tex for ok in oks]
-                    raw, res = epipolar_motion_mask(flow_list, oks, cfg, rng)
-                    residuals += res
-                mask = clean_mask(raw, cfg)
+                K, c2w, disp = geometry
+                neighbours = flows.neighbours(i, n, cfg.rigidity_neighbours)
+                raw, res = frame_motion_mask(rgb, K, c2w, i, neighbours, disp(i), cfg)
+                residuals.append(res)
+            else:
+                pairs = flows.neighbours(i, n, 1)
+                flow_list = [f for _, f, _ in pairs]
+                oks = [ok for _, _, ok in pairs]
+                if cfg.min_texture > 0:
+                    tex = textured(rgb, cfg.min_texture)
+                    oks = [ok & tex for ok in oks]
+                raw, res = epipolar_motion_mask(flow_list, oks, cfg, rng)
+                residuals += res
+            mask = clean_mask(raw, cfg)
+        masks.append(mask)
+        if (i + 1) % max(1, n // 10) == 0 or i == n - 1:
+            log.info("masks: frame %d/%d (%.1f s)", i + 1, n, time.perf_counter() - t0)
+    carried = 0.0
+    if cfg.backend != "none" and cfg.persist_frames > 0 and n > 1:
+        detected = masks
+        masks = persist_masks(detected, flow_fw_dir, flow_bw_dir, flow_ok_dir, cfg)
+        carried = float(np.mean([(m & ~d).mean() for m, d in zip(masks, detected, strict=True)]))
+    with atomic_dir(masks_dir) as out:
+        for i, mask in enumerate(masks):
             write_mask(out / frame_name(i), mask)
-            fractions.append(float(mask.mean()))
-            if (i + 1) % max(1, n // 10) == 0 or i == n - 1:
-                log.info("masks: frame %d/%d (%.1f s)", i + 1, n, time.perf_counter() - t0)
+    fractions = [float(m.mean()) for m in masks]
     summary = {
         "backend": cfg.backend,
         "frames": n,
         "mean_dynamic_fraction": float(np.mean(fractions)),
+        "mean_carried_fraction": carried,
         "median_residual_px": float(np.nanmedian(residuals)) if residuals else None,
         "seconds": time.perf_counter() - t0,
     }
@@ -307,6 +322,148 @@ def motion_masks(
         )
     log.info("masks: done %s", summary)
     return summary
+
+
+def persist_masks(
+    masks: list[np.ndarray],
+    flow_fw_dir: str | Path,
+    flow_bw_dir: str | Path,
+    flow_ok_dir: str | Path,
+    cfg: MasksConfig,
+) -> list[np.ndarray]:
+    """The motion masks with movers that stop kept masked while they rest.
+
+    A mover that stops is static while it rests, so no flow test sees it then; but it was
+    masked while it moved. Each connected part of a mask is followed from frame to frame as a
+    whole, moved by the median flow of its pixels (so it keeps its shape and leaves no trail on
+    the background it uncovers), once forward through the clip and once backward. Where the
+    next frame's own mask covers at most half of the moved part, the moved part is added to
+    that frame's mask and followed on, up to ``cfg.persist_frames`` frames from where it was
+    last detected. Only parts confirmed by the frame before (in the pass's order), i.e. that
+    overlap a part followed from there, are carried: a false detection in a single frame is not
+    spread over its neighbours; nor are parts that touch the frame's edge, are thinner than
+    ``PERSIST_MIN_THICKNESS`` pixels everywhere (false detections along depth edges), or whose
+    median flow since the frame that confirmed them is within ``PERSIST_MIN_MOTION`` of the
+    frame width of the static pixels' around them (a region of sky that the clean-up enclosed moves with the
+    scene).
+
+    Args:
+        masks: the detected (H, W) bool masks of every frame, in order.
+        flow_fw_dir, flow_bw_dir, flow_ok_dir: the flow rule's folders (frame i to i+1 and to
+            i-1, and where each passes the forward-backward test).
+        cfg: ``persist_frames``.
+
+    Returns:
+        New masks (the detected ones are not modified): detected | carried.
+    """
+    import cv2
+
+    n, limit = len(masks), cfg.persist_frames
+    out = [m.copy() for m in masks]
+    passes = ((1, flow_fw_dir, "fw", flow_bw_dir, "bw"), (-1, flow_bw_dir, "bw", flow_fw_dir, "fw"))
+    for direction, folder, tag, back_folder, back_tag in passes:
+        order = list(range(n)) if direction > 0 else list(range(n - 1, -1, -1))
+        # every part moved into the current frame from the one before: (mask, frames since
+        # it was detected (0: detected there), confirmed); those of age > 0 were carried
+        incoming: list[tuple[np.ndarray, int, bool]] = []
+        for prev, i in zip(order[:-1], order[1:], strict=True):
+            count, labels = cv2.connectedComponents(masks[prev].astype(np.uint8), connectivity=8)
+            detected = [labels == k for k in range(1, count)]
+            flow, ok = _flow_to(folder, tag, prev, flow_ok_dir)
+            # a detected part is confirmed when a part moved into its frame overlaps it, it is
+            # thick (false detections along depth edges are thin) and it moved unlike the
+            # static scene around it since that frame (a region of sky or wall that the
+            # clean-up enclosed moves with it)
+            parts, back = [], None
+            for m in detected:
+                confirmed = any((m & t).any() for t, _, _ in incoming) and _thick(m)
+                if confirmed:
+                    back = back or _flow_to(back_folder, back_tag, prev, flow_ok_dir)
+                    confirmed = _moves_apart(*back, m, masks[prev])
+                parts.append((m, 0, confirmed))
+            parts += [t for t in incoming if t[1] > 0]
+            incoming = []
+            for m, age, confirmed in parts:
+                moved = _shift(m, _median_flow(flow, ok, m))
+                area = int(moved.sum())
+                if not area:
+                    continue  # it left the frame
+                # a part at the frame's edge is not followed as a whole (it is cut there, and
+                # the flow is least reliable there: content without a counterpart)
+                carry = confirmed and age + 1 <= limit and not _touches_edge(moved)
+                # where frame i's own mask covers most of it, that detection is the mask
+                carry = carry and (moved & masks[i]).sum() <= 0.5 * area
+                if carry:
+                    out[i] |= moved
+                incoming.append((moved, age + 1 if carry else 0, confirmed))
+    return out
+
+
+def _median_flow(flow: np.ndarray, ok: np.ndarray, part: np.ndarray) -> tuple[int, int]:
+    """The median flow (dx, dy) of a mask part, rounded to pixels: of its pixels whose flow
+    passes the forward-backward test, or of all of them when none does."""
+    sel = part & ok
+    if not sel.any():
+        sel = part
+    d = np.median(flow[sel], axis=0)
+    return int(round(float(d[0]))), int(round(float(d[1])))
+
+
+#: parts of a mask thinner than this (px) everywhere are not carried by :func:`persist_masks`
+PERSIST_MIN_THICKNESS = 5
+
+
+def _thick(mask: np.ndarray) -> bool:
+    """Whether some disc of diameter PERSIST_MIN_THICKNESS fits inside the mask part."""
+    import cv2
+
+    k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (PERSIST_MIN_THICKNESS, PERSIST_MIN_THICKNESS))
+    return bool(cv2.erode(mask.astype(np.uint8), k).any())
+
+
+def _flow_to(folder, tag: str, i: int, ok_dir) -> tuple[np.ndarray, np.ndarray]:
+    """(flow, ok) of frame i in the flow folder ``folder`` (``tag`` fw or bw)."""
+    flow = read_flo(Path(folder) / frame_name(i, ".flo"))
+    return flow, read_mask(Path(ok_dir) / f"{i:05d}_{tag}.png", made_by="flow")
+
+
+#: a part is carried only when its median flow differs from that of the static pixels around
+#: it by at least this share of the frame width (:func:`persist_masks`): 1.9 px at 320 px. The
+#: movers of the suite and the DAVIS rollercoaster's train differ by 2-9 px at 320; a false
+#: detection on a box's near edge (suite_ball, parallax against the wall behind) by up to 1.5
+PERSIST_MIN_MOTION = 0.006
+
+
+def _moves_apart(flow: np.ndarray, ok: np.ndarray, part: np.ndarray, mask: np.ndarray) -> bool:
+    """Whether a mask part's median flow differs from that of a ring of unmasked pixels around
+    it (up to 8 px away) by at least PERSIST_MIN_MOTION of the frame width (pixels passing the
+    forward-backward test; False when either side has fewer than 16 of them)."""
+    import cv2
+
+    k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (17, 17))
+    ring = cv2.dilate(part.astype(np.uint8), k).astype(bool) & ~mask & ok
+    inside = part & ok
+    if ring.sum() < 16 or inside.sum() < 16:
+        return False
+    d = np.median(flow[inside], axis=0) - np.median(flow[ring], axis=0)
+    return bool(np.hypot(d[0], d[1]) >= PERSIST_MIN_MOTION * part.shape[1])
+
+
+def _touches_edge(mask: np.ndarray) -> bool:
+    return bool(mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any())
+
+
+def _shift(mask: np.ndarray, d: tuple[int, int]) -> np.ndarray:
+    """``mask`` translated by (dx, dy) pixels; what leaves the frame is dropped."""
+    dx, dy = d
+    h, w = mask.shape
+    out = np.zeros_like(mask)
+    if abs(dx) >= w or abs(dy) >= h:
+        return out
+    ys, yd = (slice(0, h - dy), slice(dy, h)) if dy >= 0 else (slice(-dy, h), slice(0, h + dy))
+    xs, xd = (slice(0, w - dx), slice(dx, w)) if dx >= 0 else (slice(-dx, w), slice(0, w + dx))
+    out[yd, xd] = mask[ys, xs]
+    return out
 
 
 class _FlowCache:
