@@ -340,8 +340,8 @@ def persist_masks(
     next frame's own mask covers at most half of the moved part, the moved part is added to
     that frame's mask and followed on, up to ``cfg.persist_frames`` frames from where it was
     last detected. Only parts confirmed by the frame before (in the pass's order), i.e. that
-    overlap a part followed from there, are carried: a false detection in a single frame is not
-    spread over its neighbours; nor are parts that touch the frame's edge, are thinner than
+    overlap a part of about their size followed from there, are carried: a false detection in a
+    single frame, or one merged with a mover in one frame, is not spread over its neighbours; nor are parts that touch the frame's edge, are thinner than
     ``PERSIST_MIN_THICKNESS`` pixels everywhere (false detections along depth edges), or whose
     median flow since the frame that confirmed them is within ``PERSIST_MIN_MOTION`` of the
     frame width of the static pixels' around them (a region of sky that the clean-up enclosed moves with the
@@ -370,13 +370,14 @@ def persist_masks(
             count, labels = cv2.connectedComponents(masks[prev].astype(np.uint8), connectivity=8)
             detected = [labels == k for k in range(1, count)]
             flow, ok = _flow_to(folder, tag, prev, flow_ok_dir)
-            # a detected part is confirmed when a part moved into its frame overlaps it, it is
-            # thick (false detections along depth edges are thin) and it moved unlike the
-            # static scene around it since that frame (a region of sky or wall that the
-            # clean-up enclosed moves with it)
+            # a detected part is confirmed when it is thick (false detections along depth edges
+            # are thin), a part of about its size moved into its frame overlaps it (a region
+            # detected in one frame only, or merged with a false detection, is not), and it
+            # moved unlike the static scene around it since that frame (a region of sky or
+            # wall that the clean-up enclosed moves with it)
             parts, back = [], None
             for m in detected:
-                confirmed = any((m & t).any() for t, _, _ in incoming) and _thick(m)
+                confirmed = _thick(m) and any(_same_part(m, t) for t, _, _ in incoming)
                 if confirmed:
                     back = back or _flow_to(back_folder, back_tag, prev, flow_ok_dir)
                     confirmed = _moves_apart(*back, m, masks[prev])
@@ -419,6 +420,12 @@ def _thick(mask: np.ndarray) -> bool:
 
     k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (PERSIST_MIN_THICKNESS, PERSIST_MIN_THICKNESS))
     return bool(cv2.erode(mask.astype(np.uint8), k).any())
+
+
+def _same_part(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two mask parts overlap and their areas differ by at most a factor 1.5."""
+    sa, sb = int(a.sum()), int(b.sum())
+    return bool((a & b).any()) and 2 * max(sa, sb) <= 3 * min(sa, sb)
 
 
 def _flow_to(folder, tag: str, i: int, ok_dir) -> tuple[np.ndarray, np.ndarray]:
