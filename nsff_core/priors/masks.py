@@ -16,8 +16,9 @@ The weights-free masks are then carried through the frames where a mover rests
 (:func:`persist_masks`, ``masks.persist_frames``): a mover that stops is static then, and no
 flow test sees it.
 
-Known limit of ``epipolar``: an object moving along the epipolar lines of the camera motion (e.g. sideways with a
-sideways-moving camera) looks static to this test; such scenes need the semantic masks.
+Known limit of ``epipolar``: an object moving along the epipolar lines of the camera motion (e.g.
+sideways with a sideways-moving camera) looks static to this test; such scenes need the
+semantic masks (or ``rigidity``).
 """
 
 from __future__ import annotations
@@ -339,13 +340,13 @@ def persist_masks(
     the background it uncovers), once forward through the clip and once backward. Where the
     next frame's own mask covers at most half of the moved part, the moved part is added to
     that frame's mask and followed on, up to ``cfg.persist_frames`` frames from where it was
-    last detected. Only parts confirmed by the frame before (in the pass's order), i.e. that
-    overlap a part of about their size followed from there, are carried: a false detection in a
-    single frame, or one merged with a mover in one frame, is not spread over its neighbours; nor are parts that touch the frame's edge, are thinner than
-    ``PERSIST_MIN_THICKNESS`` pixels everywhere (false detections along depth edges), or whose
-    median flow since the frame that confirmed them is within ``PERSIST_MIN_MOTION`` of the
-    frame width of the static pixels' around them (a region of sky that the clean-up enclosed moves with the
-    scene).
+    last detected. Only parts confirmed by the frame before (in the pass's order) are carried:
+    parts that overlap a part of about their size followed from there (a false detection in a
+    single frame, or one merged with a mover in one frame, is not spread over its neighbours),
+    at least ``PERSIST_MIN_THICKNESS`` pixels thick somewhere (false detections along depth
+    edges are thin), off the frame's edge, and whose median flow since the frame before differs
+    from that of the unmasked pixels around them by at least ``PERSIST_MIN_MOTION`` of the
+    frame width (a region of sky that the clean-up enclosed moves with the scene).
 
     Args:
         masks: the detected (H, W) bool masks of every frame, in order.
