@@ -10,7 +10,7 @@ import pytest
 from nsff_core.config import MasksConfig
 from nsff_core.model import io
 from nsff_core.model.metrics import iou
-from nsff_core.priors.masks import persist_masks
+from nsff_core.priors.masks import _shift, persist_masks
 
 H, W = 60, 100
 
@@ -21,24 +21,28 @@ def _square(x: int, y: int, size: int = 12) -> np.ndarray:
     return m
 
 
-def _write_flows(d, positions, camera=(1, 0), size=12):
-    """Flows of a clip whose background moves by ``camera`` px per frame and whose square (at
-    ``positions[i]`` in frame i) moves from one position to the next; every pixel passes the
-    forward-backward test."""
+def _write_flows(d, shape, offsets, camera=(0, 0)):
+    """Flows of a clip whose background moves by ``camera`` px per frame and whose object,
+    ``shape`` (H, W) moved by ``offsets[i]`` (dx, dy) in frame i, moves from one offset to the
+    next; every pixel passes the forward-backward test. Returns the object's masks."""
     for sub in ("flow_fw", "flow_bw", "flow_ok"):
         (d / sub).mkdir(parents=True, exist_ok=True)
-    n = len(positions)
+    n = len(offsets)
+    masks = [_shift(shape, offsets[i]) for i in range(n)]
     for i in range(n):
         for j, name, tag in ((i + 1, "flow_fw", "fw"), (i - 1, "flow_bw", "bw")):
-            if not 0 <= j < n:
-                continue
-            sign = 1 if j > i else -1
-            flow = np.zeros((H, W, 2), np.float32)
-            flow[...] = (sign * camera[0], sign * camera[1])
-            (x0, y0), (x1, y1) = positions[i], positions[j]
-            flow[_square(x0, y0, size)] = (x1 - x0, y1 - y0)
-            io.write_flo(d / name / io.frame_name(i, ".flo"), flow)
-            io.write_mask(d / "flow_ok" / f"{i:05d}_{tag}.png", np.ones((H, W), bool))
+            if 0 <= j < n:
+                flow = np.zeros((H, W, 2), np.float32)
+                flow[...] = np.multiply(camera, j - i)
+                flow[masks[i]] = np.subtract(offsets[j], offsets[i])
+                io.write_flo(d / name / io.frame_name(i, ".flo"), flow)
+                io.write_mask(d / "flow_ok" / f"{i:05d}_{tag}.png", np.ones((H, W), bool))
+    return masks
+
+
+def _write_square_flows(d, positions, camera=(1, 0)):
+    """:func:`_write_flows` of the 12-px square at ``positions[i]`` (x, y) in frame i."""
+    _write_flows(d, _square(0, 0), positions, camera)
 
 
 def _persist(d, masks, frames=8):
@@ -54,7 +58,7 @@ RESTING = [(MOVING[-1][0] + k, 20) for k in range(1, 8)]
 
 def test_a_mover_that_stops_stays_masked_where_it_rests(tmp_path):
     positions = MOVING + RESTING
-    _write_flows(tmp_path, positions)
+    _write_square_flows(tmp_path, positions)
     # detected while it moves only (at rest its flow is the camera's)
     detected = [
         _square(*p) if i < len(MOVING) else np.zeros((H, W), bool) for i, p in enumerate(positions)
@@ -73,7 +77,7 @@ def test_a_mover_that_stops_stays_masked_where_it_rests(tmp_path):
 
 def test_a_mover_at_rest_before_it_starts_is_masked_by_the_backward_pass(tmp_path):
     positions = RESTING[::-1] + MOVING[::-1]  # rests, then moves (leftwards)
-    _write_flows(tmp_path, positions)
+    _write_square_flows(tmp_path, positions)
     detected = [
         _square(*p) if i >= len(RESTING) else np.zeros((H, W), bool)
         for i, p in enumerate(positions)
@@ -85,7 +89,7 @@ def test_a_mover_at_rest_before_it_starts_is_masked_by_the_backward_pass(tmp_pat
 
 def test_nothing_is_carried_at_zero_or_when_nothing_stops(tmp_path):
     positions = [(10 + 3 * i, 20) for i in range(8)]
-    _write_flows(tmp_path, positions)
+    _write_square_flows(tmp_path, positions)
     detected = [_square(*p) for p in positions]
     out = _persist(tmp_path, detected)
     assert all((a == b).all() for a, b in zip(out, detected, strict=True))
@@ -95,24 +99,6 @@ def test_nothing_is_carried_at_zero_or_when_nothing_stops(tmp_path):
     assert iou(_persist(tmp_path, gaps)[4], detected[4]) == pytest.approx(1.0)
 
 
-def _write_object_flows(d, shape, offsets, n):
-    """Flows of a still camera and one object, ``shape`` (H, W) moved by ``offsets[i]`` (dx, dy)
-    in frame i; every pixel passes the forward-backward test. Returns the object's masks."""
-    from nsff_core.priors.masks import _shift
-
-    for sub in ("flow_fw", "flow_bw", "flow_ok"):
-        (d / sub).mkdir(parents=True, exist_ok=True)
-    masks = [_shift(shape, offsets[i]) for i in range(n)]
-    for i in range(n):
-        for j, name, tag in ((i + 1, "flow_fw", "fw"), (i - 1, "flow_bw", "bw")):
-            if 0 <= j < n:
-                flow = np.zeros((H, W, 2), np.float32)
-                flow[masks[i]] = np.subtract(offsets[j], offsets[i])
-                io.write_flo(d / name / io.frame_name(i, ".flo"), flow)
-                io.write_mask(d / "flow_ok" / f"{i:05d}_{tag}.png", np.ones((H, W), bool))
-    return masks
-
-
 #: an object that moves 3 px per frame over frames 0-3, then rests
 STOPS = [(3 * min(i, 3), 0) for i in range(8)]
 
@@ -120,7 +106,7 @@ STOPS = [(3 * min(i, 3), 0) for i in range(8)]
 def test_single_frame_thin_edge_and_still_detections_are_not_spread(tmp_path):
     def carried(shape, offsets, detected_frames, name):
         d = tmp_path / name
-        truth = _write_object_flows(d, shape, offsets, len(offsets))
+        truth = _write_flows(d, shape, offsets)
         empty = np.zeros((H, W), bool)
         detected = [m if i in detected_frames else empty for i, m in enumerate(truth)]
         out = _persist(d, detected)

@@ -486,9 +486,7 @@ class _FlowCache:
         key = ("fw" if direction > 0 else "bw", i)
         if key not in self._cache:
             folder = self.fw_dir if direction > 0 else self.bw_dir
-            flow = read_flo(Path(folder) / frame_name(i, ".flo"))
-            ok = read_mask(Path(self.ok_dir) / f"{i:05d}_{key[0]}.png", made_by="flow")
-            self._cache[key] = (flow, ok)
+            self._cache[key] = _flow_to(folder, key[0], i, self.ok_dir)
             for old in [k for k in self._cache if k[1] < i - 4]:
                 del self._cache[old]
         return self._cache[key]
