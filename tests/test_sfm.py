@@ -299,15 +299,14 @@ def test_free_focal_failure_is_mapped_again_with_the_focal_held(
     short-baseline clip whose focal length drifts), a restart with the focal length held at
     COLMAP's guess (1.2 x the long side) registers every frame; the final bundle adjustment
     then frees the focal length (ample parallax here) and finds the true one. The database
-    camera is a guess again afterwards. The default run looks for one model only."""
+    camera is a guess again afterwards."""
     import pycolmap
 
     real = pycolmap.incremental_mapping
-    held, several = [], []
+    held = []
 
     def free_focal_fails(db, images_dir, out, options, input_path=""):
         held.append(not options.ba_refine_focal_length)
-        several.append(options.multiple_models)
         if options.ba_refine_focal_length:
             options.image_names = [io.frame_name(j) for j in range(len(SHORT) - 3)]
         return real(db, images_dir, out, options=options, input_path=input_path)
@@ -317,9 +316,6 @@ def test_free_focal_failure_is_mapped_again_with_the_focal_held(
     labels = [a["attempt"] for a in s["attempts"]]
     assert labels == ["default", "focal held"]
     assert held == [False, True]
-    # the default run stops after its first model (the others would only cost time), the
-    # retry may split the clip and have its models joined
-    assert several == [False, True]
     assert s["num_registered"] == len(SHORT) and s["unregistered"] == []
     assert s["focal"]["held"] and s["focal"]["refined"] and s["focal"]["prior_px"] is None
     assert abs(s["focal_px"] / synthetic_scene.K[0, 0] - 1) <= 0.02
@@ -423,10 +419,9 @@ def test_deterministic_runs_repeat(inputs, tmp_path):
 
 @pytest.mark.stage
 def test_split_models_are_joined(inputs, synthetic_scene, tmp_path, monkeypatch):
-    """Every fresh mapper run splits the sequence (first and second half: the default run,
-    which stops after its first model, returns that; the one with the focal length held both);
-    the frames of the smaller one are registered into the larger, and the cameras are
-    right."""
+    """Every fresh mapper run (the default one and the one with the focal length held) returns
+    the sequence in two models (first and second half); the frames of the smaller one are
+    registered into the larger, and the cameras are right."""
     import pycolmap
 
     real = pycolmap.incremental_mapping
@@ -437,9 +432,8 @@ def test_split_models_are_joined(inputs, synthetic_scene, tmp_path, monkeypatch)
         if input_path:
             return real(db, images_dir, out, options=options, input_path=input_path)
         names = [io.frame_name(j) for j in range(len(SHORT))]
-        parts = (names[:7], names[7:]) if options.multiple_models else (names[:7],)
         models = {}
-        for k, part in enumerate(parts):
+        for k, part in enumerate((names[:7], names[7:])):
             options.image_names = part
             (Path(out) / f"part{k}").mkdir(parents=True)
             got = real(db, images_dir, Path(out) / f"part{k}", options=options)
@@ -450,7 +444,7 @@ def test_split_models_are_joined(inputs, synthetic_scene, tmp_path, monkeypatch)
     monkeypatch.setattr(pycolmap, "incremental_mapping", split_once)
     s = _run(inputs["short"], tmp_path, SfmConfig())
     first, second, third = s["attempts"]
-    assert first["attempt"] == "default" and first["model_sizes"] == [7]
+    assert first["attempt"] == "default" and first["model_sizes"] == [7, 5]
     assert second["attempt"] == "focal held" and second["model_sizes"] == [7, 5]
     assert third["attempt"] == "focal held, extended" and calls[2] != ""
     assert s["num_registered"] == len(SHORT) and s["unregistered"] == []

@@ -16,8 +16,8 @@ Pipeline (rule ``sfm``):
 3. **Features and matching:** one camera shared by all frames (``sfm.camera_model``), exhaustive
    or sequential matching.
 4. **Mapping with retries** (:func:`_map_with_retries`). The incremental mapper starts from the
-   default options and stops after its first model. When that model misses frames (the
-   mapper split the sequence, or gave up on frames) and no focal prior is given, mapping restarts with relaxed options
+   default options. When its largest model misses frames (the mapper split the sequence, or
+   gave up on frames) and no focal prior is given, mapping restarts with relaxed options
    (:data:`RELAXED_MAPPER`) and the focal length *held* at COLMAP's initial guess (1.2 x the
    long side): on a short-baseline clip (a camera panning to follow a mover) a free focal
    length drifts during mapping and later frames stop fitting, while a held one keeps the
@@ -668,9 +668,7 @@ def _set_focal_prior(db_path: Path, focal_px: float, prior: bool = True) -> None
         db.close()
 
 
-def _mapping_options(
-    cfg: SfmConfig, relaxed: bool, fixed_focal: bool, single_model: bool = False
-) -> Any:
+def _mapping_options(cfg: SfmConfig, relaxed: bool, fixed_focal: bool) -> Any:
     import pycolmap
 
     opts = pycolmap.IncrementalPipelineOptions()
@@ -689,10 +687,6 @@ def _mapping_options(
         # keep the small models of a split sequence: their frames are registered into the
         # largest one afterwards, and a small model can be the largest of a short clip
         opts.min_model_size = 3
-    if single_model:
-        # stop after the first model: when it misses frames the retries start afresh (with
-        # the focal length held) or continue this model, and never use the others
-        opts.multiple_models = False
     return opts
 
 
@@ -701,11 +695,7 @@ def _map_with_retries(
 ) -> tuple[Any, bool, list[dict[str, Any]]]:
     """Map with retries until every frame is registered.
 
-    1. ``default``: the default options (the focal length held only with a prior), stopped
-       after its first model. Where that model misses frames, COLMAP's search for more
-       models only cost time: on a 41-frame panning clip (the focal length free) it built
-       five more partial models in 184 s (single-threaded) that no step below uses, then
-       the retry of step 2 registered every frame in 51 s;
+    1. ``default``: the default options (the focal length held only with a prior);
     2. without a prior, when the largest model misses frames: ``focal held``, a restart with
        relaxed options and the focal length held at the database camera's initial value
        (COLMAP's guess, 1.2 x the long side); when it misses frames, ``focal held,
@@ -729,9 +719,7 @@ def _map_with_retries(
     attempts: list[dict[str, Any]] = []
     candidates: list[tuple[Any, bool]] = []
 
-    def run(
-        label: str, relaxed: bool, held: bool, start: Any = None, single_model: bool = False
-    ) -> Any:
+    def run(label: str, relaxed: bool, held: bool, start: Any = None) -> Any:
         t0 = time.perf_counter()
         input_path = ""
         if start is not None:
@@ -740,7 +728,7 @@ def _map_with_retries(
             start.write(str(input_path))
         out = work / str(len(attempts))
         out.mkdir(parents=True)
-        opts = _mapping_options(cfg, relaxed, held, single_model)
+        opts = _mapping_options(cfg, relaxed, held)
         if cfg.random_seed >= 0:
             pycolmap.set_random_seed(cfg.random_seed)  # the same start for every attempt
         models = pycolmap.incremental_mapping(
@@ -779,7 +767,7 @@ def _map_with_retries(
             model = run(f"{label}, extended", True, held, start=model)
         return _num_reg(model) == n
 
-    first = run("default", False, fixed_focal, single_model=True)
+    first = run("default", False, fixed_focal)
     done = _num_reg(first) == n
     if not done and not fixed_focal:
         guess = _initial_focal(db)
