@@ -199,6 +199,12 @@ class SfmConfig:
     #: horizontal field of view (degrees) to initialise the focal length with, for clips with
     #: little parallax; None = COLMAP's default guess
     focal_prior_fov: float | None = None
+    #: models the first (default) mapping run may keep (COLMAP's own default is 50). When a
+    #: clip splits, COLMAP keeps starting new models from the frames left over, and on a
+    #: panning clip most of those starts fail slowly; the retries of a split run (focal
+    #: length held, continuation) start from the database, not from these models. 3 keeps a
+    #: clip whose complete model is the second one (a bad initial pair first)
+    max_models: int = 3
     #: extract features, map and bundle-adjust on one thread (with random_seed >= 0): the same
     #: frames and masks give the same model (multi-threaded, COLMAP numbers the images in the
     #: order its threads finish and the model changes from run to run); False = num_threads

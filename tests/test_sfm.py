@@ -152,7 +152,11 @@ def test_fov_warning(caplog):
 
 @pytest.mark.parametrize(
     "cfg, key",
-    [(SfmConfig(max_size=16), "sfm.max_size"), (SfmConfig(focal_prior_fov=180), "focal_prior")],
+    [
+        (SfmConfig(max_size=16), "sfm.max_size"),
+        (SfmConfig(focal_prior_fov=180), "focal_prior"),
+        (SfmConfig(max_models=0), "sfm.max_models"),
+    ],
 )
 def test_bad_settings_name_the_key(tmp_path, cfg, key):
     (tmp_path / "frames").mkdir()
@@ -172,6 +176,20 @@ def test_bad_settings_name_the_key(tmp_path, cfg, key):
     assert not (tmp_path / "sfm").exists()
 
 
+def test_only_the_first_mapping_run_is_capped_in_models():
+    """sfm.max_models caps the default run; the retries (relaxed: focal held, continuations)
+    keep COLMAP's own limit, so a capped first run never limits what a retry may find."""
+    import pycolmap
+
+    colmap_default = pycolmap.IncrementalPipelineOptions().max_num_models
+    assert colmap_default > 3
+    for held in (False, True):
+        assert sfm._mapping_options(SfmConfig(max_models=2), False, held).max_num_models == 2
+        relaxed = sfm._mapping_options(SfmConfig(max_models=2), True, held)
+        assert relaxed.max_num_models == colmap_default
+    assert sfm._mapping_options(SfmConfig(), False, False).max_num_models == 3
+
+
 def test_schema_rejects_bad_sfm_settings():
     import yaml
 
@@ -185,6 +203,7 @@ def test_schema_rejects_bad_sfm_settings():
         ("focal_prior_fov", 0),
         ("focal_prior_fov", "wide"),
         ("deterministic", 1),
+        ("max_models", 0),
     )
     for key, value in bad:
         cfg = yaml.safe_load((REPO / "config.yaml").read_text())
