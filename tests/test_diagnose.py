@@ -147,6 +147,7 @@ def test_every_check_passes_on_the_tiny_scene(tiny_scene_dir, tmp_path):
     for name, check in saved["checks"].items():
         assert check["passed"] is True, (name, check)
         assert isinstance(check["value"], float) and check["threshold"], (name, check)
+    assert saved["checks"]["focal"]["message"].endswith("the clip fixes the focal length")
     cams = io.read_cameras(tiny_scene_dir / "cameras.npz")
     fov = saved["checks"]["fov"]
     assert fov["value"] == pytest.approx(horizontal_fov_deg(cams["K"], int(cams["hw"][1])))
@@ -193,7 +194,9 @@ def test_check_values_of_the_broken_inputs(scene, tmp_path):
     narrow_fov(scene)
     unregister_two(scene)
     flow_inconsistent(scene)
+    focal_unfixed(scene)
     saved = run(scene, tmp_path / "d")["checks"]
+    assert saved["focal"]["message"].endswith("does not fix the focal length")
     assert saved["fov"]["value"] == pytest.approx(20.0)
     n = len(io.list_frames(scene / "frames"))
     assert saved["registered"]["value"] == pytest.approx((n - 2) / n)

@@ -312,19 +312,20 @@ def _check_focal(sfm_dir: Path, cfg: DiagnosticsConfig) -> Check:
     value = focal.get("sensitivity")
     given = focal.get("prior_fov_deg") is not None
     measured = value is not None and not given
+    fixed = measured and value >= cfg.min_focal_sensitivity
     return Check(
         "focal",
         value,
         "fraction",
         {"min": cfg.min_focal_sensitivity},
-        bool(value >= cfg.min_focal_sensitivity) if measured else None,
+        bool(fixed) if measured else None,
         "focal length given as sfm.focal_prior_fov"
         if given
         else "focal length's sensitivity not measured"
         if value is None
         else f"holding the focal length 20 % off raises the reprojection error by "
         f"{100 * value:.2f} % (expected >= {100 * cfg.min_focal_sensitivity:g} %): the clip "
-        f"does not fix the focal length",
+        + ("fixes the focal length" if fixed else "does not fix the focal length"),
         "give the lens's horizontal field of view as sfm.focal_prior_fov (a camera that "
         "translates without turning, or a scene with few features, leaves the focal length "
         "to a guess)",
