@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A throw-away single-node SLURM cluster for CI and for trying profiles/slurm on one machine
-# (Debian 12, run as root, no systemd needed). Recipe and pitfalls: /work/shared/SLURM_CI.md.
+# (Debian 12, run as root, no systemd needed).
 #
 #   bash .ci/slurm_up.sh GPUS CPUS [MEM_MB]     e.g. bash .ci/slurm_up.sh 3 12
 #   bash .ci/slurm_down.sh                      stops everything this script started
