@@ -20,10 +20,10 @@ Pipeline (rule ``sfm``):
    a split it keeps starting models from the frames left over, and on a panning clip most of
    those starts fail after a search over every pair; measured on a 41-frame pan, the first
    run took 384 s with 25 starts and 242 s with 3 models kept, with the same final model,
-   which came from the retry below). When its largest model misses frames (the mapper split the sequence, or
-   gave up on frames) and no focal prior is given, mapping restarts with relaxed options
-   (:data:`RELAXED_MAPPER`) and the focal length *held* at COLMAP's initial guess (1.2 x the
-   long side): on a short-baseline clip (a camera panning to follow a mover) a free focal
+   which came from the retry below). When its largest model misses frames (the mapper split
+   the sequence, or gave up on frames) and no focal prior is given, mapping restarts with
+   relaxed options (:data:`RELAXED_MAPPER`) and the focal length *held* at COLMAP's initial
+   guess (1.2 x the long side): on a short-baseline clip (a camera panning to follow a mover) a free focal
    length drifts during mapping and later frames stop fitting, while a held one keeps the
    model consistent; the final bundle adjustment of step 5 then decides whether the data fix
    the focal length. A model that still misses frames is continued with relaxed
