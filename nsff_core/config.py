@@ -265,6 +265,11 @@ class DiagnosticsConfig:
     #: than this fraction (the clip does not fix the focal length; no check with
     #: sfm.focal_prior_fov)
     min_focal_sensitivity: float = 0.01
+    #: warn when the movers' own motion between neighbouring frames (median over frames of the
+    #: 95th percentile, inside the masks, of the flow minus the background's median flow) is
+    #: above this fraction of the frame width: a mover that changes that much between the
+    #: frames kept comes out blurred (a smaller frames stride helps); 1 = off
+    max_mover_motion: float = 0.05
     #: frames shown in the contact sheet (evenly spaced)
     contact_sheet_frames: int = 6
 

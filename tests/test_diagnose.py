@@ -28,6 +28,7 @@ from nsff_core.workflow.stages.diagnose import (
     depth_correlations,
     diagnose_scene,
     horizontal_fov_deg,
+    mover_motion,
 )
 
 from .conftest import REPO
@@ -128,6 +129,15 @@ def flow_inconsistent(scene: Path) -> None:
         io.write_mask(p, m)
 
 
+def movers_fast(scene: Path) -> None:
+    """The movers jump a fifth of the frame width between frames; the rest is left as it was."""
+    for i, p in enumerate(sorted((scene / "flow_fw").glob("*.flo"))):
+        flow = io.read_flo(p)
+        mask = io.read_mask(scene / "masks" / io.frame_name(i, ".png"))
+        flow[mask, 0] += 0.2 * flow.shape[1]
+        io.write_flo(p, flow)
+
+
 def depth_reversed(scene: Path) -> None:
     """Near and far swapped: the maps rank the points backwards."""
     for p in (scene / "disp").glob("*.npy"):
@@ -169,6 +179,7 @@ def test_every_check_passes_on_the_tiny_scene(tiny_scene_dir, tmp_path):
         (masks_everywhere, "masks_large", "masks.backend"),
         (masks_nowhere, "masks_small", "masks.backend"),
         (flow_inconsistent, "flow_consistency", "flow.backend"),
+        (movers_fast, "mover_motion", "frames stride"),
         (depth_reversed, "depth_sfm", "depth.backend"),
     ],
     ids=lambda v: getattr(v, "__name__", v) if callable(v) else None,
@@ -340,6 +351,22 @@ def test_contact_sheet_indices():
 
 
 # --------------------------------------------------------------------------- measurements
+
+
+def test_mover_motion_is_the_movers_own_flow():
+    flow = np.zeros((40, 50, 2), np.float32)
+    flow[..., 0] = 2.0  # the camera's share
+    mask = np.zeros((40, 50), bool)
+    mask[10:20, 10:30] = True
+    flow[mask, 0] = 10.0
+    assert mover_motion(flow, mask) == pytest.approx(8.0)
+    flow[mask, 1] = np.linspace(0.0, 6.0, mask.sum())  # a spread: the 95th percentile of it
+    expected = np.percentile(np.hypot(8.0, np.linspace(0.0, 6.0, mask.sum())), 95)
+    assert mover_motion(flow, mask) == pytest.approx(expected)
+    assert np.isnan(mover_motion(flow, np.zeros_like(mask)))  # no mover
+    assert np.isnan(mover_motion(flow, np.ones_like(mask)))  # no background to compare with
+    with pytest.raises(ValueError, match="differ in size"):
+        mover_motion(flow, mask[:20])
 
 
 def test_fov_of_a_pinhole():

@@ -28,6 +28,12 @@ Checks (short names as in ``summary.csv``'s ``warnings`` column; bounds in
   min_mask_coverage on most frames (more than half);
 - ``flow_consistency``: mean forward-backward consistent share of the flow below
   min_flow_consistent;
+- ``mover_motion``: the movers' own motion between neighbouring frames above max_mover_motion
+  (a fraction of the frame width): per frame with a mask of at least
+  :data:`MIN_MOVER_SHARE` of the frame, the 95th percentile inside the mask of the forward
+  flow minus the median flow outside it (the camera's share, roughly), then the median over
+  those frames. A mover that moves or changes shape that much between the frames kept is
+  blurred in training views and in held-out frames; frames closer in time help;
 - ``depth_sfm``: mean over frames of the Spearman rank correlation between the disparity map
   (at the nearest pixel) and ``1 / z`` of the static SfM points the frame sees, below
   min_depth_spearman. Rank correlation because the maps are known up to scale and shift per
@@ -85,10 +91,13 @@ CHECK_NAMES = (
     "masks_large",
     "masks_small",
     "flow_consistency",
+    "mover_motion",
     "depth_sfm",
 )
 #: a mask check fails when more than this share of the frames is out of range ("most frames")
 MOST_FRAMES = 0.5
+#: frames whose mask covers less than this share of the frame are left out of mover_motion
+MIN_MOVER_SHARE = 0.002
 #: frames that see fewer static SfM points than this get no rank correlation
 MIN_POINTS_PER_FRAME = 10
 #: SfM points seen by fewer frames are left out of the depth check (as the depth rule does)
@@ -192,6 +201,17 @@ def diagnose_scene(
         **_check_masks(coverage, cfg, masks_backend),
         "flow_consistency": _check_flow(ok_fw, ok_bw, cfg),
     }
+    motion = np.array(
+        [
+            mover_motion(
+                io.read_flo(Path(flow_fw_dir) / io.frame_name(i, ".flo")),
+                _read_mask(masks_dir / names[i], (h, w), scene),
+            )
+            for i in range(n - 1)
+        ]
+        + [math.nan]  # the last frame has no forward flow
+    )
+    checks["mover_motion"] = _check_mover_motion(motion, w, cfg, masks_backend)
 
     images = {k: out_dir / v for k, v in IMAGE_NAMES.items()}
     shown = contact_sheet_indices(n, cfg.contact_sheet_frames)  # frames with a forward flow
@@ -255,6 +275,7 @@ def diagnose_scene(
             "mask_coverage": coverage.tolist(),
             "flow_ok_fw": ok_fw.tolist(),
             "flow_ok_bw": ok_bw.tolist(),
+            "mover_motion_px": motion.tolist(),
             "depth_spearman": rho.tolist(),
             "static_sfm_points": counts.tolist(),
         },
@@ -409,6 +430,51 @@ def _check_flow(ok_fw: np.ndarray, ok_bw: np.ndarray, cfg: DiagnosticsConfig) ->
         "the motion between neighbouring frames is too large or too blurred for the flow: "
         "take frames closer in time (smaller frames stride), a larger training size "
         "(frames width), or flow.backend: raft",
+    )
+
+
+def mover_motion(flow: np.ndarray, mask: np.ndarray) -> float:
+    """The movers' own motion in one frame (px): the 95th percentile inside ``mask`` (H, W)
+    bool of ``|flow - m|``, ``m`` the median flow outside it; NaN when the mask covers less
+    than :data:`MIN_MOVER_SHARE` of the frame or nearly all of it.
+
+    Example: a mask over a region that moves 10 px right while the rest moves 2 px right
+    gives 8.0.
+    """
+    if flow.shape[:2] != mask.shape:
+        raise ValueError(f"flow {flow.shape[:2]} and mask {mask.shape} differ in size")
+    share = float(mask.mean())
+    if share < MIN_MOVER_SHARE or share > 1.0 - MIN_MOVER_SHARE:
+        return math.nan
+    background = np.median(flow[~mask], axis=0)
+    return float(np.percentile(np.linalg.norm(flow[mask] - background, axis=-1), 95))
+
+
+def _check_mover_motion(
+    motion: np.ndarray, width: int, cfg: DiagnosticsConfig, backend: str | None
+) -> Check:
+    have = motion[np.isfinite(motion)]
+    px = float(np.median(have)) if have.size else math.nan
+    frac = px / width
+    measured = have.size > 0 and backend != "none"
+    return Check(
+        "mover_motion",
+        frac if measured else None,
+        "fraction of the frame width",
+        {"max": cfg.max_mover_motion},
+        bool(frac <= cfg.max_mover_motion) if measured else None,
+        (
+            f"movers move {px:.1f} px between neighbouring frames, {100 * frac:.1f} % of the "
+            f"frame width (median over {have.size} frames with movers of the 95th percentile "
+            f"inside the masks; maximum {100 * cfg.max_mover_motion:g} %)"
+            if measured
+            else "not measured: no frame has a motion mask"
+        ),
+        "fast movers change more between the frames kept than training can follow, so they "
+        "come out blurred: take frames closer in time (a smaller frames stride, or the same "
+        "number of frames over a shorter span of the video); raise "
+        "diagnostics.max_mover_motion to accept it",
+        {"median_px": px, "max_px": float(have.max()) if have.size else math.nan},
     )
 
 
