@@ -335,6 +335,10 @@ class TrainConfig:
     #: planes, deform: levels of space-time planes read at the canonical position (per-frame
     #: detail that moves with the warp), resolutions base * 2^l; 0 = none
     grid_detail_levels: int = 0
+    #: planes: cells per axis of one more static feature plane over NDC (x, y) alone, the
+    #: image plane of the average camera (fine texture for one plane's cost, where a finer
+    #: level of all three planes costs three); 0 = none
+    grid_image_resolution: int = 0
     #: bound of the scene flow per frame (NDC units)
     flow_scale: float = 0.2
     #: samples per ray (linear in NDC depth)

@@ -281,6 +281,9 @@ def test_plane_feature_count_is_bounded():
     # and its detail planes (base * 2^l per level; the frame codes are not planes)
     rich = {**warp, "grid_detail_levels": 2, "grid_frame_code": 16}
     assert sheet.grid_features({**cfg["train"], **rich}) == default + 3 * 16 * 2 * (32**2 + 64**2)
+    # the image plane is one plane of its resolution
+    image = {"grid_image_resolution": 512}
+    assert sheet.grid_features({**cfg["train"], **image}) == default + 16 * 512**2
     cfg["train_presets"]["huge"] = {**warp, "grid_motion_resolution": 1024, "grid_channels": 256}
     with pytest.raises(ConfigError, match=r"key 'train_presets\.huge': .*grid_motion_resolution"):
         sheet.validate_config(cfg, SCHEMAS / "config.schema.yaml")

@@ -196,6 +196,29 @@ def test_total_variation():
     assert field.regularization() > 0
 
 
+def test_the_image_plane_adds_features_over_x_and_y_alone():
+    cfg = PlaneFieldConfig(
+        base_resolution=4, levels=1, channels=2, hidden=8, use_viewdir=False, image_resolution=8
+    )
+    field = PlaneStaticField(cfg)
+    assert field.image.planes.shape == (1, 2, 8, 8)
+    assert any(p is field.image.planes for p in field.grid_parameters())
+    # it starts constant; raising the cells around x = y = 0 changes the points there at every
+    # depth and leaves the points over other cells alone
+    z = torch.linspace(-0.9, 0.9, 5)
+    on = torch.stack([torch.zeros(5), torch.zeros(5), z], -1)
+    off = torch.stack([torch.full((5,), 0.9), torch.full((5,), -0.9), z], -1)
+    before_on, before_off = field(on).raw_sigma, field(off).raw_sigma
+    with torch.no_grad():
+        field.image.planes[:, :, 3:5, 3:5] += 5.0
+    assert (field(on).raw_sigma - before_on).abs().min() > 0
+    assert torch.equal(field(off).raw_sigma, before_off)
+    # without it (the default) the state holds no such plane: older checkpoints load unchanged
+    assert not any("image" in k for k in PlaneStaticField(SMALL).state_dict())
+    with pytest.raises(ConfigError, match="grid_image_resolution"):
+        PlaneFieldConfig(image_resolution=1)
+
+
 def test_system_gives_the_planes_their_own_learning_rate():
     from nsff_core.model.data import SceneMeta
     from nsff_core.model.system import NSFFSystem

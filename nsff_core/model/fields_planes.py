@@ -66,6 +66,8 @@ class PlaneFieldConfig:
     frame_code: int = TrainConfig.grid_frame_code
     #: deform: levels of space-time detail planes read at the canonical position (0 = none)
     detail_levels: int = TrainConfig.grid_detail_levels
+    #: static: cells per axis of a feature plane over (x, y) alone (0 = none)
+    image_resolution: int = TrainConfig.grid_image_resolution
     #: feature channels per plane and level
     channels: int = TrainConfig.grid_channels
     #: width of the decoder MLPs
@@ -89,6 +91,10 @@ class PlaneFieldConfig:
                 "plane field needs grid_base_resolution >= 2 and grid_levels, grid_channels, "
                 f"grid_hidden >= 1; got {self.base_resolution}, {self.levels}, "
                 f"{self.channels}, {self.hidden}"
+            )
+        if self.image_resolution < 0 or self.image_resolution == 1:
+            raise ConfigError(
+                f"grid_image_resolution must be 0 (none) or >= 2, got {self.image_resolution}"
             )
         if self.frame_code < 0 or self.detail_levels < 0:
             raise ConfigError(
@@ -255,6 +261,11 @@ class PlaneStaticField(nn.Module):
             PlaneStack(SPATIAL_PLANES, (r, r), cfg.channels, "uniform") for r in cfg.resolutions
         )
         feat = cfg.channels * cfg.levels
+        # the image plane starts constant: cells no training ray reaches stay neutral, where
+        # random features would show as noise in views that do reach them
+        r = cfg.image_resolution
+        self.image = PlaneStack(SPATIAL_PLANES[:1], (r, r), cfg.channels, "ones") if r else None
+        feat += cfg.channels if r else 0
         self.density = _mlp(feat, cfg.hidden, 1 + self.GEO_FEATURES, 1)
         dir_dim = 0
         if cfg.use_viewdir:
@@ -265,17 +276,21 @@ class PlaneStaticField(nn.Module):
         self.register_buffer("scale", _extent_scale(cfg), persistent=False)
 
     def grid_parameters(self) -> list[nn.Parameter]:
-        return [level.planes for level in self.levels]
+        image = [] if self.image is None else [self.image.planes]
+        return [level.planes for level in self.levels] + image
 
     def regularization(self) -> Tensor:
-        """Total variation of the spatial planes, summed over levels."""
+        """Total variation of the spatial planes (and the image plane), summed over levels."""
         return sum(total_variation(p) for p in self.grid_parameters())
 
     def forward(self, x: Tensor, d: Tensor | None = None) -> StaticFieldOutput:
         """Same contract as :meth:`nsff_core.model.fields.StaticField.forward`."""
         lead = x.shape[:-1]
         coords = x.reshape(-1, 3).float() * self.scale
-        feat = torch.cat([level(coords) for level in self.levels], dim=-1)
+        parts = [level(coords) for level in self.levels]
+        if self.image is not None:
+            parts.append(self.image(coords))
+        feat = torch.cat(parts, dim=-1)
         raw_sigma, geo = self.density(feat).split([1, self.GEO_FEATURES], dim=-1)
         if self.cfg.use_viewdir:
             if d is None:

@@ -165,7 +165,9 @@ def grid_features(values: dict[str, Any]) -> int:
         finest = int(get("grid_motion_resolution") or base)
         cells += sum(max(finest // 2**k, 2) ** 2 for k in range(int(get("grid_motion_levels"))))
         cells += sum((base * 2**level) ** 2 for level in range(int(get("grid_detail_levels"))))
-    return 3 * channels * cells
+    # one plane, not three
+    image = int(get("grid_image_resolution")) ** 2
+    return 3 * channels * cells + channels * image
 
 
 def _check_grid_size(config: dict) -> None:
@@ -180,7 +182,8 @@ def _check_grid_size(config: dict) -> None:
             raise ConfigError(
                 f"invalid configuration: key '{where}': the planes field would learn "
                 f"{features:,} features (grid_base_resolution, grid_levels, "
-                f"grid_dynamic_levels, grid_channels, grid_motion_resolution, grid_detail_levels), more than the {MAX_GRID_FEATURES:,} "
+                f"grid_dynamic_levels, grid_channels, grid_motion_resolution, grid_detail_levels, "
+                f"grid_image_resolution), more than the {MAX_GRID_FEATURES:,} "
                 f"allowed ({MAX_GRID_FEATURES * 4 // 2**30} GiB of float32 before gradients "
                 "and optimiser state); lower grid_levels or grid_base_resolution"
             )
