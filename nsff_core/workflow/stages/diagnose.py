@@ -190,8 +190,16 @@ def diagnose_scene(
     _require_files(scene, masks_dir, names, "masks")
     _require_files(scene, disp_dir, [io.frame_name(i, ".npy") for i in range(n)], "depth")
 
-    # one mask in memory at a time (a long clip at source size would need GBs)
-    coverage = np.array([float(_read_mask(masks_dir / nm, (h, w), scene).mean()) for nm in names])
+    # one mask and flow in memory at a time (a long clip at source size would need GBs); the
+    # last frame has no forward flow
+    coverage, motion = np.zeros(n), np.full(n, math.nan)
+    for i, nm in enumerate(names):
+        mask = _read_mask(masks_dir / nm, (h, w), scene)
+        coverage[i] = float(mask.mean())
+        if i < n - 1:
+            motion[i] = mover_motion(
+                io.read_flo(Path(flow_fw_dir) / io.frame_name(i, ".flo")), mask
+            )
     ok_fw, ok_bw = _flow_ok_fractions(Path(flow_ok_dir), n)
 
     checks = {
@@ -200,18 +208,8 @@ def diagnose_scene(
         "registered": _check_registered(cams, cfg),
         **_check_masks(coverage, cfg, masks_backend),
         "flow_consistency": _check_flow(ok_fw, ok_bw, cfg),
+        "mover_motion": _check_mover_motion(motion, w, cfg, masks_backend),
     }
-    motion = np.array(
-        [
-            mover_motion(
-                io.read_flo(Path(flow_fw_dir) / io.frame_name(i, ".flo")),
-                _read_mask(masks_dir / names[i], (h, w), scene),
-            )
-            for i in range(n - 1)
-        ]
-        + [math.nan]  # the last frame has no forward flow
-    )
-    checks["mover_motion"] = _check_mover_motion(motion, w, cfg, masks_backend)
 
     images = {k: out_dir / v for k, v in IMAGE_NAMES.items()}
     shown = contact_sheet_indices(n, cfg.contact_sheet_frames)  # frames with a forward flow
