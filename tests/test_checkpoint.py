@@ -8,9 +8,11 @@ import contextlib
 import ctypes
 import logging
 import os
+import re
 import resource
 import signal
 import stat
+import warnings
 from pathlib import Path
 
 import pytest
@@ -321,3 +323,26 @@ def test_a_deforming_dynamic_field_trains_and_comes_back_from_its_checkpoint(
     assert set(saved) == set(loaded) and all(torch.equal(saved[k], loaded[k]) for k in saved)
     offset = system.dynamic_field.motion_decoder[-1]  # training moved the warp off the identity
     assert offset.weight[:3].abs().sum() > 0
+
+
+def test_a_resumed_run_keeps_its_log_and_says_nothing_false_about_it(
+    tiny_scene_dir, tmp_path, monkeypatch
+):
+    """A run killed after step 4 resumes and appends to metrics.csv; Lightning's warnings that
+    earlier log files will be deleted (they are not) and about its own deprecated torch call
+    are not shown to the user."""
+    from nsff_core.workflow.stages.train import QUIET_WARNINGS, train_scene
+
+    out, cfg = tmp_path / "train", TrainConfig(**CFG)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with monkeypatch.context() as m:
+            _die_at_call(m, 5)
+            with pytest.raises(_Killed):
+                train_scene(tiny_scene_dir, out, cfg, scene="tiny")
+        done = train_scene(tiny_scene_dir, out, cfg, scene="tiny")
+    assert load_checkpoint(done)["global_step"] == 6
+    assert [int(r["step"]) for r in _rows(out / "metrics.csv")] == list(range(6))
+    shown = [str(w.message) for w in seen]
+    quiet = [s for s in shown if any(re.search(q, s) for q in QUIET_WARNINGS)]
+    assert not quiet, quiet

@@ -698,6 +698,16 @@ def compile_system(system: NSFFSystem, what: str, backend: str = "inductor") -> 
         raise ConfigError(f"train.compile must be none, fields or render, got {what!r}")
 
 
+#: Lightning warnings that are false or not actionable for a user of this stage: the run folder
+#: holds config.json before the CSV log starts, and a resumed run appends to metrics.csv (the
+#: warning says earlier log files will be deleted; they are not); Lightning's own use of a
+#: deprecated torch API.
+QUIET_WARNINGS = (
+    r"Experiment logs directory .* exists and is not empty",
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+)
+
+
 def _fit(
     data: SceneData,
     cfg: TrainConfig,
@@ -782,7 +792,10 @@ def _fit(
     )
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=0)
     try:
-        trainer.fit(system, train_dataloaders=loader, ckpt_path=resume, weights_only=True)
+        with warnings.catch_warnings():
+            for message in QUIET_WARNINGS:
+                warnings.filterwarnings("ignore", message=message)
+            trainer.fit(system, train_dataloaders=loader, ckpt_path=resume, weights_only=True)
         trainer.save_checkpoint(run_dir / LAST, weights_only=False)  # the full training state
     except NonFiniteStateError as err:
         raise Diverged(
