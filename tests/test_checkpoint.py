@@ -329,8 +329,8 @@ def test_a_resumed_run_keeps_its_log_and_says_nothing_false_about_it(
     tiny_scene_dir, tmp_path, monkeypatch
 ):
     """A run killed after step 4 resumes and appends to metrics.csv; Lightning's warnings that
-    earlier log files will be deleted (they are not) and about its own deprecated torch call
-    are not shown to the user."""
+    earlier log files will be deleted (they are not), that training should start under srun
+    (where SLURM is installed) and about its own deprecated torch call are not shown."""
     from nsff_core.workflow.stages.train import QUIET_WARNINGS, train_scene
 
     out, cfg = tmp_path / "train", TrainConfig(**CFG)

@@ -29,6 +29,7 @@ step on the device, and the guard and the CSV logger read it every ``log_every``
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import logging
@@ -700,12 +701,23 @@ def compile_system(system: NSFFSystem, what: str, backend: str = "inductor") -> 
 
 #: Lightning warnings that are false or not actionable for a user of this stage: the run folder
 #: holds config.json before the CSV log starts, and a resumed run appends to metrics.csv (the
-#: warning says earlier log files will be deleted; they are not); Lightning's own use of a
-#: deprecated torch API.
+#: warning says earlier log files will be deleted; they are not); the advice to start training
+#: under ``srun`` wherever SLURM is installed (the workflow's SLURM profile submits the rule as a
+#: job, and this stage starts its own DDP workers); Lightning's own use of a deprecated torch API.
 QUIET_WARNINGS = (
     r"Experiment logs directory .* exists and is not empty",
+    r"The `srun` command is available on your system but is not used",
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",
 )
+
+
+@contextlib.contextmanager
+def _quiet_lightning():
+    """Hide :data:`QUIET_WARNINGS` inside the block."""
+    with warnings.catch_warnings():
+        for message in QUIET_WARNINGS:
+            warnings.filterwarnings("ignore", message=message)
+        yield
 
 
 def _fit(
@@ -769,32 +781,31 @@ def _fit(
             ),
             "use_distributed_sampler": False,  # every rank has its own stream
         }
-    trainer = pl.Trainer(
-        max_steps=total,
-        max_time=timedelta(minutes=cfg.max_time_minutes) if cfg.max_time_minutes else None,
-        limit_train_batches=spe,
-        max_epochs=-1,
-        logger=CSVLogger(save_dir=run_dir, name="", version=""),
-        callbacks=[
-            DivergenceGuard(sync_every, cfg.checkpoint_every),
-            ckpt_cb,
-            ProgressLog(cfg.log_every, cfg.batch_size * world, total),
-            *(callbacks or []),
-        ],
-        # verified saves, and weights_only loads for the resume
-        plugins=[VerifiedCheckpointIO(job["scene"])],
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        log_every_n_steps=sync_every,
-        num_sanity_val_steps=0,
-        **device_settings(cfg.precision, world),
-        **distributed,
-    )
+    with _quiet_lightning():
+        trainer = pl.Trainer(
+            max_steps=total,
+            max_time=timedelta(minutes=cfg.max_time_minutes) if cfg.max_time_minutes else None,
+            limit_train_batches=spe,
+            max_epochs=-1,
+            logger=CSVLogger(save_dir=run_dir, name="", version=""),
+            callbacks=[
+                DivergenceGuard(sync_every, cfg.checkpoint_every),
+                ckpt_cb,
+                ProgressLog(cfg.log_every, cfg.batch_size * world, total),
+                *(callbacks or []),
+            ],
+            # verified saves, and weights_only loads for the resume
+            plugins=[VerifiedCheckpointIO(job["scene"])],
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            log_every_n_steps=sync_every,
+            num_sanity_val_steps=0,
+            **device_settings(cfg.precision, world),
+            **distributed,
+        )
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=0)
     try:
-        with warnings.catch_warnings():
-            for message in QUIET_WARNINGS:
-                warnings.filterwarnings("ignore", message=message)
+        with _quiet_lightning():
             trainer.fit(system, train_dataloaders=loader, ckpt_path=resume, weights_only=True)
         trainer.save_checkpoint(run_dir / LAST, weights_only=False)  # the full training state
     except NonFiniteStateError as err:
