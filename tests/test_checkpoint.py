@@ -326,14 +326,17 @@ def test_a_deforming_dynamic_field_trains_and_comes_back_from_its_checkpoint(
 
 
 def test_a_resumed_run_keeps_its_log_and_says_nothing_false_about_it(
-    tiny_scene_dir, tmp_path, monkeypatch
+    tiny_scene_dir, tmp_path, monkeypatch, caplog
 ):
     """A run killed after step 4 resumes and appends to metrics.csv; Lightning's warnings that
     earlier log files will be deleted (they are not), that training should start under srun
-    (where SLURM is installed) and about its own deprecated torch call are not shown."""
-    from nsff_core.workflow.stages.train import QUIET_WARNINGS, train_scene
+    (where SLURM is installed), that a resume in the middle of an epoch may give unreliable
+    results (it trains as the uninterrupted run: the next test) and about its own deprecated
+    torch call are not shown, nor its advertisement for a logging service."""
+    from nsff_core.workflow.stages.train import QUIET_INFO, QUIET_WARNINGS, train_scene
 
     out, cfg = tmp_path / "train", TrainConfig(**CFG)
+    caplog.set_level(logging.INFO)
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         with monkeypatch.context() as m:
@@ -346,3 +349,37 @@ def test_a_resumed_run_keeps_its_log_and_says_nothing_false_about_it(
     shown = [str(w.message) for w in seen]
     quiet = [s for s in shown if any(re.search(q, s) for q in QUIET_WARNINGS)]
     assert not quiet, quiet
+    lines = [r.getMessage() for r in caplog.records]
+    assert any("resuming from" in m for m in lines)  # our own line about the resume stays
+    assert not [m for m in lines if any(re.search(q, m) for q in QUIET_INFO)]
+
+
+@pytest.mark.parametrize(
+    ("steps", "every", "kill_at"),
+    [(6, 2, 4), (12, 10, 12)],
+    ids=["mid-epoch", "at-an-epoch-end"],
+)
+def test_a_resumed_run_trains_as_the_uninterrupted_one(
+    tiny_scene_dir, tmp_path, monkeypatch, steps, every, kill_at
+):
+    """Killed in step ``kill_at - 1`` and resumed from the checkpoint of step ``every`` (in the
+    middle of the first epoch of 10 steps, or at its end), the run ends with the same weights
+    and logs the same losses as one that was never interrupted: the checkpoint holds the ray
+    stream and the random state of the render's jitter and noise, and nothing between the
+    checkpoint and the next step draws from that state."""
+    from nsff_core.workflow.stages.train import train_scene
+
+    cfg = TrainConfig(**dict(TINY, max_steps=steps, checkpoint_every=every))
+    whole = load_checkpoint(train_scene(tiny_scene_dir, tmp_path / "whole", cfg, scene="tiny"))
+    out = tmp_path / "resumed"
+    with monkeypatch.context() as m:
+        _die_at_call(m, kill_at)
+        with pytest.raises(_Killed):
+            train_scene(tiny_scene_dir, out, cfg, scene="tiny")
+    assert load_checkpoint(out / "running" / "last.ckpt")["global_step"] == every
+    resumed = load_checkpoint(train_scene(tiny_scene_dir, out, cfg, scene="tiny"))
+    assert resumed["global_step"] == whole["global_step"] == steps
+    for name, value in whole["state_dict"].items():
+        assert torch.equal(resumed["state_dict"][name], value), name
+    logged = [_rows(d / "metrics.csv") for d in (tmp_path / "whole", out)]
+    assert [r["loss/total"] for r in logged[1]] == [r["loss/total"] for r in logged[0]]

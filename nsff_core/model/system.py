@@ -198,6 +198,22 @@ def psnr(mse: Tensor) -> Tensor:
     return -10.0 * torch.log10(mse.clamp_min(1e-10))
 
 
+def render_rng_state(device: torch.device) -> dict[str, Tensor]:
+    """The random state that training's renders draw from (stratified jitter and density
+    noise use the global generators): the CPU one, and the CUDA one of ``device``'s GPU."""
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_render_rng_state(state: dict[str, Tensor], device: torch.device) -> None:
+    """Restore :func:`render_rng_state` (a CUDA state only on a CUDA device)."""
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
 class NSFFSystem(pl.LightningModule):
     """Static + dynamic fields of one scene and their training step.
 
@@ -342,40 +358,49 @@ class NSFFSystem(pl.LightningModule):
         return h.hexdigest()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep the pixel sampler's state, so that a resumed run continues the ray stream
-        instead of drawing the first batches of the run again.
+        """Keep the pixel sampler's state and the random state of the render's jitter and
+        density noise, so that a resumed run continues the ray stream (and draws the same
+        samples along the rays) instead of drawing the first batches of the run again.
 
-        Under DDP (called on every rank) ``pixel_sampler`` is rank 0's, and ``ddp`` holds
-        ``world_size`` and, per rank, its sampler state and :meth:`state_digest`.
+        Under DDP (called on every rank) ``pixel_sampler`` and ``render_rng`` are rank 0's, and
+        ``ddp`` holds ``world_size`` and, per rank, its sampler state, its render random state
+        and :meth:`state_digest`.
         """
         checkpoint["lr_scale"] = self.lr_scale
         sampler = self.pixel_sampler
-        if sampler is None:
-            return
-        state = sampler.state()
-        checkpoint["pixel_sampler"] = state
+        rng = render_rng_state(self.device)
+        checkpoint["render_rng"] = rng
+        state = None if sampler is None else sampler.state()
+        if state is not None:
+            checkpoint["pixel_sampler"] = state
         rank, world = dist_world()
         if world == 1:
             return
         ranks: list[Any] = [None] * world
-        mine = {"pixel_sampler": state, "state_digest": self.state_digest()}
+        mine = {"pixel_sampler": state, "render_rng": rng, "state_digest": self.state_digest()}
         torch.distributed.all_gather_object(ranks, mine)
-        checkpoint["pixel_sampler"] = ranks[0]["pixel_sampler"]
+        if state is not None:
+            checkpoint["pixel_sampler"] = ranks[0]["pixel_sampler"]
         checkpoint["ddp"] = {"world_size": world, "ranks": ranks}
         if rank == 0 and len({r["state_digest"] for r in ranks}) > 1:
             log.warning("train: the DDP ranks' weights differ at step %d", self.global_step)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore this rank's pixel-sampler state (rank r of a DDP run: the r-th saved), and
-        bring the saved learning rates to :attr:`lr_scale` (see :func:`rescale_learning_rates`)."""
+        """Restore this rank's pixel-sampler and render random states (rank r of a DDP run: the
+        r-th saved; the render's only where the number of ranks is the same), and bring the saved learning rates to :attr:`lr_scale` (see :func:`rescale_learning_rates`)."""
         ratio = self.lr_scale / float(checkpoint.get("lr_scale", 1.0))
         if ratio != 1.0:
             rescale_learning_rates(checkpoint, ratio)
         set_fused_adam(checkpoint, self.fused_adam)
-        if self.pixel_sampler is None:
-            return
         rank, world = dist_world()
         ddp = checkpoint.get("ddp")
+        rngs = (
+            [r.get("render_rng") for r in ddp["ranks"]] if ddp else [checkpoint.get("render_rng")]
+        )
+        if len(rngs) == world and rngs[rank] is not None:
+            set_render_rng_state(rngs[rank], self.device)
+        if self.pixel_sampler is None:
+            return
         if ddp is not None:
             states = [r["pixel_sampler"] for r in ddp["ranks"]]
         elif "pixel_sampler" in checkpoint:

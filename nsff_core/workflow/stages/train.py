@@ -35,6 +35,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -708,16 +709,39 @@ QUIET_WARNINGS = (
     r"Experiment logs directory .* exists and is not empty",
     r"The `srun` command is available on your system but is not used",
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+    # a resumed run continues its ray stream and its render's random state from the checkpoint
+    # (NSFFSystem.on_save_checkpoint): it trains as the uninterrupted run would
+    # (tests/test_checkpoint.py), which is what this warning doubts
+    r"You're resuming from a checkpoint that ended before the epoch ended",
 )
+#: Lightning's info lines (logger ``pytorch_lightning.utilities.rank_zero``) not shown: an
+#: advertisement for a cloud service, printed by every Trainer
+QUIET_INFO = (r"Tip: For seamless cloud logging",)
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, patterns: tuple[str, ...]) -> None:
+        super().__init__()
+        self.patterns = [re.compile(p) for p in patterns]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(p.search(message) for p in self.patterns)
 
 
 @contextlib.contextmanager
 def _quiet_lightning():
-    """Hide :data:`QUIET_WARNINGS` inside the block."""
-    with warnings.catch_warnings():
-        for message in QUIET_WARNINGS:
-            warnings.filterwarnings("ignore", message=message)
-        yield
+    """Hide :data:`QUIET_WARNINGS` and :data:`QUIET_INFO` inside the block."""
+    info = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    drop = _DropMessages(QUIET_INFO)
+    info.addFilter(drop)
+    try:
+        with warnings.catch_warnings():
+            for message in QUIET_WARNINGS:
+                warnings.filterwarnings("ignore", message=message)
+            yield
+    finally:
+        info.removeFilter(drop)
 
 
 def _fit(
@@ -803,7 +827,11 @@ def _fit(
             **device_settings(cfg.precision, world),
             **distributed,
         )
-    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=0)
+    # its own generator: creating an iterator (every epoch, and once after a resume) draws a
+    # seed from it, which must not move the global one that the render's jitter draws from
+    loader = torch.utils.data.DataLoader(
+        stream, batch_size=None, num_workers=0, generator=torch.Generator().manual_seed(cfg.seed)
+    )
     try:
         with _quiet_lightning():
             trainer.fit(system, train_dataloaders=loader, ckpt_path=resume, weights_only=True)
