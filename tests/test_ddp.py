@@ -106,6 +106,9 @@ def test_two_processes_train_one_scene_and_resume(tiny_scene_dir, tmp_path, cpu_
     assert ckpt["pixel_sampler"]["previous"] == ddp["ranks"][0]["pixel_sampler"]["previous"]
     (t0, px0), (t1, px1) = (_stream(42 + r, 1)[0] for r in (0, 1))
     assert t0 != t1 or not torch.equal(px0, px1), "the ranks' first batches differ"
+    # and its own jitter and noise (seeded 42 + r), kept for its resume
+    rngs = [r["render_rng"]["cpu"] for r in ddp["ranks"]]
+    assert not torch.equal(rngs[0], rngs[1]), "each rank keeps its own render random state"
 
     # an explicit max_steps is a step count; the rerun resumes every rank's stream
     train_scene(tiny_scene_dir, out, TrainConfig(**TINY, max_steps=7, gpus=2), scene="tiny")
