@@ -362,11 +362,14 @@ class TrainConfig:
     #: lambda_geo / 2 per direction. 1 = nsff_pl. The weights-free depth prior (densified SfM
     #: points) is off by 17-31 % per pixel on the synthetic suite; docs/method.md, Schedule
     lambda_disparity: float = 1.0
-    #: false: the depth prior's term leaves out the rays inside the motion masks. The sparse
+    #: whether the depth prior's term covers the rays inside the motion masks: true (nsff_pl,
+    #: whose DPT prior sees the movers), false, or auto: false when the scene's depth prior is
+    #: weights-free, true for a pretrained one (:func:`resolve_disparity_movers`). The sparse
     #: backend knows no mover's depth (SfM sees static points only; its interpolation, or the
     #: points of a mover the camera follows, which triangulate far behind the scene, fill the
-    #: mask), so there the term can only mislead; true = nsff_pl (with DPT depth on movers)
-    disparity_movers: bool = True
+    #: mask), so there the term can only mislead: it pulls a mover to the depth of the wall
+    #: behind it, which a half-transparent mover in front of a too-far wall satisfies
+    disparity_movers: bool | str = "auto"
     #: width of the box along the ray of the cross-entropy ("thickness") loss
     thickness: int = 1
     #: Gaussian noise std on raw densities during training
@@ -494,6 +497,24 @@ STAGES: dict[str, type] = {
 MOVED_KEYS: dict[tuple[str, str], tuple[str, str]] = {("train", "chunk"): ("render", "chunk")}
 
 T = TypeVar("T")
+
+
+def resolve_disparity_movers(value: bool | str, weights_free_depth: bool | None) -> bool:
+    """:attr:`TrainConfig.disparity_movers` for a scene whose depth prior came from a
+    weights-free backend (``weights_free_depth`` True), a pretrained one (False) or an unknown
+    one (None, as for a scene prepared outside the workflow).
+
+    ``auto`` is false for a weights-free depth prior (it knows no mover's depth) and true
+    otherwise (nsff_pl's behaviour).
+
+    Example: ``resolve_disparity_movers("auto", True)`` is False; ``("auto", False)`` and
+    ``("auto", None)`` are True; ``(False, False)`` is False.
+    """
+    if isinstance(value, bool):
+        return value
+    if value != "auto":
+        raise ConfigError(f"train.disparity_movers must be true, false or auto, got {value!r}")
+    return weights_free_depth is not True
 
 
 def from_dict(cls: type[T], values: dict[str, Any] | None, where: str = "") -> T:

@@ -173,3 +173,46 @@ def test_a_budget_inside_the_first_prior_period_is_warned_with_the_setting_that_
     assert schedule_warning(cfg, spe=22, total=1100) is None
     # no depth/flow prior: nothing to decay
     assert schedule_warning(TrainConfig(lambda_geo_init=0.0), spe=1382, total=1100) is None
+
+
+@pytest.mark.parametrize(
+    ("record", "expected"),
+    [({"depth": "sparse"}, False), ({"depth": "dpt"}, True), (None, True)],
+    ids=["weights-free", "pretrained", "not-recorded"],
+)
+def test_disparity_movers_auto_follows_the_scenes_depth_backend(
+    tiny_scene_dir, tmp_path, record, expected
+):
+    """``train.disparity_movers: auto`` leaves the movers out of the depth prior's term when
+    rule weights recorded a weights-free depth backend for the scene, and keeps them for a
+    pretrained one or where nothing is recorded; the decision is in config.json and in the
+    checkpoint, so that a resume and a render see the same."""
+    import json
+    import shutil
+
+    from nsff_core.model.checkpoint import load_system
+    from nsff_core.workflow.stages.train import train_scene
+
+    scene = tmp_path / "scene"
+    shutil.copytree(tiny_scene_dir, scene)
+    if record is not None:
+        (scene / "weights.json").write_text(json.dumps({"backends": record, "weights": {}}))
+    out = tmp_path / "train"
+    cfg = TrainConfig(**TINY, max_steps=1)
+    assert cfg.disparity_movers == "auto"
+    last = train_scene(scene, out, cfg, scene="tiny")
+    assert json.loads((out / "config.json").read_text())["train"]["disparity_movers"] is expected
+    assert load_system(last, "cpu").disparity_movers is expected
+
+
+def test_disparity_movers_takes_true_false_or_auto():
+    from nsff_core.config import resolve_disparity_movers
+    from nsff_core.errors import ConfigError
+
+    assert resolve_disparity_movers("auto", True) is False
+    assert resolve_disparity_movers("auto", False) is True
+    assert resolve_disparity_movers("auto", None) is True
+    assert resolve_disparity_movers(True, True) is True
+    assert resolve_disparity_movers(False, False) is False
+    with pytest.raises(ConfigError, match="true, false or auto"):
+        resolve_disparity_movers("yes", True)

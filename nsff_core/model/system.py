@@ -21,7 +21,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from nsff_core.config import TrainConfig, from_dict, to_dict
+from nsff_core.config import TrainConfig, from_dict, resolve_disparity_movers, to_dict
 from nsff_core.errors import ConfigError
 
 from . import losses as L
@@ -254,6 +254,10 @@ class NSFFSystem(pl.LightningModule):
         self.static_field, self.dynamic_field = make_fields(self.cfg, num_frames, self.extent)
         self.render_cfg = views.render_config(self.cfg)
         self.loss_weights = views.loss_weights(self.cfg)
+        #: the depth prior's term inside the motion masks; ``auto`` is decided by the scene's
+        #: depth backend where the scene is trained (rule train), and counts as true (nsff_pl)
+        #: where that is not known
+        self.disparity_movers = resolve_disparity_movers(self.cfg.disparity_movers, None)
         #: how the training pixels are drawn; the system keeps the hard-sampling weights
         self.sampling = views.sampler_config(self.cfg)
         self.steps_per_epoch = int(steps_per_epoch)
@@ -306,9 +310,7 @@ class NSFFSystem(pl.LightningModule):
 
     def training_step(self, batch: RayBatch, batch_idx: int) -> Tensor:
         out = self.render(batch.origins, batch.dirs, batch.t, training=True)
-        terms = loss_terms(
-            out, batch, self.P, self.K, self.cfg.thickness, self.cfg.disparity_movers
-        )
+        terms = loss_terms(out, batch, self.P, self.K, self.cfg.thickness, self.disparity_movers)
         reg = self.field_regularization(self.global_step)
         if reg is not None:
             terms["field_regularization"] = reg

@@ -30,6 +30,7 @@ step on the device, and the guard and the CSV logger read it every ``log_every``
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import json
 import logging
@@ -55,7 +56,7 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 
-from nsff_core.config import TrainConfig, from_dict, to_dict
+from nsff_core.config import TrainConfig, from_dict, resolve_disparity_movers, to_dict
 from nsff_core.errors import ConfigError, CorruptFileError, StageError
 from nsff_core.model.checkpoint import (
     LAST,
@@ -68,6 +69,7 @@ from nsff_core.model.data import DeviceFrameSampler, FrameSampler, SamplerConfig
 from nsff_core.model.system import NSFFSystem
 from nsff_core.model.train_views import sampler_config
 from nsff_core.progress import EVERY_S, eta_seconds, format_duration
+from nsff_core.workflow.layout import SceneLayout
 
 from .scene import load_scene
 
@@ -443,6 +445,34 @@ def _resumable(run_dir: Path, facts: dict[str, Any]) -> tuple[Path, dict[str, An
     return good[0], old
 
 
+def scene_depth_backend(scene_dir: Path) -> str | None:
+    """The depth backend that made the scene's prior, from the record of rule weights
+    (``weights.json``); None where there is none (a scene prepared outside the workflow)."""
+    path = Path(SceneLayout(str(scene_dir)).weights)
+    try:
+        return json.loads(path.read_text())["backends"]["depth"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _resolve_auto(cfg: TrainConfig, scene_dir: Path) -> TrainConfig:
+    """``cfg`` with ``disparity_movers: auto`` decided by the scene's depth backend."""
+    if cfg.disparity_movers != "auto":
+        return cfg
+    from nsff_core.priors import backends
+
+    backend = scene_depth_backend(scene_dir)
+    weights_free = None if backend is None else backend in backends.names("depth", False)
+    movers = resolve_disparity_movers("auto", weights_free)
+    log.info(
+        "train: the depth prior's term %s the motion masks (train.disparity_movers: auto, "
+        "depth backend %s)",
+        "covers" if movers else "leaves out",
+        backend or "not recorded",
+    )
+    return dataclasses.replace(cfg, disparity_movers=movers)
+
+
 def train_scene(
     scene_dir: str | Path,
     out_dir: str | Path,
@@ -475,6 +505,7 @@ def train_scene(
     """
     out_dir = Path(out_dir)
     run_dir = out_dir / "running"
+    cfg = _resolve_auto(cfg, Path(scene_dir))
     world = cfg.gpus
     if world < 1:
         raise ConfigError(f"train.gpus must be at least 1, got {world}")
