@@ -277,6 +277,8 @@ class NSFFSystem(pl.LightningModule):
         #: the :class:`~nsff_core.model.data.FrameSampler` that draws the training pixels (set by
         #: the trainer; hard sampling hands it new weights)
         self.pixel_sampler = None
+        #: the render random state of a checkpoint being resumed, until training starts
+        self._resumed_rng: dict[str, Tensor] | None = None
         #: (N, H, W, 3) training frames in [0, 1], for the hard-sampling weights (set by the
         #: trainer)
         self.training_frames: Tensor | None = None
@@ -388,8 +390,10 @@ class NSFFSystem(pl.LightningModule):
             log.warning("train: the DDP ranks' weights differ at step %d", self.global_step)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore this rank's pixel-sampler and render random states (rank r of a DDP run: the
-        r-th saved; the render's only where the number of ranks is the same), and bring the saved learning rates to :attr:`lr_scale` (see :func:`rescale_learning_rates`)."""
+        """Restore this rank's pixel-sampler state and keep its render random state for
+        :meth:`on_train_start` (rank r of a DDP run: the r-th saved; the random state only where
+        the number of ranks is the same), and bring the saved learning rates to
+        :attr:`lr_scale` (see :func:`rescale_learning_rates`)."""
         ratio = self.lr_scale / float(checkpoint.get("lr_scale", 1.0))
         if ratio != 1.0:
             rescale_learning_rates(checkpoint, ratio)
@@ -400,7 +404,8 @@ class NSFFSystem(pl.LightningModule):
             [r.get("render_rng") for r in ddp["ranks"]] if ddp else [checkpoint.get("render_rng")]
         )
         if len(rngs) == world and rngs[rank] is not None:
-            set_render_rng_state(rngs[rank], self.device)
+            # set once the module is on its device (Lightning restores before moving it)
+            self._resumed_rng = rngs[rank]
         if self.pixel_sampler is None:
             return
         if ddp is not None:
@@ -427,6 +432,9 @@ class NSFFSystem(pl.LightningModule):
             )
 
     def on_train_start(self) -> None:
+        if self._resumed_rng is not None:
+            set_render_rng_state(self._resumed_rng, self.device)
+            self._resumed_rng = None
         if self.sampling.hard_sampling and self.pixel_sampler is not None:
             self.pixel_sampler.set_weights(self.hard_weights)
 
