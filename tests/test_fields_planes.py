@@ -12,6 +12,7 @@ from nsff_core.model.fields_planes import (
     PlaneFieldConfig,
     PlaneStack,
     PlaneStaticField,
+    plane_grid,
     total_variation,
 )
 
@@ -43,6 +44,23 @@ def test_points_outside_the_cube_read_the_border():
         [[[1.0, 2.0], [3.0, 4.0]], [[1.0, 1.0], [1.0, 1.0]]] + [[[1, 1], [1, 1]]]
     )
     assert torch.allclose(stack(torch.tensor([[5.0, -7.0, 0.0]]))[:, 0], torch.tensor([2.0]))
+
+
+def test_a_shared_grid_reads_what_each_level_reads_alone():
+    # the fields build one grid per set of coordinates and hand it to every level: same
+    # values and the same gradients to the positions as each level's own forward
+    torch.manual_seed(0)
+    levels = [
+        PlaneStack((slice(0, 2), slice(0, 3, 2), slice(1, 3)), (r, r), 4, "uniform") for r in (3, 5)
+    ]
+    pts = (torch.rand(9, 3) * 2.4 - 1.2).requires_grad_(True)
+    alone = torch.cat([level(pts) for level in levels], dim=-1)
+    (g_alone,) = torch.autograd.grad(alone.square().sum(), pts)
+    grid = plane_grid(pts, levels[0].pairs)
+    shared = torch.cat([level.lookup(grid) for level in levels], dim=-1)
+    (g_shared,) = torch.autograd.grad(shared.square().sum(), pts)
+    assert torch.equal(alone, shared)
+    assert torch.allclose(g_alone, g_shared, atol=1e-6) and g_alone.abs().sum() > 0
 
 
 def test_dynamic_field_reads_the_row_of_its_frame():
