@@ -7,6 +7,7 @@ import torch
 from nsff_core.config import TrainConfig, to_dict
 from nsff_core.errors import ConfigError
 from nsff_core.model.fields_planes import (
+    SPATIAL_PLANES,
     PlaneDeformDynamicField,
     PlaneDynamicField,
     PlaneFieldConfig,
@@ -50,13 +51,11 @@ def test_a_shared_grid_reads_what_each_level_reads_alone():
     # the fields build one grid per set of coordinates and hand it to every level: same
     # values and the same gradients to the positions as each level's own forward
     torch.manual_seed(0)
-    levels = [
-        PlaneStack((slice(0, 2), slice(0, 3, 2), slice(1, 3)), (r, r), 4, "uniform") for r in (3, 5)
-    ]
+    levels = [PlaneStack(SPATIAL_PLANES, (r, r), 4, "uniform") for r in (3, 5)]
     pts = (torch.rand(9, 3) * 2.4 - 1.2).requires_grad_(True)
     alone = torch.cat([level(pts) for level in levels], dim=-1)
     (g_alone,) = torch.autograd.grad(alone.square().sum(), pts)
-    grid = plane_grid(pts, levels[0].pairs)
+    grid = plane_grid(pts, SPATIAL_PLANES)
     shared = torch.cat([level.lookup(grid) for level in levels], dim=-1)
     (g_shared,) = torch.autograd.grad(shared.square().sum(), pts)
     assert torch.equal(alone, shared)
