@@ -14,6 +14,7 @@ import yaml
 
 from nsff_core import config as C
 from nsff_core.errors import ConfigError
+from nsff_core.model.synthetic import SUITE_PRESETS
 from nsff_core.workflow import sheet
 
 from .conftest import REPO
@@ -292,3 +293,16 @@ def test_a_split_named_like_the_side_video_of_another_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"line 2 \(scene 'kid'\): the render splits path_a"):
         _start_up(tmp_path, data)
     _start_up(tmp_path, data.replace("path_a_depth", "path_a_deep"))
+
+
+@pytest.mark.parametrize("name", ["suite.tsv", "real_clips.tsv"])
+def test_the_benchmark_sheets_pass_the_start_up_checks(tmp_path, name):
+    """benchmarks/README's commands run on these sheets; a schema change must keep them valid."""
+    scenes = _start_up(tmp_path, (REPO / "benchmarks" / name).read_text())
+    assert len(scenes) >= 2
+
+
+def test_the_suite_sheet_holds_every_variant_at_the_benchmark_preset(tmp_path):
+    scenes = _start_up(tmp_path, (REPO / "benchmarks" / "suite.tsv").read_text())
+    assert set(scenes) == {"demo", *SUITE_PRESETS}
+    assert {row["train_preset"] for row in scenes.values()} == {"cpu_demo"}
