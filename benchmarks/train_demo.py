@@ -113,6 +113,25 @@ def calibrate(scene_dir: Path, cfg: TrainConfig, steps: int = 12, holdout_every:
     return (time.perf_counter() - t0) / steps
 
 
+def parse_settings(items: list[str]) -> dict:
+    """``--set`` items ``KEY=VALUE`` -> {key: YAML value}; a number that YAML 1.1 reads as text
+    (``5e-4``, no decimal point) is read as the number."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set takes KEY=VALUE, got {item!r}")
+        parsed = yaml.safe_load(value)
+        if isinstance(parsed, str):
+            try:
+                number = float(parsed)
+            except ValueError:
+                number = math.nan
+            parsed = number if math.isfinite(number) else parsed
+        out[key] = parsed
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--scene-dir", default=str(REPO / "results" / "demo"))
@@ -152,11 +171,10 @@ def main() -> None:
         ensure_holdout_flow(scene_dir, args.holdout_every)
     out = Path(args.out)
     train = preset_config(args.preset)
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            sys.exit(f"--set takes KEY=VALUE, got {item!r}")
-        train[key] = yaml.safe_load(value)
+    try:
+        train.update(parse_settings(args.set))
+    except ValueError as err:
+        sys.exit(str(err))
     train.pop("max_steps", None)
     cfg = from_dict(TrainConfig, train)
     if args.steps:

@@ -201,6 +201,38 @@ def test_every_float_setting_rejects_nan_and_inf(path, bad):
         sheet.validate_config(cfg, SCHEMAS / "config.schema.yaml")
 
 
+@pytest.mark.parametrize(
+    "path, text, spelling",
+    [
+        (("train", "lr"), "5e-4", "5.0e-4"),
+        (("train_presets", "cpu_demo", "grid_lr"), "4E-2", "4.0e-2"),
+        (("train", "lr"), "1e+3", "1.0e+3"),
+    ],
+)
+def test_an_exponent_without_a_point_gets_the_spelling_that_yaml_reads(path, text, spelling):
+    cfg = _config()
+    value = yaml.safe_load(f"x: {text}")["x"]
+    assert isinstance(value, str)  # the PyYAML behaviour the message explains
+    _set(cfg, path, value)
+    key = re.escape(".".join(path))
+    with pytest.raises(
+        ConfigError,
+        match=rf"key '{key}': '{re.escape(text)}' is text to YAML.*"
+        rf"\({re.escape(spelling)}\)",
+    ):
+        sheet.validate_config(cfg, SCHEMAS / "config.schema.yaml")
+    _set(cfg, path, yaml.safe_load(f"x: {spelling}")["x"])
+    sheet.validate_config(cfg, SCHEMAS / "config.schema.yaml")  # the suggested spelling passes
+
+
+def test_text_in_an_integer_key_gets_no_decimal_point_advice():
+    cfg = _config()
+    _set(cfg, ("train", "max_steps"), "1e3")
+    with pytest.raises(ConfigError, match="max_steps") as err:
+        sheet.validate_config(cfg, SCHEMAS / "config.schema.yaml")
+    assert "decimal point" not in str(err.value)
+
+
 def test_float_keys_cover_the_issue_cases():
     names = {".".join(p) for p in FLOAT_KEYS if all(isinstance(k, str) for k in p)}
     assert {"train.lr", "train.grid_lr", "render.fps", "synthetic.demo.fps"} <= names

@@ -84,9 +84,37 @@ def _format_error(err, kind: str = "key") -> str:
     inst = err.instance
     if err.validator == "type" and isinstance(inst, float) and not math.isfinite(inst):
         message = f"must be a finite number, got {inst}"
+    elif err.validator == "type" and "number" in _types(err) and _reads_as_number(inst):
+        # YAML 1.1 (PyYAML) reads an exponent without a decimal point as text
+        message = (
+            f"{inst!r} is text to YAML, not a number: write it with a decimal point "
+            f"({_with_point(inst)})"
+        )
     elif err.validator == "maxLength" and isinstance(inst, str):
         message = f"is {len(inst)} characters long, at most {err.validator_value} are allowed"
     return f"{kind} '{loc}': {message}" if loc else message
+
+
+def _types(err) -> list:
+    value = err.validator_value
+    return list(value) if isinstance(value, list) else [value]
+
+
+def _reads_as_number(text: Any) -> bool:
+    if not isinstance(text, str):
+        return False
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
+
+
+def _with_point(text: str) -> str:
+    """``5e-4`` -> ``5.0e-4``: the spelling YAML 1.1 reads as a float."""
+    mantissa, e, exponent = text.strip().lower().partition("e")
+    if e and "." not in mantissa:
+        return f"{mantissa}.0e{exponent}"
+    return text.strip()
 
 
 def validate_config(config: dict, schema_path: str | Path) -> None:
