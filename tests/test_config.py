@@ -225,6 +225,17 @@ def test_an_exponent_without_a_point_gets_the_spelling_that_yaml_reads(path, tex
     sheet.validate_config(cfg, SCHEMAS / "config.schema.yaml")  # the suggested spelling passes
 
 
+def test_a_quoted_number_is_told_to_lose_its_quotes():
+    cfg = _config()
+    _set(cfg, ("train", "lr"), "0.002")
+    with pytest.raises(
+        ConfigError,
+        match=r"'0.002' is text to YAML, not a number: write it "
+        r"without quotes",
+    ):
+        sheet.validate_config(cfg, SCHEMAS / "config.schema.yaml")
+
+
 def test_text_in_an_integer_key_gets_no_decimal_point_advice():
     cfg = _config()
     _set(cfg, ("train", "max_steps"), "1e3")

@@ -86,10 +86,9 @@ def _format_error(err, kind: str = "key") -> str:
         message = f"must be a finite number, got {inst}"
     elif err.validator == "type" and "number" in _types(err) and _reads_as_number(inst):
         # YAML 1.1 (PyYAML) reads an exponent without a decimal point as text
-        message = (
-            f"{inst!r} is text to YAML, not a number: write it with a decimal point "
-            f"({_with_point(inst)})"
-        )
+        spelled = _with_point(inst)
+        fix = "without quotes" if spelled == inst.strip() else f"with a decimal point ({spelled})"
+        message = f"{inst!r} is text to YAML, not a number: write it {fix}"
     elif err.validator == "maxLength" and isinstance(inst, str):
         message = f"is {len(inst)} characters long, at most {err.validator_value} are allowed"
     return f"{kind} '{loc}': {message}" if loc else message
