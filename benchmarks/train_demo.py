@@ -45,6 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from nsff_core.config import TrainConfig, from_dict  # noqa: E402
+from nsff_core.workflow.sheet import number_in_text  # noqa: E402
 
 
 def preset_config(preset: str | None) -> dict:
@@ -122,13 +123,8 @@ def parse_settings(items: list[str]) -> dict:
         if not sep or not key:
             raise ValueError(f"--set takes KEY=VALUE, got {item!r}")
         parsed = yaml.safe_load(value)
-        if isinstance(parsed, str):
-            try:
-                number = float(parsed)
-            except ValueError:
-                number = math.nan
-            parsed = number if math.isfinite(number) else parsed
-        out[key] = parsed
+        number = number_in_text(parsed)
+        out[key] = parsed if number is None else number
     return out
 
 

@@ -84,7 +84,7 @@ def _format_error(err, kind: str = "key") -> str:
     inst = err.instance
     if err.validator == "type" and isinstance(inst, float) and not math.isfinite(inst):
         message = f"must be a finite number, got {inst}"
-    elif err.validator == "type" and "number" in _types(err) and _reads_as_number(inst):
+    elif err.validator == "type" and "number" in _types(err) and number_in_text(inst) is not None:
         # YAML 1.1 (PyYAML) reads an exponent without a decimal point as text
         spelled = _with_point(inst)
         fix = "without quotes" if spelled == inst.strip() else f"with a decimal point ({spelled})"
@@ -99,13 +99,16 @@ def _types(err) -> list:
     return list(value) if isinstance(value, list) else [value]
 
 
-def _reads_as_number(text: Any) -> bool:
+def number_in_text(text: Any) -> float | None:
+    """The finite number that ``text`` spells (``"5e-4"``, which YAML 1.1 reads as text), or
+    None when ``text`` is not a string or spells no finite number."""
     if not isinstance(text, str):
-        return False
+        return None
     try:
-        return math.isfinite(float(text))
+        number = float(text)
     except ValueError:
-        return False
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _with_point(text: str) -> str:
