@@ -343,6 +343,11 @@ class TrainConfig:
     flow_scale: float = 0.2
     #: samples per ray (linear in NDC depth)
     num_samples: int = 128
+    #: length (NDC ray parameter) of the static field's last sample interval, the one that
+    #: reaches infinity: 100 (nsff_pl) makes that sample an opaque backdrop whatever its
+    #: density, which can paint far surfaces at infinity; about one bin (1 / num_samples)
+    #: makes the last sample an ordinary one
+    static_last_delta: float = 100.0
     #: rays per step, all from one frame
     batch_size: int = 512
     lr: float = 5e-4

@@ -275,6 +275,28 @@ def test_render_shapes_far_flow_and_inference_mode():
     assert_close(image.static_depth, out.image.static_depth)
 
 
+def test_static_last_delta_sets_the_backdrop_interval():
+    """The static field's last sample reaches infinity; its interval length is
+    RenderConfig.static_last_delta: 100 makes it an opaque backdrop, about one bin an ordinary
+    sample (what the far-wall measurements in docs/method.md need)."""
+    static, dynamic = _fields()
+    rays_o, rays_d = _rays()
+    t = torch.tensor([0, 1, 2, 3, 4, 2])
+    bin_cfg = dataclasses.replace(DETERMINISTIC, static_last_delta=1.0 / 11)
+    backdrop = render_rays(static, dynamic, rays_o, rays_d, t, DETERMINISTIC, training=False)
+    ordinary = render_rays(static, dynamic, rays_o, rays_d, t, bin_cfg, training=False)
+    # every sample but the last is the same; the last one's density is the same too
+    assert_close(ordinary.static_alpha[:, :-1], backdrop.static_alpha[:, :-1])
+    a_bin = ordinary.static_alpha[:, -1].double()
+    assert (a_bin > 0).all() and (a_bin < 0.5).all()
+    sigma = -torch.log1p(-a_bin) / (1.0 / 11)
+    assert_close(backdrop.static_alpha[:, -1].double(), 1.0 - torch.exp(-sigma * 100.0))
+    # the backdrop takes what the ordinary sample leaves as transmittance
+    assert (backdrop.weights.sum(1) > ordinary.weights.sum(1) + 1e-3).all()
+    with pytest.raises(ConfigError, match="last deltas"):
+        RenderConfig(static_last_delta=0.0)
+
+
 def test_warped_render_is_identity_without_motion():
     cfg = dataclasses.replace(TINY, flow_scale=0.0)  # zero scene flow
     static, dynamic = _fields(cfg)

@@ -43,13 +43,16 @@ def test_the_views_cut_the_train_settings():
         grid_tv=2e-4,
         dynamic_sampling=0.25,
         seed=7,
+        static_last_delta=0.05,
     )
     mlp = views.mlp_field_config(cfg)
     assert isinstance(mlp, FieldConfig) and mlp.skips == (3,) and mlp.width == cfg.width
     planes = views.plane_field_config(cfg, (1.5, 1.0))
     assert isinstance(planes, PlaneFieldConfig)
     assert (planes.levels, planes.extent) == (3, (1.5, 1.0))
-    assert views.render_config(cfg) == RenderConfig(num_samples=32, noise_std=0.5)
+    assert views.render_config(cfg) == RenderConfig(
+        num_samples=32, noise_std=0.5, static_last_delta=0.05
+    )
     weights = views.loss_weights(cfg)
     assert isinstance(weights, LossWeights) and weights.mask == 0.1
     assert weights.field_regularization == 0.0, "MLP fields have no regulariser"

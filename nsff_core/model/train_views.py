@@ -67,7 +67,10 @@ def plane_field_config(
 def render_config(cfg: TrainConfig) -> RenderConfig:
     """Ray sampling of training and rendering (the other settings keep their defaults)."""
     return RenderConfig(
-        num_samples=cfg.num_samples, noise_std=cfg.noise_std, warp_every=cfg.warp_every
+        num_samples=cfg.num_samples,
+        noise_std=cfg.noise_std,
+        warp_every=cfg.warp_every,
+        static_last_delta=cfg.static_last_delta,
     )
 
 
