@@ -227,10 +227,13 @@ def main() -> None:
             "aligned",
         )
     test, novel, held = m["test"]["mean"], m["novel"], m["holdout"]
+    # the settings the run used, "auto" ones decided (rule train's config.json)
+    resolved = json.loads((out / "train" / "config.json").read_text())["train"]
     rows = [
         ("scene", f"{name} ({m['frames']} training frames)"),
         ("preset", " ".join([args.preset, *args.set])),
         ("field / samples / batch", f"{cfg.field} / {cfg.num_samples} / {cfg.batch_size}"),
+        ("static_last_delta", f"{resolved['static_last_delta']:g} (set: {cfg.static_last_delta})"),
         ("training wall time", f"{train_s / 60:.1f} min ({done} steps)"),
         ("training rays/s", f"{done * cfg.batch_size / train_s:.0f}"),
         ("training-view PSNR / SSIM", f"{test['psnr']:.2f} dB / {test['ssim']:.3f}"),

@@ -346,8 +346,9 @@ class TrainConfig:
     #: length (NDC ray parameter) of the static field's last sample interval, the one that
     #: reaches infinity: 100 (nsff_pl) makes that sample an opaque backdrop whatever its
     #: density, which can paint far surfaces at infinity; about one bin (1 / num_samples)
-    #: makes the last sample an ordinary one
-    static_last_delta: float = 100.0
+    #: makes the last sample an ordinary one. ``auto`` (:func:`resolve_static_last_delta`):
+    #: 1.0 where the camera moves towards the scene, else 100
+    static_last_delta: float | str = "auto"
     #: rays per step, all from one frame
     batch_size: int = 512
     lr: float = 5e-4
@@ -520,6 +521,36 @@ def resolve_disparity_movers(value: bool | str, weights_free_depth: bool | None)
     if value != "auto":
         raise ConfigError(f"train.disparity_movers must be true, false or auto, got {value!r}")
     return weights_free_depth is not True
+
+
+#: ``static_last_delta: auto``: the backdrop interval of a scene filmed sideways (nsff_pl's),
+#: of one whose camera moves towards it, and the :func:`~nsff_core.model.cameras.forward_zoom`
+#: from which a camera counts as moving towards the scene
+BACKDROP_DELTA = 100.0
+FORWARD_DELTA = 1.0
+FORWARD_ZOOM = 0.06
+
+
+def resolve_static_last_delta(value: float | str, zoom: float | None) -> float:
+    """:attr:`TrainConfig.static_last_delta` for a scene whose far content changes its image
+    size by the fraction ``zoom`` over the clip (:func:`~nsff_core.model.cameras.forward_zoom`
+    of the training cameras at the far SfM points' depth); None where that is not known.
+
+    ``auto`` is :data:`FORWARD_DELTA` (1.0) from a zoom of :data:`FORWARD_ZOOM` (6 %) up and
+    :data:`BACKDROP_DELTA` (100, nsff_pl's) below it or where the zoom is not known: a
+    backdrop at infinity keeps its size while a real far wall grows as the camera walks towards
+    it, and the compromise renders as a zoom blur (docs/method.md, "The backdrop at infinity").
+
+    Example: ``resolve_static_last_delta("auto", 0.13)`` is 1.0; ``("auto", 0.03)`` and
+    ``("auto", None)`` are 100.0; ``(0.5, 0.13)`` is 0.5.
+    """
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if value != "auto":
+        raise ConfigError(
+            f"train.static_last_delta must be a positive number or auto, got {value!r}"
+        )
+    return FORWARD_DELTA if zoom is not None and zoom >= FORWARD_ZOOM else BACKDROP_DELTA
 
 
 def from_dict(cls: type[T], values: dict[str, Any] | None, where: str = "") -> T:

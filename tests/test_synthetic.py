@@ -327,6 +327,7 @@ SUITE_GEOMETRY = {
     "suite_stop": "bac1a130f68dce4a",
     "suite_epipolar": "098fe45daaacc45f",
     "suite_phone": "8cb141ad123ff825",
+    "suite_walk": "51678ca26bb221d4",
 }
 
 
@@ -536,8 +537,9 @@ def test_walker_is_articulated(variants):
 
 
 def test_camera_paths():
-    """sideways and dolly are straight lines (x, z), arc keeps its distance to the scene centre,
-    handheld jitters in rotation; every path turns (pure translation hides the focal length)."""
+    """sideways and dolly are straight lines (x, z), walk goes forward with a sway, arc keeps its
+    distance to the scene centre, handheld jitters in rotation; every path turns (pure
+    translation hides the focal length)."""
     from nsff_core.model.synthetic import CAMERAS, camera_path
 
     s = np.linspace(0, 1, 25)
@@ -550,6 +552,10 @@ def test_camera_paths():
     side, dolly = paths["sideways"][:, :3, 3], paths["dolly"][:, :3, 3]
     assert np.ptp(side[:, 0]) > 1.0 and np.ptp(side[:, 1:], axis=0).max() == 0
     assert np.ptp(dolly[:, 2]) > 1.0 and np.ptp(dolly[:, :2], axis=0).max() == 0
+    # walk: forward (z) over five times its sideways sway
+    walk = paths["walk"][:, :3, 3]
+    assert np.ptp(walk[:, 2]) > 0.9 and np.ptp(walk[:, 2]) > 5 * np.ptp(walk[:, 0])
+    assert np.ptp(walk[:, 0]) > 0.05
     radius = np.linalg.norm(paths["arc"][:, :3, 3] - [0.0, 0.0, 5.0], axis=1)
     assert np.allclose(radius, 5.0)
     # hand-held: frame-to-frame rotation beyond the smooth look-at turn, and seeded

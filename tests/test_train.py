@@ -2,6 +2,7 @@
 
 import csv
 
+import numpy as np
 import pytest
 import torch
 
@@ -203,6 +204,69 @@ def test_disparity_movers_auto_follows_the_scenes_depth_backend(
     last = train_scene(scene, out, cfg, scene="tiny")
     assert json.loads((out / "config.json").read_text())["train"]["disparity_movers"] is expected
     assert load_system(last, "cpu").disparity_movers is expected
+
+
+@pytest.mark.parametrize(
+    ("zoom", "expected"), [(None, 100.0), (0.25, 1.0)], ids=["measured", "forward"]
+)
+def test_static_last_delta_auto_follows_the_camera_path(
+    tiny_scene_dir, tmp_path, monkeypatch, zoom, expected
+):
+    """``train.static_last_delta: auto`` keeps nsff_pl's backdrop (100) for the tiny scene,
+    whose camera sweeps sideways (its measured zoom is under 6 %), and makes the last sample an
+    ordinary one (1.0) when the far content grows by 25 % over the clip; the decision is in
+    config.json and in the checkpoint, so that a resume and a render see the same."""
+    import json
+
+    from nsff_core.model.checkpoint import load_system
+    from nsff_core.workflow.stages import scene as scene_stage
+    from nsff_core.workflow.stages.train import train_scene
+
+    measured = scene_stage.load_scene(tiny_scene_dir, scene="tiny").forward_zoom
+    assert measured is not None and 0.0 <= measured < 0.06
+    if zoom is not None:
+        monkeypatch.setattr(scene_stage, "_forward_zoom", lambda c2w, depths: zoom)
+    out = tmp_path / "train"
+    cfg = TrainConfig(**TINY, max_steps=1)
+    assert cfg.static_last_delta == "auto"
+    last = train_scene(tiny_scene_dir, out, cfg, scene="tiny")
+    assert json.loads((out / "config.json").read_text())["train"]["static_last_delta"] == expected
+    assert load_system(last, "cpu").render_cfg.static_last_delta == expected
+
+
+def test_static_last_delta_takes_a_number_or_auto():
+    from nsff_core.config import resolve_static_last_delta
+    from nsff_core.errors import ConfigError
+
+    assert resolve_static_last_delta("auto", 0.13) == 1.0
+    assert resolve_static_last_delta("auto", 0.06) == 1.0
+    assert resolve_static_last_delta("auto", 0.03) == 100.0
+    assert resolve_static_last_delta("auto", None) == 100.0
+    assert resolve_static_last_delta(0.5, 0.13) == 0.5
+    assert resolve_static_last_delta(100, None) == 100.0
+    with pytest.raises(ConfigError, match="positive number or auto"):
+        resolve_static_last_delta("far", 0.1)
+
+
+def test_forward_zoom_of_the_synthetic_camera_paths():
+    """The image-size change of a wall 10 m away: the 1.4 m dolly and the 1 m walk move towards
+    it (14 % and 10 %), the sideways path and the arc (whose chord is sideways) do not."""
+    from nsff_core.model.cameras import forward_zoom
+    from nsff_core.model.synthetic import camera_path
+
+    s = np.linspace(0, 1, 24)
+    zoom = {
+        name: forward_zoom(np.stack([camera_path(name, seed=8)(x) for x in s]), 10.0)
+        for name in ("dolly", "walk", "sideways", "arc", "handheld")
+    }
+    assert zoom["dolly"] == pytest.approx(0.14, abs=0.005)
+    assert 0.09 < zoom["walk"] < 0.11
+    assert zoom["sideways"] < 0.01 and zoom["arc"] < 0.02 and zoom["handheld"] < 0.02
+    assert forward_zoom(np.stack([camera_path("dolly")(x) for x in s]), 20.0) == pytest.approx(
+        zoom["dolly"] / 2
+    )
+    with pytest.raises(ValueError, match="positive"):
+        forward_zoom(np.eye(4)[None], 0.0)
 
 
 def test_disparity_movers_takes_true_false_or_auto():

@@ -181,6 +181,25 @@ def path_length(centres: np.ndarray) -> float:
     return float(np.linalg.norm(np.diff(c, axis=0), axis=1).sum())
 
 
+def forward_zoom(c2w: np.ndarray, far_depth: float) -> float:
+    """How far the cameras move along their mean viewing direction, as a fraction of
+    ``far_depth`` (same units as the camera centres): a surface at that depth changes its image
+    size by about this fraction over the path. 0 for a camera moving sideways, 0.13 for the
+    suite's 1.4 m dolly towards a wall 10 m away.
+
+    Args:
+        c2w: (N, 4, 4) camera-to-world, OpenCV axes (z forward).
+        far_depth: depth of the far content (> 0).
+    """
+    c2w = np.asarray(c2w, dtype=np.float64)
+    if not far_depth > 0:
+        raise ValueError(f"far_depth must be positive, got {far_depth}")
+    view = c2w[:, :3, 2].mean(axis=0)
+    view /= max(np.linalg.norm(view), 1e-12)
+    along = c2w[:, :3, 3] @ view
+    return float(np.ptp(along) / far_depth) if len(along) else 0.0
+
+
 def project_to_rotation(M: np.ndarray) -> np.ndarray:
     """Nearest rotation (3, 3) (Frobenius norm, det +1) to a 3x3 matrix."""
     U, _, Vt = np.linalg.svd(M)

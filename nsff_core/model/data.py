@@ -48,6 +48,9 @@ class SceneData:
         near_depth: SfM units, the scale of the normalisation (see :mod:`nsff_core.model.rays`).
         frame_ids: (N,) source frame of each training frame: ``0 .. N - 1``, or the training
             frames of a run with held-out frames (:mod:`nsff_core.holdout`).
+        forward_zoom: how much the far content's image size changes over the training
+            cameras (:func:`~nsff_core.model.cameras.forward_zoom` at the depth of the far SfM
+            points); None where not measured. Decides ``train.static_last_delta: auto``.
     """
 
     rgb: Tensor
@@ -62,6 +65,7 @@ class SceneData:
     normalization: SceneNormalization
     near_depth: float
     frame_ids: np.ndarray | None = None
+    forward_zoom: float | None = None
 
     def __post_init__(self) -> None:
         if self.frame_ids is None:

@@ -25,7 +25,9 @@ clip. A few keys of :class:`~nsff_core.config.SyntheticConfig` pick the scene:
   +-6 degrees to keep the scene centred), ``dolly`` (1.4 m straight forward, gently panning and
   tilting by a few degrees), ``arc`` (20 degree
   orbit of radius 5 m about the scene centre), ``handheld`` (a sideways walk with centimetre
-  position jitter and 1-2 degree rotation jitter of a few cycles per clip).
+  position jitter and 1-2 degree rotation jitter of a few cycles per clip), ``walk`` (a
+  hand-held walk 1 m forward: a step's sway and bob, a wandering gaze and the same rotation
+  jitter).
 - ``degrade``: applied to the source video frames only (:func:`source_frames`); every ground
   truth array, ``images`` included, stays clean. ``blur`` (motion blur over a 180 degree
   shutter, along each pixel's true motion), ``noise`` (signal-dependent sensor noise), ``jpeg70``
@@ -93,7 +95,7 @@ _CHUNK = 1 << 15
 LAYOUTS = ("boxes", "mixed")
 TEXTURES = ("smooth", "medium", "high")
 MOVERS = ("cube", "sphere", "box", "walker", "stop", "epipolar")
-CAMERAS = ("sweep", "sideways", "dolly", "arc", "handheld")
+CAMERAS = ("sweep", "sideways", "dolly", "arc", "handheld", "walk")
 DEGRADATIONS = ("blur", "noise", "jpeg70")
 #: most movers in one scene
 MAX_MOVERS = 3
@@ -113,6 +115,10 @@ SUITE_PRESETS: dict[str, dict] = {
         texture="high", movers=["stop"], camera="sideways", degrade=["jpeg70"], seed=5
     ),
     "suite_epipolar": dict(texture="medium", movers=["epipolar"], camera="sideways", seed=6),
+    # a camera walking into the scene: the far wall grows in the image (static_last_delta: auto)
+    "suite_walk": dict(
+        texture="medium", movers=["sphere", "stop"], camera="walk", degrade=["noise"], seed=8
+    ),
     "suite_phone": dict(
         texture="medium",
         movers=["walker"],
@@ -234,7 +240,7 @@ def _jitter(rng: np.random.Generator, count: int) -> Callable[[float], np.ndarra
 
 def camera_path(name: str, seed: int = 0) -> Callable[[float], np.ndarray]:
     """The training camera's c2w (4, 4) as a function of clip phase ``s`` in [0, 1], for the
-    path ``name`` (one of :data:`CAMERAS`; only ``handheld`` depends on ``seed``)."""
+    path ``name`` (one of :data:`CAMERAS`; only ``handheld`` and ``walk`` depend on ``seed``)."""
     if name == "sweep":
         return camera_pose
     if name == "sideways":  # straight along x, 1.4 m, panning +-6 degrees to keep the centre
@@ -267,6 +273,22 @@ def camera_path(name: str, seed: int = 0) -> Callable[[float], np.ndarray]:
             return c2w
 
         return handheld
+    if name == "walk":  # 1 m forward on foot: sway, bob, a wandering gaze, rotation jitter
+        jit = _jitter(np.random.default_rng([seed, 6]), 6)
+
+        def walk(s: float) -> np.ndarray:
+            j = jit(s)
+            step = 2 * math.pi * 3.0 * s  # three strides over the clip
+            eye = np.array([0.05 * math.sin(step), 0.02 * math.sin(2 * step), -0.4 + 1.0 * s])
+            target = [0.3 * j[0], 0.2 + 0.1 * j[1], 5.5]
+            c2w = look_at(eye + 0.01 * j[2:5], target, math.radians(1.5) * j[5])
+            shake = rotation([1, 0, 0], math.radians(1.0) * j[3]) @ rotation(
+                [0, 1, 0], math.radians(1.0) * j[4]
+            )
+            c2w[:3, :3] = c2w[:3, :3] @ shake
+            return c2w
+
+        return walk
     raise ValueError(f"unknown camera path {name!r}; paths: {CAMERAS}")
 
 

@@ -19,7 +19,7 @@ way round) and take their defaults from ``TrainConfig``.
 
 from __future__ import annotations
 
-from nsff_core.config import TrainConfig
+from nsff_core.config import TrainConfig, resolve_static_last_delta
 
 from .data import SamplerConfig
 from .fields import FieldConfig
@@ -70,7 +70,9 @@ def render_config(cfg: TrainConfig) -> RenderConfig:
         num_samples=cfg.num_samples,
         noise_std=cfg.noise_std,
         warp_every=cfg.warp_every,
-        static_last_delta=cfg.static_last_delta,
+        # auto is decided where the scene is trained (rule train); a system built without its
+        # scene (a test, a throughput benchmark) gets the value of a camera filmed sideways
+        static_last_delta=resolve_static_last_delta(cfg.static_last_delta, None),
     )
 
 

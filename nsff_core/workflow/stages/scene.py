@@ -156,4 +156,19 @@ def load_scene(
         rgb, disp, fw, bw, fw_ok, bw_ok, dynamic, cams["K"], cams["c2w"][ids], content
     )
     data.frame_ids = ids
+    data.forward_zoom = _forward_zoom(cams["c2w"][ids], depths)
     return data
+
+
+#: percentile of the SfM points' depths (all training frames) taken as the far content's depth
+FAR_PERCENTILE = 90.0
+
+
+def _forward_zoom(c2w: np.ndarray, point_depths: list[np.ndarray]) -> float | None:
+    """:func:`~nsff_core.model.cameras.forward_zoom` of the training cameras at the depth of
+    the far SfM points (:data:`FAR_PERCENTILE`); None where no point lies in front."""
+    from nsff_core.model.cameras import forward_zoom
+
+    z = np.concatenate([np.asarray(d, np.float64).ravel() for d in point_depths] + [np.zeros(0)])
+    z = z[np.isfinite(z) & (z > 0)]
+    return forward_zoom(c2w, float(np.percentile(z, FAR_PERCENTILE))) if z.size else None

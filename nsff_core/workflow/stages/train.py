@@ -56,7 +56,14 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 
-from nsff_core.config import TrainConfig, from_dict, resolve_disparity_movers, to_dict
+from nsff_core.config import (
+    FORWARD_ZOOM,
+    TrainConfig,
+    from_dict,
+    resolve_disparity_movers,
+    resolve_static_last_delta,
+    to_dict,
+)
 from nsff_core.errors import ConfigError, CorruptFileError, StageError
 from nsff_core.model.checkpoint import (
     LAST,
@@ -473,6 +480,21 @@ def _resolve_auto(cfg: TrainConfig, scene_dir: Path) -> TrainConfig:
     return dataclasses.replace(cfg, disparity_movers=movers)
 
 
+def _resolve_backdrop(cfg: TrainConfig, zoom: float | None) -> TrainConfig:
+    """``cfg`` with ``static_last_delta: auto`` decided by the camera path's forward zoom."""
+    if cfg.static_last_delta != "auto":
+        return cfg
+    delta = resolve_static_last_delta("auto", zoom)
+    log.info(
+        "train: static_last_delta auto -> %g: the far content's image size changes by %s over "
+        "the clip (from %.0f %% on, the camera counts as moving towards the scene)",
+        delta,
+        "an unknown fraction" if zoom is None else f"{100 * zoom:.1f} %",
+        100 * FORWARD_ZOOM,
+    )
+    return dataclasses.replace(cfg, static_last_delta=delta)
+
+
 def train_scene(
     scene_dir: str | Path,
     out_dir: str | Path,
@@ -512,6 +534,7 @@ def train_scene(
     run_dir.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     data = load_scene(scene_dir, scene=scene, holdout_every=holdout_every)
+    cfg = _resolve_backdrop(cfg, data.forward_zoom)
     spe = steps_per_epoch(cfg, data, world)
     total = cfg.max_steps or cfg.epochs * spe
     facts: dict[str, Any] = {
