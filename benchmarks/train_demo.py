@@ -57,21 +57,27 @@ def preset_config(preset: str | None) -> dict:
 
 
 def ensure_holdout_flow(scene_dir: Path, every: int) -> None:
-    """``scene_dir/flow_holdout`` for ``every`` (default flow settings), unless it is there."""
+    """``scene_dir/flow_holdout`` for ``every`` (default flow settings), unless it is there.
+    Two runs started together on one scene take turns (a lock file beside the folder): the
+    second finds the first one's flow instead of writing the same folder at the same time."""
+    import fcntl
+
     from nsff_core.config import FlowConfig
     from nsff_core.priors.flow import HOLDOUT_JSON, compute_holdout_flow
 
     facts = scene_dir / "flow_holdout" / HOLDOUT_JSON
-    if facts.is_file() and json.loads(facts.read_text()).get("holdout_every") == every:
-        return
-    frames_json = scene_dir / "frames.json"
-    compute_holdout_flow(
-        scene_dir / "frames",
-        scene_dir / "flow_holdout",
-        FlowConfig(),
-        every,
-        frames_json=frames_json if frames_json.is_file() else None,
-    )
+    with open(scene_dir / ".flow_holdout.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if facts.is_file() and json.loads(facts.read_text()).get("holdout_every") == every:
+            return
+        frames_json = scene_dir / "frames.json"
+        compute_holdout_flow(
+            scene_dir / "frames",
+            scene_dir / "flow_holdout",
+            FlowConfig(),
+            every,
+            frames_json=frames_json if frames_json.is_file() else None,
+        )
 
 
 def calibrate(scene_dir: Path, cfg: TrainConfig, steps: int = 12, holdout_every: int = 0) -> float:
