@@ -16,6 +16,7 @@ import numpy as np
 
 from nsff_core.errors import CorruptFileError, StageError
 from nsff_core.model import io
+from nsff_core.model.cameras import forward_zoom
 from nsff_core.model.data import SceneData, nearest_content_depth, scene_data_from_arrays
 
 log = logging.getLogger(__name__)
@@ -167,8 +168,6 @@ FAR_PERCENTILE = 90.0
 def _forward_zoom(c2w: np.ndarray, point_depths: list[np.ndarray]) -> float | None:
     """:func:`~nsff_core.model.cameras.forward_zoom` of the training cameras at the depth of
     the far SfM points (:data:`FAR_PERCENTILE`); None where no point lies in front."""
-    from nsff_core.model.cameras import forward_zoom
-
     z = np.concatenate([np.asarray(d, np.float64).ravel() for d in point_depths] + [np.zeros(0)])
     z = z[np.isfinite(z) & (z > 0)]
     return forward_zoom(c2w, float(np.percentile(z, FAR_PERCENTILE))) if z.size else None
