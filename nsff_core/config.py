@@ -335,6 +335,10 @@ class TrainConfig:
     #: planes, deform: levels of space-time planes read at the canonical position (per-frame
     #: detail that moves with the warp), resolutions base * 2^l; 0 = none
     grid_detail_levels: int = 0
+    #: planes, deform: cells per axis of a per-frame colour texture over NDC (x, y): a dense
+    #: (x, y, frame) grid whose features add to the dynamic colour (not the density), so each
+    #: frame can paint a mover's texture where the warp does not align it; 0 = none
+    grid_frame_texture: int = 0
     #: planes: cells per axis of one more static feature plane over NDC (x, y) alone, the
     #: image plane of the average camera (fine texture for one plane's cost, where a finer
     #: level of all three planes costs three); 0 = none

@@ -185,6 +185,44 @@ def test_frame_codes_and_detail_planes_learn_and_need_the_deforming_field():
         PlaneFieldConfig(frame_code=-1)
 
 
+def test_the_frame_texture_changes_only_its_own_frames_colour_where_it_is():
+    from nsff_core.model.system import make_fields
+
+    torch.manual_seed(0)
+    cfg = PlaneFieldConfig(
+        base_resolution=4, levels=2, dynamic_levels=1, channels=3, hidden=8, frame_texture=8
+    )
+    field = PlaneDeformDynamicField(cfg, num_frames=4)
+    assert field.texture.shape == (1, field.TEXTURE_CHANNELS, 4, 8, 8)
+    assert any(p is field.texture for p in field.grid_parameters())
+    assert "texture" not in PlaneDeformDynamicField(SMALL, num_frames=4).state_dict()
+    x = torch.rand(50, 3) * 1.6 - 0.8
+    before = {t: field(x, torch.full((50,), t)) for t in range(4)}
+    plain = PlaneDeformDynamicField(SMALL, num_frames=4)
+    plain.load_state_dict(field.state_dict(), strict=False)
+    # zero at the start: the colour is the decoder's alone
+    assert torch.allclose(plain(x, torch.full((50,), 2)).rgb, before[2].rgb)
+    with torch.no_grad():  # paint the right half (x > 0) of frame 2's texture
+        field.texture[:, :, 2, :, 4:] = 1.0
+    after = {t: field(x, torch.full((50,), t)) for t in range(4)}
+    for t in (0, 1, 3):
+        assert torch.equal(after[t].rgb, before[t].rgb)
+    right, left = x[:, 0] > 0.3, x[:, 0] < -0.3
+    changed = (after[2].rgb - before[2].rgb).abs().amax(-1)
+    assert changed[right].min() > 1e-4 and changed[left].max() == 0
+    for t in range(4):  # colour only: density and scene flow unchanged
+        assert torch.equal(after[t].raw_sigma, before[t].raw_sigma)
+        assert torch.equal(after[t].scene_flow_fw, before[t].scene_flow_fw)
+    after[2].rgb.sum().backward()
+    grad = field.texture.grad
+    assert grad[:, :, 2].abs().sum() > 0 and grad[:, :, [0, 1, 3]].abs().sum() == 0
+    bad = TrainConfig(field="planes", grid_dynamic="kplanes", grid_frame_texture=8)
+    with pytest.raises(ConfigError, match="grid_frame_texture"):
+        make_fields(bad, num_frames=3)
+    with pytest.raises(ConfigError, match="grid_frame_texture"):
+        PlaneFieldConfig(frame_texture=1)
+
+
 def test_the_warp_levels_halve_from_their_own_finest_resolution():
     def warp_sizes(**kw):
         cfg = PlaneFieldConfig(base_resolution=8, channels=2, hidden=4, **kw)

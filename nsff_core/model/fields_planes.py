@@ -66,6 +66,8 @@ class PlaneFieldConfig:
     frame_code: int = TrainConfig.grid_frame_code
     #: deform: levels of space-time detail planes read at the canonical position (0 = none)
     detail_levels: int = TrainConfig.grid_detail_levels
+    #: deform: cells per axis of the per-frame colour texture over (x, y) (0 = none)
+    frame_texture: int = TrainConfig.grid_frame_texture
     #: static: cells per axis of a feature plane over (x, y) alone (0 = none)
     image_resolution: int = TrainConfig.grid_image_resolution
     #: feature channels per plane and level
@@ -100,6 +102,10 @@ class PlaneFieldConfig:
             raise ConfigError(
                 "grid_frame_code and grid_detail_levels must be >= 0, got "
                 f"{self.frame_code} and {self.detail_levels}"
+            )
+        if self.frame_texture < 0 or self.frame_texture == 1:
+            raise ConfigError(
+                f"grid_frame_texture must be 0 (none) or >= 2, got {self.frame_texture}"
             )
         if self.motion_resolution is not None and self.motion_resolution < 2:
             raise ConfigError(
@@ -392,6 +398,9 @@ class PlaneDeformDynamicField(nn.Module):
     like :class:`PlaneDynamicField`'s. Same outputs and interface as that class.
     """
 
+    #: feature channels of the per-frame texture of ``frame_texture``
+    TEXTURE_CHANNELS = 4
+
     def __init__(self, cfg: PlaneFieldConfig, num_frames: int) -> None:
         super().__init__()
         if num_frames < 1:
@@ -430,12 +439,20 @@ class PlaneDeformDynamicField(nn.Module):
         )
         feat = cfg.channels * (cfg.dynamic_levels + cfg.detail_levels) + cfg.frame_code
         self.decoder = _mlp(feat, cfg.hidden, 1 + 3, 2)
+        # per-frame colour texture: (1, C, frames, r, r), zero at the start (no change to the
+        # colour), mapped linearly onto the colour's logits; none at frame_texture 0
+        r = cfg.frame_texture
+        self.texture = (
+            nn.Parameter(torch.zeros(1, self.TEXTURE_CHANNELS, rows, r, r)) if r else None
+        )
+        self.texture_out = nn.Linear(self.TEXTURE_CHANNELS, 3, bias=False) if r else None
         self.register_buffer("scale", _extent_scale(cfg), persistent=False)
 
     def grid_parameters(self) -> list[nn.Parameter]:
         stacks = [*self.levels, *self.motion, *self.motion_time, *self.detail, *self.detail_time]
         codes = [] if self.frame_codes is None else [self.frame_codes]
-        return [level.planes for level in stacks] + codes
+        texture = [] if self.texture is None else [self.texture]
+        return [level.planes for level in stacks] + codes + texture
 
     def regularization(self) -> Tensor:
         """Total variation of the spatial planes and smoothness in time of the time planes
@@ -461,6 +478,8 @@ class PlaneDeformDynamicField(nn.Module):
             parts.append(self.frame_codes[t.expand(x.shape[:-1]).reshape(-1)])
         feat = torch.cat(parts, dim=-1)
         raw_sigma, rgb = self.decoder(feat).split([1, 3], dim=-1)
+        if self.texture is not None:
+            rgb = rgb + self.texture_out(self._texture_features(coords))
         # the reported canonical coordinates (for the canonical-consistency term only) carry
         # no gradient into the query position: the term is to move the warp onto the scene
         # flow, not the flow (a query at x + f) onto the warp. With its position's gradient,
@@ -469,6 +488,21 @@ class PlaneDeformDynamicField(nn.Module):
         return dynamic_output(
             x.shape[:-1], raw_sigma, rgb, (flow_fw, flow_bw), self.cfg.flow_scale, reported
         )
+
+    def _texture_features(self, coords: Tensor) -> Tensor:
+        """(M, TEXTURE_CHANNELS) features of the frame texture at the (x, y) and frame row
+        of (M, 4) plane coordinates (grid_sample's 5D order: x = width, y = height, t =
+        depth; trilinear, and exact in t at a frame's own row)."""
+        assert self.texture is not None
+        grid = safe_grid_coords(coords[:, (0, 1, 3)]).view(1, 1, 1, -1, 3)
+        f = F.grid_sample(
+            self.texture,
+            grid.to(self.texture.dtype),
+            mode="bilinear",
+            padding_mode="border",
+            align_corners=True,
+        )  # (1, C, 1, 1, M)
+        return f.view(self.TEXTURE_CHANNELS, -1).t()
 
     def at_times(self, x: Tensor, t: Tensor) -> DynamicFieldOutput:
         """Query per-ray samples ``x`` (B, S, 3) at one integer frame per ray ``t`` (B,)."""

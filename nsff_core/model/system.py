@@ -58,6 +58,7 @@ def make_fields(
     deform_only = {
         "grid_frame_code": cfg.grid_frame_code,
         "grid_detail_levels": cfg.grid_detail_levels,
+        "grid_frame_texture": cfg.grid_frame_texture,
     }
     used = [k for k, v in deform_only.items() if v]
     if used and (cfg.field, cfg.grid_dynamic) != ("planes", "deform"):

@@ -54,6 +54,7 @@ def plane_field_config(
         motion_resolution=cfg.grid_motion_resolution,
         frame_code=cfg.grid_frame_code,
         detail_levels=cfg.grid_detail_levels,
+        frame_texture=cfg.grid_frame_texture,
         image_resolution=cfg.grid_image_resolution,
         channels=cfg.grid_channels,
         hidden=cfg.grid_hidden,
