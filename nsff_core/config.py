@@ -20,6 +20,12 @@ from .errors import ConfigError
 #: aspect ratio up to 8192 px. SfM needs far larger frames to register anything useful: this is
 #: the floor below which a stage crashes, not a recommendation.
 MIN_FRAME_SIDE = 32
+#: Largest number of learned plane features of the planes field (static and dynamic spatial
+#: planes over all levels, x channels; checked by the config's validation), and of its
+#: per-frame texture (``grid_frame_texture``, checked once the frame count is known): 2^28
+#: float32 = 1 GiB, about 4 GiB with gradients and the optimiser's moments; eight times the
+#: largest K-Planes model.
+MAX_GRID_FEATURES = 1 << 28
 #: Largest side, in pixels, of training frames and rendered views (camera-path files): 8K.
 #: Larger values are typos that would allocate many GB per frame.
 MAX_FRAME_SIDE = 8192
@@ -339,6 +345,10 @@ class TrainConfig:
     #: (x, y, frame) grid whose features add to the dynamic colour (not the density), so each
     #: frame can paint a mover's texture where the warp does not align it; 0 = none
     grid_frame_texture: int = 0
+    #: planes, deform: the renders warped to the neighbouring frames train the frame texture
+    #: too (true), or read it without gradient (false: each frame's texture learns from its
+    #: own frame's pixels alone)
+    grid_frame_texture_warped: bool = True
     #: planes: cells per axis of one more static feature plane over NDC (x, y) alone, the
     #: image plane of the average camera (fine texture for one plane's cost, where a finer
     #: level of all three planes costs three); 0 = none

@@ -380,8 +380,20 @@ def test_a_run_resumes_when_only_where_its_batches_are_drawn_changed(tiny_scene_
     assert ckpt["global_step"] == 4 and ckpt["pixel_sampler"]["kind"] == "device"
     assert [int(r["step"]) for r in _rows(out / "metrics.csv")][:2] == [0, 1], "resumed"
     assert ckpt["optimizer_states"][0]["param_groups"][0]["fused"] is True
-    # and back: plain Adam again, its step counts on the CPU
+    # and back: fused Adam on the host too
     train_scene(tiny_scene_dir, out, TrainConfig(**host, max_steps=6), scene="tiny")
     ckpt = load_checkpoint(out / "last.ckpt")
     assert ckpt["global_step"] == 6 and ckpt["pixel_sampler"]["kind"] == "host"
-    assert not ckpt["optimizer_states"][0]["param_groups"][0]["fused"]
+    assert ckpt["optimizer_states"][0]["param_groups"][0]["fused"] is True
+    # a checkpoint of plain Adam (host runs before fused Adam on the CPU) resumes as fused,
+    # with its state
+    for group in ckpt["optimizer_states"][0]["param_groups"]:
+        group["fused"] = None
+    params = list(ckpt["optimizer_states"][0]["state"])
+    torch.save(ckpt, out / "last.ckpt")
+    train_scene(tiny_scene_dir, out, TrainConfig(**host, max_steps=7), scene="tiny")
+    ckpt = load_checkpoint(out / "last.ckpt")
+    assert ckpt["global_step"] == 7
+    assert ckpt["optimizer_states"][0]["param_groups"][0]["fused"] is True
+    state = ckpt["optimizer_states"][0]["state"]
+    assert all(int(state[k]["step"]) == 7 for k in params), "the step counts carried on"

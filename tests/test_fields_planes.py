@@ -1,6 +1,8 @@
 """Plane-factorised fields: lookups against hand-computed values, the time rows, gradients to
 positions (the scene flow learns through them), and the optimiser's parameter groups."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -216,11 +218,66 @@ def test_the_frame_texture_changes_only_its_own_frames_colour_where_it_is():
     after[2].rgb.sum().backward()
     grad = field.texture.grad
     assert grad[:, :, 2].abs().sum() > 0 and grad[:, :, [0, 1, 3]].abs().sum() == 0
+    # the warped renders' query trains the texture too, unless texture_warped is off
+    for warped, trained in ((True, True), (False, False)):
+        field.cfg = dataclasses.replace(cfg, texture_warped=warped)
+        field.texture.grad = None
+        out = field.at_times(x[None], torch.tensor([2]), neighbours=True)
+        torch.testing.assert_close(out.rgb[0], after[2].rgb)  # the same colour either way
+        out.rgb.sum().backward()
+        assert (field.texture.grad is not None and field.texture.grad.abs().sum() > 0) == trained
     bad = TrainConfig(field="planes", grid_dynamic="kplanes", grid_frame_texture=8)
     with pytest.raises(ConfigError, match="grid_frame_texture"):
         make_fields(bad, num_frames=3)
     with pytest.raises(ConfigError, match="grid_frame_texture"):
         PlaneFieldConfig(frame_texture=1)
+
+
+def test_the_frame_texture_reads_like_grid_samples_trilinear_lookup():
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    cfg = PlaneFieldConfig(
+        base_resolution=4, levels=1, dynamic_levels=1, channels=2, hidden=8, frame_texture=6
+    )
+    field = PlaneDeformDynamicField(cfg, num_frames=5)
+    with torch.no_grad():
+        field.texture.normal_()
+    m = 400
+    coords = torch.rand(m, 4) * 2.4 - 1.2  # some outside the box: border values
+    coords[:200, 3] = torch.randint(0, 5, (200,)) / 2 - 1  # frame rows exactly; the rest between
+    coords.requires_grad_()
+    ours = field._texture_features(coords)
+    grid = coords[:, (0, 1, 3)].clamp(-1, 1).view(1, 1, 1, m, 3)
+    ref = F.grid_sample(field.texture, grid, padding_mode="border", align_corners=True)
+    ref = ref.view(field.TEXTURE_CHANNELS, m).t()
+    torch.testing.assert_close(ours, ref)
+    weights = torch.randn(m, field.TEXTURE_CHANNELS)
+    g_ours = torch.autograd.grad((ours * weights).sum(), (field.texture, coords))
+    g_ref = torch.autograd.grad((ref * weights).sum(), (field.texture, coords))
+    torch.testing.assert_close(g_ours[0], g_ref[0])
+    inside = coords.detach()[:, :2].abs() < 0.99  # the gradient in (x, y) inside the box
+    torch.testing.assert_close(g_ours[1][:, :2][inside], g_ref[1][:, :2][inside])
+    beyond = coords.detach()[:, :2].abs() > 1
+    assert beyond.any() and g_ours[1][:, :2][beyond].abs().sum() == 0, "no pull beyond the border"
+
+
+def test_a_frame_texture_too_large_for_the_clip_is_refused_before_it_is_allocated():
+    from nsff_core.config import MAX_GRID_FEATURES
+
+    cfg = PlaneFieldConfig(
+        base_resolution=4, levels=1, dynamic_levels=1, channels=2, hidden=8, frame_texture=1024
+    )
+    frames = MAX_GRID_FEATURES // (PlaneDeformDynamicField.TEXTURE_CHANNELS * 1024**2)
+    # 65 frames at 1024 cells are just over 1 GiB of features (4 with the optimiser): refused,
+    # naming the setting, the frame count and the largest texture that fits
+    with pytest.raises(ConfigError, match=r"grid_frame_texture 1024 over 65 frames.* 1016 "):
+        PlaneDeformDynamicField(cfg, num_frames=frames + 1)
+    assert frames == 64
+    small = PlaneFieldConfig(
+        base_resolution=4, levels=1, dynamic_levels=1, channels=2, hidden=8, frame_texture=16
+    )
+    assert PlaneDeformDynamicField(small, num_frames=frames + 1).texture.shape[2] == 65
 
 
 def test_the_warp_levels_halve_from_their_own_finest_resolution():

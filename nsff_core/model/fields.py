@@ -238,9 +238,11 @@ class DynamicField(nn.Module):
             scene_flow_bw=(scale * torch.tanh(flow_bw)).reshape(*lead, 3),
         )
 
-    def at_times(self, x: Tensor, t: Tensor) -> DynamicFieldOutput:
+    def at_times(self, x: Tensor, t: Tensor, neighbours: bool = False) -> DynamicFieldOutput:
         """Query per-ray samples ``x`` (B, S, 3) at one integer frame per ray ``t`` (B,).
 
         Equivalent to ``self(x, t[:, None])``; outputs have leading shape (B, S).
+        ``neighbours``: the query of a render warped to the neighbouring frames (the same
+        outputs here; a field may train some of its parameters on its own frames only).
         """
         return self(x, t[:, None])

@@ -31,13 +31,14 @@ every product is non-zero and the dynamic field starts time-invariant.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nsff_core.config import TrainConfig
+from nsff_core.config import MAX_GRID_FEATURES, TrainConfig
 from nsff_core.errors import ConfigError
 
 from .fields import DynamicFieldOutput, PositionalEncoding, StaticFieldOutput, check_times
@@ -68,6 +69,8 @@ class PlaneFieldConfig:
     detail_levels: int = TrainConfig.grid_detail_levels
     #: deform: cells per axis of the per-frame colour texture over (x, y) (0 = none)
     frame_texture: int = TrainConfig.grid_frame_texture
+    #: deform: the neighbour queries of the warped renders train the texture too
+    texture_warped: bool = TrainConfig.grid_frame_texture_warped
     #: static: cells per axis of a feature plane over (x, y) alone (0 = none)
     image_resolution: int = TrainConfig.grid_image_resolution
     #: feature channels per plane and level
@@ -363,9 +366,16 @@ class PlaneDynamicField(nn.Module):
         raw_sigma, rgb, flow_fw, flow_bw = self.decoder(feat).split([1, 3, 3, 3], dim=-1)
         return dynamic_output(x.shape[:-1], raw_sigma, rgb, (flow_fw, flow_bw), self.cfg.flow_scale)
 
-    def at_times(self, x: Tensor, t: Tensor) -> DynamicFieldOutput:
-        """Query per-ray samples ``x`` (B, S, 3) at one integer frame per ray ``t`` (B,)."""
+    def at_times(self, x: Tensor, t: Tensor, neighbours: bool = False) -> DynamicFieldOutput:
+        """Query per-ray samples ``x`` (B, S, 3) at one integer frame per ray ``t`` (B,)
+        (``neighbours``: as :meth:`nsff_core.model.fields.DynamicField.at_times`)."""
         return self(x, t[:, None])
+
+
+def _largest_texture(rows: int, channels: int) -> int:
+    """The largest ``grid_frame_texture`` whose texture of ``rows`` frames stays within
+    :data:`~nsff_core.config.MAX_GRID_FEATURES`."""
+    return math.isqrt(MAX_GRID_FEATURES // (rows * channels))
 
 
 class PlaneDeformDynamicField(nn.Module):
@@ -442,6 +452,15 @@ class PlaneDeformDynamicField(nn.Module):
         # per-frame colour texture: (1, C, frames, r, r), zero at the start (no change to the
         # colour), mapped linearly onto the colour's logits; none at frame_texture 0
         r = cfg.frame_texture
+        texture_features = self.TEXTURE_CHANNELS * rows * r * r
+        if texture_features > MAX_GRID_FEATURES:
+            raise ConfigError(
+                f"train.grid_frame_texture {r} over {num_frames} frames would learn "
+                f"{texture_features:,} features, more than the {MAX_GRID_FEATURES:,} allowed "
+                f"({MAX_GRID_FEATURES * 4 // 2**30} GiB of float32 before gradients and optimiser "
+                f"state); lower grid_frame_texture to at most "
+                f"{_largest_texture(rows, self.TEXTURE_CHANNELS)} or train fewer frames"
+            )
         self.texture = (
             nn.Parameter(torch.zeros(1, self.TEXTURE_CHANNELS, rows, r, r)) if r else None
         )
@@ -463,8 +482,9 @@ class PlaneDeformDynamicField(nn.Module):
             tv = tv + space_time_regularization(self.detail, self.detail_time)
         return tv
 
-    def forward(self, x: Tensor, t: Tensor) -> DynamicFieldOutput:
-        """Same contract as :meth:`nsff_core.model.fields.DynamicField.forward` (integer ``t``)."""
+    def forward(self, x: Tensor, t: Tensor, detach_texture: bool = False) -> DynamicFieldOutput:
+        """Same contract as :meth:`nsff_core.model.fields.DynamicField.forward` (integer ``t``);
+        ``detach_texture``: the frame texture is read without gradient into its cells."""
         coords = space_time_coords(x, t, self.scale, self.num_frames)
         motion = space_time_features(self.motion, self.motion_time, coords)
         offset, flow_fw, flow_bw = self.motion_decoder(motion).split([3, 3, 3], dim=-1)
@@ -479,7 +499,7 @@ class PlaneDeformDynamicField(nn.Module):
         feat = torch.cat(parts, dim=-1)
         raw_sigma, rgb = self.decoder(feat).split([1, 3], dim=-1)
         if self.texture is not None:
-            rgb = rgb + self.texture_out(self._texture_features(coords))
+            rgb = rgb + self.texture_out(self._texture_features(coords, detach_texture))
         # the reported canonical coordinates (for the canonical-consistency term only) carry
         # no gradient into the query position: the term is to move the warp onto the scene
         # flow, not the flow (a query at x + f) onto the warp. With its position's gradient,
@@ -489,21 +509,35 @@ class PlaneDeformDynamicField(nn.Module):
             x.shape[:-1], raw_sigma, rgb, (flow_fw, flow_bw), self.cfg.flow_scale, reported
         )
 
-    def _texture_features(self, coords: Tensor) -> Tensor:
+    def _texture_features(self, coords: Tensor, detach: bool = False) -> Tensor:
         """(M, TEXTURE_CHANNELS) features of the frame texture at the (x, y) and frame row
-        of (M, 4) plane coordinates (grid_sample's 5D order: x = width, y = height, t =
-        depth; trilinear, and exact in t at a frame's own row)."""
+        of (M, 4) plane coordinates: trilinear over (x, y, frame), exact at a frame's own row,
+        border values outside the box (the lookup of ``grid_sample`` with
+        ``align_corners=True``). Done as one ``index_select`` of the 8 corner cells: its
+        backward adds into the cells it read, half the time of ``grid_sample``'s 5D backward on
+        the CPU at 256 cells (whose cost grows with the whole texture)."""
         assert self.texture is not None
-        grid = safe_grid_coords(coords[:, (0, 1, 3)]).view(1, 1, 1, -1, 3)
-        f = F.grid_sample(
-            self.texture,
-            grid.to(self.texture.dtype),
-            mode="bilinear",
-            padding_mode="border",
-            align_corners=True,
-        )  # (1, C, 1, 1, M)
-        return f.view(self.TEXTURE_CHANNELS, -1).t()
+        tex = self.texture.detach() if detach else self.texture
+        channels, rows, r = tex.shape[1], tex.shape[2], tex.shape[3]
+        grid = safe_grid_coords(coords[:, (0, 1, 3)]).to(tex.dtype)
+        size = torch.tensor([r, r, rows], dtype=tex.dtype, device=tex.device)
+        pos = (grid + 1.0) * 0.5 * (size - 1)
+        low = torch.minimum(pos.detach().floor(), size - 2)  # the last cell owns the far edge
+        frac = pos - low
+        x0, y0, t0 = low.long().unbind(-1)
+        fx, fy, ft = frac.unbind(-1)
+        first = (t0 * r + y0) * r + x0
+        corners = [(dt * r + dy) * r + dx for dt in (0, 1) for dy in (0, 1) for dx in (0, 1)]
+        offsets = torch.tensor(corners, device=tex.device)
+        index = (first[None] + offsets[:, None]).reshape(-1)
+        weights = torch.stack(
+            [wt * wy * wx for wt in (1 - ft, ft) for wy in (1 - fy, fy) for wx in (1 - fx, fx)]
+        )  # (8, M), in the order of ``corners``
+        cells = tex.view(channels, -1).index_select(1, index).view(channels, 8, -1)
+        return (cells * weights).sum(1).t()
 
-    def at_times(self, x: Tensor, t: Tensor) -> DynamicFieldOutput:
-        """Query per-ray samples ``x`` (B, S, 3) at one integer frame per ray ``t`` (B,)."""
-        return self(x, t[:, None])
+    def at_times(self, x: Tensor, t: Tensor, neighbours: bool = False) -> DynamicFieldOutput:
+        """Query per-ray samples ``x`` (B, S, 3) at one integer frame per ray ``t`` (B,);
+        ``neighbours`` (the warped renders' query) reads the frame texture without gradient
+        into it unless ``texture_warped``."""
+        return self(x, t[:, None], detach_texture=neighbours and not self.cfg.texture_warped)

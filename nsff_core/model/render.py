@@ -485,7 +485,7 @@ def _warped_renders(
     points_fw = current.points + current.scene_flow_fw
     points_bw = current.points + current.scene_flow_bw
     points = torch.cat([points_fw[sel], points_bw[sel]])
-    both = dynamic_field.at_times(points, torch.cat([time_fw[sel], time_bw[sel]]))
+    both = dynamic_field.at_times(points, torch.cat([time_fw[sel], time_bw[sel]]), neighbours=True)
     r = len(points) // 2
     fw_out, bw_out = (
         DynamicFieldOutput(

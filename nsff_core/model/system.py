@@ -292,9 +292,11 @@ class NSFFSystem(pl.LightningModule):
         self.step_losses: dict[str, Tensor] = {}
         #: the renderer of :meth:`render` (a compiled one under ``train.compile: render``)
         self.render_rays = render_rays
-        #: fused Adam (set by the trainer for device-resident training: it skips a step whose
-        #: ``found_inf`` flag the divergence guard set, without a host read)
-        self.fused_adam = False
+        #: fused Adam: one kernel per step over all parameters (on the CPU too, where it is
+        #: 2-3 times faster than the default per-tensor loop), which under device-resident
+        #: training also skips a step whose ``found_inf`` flag the divergence guard set, without
+        #: a host read; False: plain Adam (same update)
+        self.fused_adam = True
         K_t = torch.as_tensor(self.meta.K, dtype=torch.float32)
         c2w_t = torch.as_tensor(self.meta.c2w).float()
         self.register_buffer("K", K_t, persistent=False)
@@ -532,8 +534,8 @@ def rescale_learning_rates(checkpoint: dict[str, Any], factor: float) -> None:
 
 def set_fused_adam(checkpoint: dict[str, Any], fused: bool) -> None:
     """Make the optimizer state of a Lightning checkpoint dict restore as fused Adam or not,
-    in place (a run that moves between host- and device-drawn batches, see
-    ``train.device_resident``): Lightning restores the saved parameter groups, ``fused`` flag
+    in place (:attr:`NSFFSystem.fused_adam`; a checkpoint from before fused Adam on the CPU
+    holds plain Adam's state): Lightning restores the saved parameter groups, ``fused`` flag
     included, after the module's ``on_load_checkpoint``. Plain Adam keeps its step counts on
     the CPU, so they move there when ``fused`` is off."""
     for opt in checkpoint.get("optimizer_states", []):

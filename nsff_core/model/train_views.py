@@ -55,6 +55,7 @@ def plane_field_config(
         frame_code=cfg.grid_frame_code,
         detail_levels=cfg.grid_detail_levels,
         frame_texture=cfg.grid_frame_texture,
+        texture_warped=cfg.grid_frame_texture_warped,
         image_resolution=cfg.grid_image_resolution,
         channels=cfg.grid_channels,
         hidden=cfg.grid_hidden,

@@ -17,14 +17,11 @@ import re
 from pathlib import Path
 from typing import Any
 
+from nsff_core.config import MAX_GRID_FEATURES
 from nsff_core.errors import ConfigError
 
 from .layout import RENDER_PARTS
 
-#: Largest number of learned plane features of the planes field (static and dynamic spatial
-#: planes over all levels, x channels): 2^28 float32 = 1 GiB, about 4 GiB with gradients and
-#: the optimiser's moments; eight times the largest K-Planes model.
-MAX_GRID_FEATURES = 1 << 28
 #: Longest scene name: it names results/<scene>/ and is part of every output path, which
 #: must stay below the file systems' 255-byte name and 4096-byte path limits.
 MAX_SCENE_NAME_LENGTH = 100
@@ -178,8 +175,9 @@ def grid_features(values: dict[str, Any]) -> int:
     """Learned features of the planes field with train settings ``values`` (missing keys take
     the defaults): 3 spatial planes of (base x 2^l)^2 cells per level l, in the static and in the
     dynamic field, times the channels, and for ``grid_dynamic: deform`` those of its warp
-    and detail levels. The time planes (resolution x frames) are not counted: the frame count is not
-    known before the frames rule ran."""
+    and detail levels. The time planes (resolution x frames) and the per-frame texture
+    (``grid_frame_texture``) are not counted: the frame count is not known before the frames
+    rule ran (the texture is checked when training builds its field)."""
     from nsff_core.config import TrainConfig
 
     def get(key: str) -> Any:

@@ -828,10 +828,9 @@ def _fit(
     system.pixel_sampler = stream.sampler
     system.training_frames = data.rgb
     system.lr_scale = float(job.get("lr_scale", 1.0))
-    # no host synchronisation per step: fused Adam skips a non-finite step on the device, the
-    # guard and the CSV log read the device every log_every steps
+    # no host synchronisation per step: fused Adam (the system's optimizer) skips a non-finite
+    # step on the device, the guard and the CSV log read the device every log_every steps
     resident = device is not None
-    system.fused_adam = resident
     sync_every = cfg.log_every if resident else 1
     compile_system(system, cfg.compile)
     ckpt_cb = ModelCheckpoint(
