@@ -347,8 +347,8 @@ class TrainConfig:
     grid_frame_texture: int = 0
     #: planes, deform: the renders warped to the neighbouring frames train the frame texture
     #: too (true), or read it without gradient (false: each frame's texture learns from its
-    #: own frame's pixels alone)
-    grid_frame_texture_warped: bool = True
+    #: own frame's pixels alone; movers +0.2 to +2.2 dB on six scenes, docs/method.md)
+    grid_frame_texture_warped: bool = False
     #: planes: cells per axis of one more static feature plane over NDC (x, y) alone, the
     #: image plane of the average camera (fine texture for one plane's cost, where a finer
     #: level of all three planes costs three); 0 = none

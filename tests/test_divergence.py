@@ -208,3 +208,39 @@ def test_ddp_ranks_stop_together_when_one_rank_diverges(tiny_scene_dir, tmp_path
         train_scene(tiny_scene_dir, out, TrainConfig(**dict(CFG, gpus=2)), scene="tiny")
     assert load_checkpoint(out / "running" / "last.ckpt")["global_step"] == 2
     assert not list((out / "running").glob(".worker-error-*")), "the hand-over files are read"
+
+
+class _Module(torch.nn.Module):
+    """A module with two parameters whose gradients are set by hand, and finite step losses."""
+
+    def __init__(self, grads: list[list[float]]) -> None:
+        super().__init__()
+        self.ws = torch.nn.ParameterList(torch.nn.Parameter(torch.zeros(len(g))) for g in grads)
+        for w, g in zip(self.ws, grads, strict=True):
+            w.grad = torch.tensor(g)
+        self.step_losses = {"color": torch.tensor(0.5)}
+
+
+@pytest.mark.parametrize(
+    "grads, diverged",
+    [
+        ([[1.0, -2.0], [3.0]], False),
+        # every value finite, but their float32 sum overflows: not a divergence
+        ([[3e38, 3e38], [3e38]], False),
+        ([[1.0, float("inf")], [3.0]], True),
+        ([[float("inf"), float("-inf")], [3.0]], True),  # a sum of NaN
+        ([[1.0, 2.0], [float("nan")]], True),
+    ],
+)
+def test_the_guard_stops_exactly_on_a_non_finite_gradient_value(grads, diverged):
+    from types import SimpleNamespace
+
+    from nsff_core.workflow.stages.train import Diverged, DivergenceGuard
+
+    module = _Module(grads)
+    trainer = SimpleNamespace(global_step=7)
+    if diverged:
+        with pytest.raises(Diverged, match=r"gradient of ws\.\d is not finite"):
+            DivergenceGuard(1).on_before_optimizer_step(trainer, module, None)
+    else:
+        DivergenceGuard(1).on_before_optimizer_step(trainer, module, None)

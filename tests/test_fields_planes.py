@@ -58,7 +58,7 @@ def test_a_shared_grid_reads_what_each_level_reads_alone():
     alone = torch.cat([level(pts) for level in levels], dim=-1)
     (g_alone,) = torch.autograd.grad(alone.square().sum(), pts)
     grid = plane_grid(pts, SPATIAL_PLANES)
-    shared = torch.cat([level.lookup(grid) for level in levels], dim=-1)
+    shared = torch.cat([level.lookup(grid) for level in levels]).t()
     (g_shared,) = torch.autograd.grad(shared.square().sum(), pts)
     assert torch.equal(alone, shared)
     assert torch.allclose(g_alone, g_shared, atol=1e-6) and g_alone.abs().sum() > 0

@@ -167,11 +167,16 @@ class PlaneStack(nn.Module):
         Coordinates outside [-1, 1] read the border cells; see :func:`safe_grid_coords` for
         NaN and inf.
         """
-        return self.lookup(plane_grid(coords, self.pairs))
+        return self.lookup(plane_grid(coords, self.pairs)).t()
 
     def lookup(self, grid: Tensor) -> Tensor:
-        """:meth:`forward` on the grid of :func:`plane_grid` (built once for every level that
-        reads the same coordinates)."""
+        """:meth:`forward`, channels first: (channels, M), on the grid of :func:`plane_grid`
+        (built once for every level that reads the same coordinates).
+
+        The fields concatenate levels channels first and hand the decoder one transposed view:
+        products, concatenation and their backward then run over contiguous rows, where the
+        (M, channels) views of each level made every one of them a strided copy (the fields'
+        forward and backward of a ``cpu_demo`` step on one thread: 660 against 850 ms)."""
         f = F.grid_sample(
             self.planes, grid, mode="bilinear", padding_mode="border", align_corners=True
         )  # (n, C, 1, M)
@@ -182,7 +187,7 @@ class PlaneStack(nn.Module):
         out = parts[0]
         for part in parts[1:]:
             out = out * part
-        return out.t()
+        return out
 
 
 def plane_grid(coords: Tensor, pairs: tuple[slice, ...]) -> Tensor:
@@ -240,13 +245,13 @@ def space_time_features(
     spatial: nn.ModuleList, temporal: nn.ModuleList, coords: Tensor, space: Tensor | None = None
 ) -> Tensor:
     """Per level, the product of the spatial and the time planes' features, concatenated
-    (``space``: the spatial planes' grid of ``coords``, where the caller has it already)."""
+    channels first: (channels * levels, M) (``space``: the spatial planes' grid of
+    ``coords``, where the caller has it already)."""
     if space is None:
         space = plane_grid(coords, SPATIAL_PLANES)
     time = plane_grid(coords, TIME_PLANES)
     return torch.cat(
-        [s.lookup(space) * tl.lookup(time) for s, tl in zip(spatial, temporal, strict=True)],
-        dim=-1,
+        [s.lookup(space) * tl.lookup(time) for s, tl in zip(spatial, temporal, strict=True)]
     )
 
 
@@ -319,7 +324,7 @@ class PlaneStaticField(nn.Module):
         parts = [level.lookup(grid) for level in self.levels]
         if self.image is not None:
             parts.append(self.image.lookup(grid[:1]))
-        feat = torch.cat(parts, dim=-1)
+        feat = torch.cat(parts).t()
         raw_sigma, geo = self.density(feat).split([1, self.GEO_FEATURES], dim=-1)
         if self.cfg.use_viewdir:
             if d is None:
@@ -362,7 +367,7 @@ class PlaneDynamicField(nn.Module):
     def forward(self, x: Tensor, t: Tensor) -> DynamicFieldOutput:
         """Same contract as :meth:`nsff_core.model.fields.DynamicField.forward` (integer ``t``)."""
         coords = space_time_coords(x, t, self.scale, self.num_frames)
-        feat = space_time_features(self.levels, self.time_levels, coords)
+        feat = space_time_features(self.levels, self.time_levels, coords).t()
         raw_sigma, rgb, flow_fw, flow_bw = self.decoder(feat).split([1, 3, 3, 3], dim=-1)
         return dynamic_output(x.shape[:-1], raw_sigma, rgb, (flow_fw, flow_bw), self.cfg.flow_scale)
 
@@ -486,7 +491,7 @@ class PlaneDeformDynamicField(nn.Module):
         """Same contract as :meth:`nsff_core.model.fields.DynamicField.forward` (integer ``t``);
         ``detach_texture``: the frame texture is read without gradient into its cells."""
         coords = space_time_coords(x, t, self.scale, self.num_frames)
-        motion = space_time_features(self.motion, self.motion_time, coords)
+        motion = space_time_features(self.motion, self.motion_time, coords).t()
         offset, flow_fw, flow_bw = self.motion_decoder(motion).split([3, 3, 3], dim=-1)
         canonical = coords[:, :3] + offset
         grid = plane_grid(canonical, SPATIAL_PLANES)
@@ -495,8 +500,8 @@ class PlaneDeformDynamicField(nn.Module):
             warped = torch.cat([canonical, coords[:, 3:]], dim=-1)
             parts.append(space_time_features(self.detail, self.detail_time, warped, grid))
         if self.frame_codes is not None:
-            parts.append(self.frame_codes[t.expand(x.shape[:-1]).reshape(-1)])
-        feat = torch.cat(parts, dim=-1)
+            parts.append(self.frame_codes[t.expand(x.shape[:-1]).reshape(-1)].t())
+        feat = torch.cat(parts).t()
         raw_sigma, rgb = self.decoder(feat).split([1, 3], dim=-1)
         if self.texture is not None:
             rgb = rgb + self.texture_out(self._texture_features(coords, detach_texture))
