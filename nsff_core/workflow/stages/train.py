@@ -332,9 +332,9 @@ class DivergenceGuard(pl.Callback):
         if self.every == 1:
             if bool(finite.all()):
                 return
-            losses_finite = bool(finite[:-1].all()) if grads else False
-            if losses_finite and bool(torch.isfinite(_largest_gradient(grads))):
-                return  # only the sum overflowed
+            # the losses finite and every gradient value too: only their sum overflowed
+            if grads and bool(finite[:-1].all()) and bool(torch.isfinite(_largest_gradient(grads))):
+                return
             raise Diverged(trainer.global_step, _first_nonfinite(losses, params))
         bad = ~finite.all()
         getattr(optimizer, "optimizer", optimizer).found_inf = bad.float()
