@@ -421,6 +421,11 @@ class TrainConfig:
     #: (nsff_pl --hard_sampling); the weights are refreshed every hard_sampling_every steps
     hard_sampling: bool = False
     hard_sampling_every: int = 1000
+    #: share of every batch's pixels drawn in proportion to the running colour error of their
+    #: tile (``error_sampling_tile`` px squared; no extra render: the errors of the training
+    #: rays themselves), the rest uniform (0 = off; docs/method.md, "Training batches")
+    error_sampling: float = 0.0
+    error_sampling_tile: int = 8
     #: share of every batch drawn from the frame's motion-mask pixels (grown by 4 px), the rest
     #: as usual; movers cover a few % of a frame, so uniform pixels rarely train them (0 = off)
     dynamic_sampling: float = 0.0

@@ -187,3 +187,35 @@ def test_load_scene_refuses_cameras_of_another_size(tmp_path):
                      cams["far"], list(cams["names"]))  # fmt: skip
     err, msg = _load_error(root)
     assert err.made_by == "sfm" and "[64, 80]" in msg and "[32, 40]" in msg, msg
+
+
+def test_tile_errors_follow_the_drawn_rays_and_weight_the_pixels():
+    from nsff_core.model.data import TileErrors
+
+    tiles = TileErrors((6, 10), tile=4, share=0.5, rate=0.5)
+    assert tiles.num_tiles == 2 * 3  # ceil(6 / 4) x ceil(10 / 4); edge tiles are partial
+    errors = torch.full((2, tiles.num_tiles), -1.0)
+    # frame 0: two rays in tile 0 (pixels (0, 0) and (1, 1)), one in tile 5 (pixel (5, 9))
+    t = torch.tensor([0, 0, 0])
+    pixel = torch.tensor([0, 11, 59])
+    tiles.update(errors, t, pixel, torch.tensor([0.02, 0.04, 0.16]))
+    assert errors[0, 0] == pytest.approx(0.03) and errors[0, 5] == pytest.approx(0.16)
+    assert (errors[0, 1:5] == -1).all() and (errors[1] == -1).all()  # never drawn
+    # a second draw moves the tile halfway to the new mean
+    tiles.update(errors, torch.tensor([0]), torch.tensor([2]), torch.tensor([0.07]))
+    assert errors[0, 0] == pytest.approx(0.05)
+
+    w = tiles.pixel_weights(errors)
+    assert w.shape == (2, 60)
+    assert torch.allclose(w.sum(1), torch.ones(2))
+    p = w[0].reshape(6, 10)
+    # tile 5 (rows 4-5, cols 8-9) has the largest error; the never-drawn tiles count as the
+    # worst drawn one, so tile 0 alone is below them
+    assert p[5, 9] > p[0, 0] and p[0, 5] == pytest.approx(p[5, 9].item())
+    # by hand: tile 0 has 16 pixels at score sqrt(0.05), the other 44 pixels sqrt(0.16)
+    total = 16 * 0.05**0.5 + 44 * 0.16**0.5
+    assert p[0, 0] == pytest.approx(0.5 / 60 + 0.5 * 0.05**0.5 / total)
+    assert p[5, 9] == pytest.approx(0.5 / 60 + 0.5 * 0.16**0.5 / total)
+    # the uniform half keeps every pixel drawable; a frame never drawn is uniform
+    assert (w > 0.5 / 60 - 1e-9).all()
+    assert torch.allclose(w[1], torch.full((60,), 1 / 60))

@@ -142,6 +142,22 @@ def test_hard_sampling_weights_are_the_same_on_every_rank(tiny_scene_dir, tmp_pa
     assert len(ranks) == 2 and ranks[0]["state_digest"] == ranks[1]["state_digest"]
 
 
+def test_error_sampling_keeps_the_same_tile_errors_on_every_rank(
+    tiny_scene_dir, tmp_path, cpu_only
+):
+    from nsff_core.workflow.stages.train import train_scene
+
+    cfg = TrainConfig(**TINY, max_steps=3, gpus=2, error_sampling=0.5)
+    last = train_scene(tiny_scene_dir, tmp_path, cfg, scene="tiny")
+    ckpt = _load(last)
+    errors = ckpt["state_dict"]["tile_error"]
+    # each step folds in both ranks' batches (two frames, one per rank)
+    assert 2 <= (errors >= 0).any(dim=1).sum() <= 6
+    # the digest covers the persistent buffers: the ranks' tile errors are equal
+    ranks = ckpt["ddp"]["ranks"]
+    assert len(ranks) == 2 and ranks[0]["state_digest"] == ranks[1]["state_digest"]
+
+
 def test_a_failing_worker_fails_the_run(tiny_scene_dir, tmp_path, cpu_only):
     from nsff_core.workflow.stages.train import train_scene
 

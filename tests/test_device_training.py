@@ -368,6 +368,32 @@ def test_device_resident_hard_sampling_hands_the_weights_to_the_device_sampler(
     assert (seen["weights"] != 1.0).any(), "refreshed from the predictions"
 
 
+def test_device_resident_error_sampling_refreshes_the_device_sampler(tiny_scene_dir, tmp_path):
+    import pytorch_lightning as pl
+
+    from nsff_core.model.system import ERROR_SAMPLING_EVERY
+    from nsff_core.workflow.stages.scene import load_scene
+    from nsff_core.workflow.stages.train import _fit
+
+    seen = {}
+
+    class Look(pl.Callback):
+        def on_train_end(self, trainer, module):
+            seen["cdf"] = module.pixel_sampler.cdf
+            seen["weights"] = module.tile_errors.pixel_weights(module.tile_error)
+
+    data = load_scene(tiny_scene_dir, scene="tiny")
+    cfg = TrainConfig(**DEVICE, error_sampling=0.5, log_every=2)
+    _fit(data, cfg, _job(tmp_path, ERROR_SAMPLING_EVERY + 1), callbacks=[Look()])
+    assert seen["cdf"] is not None, "the tile errors' weights reach the device sampler"
+    # refreshed at the last multiple of ERROR_SAMPLING_EVERY: the errors of its later step
+    # differ, the sum of each frame's weights (one) does not
+    torch.testing.assert_close(
+        seen["cdf"][:, -1].float(), seen["weights"].sum(dim=1).float(), rtol=1e-4, atol=1e-4
+    )
+    assert not torch.allclose(seen["weights"], seen["weights"].mean(1, keepdim=True))
+
+
 def test_a_run_resumes_when_only_where_its_batches_are_drawn_changed(tiny_scene_dir, tmp_path):
     from nsff_core.workflow.stages.train import train_scene
 

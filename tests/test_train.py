@@ -119,6 +119,41 @@ def test_hard_sampling_weights_follow_the_error_and_are_checkpointed(tiny_scene_
     assert system.hard_weights[1].mean() > 0.5
 
 
+def test_error_sampling_keeps_tile_errors_and_hands_them_to_the_sampler(tiny_scene_dir, tmp_path):
+    from nsff_core.errors import ConfigError
+    from nsff_core.model.data import SamplerConfig
+    from nsff_core.model.system import ERROR_SAMPLING_EVERY, NSFFSystem
+    from nsff_core.workflow.stages.train import train_scene
+
+    steps = ERROR_SAMPLING_EVERY + 2
+    cfg = TrainConfig(**TINY, max_steps=steps, error_sampling=0.5, error_sampling_tile=10)
+    last = train_scene(tiny_scene_dir, tmp_path, cfg, scene="tiny")
+    errors = load_checkpoint(last)["state_dict"]["tile_error"]
+    assert errors.shape == (12, 9 * 16)  # 90 x 160 frames in 10 px tiles
+    drawn = errors >= 0
+    # every step draws one frame; the tiles of the drawn frames have errors, the rest none
+    assert 0 < drawn.any(1).sum() <= steps and drawn.float().mean() < 1
+    assert torch.isfinite(errors).all() and (errors[drawn] > 0).all()
+    system = NSFFSystem.load_from_checkpoint(last, map_location="cpu")
+    assert torch.equal(system.tile_error, errors)
+
+    class Recorder:
+        weights = None
+
+        def set_weights(self, w):
+            self.weights = w
+
+    system.pixel_sampler = Recorder()
+    system.on_train_start()
+    w = system.pixel_sampler.weights
+    assert w.shape == (12, 90 * 160) and torch.allclose(w.sum(1), torch.ones(12))
+    assert w.max() > 1.5 * w.min()  # the error share is not uniform
+    with pytest.raises(ConfigError, match="hard_sampling"):
+        SamplerConfig(error_share=0.5, hard_sampling=True)
+    with pytest.raises(ConfigError, match="error_sampling"):
+        SamplerConfig(error_share=1.0)
+
+
 def test_short_training_reaches_a_psnr_floor(synthetic_scene, tmp_path):
     """A short run on the synthetic scene (planes field, exact priors) must learn the frames:
     full-frame PSNR at training views well above the mean-colour image."""

@@ -13,6 +13,7 @@ that scenes with fewer than 12 frames train (nsff_pl crashed there).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -329,6 +330,21 @@ class SamplerConfig:
     #: refreshed every ``hard_sampling_every`` steps (by the system, which keeps them)
     hard_sampling: bool = TrainConfig.hard_sampling
     hard_sampling_every: int = TrainConfig.hard_sampling_every
+    #: share of the pixels drawn ~ the running colour error of their tile (train.error_sampling)
+    error_share: float = TrainConfig.error_sampling
+    #: side of those tiles in pixels (train.error_sampling_tile)
+    error_tile: int = TrainConfig.error_sampling_tile
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.error_share < 1.0:
+            raise ConfigError(f"train.error_sampling must be in [0, 1), got {self.error_share}")
+        if self.error_tile < 1:
+            raise ConfigError(f"train.error_sampling_tile must be >= 1, got {self.error_tile}")
+        if self.error_share > 0 and self.hard_sampling:
+            raise ConfigError(
+                "train.error_sampling and train.hard_sampling both set the pixel weights: "
+                "use one of them"
+            )
 
 
 class FrameSampler:
@@ -576,3 +592,71 @@ def grow_mask(mask: Tensor, px: int) -> Tensor:
         return mask.bool()
     m = mask.float()[:, None]
     return F.max_pool2d(m, 2 * px + 1, stride=1, padding=px)[:, 0] > 0.5
+
+
+class TileErrors:
+    """The running colour error of every tile of every training frame, from the training rays
+    themselves (``train.error_sampling``), and the pixel weights it gives.
+
+    A frame of H x W pixels is cut into ``ceil(H / tile) x ceil(W / tile)`` tiles; the errors
+    are an (N, tiles) tensor that the caller keeps (the system's buffer, so that a checkpoint
+    keeps it), -1 for a tile never drawn. After each step every tile that the batch drew
+    pixels of moves its error by ``rate`` of the way to the mean squared colour error of those
+    pixels (a tile's first draw sets it). The pixel weights give a share ``share`` of the
+    draws in proportion to the root of the tile's error (a tile never drawn counts as the worst
+    drawn tile of its frame) and the rest uniformly, so that every pixel keeps a chance.
+    Everything runs on the device of the errors (no host read).
+
+    Why tiles: a run of ``cpu_demo`` draws each pixel about once (1,650 steps of 1,024 rays over
+    27 frames of 320 x 180), so a pixel's own last error says little; an 8 x 8 tile is drawn
+    about 70 times. It is the error map of instant-ngp's training-image sampling, kept per
+    tile and frame.
+    """
+
+    def __init__(self, hw: tuple[int, int], tile: int, share: float, rate: float = 0.5) -> None:
+        self.hw = (int(hw[0]), int(hw[1]))
+        self.tile, self.share, self.rate = int(tile), float(share), float(rate)
+        self.tiles_x = math.ceil(self.hw[1] / self.tile)
+        self.num_tiles = math.ceil(self.hw[0] / self.tile) * self.tiles_x
+        h, w = self.hw
+        ty = torch.arange(h) // self.tile
+        tx = torch.arange(w) // self.tile
+        #: (H*W,) tile of every pixel
+        self.pixel_tile = (ty[:, None] * self.tiles_x + tx[None, :]).reshape(-1)
+
+    def _tiles(self, device: torch.device) -> Tensor:
+        if self.pixel_tile.device != device:
+            self.pixel_tile = self.pixel_tile.to(device)
+        return self.pixel_tile
+
+    @torch.no_grad()
+    def update(
+        self, errors: Tensor, t: Tensor, pixel: Tensor, error: Tensor, all_ranks: bool = False
+    ) -> None:
+        """Fold the (B,) squared colour errors of a batch's rays (frames ``t``, flat pixels
+        ``pixel``) into ``errors`` (N, tiles), in place; ``all_ranks`` (DDP): the rays of every
+        rank's batch, summed in one collective, so that all ranks keep the same errors."""
+        flat = t.long() * self.num_tiles + self._tiles(errors.device).index_select(0, pixel.long())
+        sums = torch.zeros(errors.numel(), device=errors.device, dtype=errors.dtype)
+        counts = torch.zeros_like(sums)
+        sums.index_add_(0, flat, error.to(errors.dtype))
+        counts.index_add_(0, flat, torch.ones_like(sums[: flat.numel()]))
+        if all_ranks:
+            both = torch.stack([sums, counts])
+            torch.distributed.all_reduce(both)
+            sums, counts = both[0], both[1]
+        old = errors.view(-1)
+        mean = sums / counts.clamp_min(1)
+        blended = torch.where(old < 0, mean, old + self.rate * (mean - old))
+        old.copy_(torch.where(counts > 0, blended, old))
+
+    @torch.no_grad()
+    def pixel_weights(self, errors: Tensor) -> Tensor:
+        """(N, H*W) sampling weights of the pixels (see the class docstring)."""
+        seen = errors >= 0
+        worst = torch.where(seen, errors, torch.zeros_like(errors)).amax(dim=1, keepdim=True)
+        worst = torch.where(worst > 0, worst, torch.ones_like(worst))
+        score = torch.where(seen, errors, worst).clamp_min(0).sqrt()  # (N, tiles)
+        per_pixel = score.index_select(1, self._tiles(errors.device))  # (N, H*W)
+        total = per_pixel.sum(dim=1, keepdim=True).clamp_min(1e-12)
+        return (1.0 - self.share) / per_pixel.shape[1] + self.share * per_pixel / total

@@ -26,7 +26,7 @@ from nsff_core.errors import ConfigError
 
 from . import losses as L
 from . import train_views as views
-from .data import RayBatch, SceneMeta
+from .data import RayBatch, SceneMeta, TileErrors
 from .fields import DynamicField, StaticField
 from .fields_planes import PlaneDeformDynamicField, PlaneDynamicField, PlaneStaticField
 from .rays import ndc_extent, ndc_to_world, projection_matrices
@@ -110,6 +110,9 @@ def canonical_term(out: RenderOutput) -> Tensor:
 #: the mover-depth term covers masked rays whose dynamic opacity is above this (below it the
 #: dynamic field's own depth is the mean of almost nothing)
 MOVER_DEPTH_MIN_OPACITY = 0.1
+
+#: steps between refreshes of the error-sampling pixel weights (train.error_sampling)
+ERROR_SAMPLING_EVERY = 10
 
 
 def loss_terms(
@@ -275,6 +278,16 @@ class NSFFSystem(pl.LightningModule):
             self.register_buffer(
                 "last_step", torch.full((num_frames, n_pix), -1, dtype=torch.int32), False
             )
+        #: error sampling: the running colour error of every tile of every frame (kept in
+        #: checkpoints, so that a resumed run draws as the interrupted one would have)
+        self.tile_errors: TileErrors | None = None
+        if self.sampling.error_share > 0:
+            if hw is None:
+                raise ConfigError("train.error_sampling needs the image size (hw)")
+            self.tile_errors = TileErrors(hw, self.sampling.error_tile, self.sampling.error_share)
+            self.register_buffer(
+                "tile_error", torch.full((num_frames, self.tile_errors.num_tiles), -1.0)
+            )
         #: the :class:`~nsff_core.model.data.FrameSampler` that draws the training pixels (set by
         #: the trainer; hard sampling hands it new weights)
         self.pixel_sampler = None
@@ -327,6 +340,10 @@ class NSFFSystem(pl.LightningModule):
             step=self.global_step, steps_per_epoch=self.steps_per_epoch, base=self.loss_weights
         )
         loss = L.total_loss(terms, weights)
+        if self.tile_errors is not None:
+            error = (out.image.rgb.detach().float() - batch.rgb.float()).square().mean(-1)
+            all_ranks = dist_world()[1] > 1
+            self.tile_errors.update(self.tile_error, batch.t, batch.pixel, error, all_ranks)
         if self.sampling.hard_sampling:
             self.last_rgb[batch.t, batch.pixel] = out.image.rgb.detach().float()
             self.last_step[batch.t, batch.pixel] = self.global_step
@@ -440,9 +457,14 @@ class NSFFSystem(pl.LightningModule):
             self._resumed_rng = None
         if self.sampling.hard_sampling and self.pixel_sampler is not None:
             self.pixel_sampler.set_weights(self.hard_weights)
+        if self.tile_errors is not None and self.pixel_sampler is not None:
+            self.pixel_sampler.set_weights(self.tile_errors.pixel_weights(self.tile_error))
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         step = self.global_step
+        if self.tile_errors is not None and self.pixel_sampler is not None:
+            if step % ERROR_SAMPLING_EVERY == 0:
+                self.pixel_sampler.set_weights(self.tile_errors.pixel_weights(self.tile_error))
         every = self.sampling.hard_sampling_every
         if self.sampling.hard_sampling and step > 0 and step % every == 0:
             if self.training_frames is None:

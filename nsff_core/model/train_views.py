@@ -103,4 +103,6 @@ def sampler_config(cfg: TrainConfig, rank: int = 0) -> SamplerConfig:
         dynamic_share=cfg.dynamic_sampling,
         hard_sampling=cfg.hard_sampling,
         hard_sampling_every=cfg.hard_sampling_every,
+        error_share=cfg.error_sampling,
+        error_tile=cfg.error_sampling_tile,
     )
