@@ -204,6 +204,9 @@ def test_tile_errors_follow_the_drawn_rays_and_weight_the_pixels():
     # a second draw moves the tile halfway to the new mean
     tiles.update(errors, torch.tensor([0]), torch.tensor([2]), torch.tensor([0.07]))
     assert errors[0, 0] == pytest.approx(0.05)
+    # a diverging step's non-finite errors are left out
+    tiles.update(errors, torch.tensor([0, 1]), torch.tensor([2, 0]), torch.tensor([np.nan, np.inf]))
+    assert errors[0, 0] == pytest.approx(0.05) and errors[1, 0] == -1
 
     w = tiles.pixel_weights(errors)
     assert w.shape == (2, 60)

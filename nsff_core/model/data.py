@@ -639,8 +639,12 @@ class TileErrors:
         flat = t.long() * self.num_tiles + self._tiles(errors.device).index_select(0, pixel.long())
         sums = torch.zeros(errors.numel(), device=errors.device, dtype=errors.dtype)
         counts = torch.zeros_like(sums)
+        # a non-finite error (a diverging step, which the divergence guard handles) is left out,
+        # so that it never reaches the weights
+        finite = torch.isfinite(error)
+        error = torch.where(finite, error, torch.zeros_like(error))
         sums.index_add_(0, flat, error.to(errors.dtype))
-        counts.index_add_(0, flat, torch.ones_like(sums[: flat.numel()]))
+        counts.index_add_(0, flat, finite.to(errors.dtype))
         if all_ranks:
             both = torch.stack([sums, counts])
             torch.distributed.all_reduce(both)
