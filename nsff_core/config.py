@@ -342,13 +342,19 @@ class TrainConfig:
     #: detail that moves with the warp), resolutions base * 2^l; 0 = none
     grid_detail_levels: int = 0
     #: planes, deform: cells per axis of a per-frame colour texture over NDC (x, y): a dense
-    #: (x, y, frame) grid whose features add to the dynamic colour (not the density), so each
-    #: frame can paint a mover's texture where the warp does not align it; 0 = none
+    #: (x, y, frame) grid whose features add to the dynamic colour (and, with
+    #: grid_frame_texture_density, thin its density), so each frame can paint a mover's
+    #: texture where the warp does not align it; 0 = none
     grid_frame_texture: int = 0
     #: planes, deform: the renders warped to the neighbouring frames train the frame texture
     #: too (true), or read it without gradient (false: each frame's texture learns from its
     #: own frame's pixels alone; movers +0.2 to +2.2 dB on six scenes, docs/method.md)
     grid_frame_texture_warped: bool = False
+    #: planes, deform: the frame texture also thins the dynamic density per frame (a term
+    #: added to the raw density, at most ln 2 up and without bound down, zero at the start):
+    #: the canonical field gives a mover's 3D shape, each frame's texture carves the silhouette
+    #: it sees out of it; needs grid_frame_texture > 0
+    grid_frame_texture_density: bool = False
     #: planes: cells per axis of one more static feature plane over NDC (x, y) alone, the
     #: image plane of the average camera (fine texture for one plane's cost, where a finer
     #: level of all three planes costs three); 0 = none

@@ -233,6 +233,71 @@ def test_the_frame_texture_changes_only_its_own_frames_colour_where_it_is():
         PlaneFieldConfig(frame_texture=1)
 
 
+def test_the_density_texture_carves_its_own_frame_and_starts_neutral():
+    import math
+
+    torch.manual_seed(0)
+    cfg = PlaneFieldConfig(
+        base_resolution=4,
+        levels=2,
+        dynamic_levels=1,
+        channels=3,
+        hidden=8,
+        frame_texture=8,
+        texture_density=True,
+    )
+    field = PlaneDeformDynamicField(cfg, num_frames=4)
+    plain = PlaneDeformDynamicField(dataclasses.replace(cfg, texture_density=False), 4)
+    assert "texture_sigma.weight" not in plain.state_dict()
+    plain.load_state_dict(field.state_dict(), strict=False)
+    x = torch.rand(60, 3) * 1.6 - 0.8
+    times = {t: torch.full((60,), t) for t in range(4)}
+    # a zero texture adds nothing: the same density as without the option
+    for t in range(4):
+        torch.testing.assert_close(field(x, times[t]).raw_sigma, plain(x, times[t]).raw_sigma)
+    before = {t: field(x, times[t]) for t in range(4)}
+    with torch.no_grad():  # frame 1's right half (x > 0) carves, with a large texture value
+        field.texture_sigma.weight.fill_(1.0)
+        field.texture[:, :, 1, :, 4:] = 50.0
+    after = {t: field(x, times[t]) for t in range(4)}
+    for t in (0, 2, 3):
+        assert torch.equal(after[t].raw_sigma, before[t].raw_sigma)
+    right, left = x[:, 0] > 0.3, x[:, 0] < -0.3
+    drop = before[1].raw_sigma - after[1].raw_sigma
+    assert drop[right].min() > 100.0 and drop[left].abs().max() == 0
+    # the other way it raises the density by at most ln 2
+    with torch.no_grad():
+        field.texture[:, :, 1, :, 4:] = -50.0
+    rise = field(x, times[1]).raw_sigma - before[1].raw_sigma
+    assert rise.max() <= math.log(2.0) + 1e-6 and rise[right].min() > math.log(2.0) - 1e-3
+    # the density's gradient reaches frame 1's texture alone; the warped renders' query
+    # reads it without gradient (texture_warped off)
+    field(x, times[1]).raw_sigma.sum().backward()
+    grad = field.texture.grad
+    assert grad[:, :, 1].abs().sum() > 0 and grad[:, :, [0, 2, 3]].abs().sum() == 0
+    field.texture.grad = None
+    field.at_times(x[None], torch.tensor([1]), neighbours=True).raw_sigma.sum().backward()
+    assert field.texture.grad is None or field.texture.grad.abs().sum() == 0
+    with pytest.raises(ConfigError, match="grid_frame_texture_density"):
+        PlaneFieldConfig(texture_density=True)
+    # the training config reaches the field
+    from nsff_core.model.system import make_fields
+
+    small = dict(grid_base_resolution=4, grid_levels=1, grid_channels=2, grid_hidden=4)
+    on = TrainConfig(
+        field="planes",
+        grid_dynamic="deform",
+        grid_frame_texture=4,
+        grid_frame_texture_density=True,
+        **small,
+    )
+    assert make_fields(on, num_frames=3)[1].texture_sigma is not None
+    off = dataclasses.replace(on, grid_frame_texture_density=False)
+    assert make_fields(off, num_frames=3)[1].texture_sigma is None
+    with pytest.raises(ConfigError, match="grid_frame_texture_density"):
+        make_fields(dataclasses.replace(on, grid_frame_texture=0), num_frames=3)
+
+
 def test_the_frame_texture_reads_like_grid_samples_trilinear_lookup():
     import torch.nn.functional as F
 

@@ -71,6 +71,8 @@ class PlaneFieldConfig:
     frame_texture: int = TrainConfig.grid_frame_texture
     #: deform: the neighbour queries of the warped renders train the texture too
     texture_warped: bool = TrainConfig.grid_frame_texture_warped
+    #: deform: the frame texture also thins (carves) the dynamic density per frame
+    texture_density: bool = TrainConfig.grid_frame_texture_density
     #: static: cells per axis of a feature plane over (x, y) alone (0 = none)
     image_resolution: int = TrainConfig.grid_image_resolution
     #: feature channels per plane and level
@@ -109,6 +111,11 @@ class PlaneFieldConfig:
         if self.frame_texture < 0 or self.frame_texture == 1:
             raise ConfigError(
                 f"grid_frame_texture must be 0 (none) or >= 2, got {self.frame_texture}"
+            )
+        if self.texture_density and not self.frame_texture:
+            raise ConfigError(
+                "grid_frame_texture_density needs a frame texture: set grid_frame_texture "
+                "(e.g. 256) or turn grid_frame_texture_density off"
             )
         if self.motion_resolution is not None and self.motion_resolution < 2:
             raise ConfigError(
@@ -470,6 +477,11 @@ class PlaneDeformDynamicField(nn.Module):
             nn.Parameter(torch.zeros(1, self.TEXTURE_CHANNELS, rows, r, r)) if r else None
         )
         self.texture_out = nn.Linear(self.TEXTURE_CHANNELS, 3, bias=False) if r else None
+        # the texture's term of the raw density (texture_density); none otherwise, so that
+        # checkpoints without it load unchanged
+        self.texture_sigma = (
+            nn.Linear(self.TEXTURE_CHANNELS, 1, bias=False) if r and cfg.texture_density else None
+        )
         self.register_buffer("scale", _extent_scale(cfg), persistent=False)
 
     def grid_parameters(self) -> list[nn.Parameter]:
@@ -504,7 +516,14 @@ class PlaneDeformDynamicField(nn.Module):
         feat = torch.cat(parts).t()
         raw_sigma, rgb = self.decoder(feat).split([1, 3], dim=-1)
         if self.texture is not None:
-            rgb = rgb + self.texture_out(self._texture_features(coords, detach_texture))
+            texture = self._texture_features(coords, detach_texture)
+            rgb = rgb + self.texture_out(texture)
+            if self.texture_sigma is not None:
+                # ln 2 - softplus(s): zero at the start (texture zero), at most ln 2 up (twice
+                # the density where it is thin), without bound down: a frame carves the
+                # silhouette it sees out of the canonical shape rather than adding matter
+                # along the whole line of sight of its (x, y) cell
+                raw_sigma = raw_sigma + (math.log(2.0) - F.softplus(self.texture_sigma(texture)))
         # the reported canonical coordinates (for the canonical-consistency term only) carry
         # no gradient into the query position: the term is to move the warp onto the scene
         # flow, not the flow (a query at x + f) onto the warp. With its position's gradient,

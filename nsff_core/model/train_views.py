@@ -56,6 +56,7 @@ def plane_field_config(
         detail_levels=cfg.grid_detail_levels,
         frame_texture=cfg.grid_frame_texture,
         texture_warped=cfg.grid_frame_texture_warped,
+        texture_density=cfg.grid_frame_texture_density,
         image_resolution=cfg.grid_image_resolution,
         channels=cfg.grid_channels,
         hidden=cfg.grid_hidden,
