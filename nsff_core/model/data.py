@@ -614,11 +614,10 @@ class TileErrors:
     """
 
     def __init__(self, hw: tuple[int, int], tile: int, share: float, rate: float = 0.5) -> None:
-        self.hw = (int(hw[0]), int(hw[1]))
+        h, w = int(hw[0]), int(hw[1])
         self.tile, self.share, self.rate = int(tile), float(share), float(rate)
-        self.tiles_x = math.ceil(self.hw[1] / self.tile)
-        self.num_tiles = math.ceil(self.hw[0] / self.tile) * self.tiles_x
-        h, w = self.hw
+        self.tiles_x = math.ceil(w / self.tile)
+        self.num_tiles = math.ceil(h / self.tile) * self.tiles_x
         ty = torch.arange(h) // self.tile
         tx = torch.arange(w) // self.tile
         #: (H*W,) tile of every pixel

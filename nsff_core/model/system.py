@@ -457,14 +457,17 @@ class NSFFSystem(pl.LightningModule):
             self._resumed_rng = None
         if self.sampling.hard_sampling and self.pixel_sampler is not None:
             self.pixel_sampler.set_weights(self.hard_weights)
+        self._refresh_error_weights()
+
+    def _refresh_error_weights(self) -> None:
+        """Hand the pixel sampler the weights of the tiles' running errors (error sampling)."""
         if self.tile_errors is not None and self.pixel_sampler is not None:
             self.pixel_sampler.set_weights(self.tile_errors.pixel_weights(self.tile_error))
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         step = self.global_step
-        if self.tile_errors is not None and self.pixel_sampler is not None:
-            if step % ERROR_SAMPLING_EVERY == 0:
-                self.pixel_sampler.set_weights(self.tile_errors.pixel_weights(self.tile_error))
+        if step % ERROR_SAMPLING_EVERY == 0:
+            self._refresh_error_weights()
         every = self.sampling.hard_sampling_every
         if self.sampling.hard_sampling and step > 0 and step % every == 0:
             if self.training_frames is None:
